@@ -1,0 +1,634 @@
+//! The per-account actor: one per configured account, the only thing that
+//! decides when that account's token is fetched.
+//!
+//! Owns: the account's state machine (empty → fetching → ready → refreshing →
+//! failing), its refresh timer, its retry counter, its daily call counter and
+//! its stable `force_refresh` budget; single-flight of every refresh.
+//!
+//! Invariants:
+//! - At most one upstream refresh per account is in flight; every caller that
+//!   arrives meanwhile (compare-and-refresh, admin) shares its result.
+//! - A token is published to the slot before any caller receives it.
+//! - The current token keeps being served while valid, whatever fails.
+//! - A refresh is never started for a token that is not the current one.
+//!
+//! Reads never come here: they load the [`slot::AccountSlot`].
+
+pub mod schedule;
+pub mod slot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::FutureExt;
+use futures::future::{LocalBoxFuture, Shared};
+
+use crate::clock::{Clock, china_day};
+use crate::config::AccountConfig;
+use crate::domain::{AccessToken, Mode};
+use crate::metrics::Metrics;
+use crate::wechat::{Decision, FetchRequest, TokenSource, UpstreamError};
+use schedule::Policy;
+use slot::{AccountSlot, AccountStatus, LastError, State, TokenRecord};
+
+/// WeChat allows this many stable `force_refresh` calls per China-time day.
+pub const FORCE_DAILY_LIMIT: usize = 20;
+/// ... and at least this long apart. Stale-report refreshes in legacy mode
+/// keep the same distance, so a misbehaving client cannot burn the quota.
+pub const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why a refresh happens (the `reason` label of `wxtoken_refreshes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Startup,
+    Scheduled,
+    StaleReport,
+    Admin,
+    Retry,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "startup",
+            Reason::Scheduled => "scheduled",
+            Reason::StaleReport => "stale_report",
+            Reason::Admin => "admin",
+            Reason::Retry => "retry",
+        }
+    }
+}
+
+/// Why a refresh request produced no token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("refresh throttled; try again in {}s", retry_after.as_secs())]
+    Throttled { retry_after: Duration },
+    #[error("the account has no current token to compare with")]
+    NoToken,
+    #[error("the account is disabled")]
+    Disabled,
+    #[error("the account is not in the registry")]
+    UnknownAccount,
+    #[error("the account's refresher stopped unexpectedly; it is being restarted")]
+    Unavailable,
+}
+
+/// The answer to a refresh request.
+#[derive(Debug, Clone)]
+pub struct RefreshOutcome {
+    pub record: Arc<TokenRecord>,
+    /// True when the caller gets a different token than the one it had.
+    pub refreshed: bool,
+}
+
+/// Compare-and-refresh (`stale` set) or a forced admin refresh (`stale` none).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RefreshOutcome, RefreshError>")]
+pub struct Refresh {
+    pub reason: Reason,
+    pub stale: Option<AccessToken>,
+}
+
+/// A refresh this actor spawned has finished (internal).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finished {
+    generation: u64,
+    reason: Reason,
+    calls: u32,
+    forced: bool,
+    /// WeChat returned the token that was already current.
+    same_token: bool,
+    result: Result<Arc<TokenRecord>, RefreshError>,
+}
+
+/// Stops the actor (the account left the registry or is being replaced).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Panics inside the actor. Exists only so tests can prove that supervision
+/// survives a panic; nothing outside tests sends it.
+#[doc(hidden)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+type SharedRefresh = Shared<LocalBoxFuture<'static, Result<Arc<TokenRecord>, RefreshError>>>;
+
+/// What an account actor needs from the rest of the process.
+#[derive(Clone)]
+pub struct Deps {
+    pub upstream: Arc<dyn TokenSource>,
+    pub policy: Policy,
+    pub clock: Clock,
+    pub metrics: Metrics,
+}
+
+/// The actor of one account.
+pub struct AccountActor {
+    config: AccountConfig,
+    slot: Arc<AccountSlot>,
+    deps: Deps,
+    inflight: Option<SharedRefresh>,
+    generation: u64,
+    failures: u32,
+    timer: Option<SpawnHandle>,
+    /// Unix ms of stable `force_refresh` calls on the current China day.
+    forces: Vec<i64>,
+    last_stale_fetch_ms: Option<i64>,
+}
+
+impl AccountActor {
+    /// An actor for `config` publishing into `slot`. A slot that already holds
+    /// a valid token (a restart) is scheduled from it without a fetch.
+    pub fn new(config: AccountConfig, slot: Arc<AccountSlot>, deps: Deps) -> Self {
+        AccountActor {
+            config,
+            slot,
+            deps,
+            inflight: None,
+            generation: 0,
+            failures: 0,
+            timer: None,
+            forces: Vec::new(),
+            last_stale_fetch_ms: None,
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.deps.clock.now_unix_ms()
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut AccountStatus)) {
+        let mut status = (*self.slot.status()).clone();
+        f(&mut status);
+        let appid = self.config.appid.as_str();
+        match status.next_refresh_at_ms {
+            Some(ms) => self
+                .deps
+                .metrics
+                .next_refresh
+                .with_label_values(&[appid])
+                .set(ms as f64 / 1000.0),
+            None => {
+                let _ = self.deps.metrics.next_refresh.remove_label_values(&[appid]);
+            }
+        }
+        self.slot.set_status(status);
+    }
+
+    fn set_state(&self, state: State) {
+        self.update_status(|s| s.state = state);
+    }
+
+    /// Arms the refresh timer for `at_ms`.
+    fn schedule(&mut self, ctx: &mut Context<Self>, at_ms: i64, reason: Reason) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let delay = Duration::from_millis((at_ms - self.now_ms()).max(0) as u64);
+        self.update_status(|s| s.next_refresh_at_ms = Some(at_ms));
+        self.timer = Some(ctx.run_later(delay, move |act, ctx| {
+            act.timer = None;
+            if act.inflight.is_none() {
+                drop(act.start_refresh(ctx, reason, false));
+            }
+        }));
+    }
+
+    /// Starts a refresh (or returns the one in flight).
+    fn start_refresh(
+        &mut self,
+        ctx: &mut Context<Self>,
+        reason: Reason,
+        force: bool,
+    ) -> SharedRefresh {
+        if let Some(inflight) = &self.inflight {
+            return inflight.clone();
+        }
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let had_token = self.slot.token().is_some();
+        self.set_state(if had_token {
+            State::Refreshing
+        } else {
+            State::Fetching
+        });
+        self.generation += 1;
+        let generation = self.generation;
+
+        let addr = ctx.address();
+        let deps = self.deps.clone();
+        let slot = self.slot.clone();
+        let mode = self.config.mode;
+        let request = FetchRequest {
+            appid: self.config.appid.clone(),
+            secret: self.config.secret.clone(),
+            mode,
+            force_refresh: force && mode == Mode::Stable,
+        };
+        let stale_retry = reason == Reason::StaleReport && mode == Mode::Stable && !force;
+        let force_allowed = self.force_budget().is_ok();
+        let task = async move {
+            let mut calls = 1;
+            let mut forced = request.force_refresh;
+            let started = deps.clock.now_unix_ms();
+            let mut result = deps.upstream.fetch(request.clone()).await;
+            // Stable compare-and-refresh: the normal call may already bring the
+            // newer token; force a rotation only if WeChat returned the reported one.
+            if stale_retry {
+                let current = slot.token();
+                let same =
+                    matches!((&result, &current), (Ok(g), Some(c)) if g.access_token == c.token);
+                if same {
+                    if !force_allowed {
+                        return Finished::throttled(generation, reason, calls);
+                    }
+                    calls += 1;
+                    forced = true;
+                    result = deps
+                        .upstream
+                        .fetch(FetchRequest {
+                            force_refresh: true,
+                            ..request
+                        })
+                        .await;
+                }
+            }
+            let mut same_token = false;
+            let result = match result {
+                Ok(grant) => {
+                    let expires = started + grant.expires_in.as_millis() as i64;
+                    let previous = slot.token();
+                    same_token = previous
+                        .as_ref()
+                        .is_some_and(|p| p.token == grant.access_token);
+                    let fetched_at = match &previous {
+                        Some(p) if same_token => p.fetched_at_ms,
+                        _ => started,
+                    };
+                    let next =
+                        deps.policy
+                            .planned_refresh(mode, fetched_at, expires, schedule::draw());
+                    let record = Arc::new(TokenRecord {
+                        token: grant.access_token,
+                        mode,
+                        fetched_at_ms: fetched_at,
+                        expires_at_ms: expires,
+                        serve_until_ms: deps.policy.serve_until(mode, expires, next),
+                    });
+                    slot.publish(record.clone());
+                    Ok(record)
+                }
+                Err(e) => Err(RefreshError::Upstream(e)),
+            };
+            Finished {
+                generation,
+                reason,
+                calls,
+                forced,
+                same_token,
+                result,
+            }
+        };
+        let handle = actix_rt::spawn(task);
+        let shared: SharedRefresh = async move {
+            match handle.await {
+                Ok(finished) => {
+                    let result = finished.result.clone();
+                    addr.do_send(finished);
+                    result
+                }
+                Err(_) => Err(RefreshError::Unavailable),
+            }
+        }
+        .boxed_local()
+        .shared();
+        // Drive the shared future even when no caller waits on it.
+        actix_rt::spawn(shared.clone().map(|_| ()));
+        self.inflight = Some(shared.clone());
+        shared
+    }
+
+    /// Ok when a stable `force_refresh` is allowed now; else how long to wait.
+    fn force_budget(&mut self) -> Result<(), Duration> {
+        let now = self.now_ms();
+        let today = china_day(now.div_euclid(1000));
+        self.forces
+            .retain(|&t| china_day(t.div_euclid(1000)) == today);
+        if self.forces.len() >= FORCE_DAILY_LIMIT {
+            let midnight = crate::clock::next_china_midnight(now.div_euclid(1000));
+            return Err(Duration::from_secs((midnight - now / 1000).max(1) as u64));
+        }
+        if let Some(&last) = self.forces.last() {
+            let ready_at = last + FORCE_MIN_INTERVAL.as_millis() as i64;
+            if now < ready_at {
+                return Err(
+                    Duration::from_millis((ready_at - now) as u64).max(Duration::from_secs(1))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Ok when a legacy stale-report fetch is allowed now; else how long to wait.
+    fn stale_budget(&self) -> Result<(), Duration> {
+        let now = self.now_ms();
+        match self.last_stale_fetch_ms {
+            Some(last) if now < last + FORCE_MIN_INTERVAL.as_millis() as i64 => Err(
+                Duration::from_millis((last + FORCE_MIN_INTERVAL.as_millis() as i64 - now) as u64)
+                    .max(Duration::from_secs(1)),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn count_calls(&self, calls: u32) {
+        let today = china_day(self.now_ms().div_euclid(1000));
+        self.update_status(|s| {
+            if s.calls_day != today {
+                s.calls_day = today;
+                s.calls_today = 0;
+            }
+            s.calls_today += calls;
+        });
+        self.deps
+            .metrics
+            .upstream_calls_today
+            .with_label_values(&[self.config.appid.as_str()])
+            .set(self.slot.status().calls_today as i64);
+    }
+
+    fn publish_token_metrics(&self, record: &TokenRecord) {
+        let appid = self.config.appid.as_str();
+        let m = &self.deps.metrics;
+        m.token_expiry
+            .with_label_values(&[appid])
+            .set(record.expires_at_ms as f64 / 1000.0);
+        m.token_fetched
+            .with_label_values(&[appid])
+            .set(record.fetched_at_ms as f64 / 1000.0);
+    }
+
+    /// Schedules the next refresh for a freshly published (or restored) token.
+    fn schedule_from(
+        &mut self,
+        ctx: &mut Context<Self>,
+        record: &TokenRecord,
+        previous_same: bool,
+    ) {
+        let now = self.now_ms();
+        let at = if self.config.mode == Mode::Stable
+            && previous_same
+            && now
+                >= record.expires_at_ms - self.deps.policy.refresh.stable_window.as_millis() as i64
+        {
+            // WeChat has not rotated yet although we are inside the window: ask again soon.
+            (now + schedule::STABLE_RECHECK.as_millis() as i64)
+                .min(record.expires_at_ms - 1000)
+                .max(now)
+        } else {
+            self.deps
+                .policy
+                .planned_refresh(
+                    self.config.mode,
+                    record.fetched_at_ms,
+                    record.expires_at_ms,
+                    schedule::draw(),
+                )
+                .max(now)
+        };
+        if self.config.mode == Mode::Legacy {
+            // Keep serve_until consistent with the plan actually armed.
+            let serve_until = self
+                .deps
+                .policy
+                .serve_until(Mode::Legacy, record.expires_at_ms, at);
+            if serve_until != record.serve_until_ms {
+                self.slot.publish(Arc::new(TokenRecord {
+                    serve_until_ms: serve_until,
+                    ..record.clone()
+                }));
+            }
+        }
+        self.schedule(ctx, at, Reason::Scheduled);
+    }
+}
+
+impl Finished {
+    fn throttled(generation: u64, reason: Reason, calls: u32) -> Finished {
+        Finished {
+            generation,
+            reason,
+            calls,
+            forced: false,
+            same_token: true,
+            result: Err(RefreshError::Throttled {
+                retry_after: FORCE_MIN_INTERVAL,
+            }),
+        }
+    }
+}
+
+impl Actor for AccountActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        let appid = self.config.appid.as_str().to_string();
+        self.deps.metrics.init_account(&appid);
+        if !self.config.enabled {
+            self.set_state(State::Disabled);
+            return;
+        }
+        let now = self.now_ms();
+        match self.slot.token() {
+            Some(record) if record.is_live(now) => {
+                self.publish_token_metrics(&record);
+                self.set_state(State::Ready);
+                self.schedule_from(ctx, &record, false);
+            }
+            _ => {
+                drop(self.start_refresh(ctx, Reason::Startup, false));
+            }
+        }
+    }
+}
+
+impl Handler<Finished> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Finished, ctx: &mut Self::Context) {
+        if msg.generation != self.generation {
+            return;
+        }
+        self.inflight = None;
+        let now = self.now_ms();
+        self.count_calls(msg.calls);
+        if msg.forced {
+            self.forces.push(now);
+        }
+        if msg.reason == Reason::StaleReport && self.config.mode == Mode::Legacy && msg.calls > 0 {
+            self.last_stale_fetch_ms = Some(now);
+        }
+        let appid = self.config.appid.clone();
+        let result_label = if msg.result.is_ok() { "ok" } else { "error" };
+        self.deps
+            .metrics
+            .refreshes
+            .with_label_values(&[appid.as_str(), msg.reason.as_str(), result_label])
+            .inc();
+        match msg.result {
+            Ok(record) => {
+                tracing::info!(appid = %appid, reason = msg.reason.as_str(), outcome = "ok", token = %record.token, expires_in = (record.expires_at_ms - now) / 1000, "token refreshed");
+                self.failures = 0;
+                self.publish_token_metrics(&record);
+                self.update_status(|s| {
+                    s.state = State::Ready;
+                    s.last_error = None;
+                });
+                self.schedule_from(ctx, &record, msg.same_token);
+            }
+            Err(RefreshError::Throttled { .. }) => {
+                // A refused force is not a failure of the account; keep the plan.
+                self.set_state(if self.slot.is_ready(now) {
+                    State::Ready
+                } else {
+                    State::Failing
+                });
+                if let Some(record) = self.slot.token() {
+                    self.schedule_from(ctx, &record, false);
+                }
+            }
+            Err(err) => {
+                let decision = match &err {
+                    RefreshError::Upstream(e) => e.decide(now.div_euclid(1000)),
+                    _ => Decision::Retry,
+                };
+                let delay =
+                    self.deps
+                        .policy
+                        .retry_delay(&decision, self.failures, now, schedule::draw());
+                self.failures = self.failures.saturating_add(1);
+                let (errcode, errmsg) = match &err {
+                    RefreshError::Upstream(e) => (e.errcode(), e.errmsg()),
+                    other => (None, other.to_string()),
+                };
+                tracing::warn!(appid = %appid, reason = msg.reason.as_str(), outcome = "error", errcode, error = %errmsg, retry_in_ms = delay.as_millis() as u64, "token refresh failed");
+                self.update_status(|s| {
+                    s.state = State::Failing;
+                    s.last_error = Some(LastError {
+                        errcode,
+                        errmsg,
+                        at: now.div_euclid(1000),
+                    });
+                });
+                let retry_at = now + delay.as_millis() as i64;
+                if let Some(record) = self.slot.token()
+                    && record.mode == Mode::Legacy
+                    && record.is_live(now)
+                {
+                    {
+                        // The old token lives until the next fetch plus grace.
+                        let serve_until = self.deps.policy.serve_until(
+                            Mode::Legacy,
+                            record.expires_at_ms,
+                            retry_at,
+                        );
+                        self.slot.publish(Arc::new(TokenRecord {
+                            serve_until_ms: serve_until.max(record.serve_until_ms),
+                            ..(*record).clone()
+                        }));
+                    }
+                }
+                self.schedule(ctx, retry_at, Reason::Retry);
+            }
+        }
+    }
+}
+
+impl Handler<Refresh> for AccountActor {
+    type Result = ResponseFuture<Result<RefreshOutcome, RefreshError>>;
+
+    fn handle(&mut self, msg: Refresh, ctx: &mut Self::Context) -> Self::Result {
+        if !self.config.enabled {
+            return Box::pin(async { Err(RefreshError::Disabled) });
+        }
+        let current = self.slot.token();
+        let stale = msg.stale.clone();
+        let shared = match (&msg.stale, msg.reason) {
+            (Some(stale), _) => {
+                match &current {
+                    Some(c) if &c.token == stale => {}
+                    Some(c) => {
+                        // Not the current token: hand out the current one, no upstream call.
+                        let record = c.clone();
+                        return Box::pin(async move {
+                            Ok(RefreshOutcome {
+                                record,
+                                refreshed: false,
+                            })
+                        });
+                    }
+                    None => return Box::pin(async { Err(RefreshError::NoToken) }),
+                }
+                if let Some(inflight) = &self.inflight {
+                    inflight.clone()
+                } else {
+                    let budget = match self.config.mode {
+                        Mode::Legacy => self.stale_budget(),
+                        Mode::Stable => Ok(()),
+                    };
+                    if let Err(retry_after) = budget {
+                        return Box::pin(
+                            async move { Err(RefreshError::Throttled { retry_after }) },
+                        );
+                    }
+                    self.start_refresh(ctx, Reason::StaleReport, false)
+                }
+            }
+            (None, reason) => {
+                if let Some(inflight) = &self.inflight {
+                    inflight.clone()
+                } else {
+                    let force = self.config.mode == Mode::Stable;
+                    if force && let Err(retry_after) = self.force_budget() {
+                        return Box::pin(
+                            async move { Err(RefreshError::Throttled { retry_after }) },
+                        );
+                    }
+                    self.start_refresh(ctx, reason, force)
+                }
+            }
+        };
+        let before = current.map(|c| c.token.clone());
+        Box::pin(async move {
+            let record = shared.await?;
+            let compared = stale.or(before);
+            let refreshed = compared.is_none_or(|t| t != record.token);
+            Ok(RefreshOutcome { record, refreshed })
+        })
+    }
+}
+
+impl Handler<Shutdown> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Crash> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Crash, _: &mut Self::Context) {
+        panic!("crash requested for account {}", self.config.appid);
+    }
+}

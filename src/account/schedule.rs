@@ -1,0 +1,185 @@
+//! Where the refresh schedule is decided: pure functions from a token's life,
+//! the `refresh:` settings and a random draw to the next refresh instant, and
+//! from a failure to the next retry.
+//!
+//! Invariants: a planned refresh is never after the token's expiry; a legacy
+//! token is never offered to clients past the next planned refresh plus
+//! WeChat's grace (a legacy refresh kills the old token `grace` later); backoff
+//! never exceeds `backoff_max`, and config-class failures never retry sooner
+//! than [`crate::wechat::error::CONFIG_ERROR_RETRY`].
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::config::RefreshConfig;
+use crate::domain::Mode;
+use crate::wechat::Decision;
+
+/// WeChat keeps a superseded token working this long (legacy refresh, forced stable refresh).
+pub const WECHAT_GRACE: Duration = Duration::from_secs(300);
+
+/// In stable mode, when WeChat still returned the same token inside the window,
+/// ask again after this long (bounded by the expiry).
+pub const STABLE_RECHECK: Duration = Duration::from_secs(15);
+
+/// The schedule inputs of one account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub refresh: RefreshConfig,
+    /// How long WeChat keeps a superseded token alive. [`WECHAT_GRACE`] in
+    /// production; tests against a simulator with a short grace set it lower.
+    pub grace: Duration,
+}
+
+impl Policy {
+    pub fn new(refresh: RefreshConfig) -> Self {
+        Policy {
+            refresh,
+            grace: WECHAT_GRACE,
+        }
+    }
+
+    /// When to refresh a token fetched at `fetched_ms` that expires at
+    /// `expires_ms` (Unix milliseconds). `draw` is a uniform sample in [0, 1).
+    ///
+    /// Legacy: after `legacy_at` ± `jitter` of the lifetime. Stable: inside the
+    /// last `stable_window`, spread over its first half by `jitter` of the
+    /// lifetime, so that WeChat has already rotated the token when we ask.
+    pub fn planned_refresh(&self, mode: Mode, fetched_ms: i64, expires_ms: i64, draw: f64) -> i64 {
+        let life = (expires_ms - fetched_ms).max(0) as f64;
+        let at = match mode {
+            Mode::Legacy => {
+                let j = self.refresh.jitter;
+                let fraction = (self.refresh.legacy_at + (2.0 * draw - 1.0) * j).clamp(0.05, 0.99);
+                fetched_ms + (life * fraction) as i64
+            }
+            Mode::Stable => {
+                let window = self.refresh.stable_window.as_millis() as f64;
+                let window = window.min(life);
+                let spread = (self.refresh.jitter * life).min(window / 2.0);
+                expires_ms - window as i64 + (draw * spread) as i64
+            }
+        };
+        at.clamp(fetched_ms, expires_ms)
+    }
+
+    /// Until when clients may use a token, given the next planned refresh:
+    /// stable tokens until expiry; legacy tokens until the planned refresh plus
+    /// WeChat's grace, never past expiry.
+    pub fn serve_until(&self, mode: Mode, expires_ms: i64, next_refresh_ms: i64) -> i64 {
+        match mode {
+            Mode::Stable => expires_ms,
+            Mode::Legacy => expires_ms.min(next_refresh_ms + self.grace.as_millis() as i64),
+        }
+    }
+
+    /// The delay before retry number `attempt` (0 for the first retry) after a
+    /// failure decided as `decision`, at `now_ms`. `draw` is uniform in [0, 1).
+    ///
+    /// Transient failures back off exponentially with full jitter between 0
+    /// and `min(backoff_max, backoff_initial * 2^attempt)` (at least 100 ms);
+    /// config errors wait at least the config retry period; `NotBefore` waits
+    /// until its instant plus up to a few seconds of jitter.
+    pub fn retry_delay(
+        &self,
+        decision: &Decision,
+        attempt: u32,
+        now_ms: i64,
+        draw: f64,
+    ) -> Duration {
+        let exp = self.exponential(attempt);
+        match decision {
+            Decision::Retry | Decision::TokenRejected => {
+                Duration::from_millis(((exp.as_millis() as f64) * draw) as u64)
+                    .max(Duration::from_millis(100))
+            }
+            Decision::ConfigError { retry_after } => (*retry_after).max(exp),
+            Decision::NotBefore { unix, .. } => {
+                let wait_ms = (unix * 1000 - now_ms).max(0) as u64;
+                Duration::from_millis(wait_ms) + Duration::from_millis((draw * 5000.0) as u64)
+            }
+        }
+    }
+
+    fn exponential(&self, attempt: u32) -> Duration {
+        let initial = self.refresh.backoff_initial.max(Duration::from_millis(1));
+        let factor = 2u32.saturating_pow(attempt.min(30));
+        initial
+            .checked_mul(factor)
+            .unwrap_or(self.refresh.backoff_max)
+            .min(self.refresh.backoff_max)
+    }
+}
+
+/// A uniform draw in [0, 1) from the thread's random generator.
+pub fn draw() -> f64 {
+    rand::rng().random::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(RefreshConfig::default())
+    }
+
+    const H2: i64 = 7_200_000;
+
+    #[test]
+    fn legacy_refreshes_at_80_percent_plus_minus_jitter() {
+        let p = policy();
+        assert_eq!(p.planned_refresh(Mode::Legacy, 0, H2, 0.5), 5_760_000);
+        assert_eq!(p.planned_refresh(Mode::Legacy, 0, H2, 0.0), 5_400_000);
+        assert!(p.planned_refresh(Mode::Legacy, 0, H2, 0.999_999) <= 6_120_000);
+    }
+
+    #[test]
+    fn stable_refreshes_in_the_first_half_of_the_last_window() {
+        let p = policy();
+        let earliest = p.planned_refresh(Mode::Stable, 0, H2, 0.0);
+        let latest = p.planned_refresh(Mode::Stable, 0, H2, 0.999_999);
+        assert_eq!(earliest, H2 - 300_000);
+        assert!(latest <= H2 - 150_000 && latest > earliest);
+    }
+
+    #[test]
+    fn a_short_life_never_plans_past_expiry() {
+        let p = policy();
+        for mode in [Mode::Stable, Mode::Legacy] {
+            let at = p.planned_refresh(mode, 1_000, 61_000, 0.99);
+            assert!((1_000..=61_000).contains(&at), "{mode}: {at}");
+        }
+    }
+
+    #[test]
+    fn legacy_tokens_are_served_until_refresh_plus_grace() {
+        let p = policy();
+        assert_eq!(p.serve_until(Mode::Legacy, H2, 5_760_000), 6_060_000);
+        assert_eq!(p.serve_until(Mode::Legacy, H2, 7_100_000), H2);
+        assert_eq!(p.serve_until(Mode::Stable, H2, 5_760_000), H2);
+    }
+
+    #[test]
+    fn backoff_grows_then_caps_and_config_errors_wait_long() {
+        let p = policy();
+        let retry = Decision::Retry;
+        assert_eq!(p.retry_delay(&retry, 0, 0, 0.999_999).as_secs(), 0);
+        assert_eq!(
+            p.retry_delay(&retry, 3, 0, 0.999_999),
+            Duration::from_millis(7_999)
+        );
+        assert!(p.retry_delay(&retry, 40, 0, 0.999_999) <= Duration::from_secs(300));
+        assert!(p.retry_delay(&retry, 5, 0, 0.0) >= Duration::from_millis(100));
+        let config = Decision::ConfigError {
+            retry_after: Duration::from_secs(300),
+        };
+        assert!(p.retry_delay(&config, 0, 0, 0.0) >= Duration::from_secs(300));
+        let quota = Decision::NotBefore {
+            unix: 1_000,
+            cause: crate::wechat::WaitCause::DailyQuota,
+        };
+        assert!(p.retry_delay(&quota, 0, 400_000, 0.0) >= Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,171 @@
+//! What an account publishes for readers: its current token and its status.
+//!
+//! Owns: [`AccountSlot`], the lock-free cell the HTTP read path loads from
+//! (tens of nanoseconds, no actor round trip), and the value types in it.
+//! Invariant: only the account's own actor (and the refresh it spawned)
+//! stores into a slot; readers never see a token past its `serve_until_ms`
+//! because [`TokenRecord::usable_secs`] is the only way the API reads one.
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::Serialize;
+
+use crate::domain::{AccessToken, AppId, Mode};
+
+/// One token as wxtoken serves it. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token: AccessToken,
+    pub mode: Mode,
+    pub fetched_at_ms: i64,
+    /// The real expiry: when the request was sent plus WeChat's `expires_in`.
+    pub expires_at_ms: i64,
+    /// Until when clients may use it (see `schedule::Policy::serve_until`).
+    pub serve_until_ms: i64,
+}
+
+impl TokenRecord {
+    /// Whole seconds a client may keep using this token from `now_ms`, or
+    /// `None` when less than one second is left (then it is not served).
+    pub fn usable_secs(&self, now_ms: i64) -> Option<u64> {
+        let left = self.serve_until_ms - now_ms;
+        (left >= 1000).then_some((left / 1000) as u64)
+    }
+
+    /// True while WeChat still accepts the token (ignoring early supersession).
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+}
+
+/// The lifecycle state of an account (contract §4 `state` label, plus `empty`
+/// and `fetching` before the first token, which count as `refreshing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No token yet and no fetch started.
+    Empty,
+    /// The first fetch is in flight.
+    Fetching,
+    /// A valid token and the last attempt succeeded.
+    Ready,
+    /// A refresh is in flight while a token is served.
+    Refreshing,
+    /// The last attempt failed; a token may still be served while valid.
+    Failing,
+    /// `enabled: false`: never fetched.
+    Disabled,
+}
+
+impl State {
+    /// The `state` label of `wxtoken_accounts`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            State::Empty | State::Fetching | State::Refreshing => "refreshing",
+            State::Ready => "ready",
+            State::Failing => "failing",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
+/// The last upstream failure of an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastError {
+    pub errcode: Option<i64>,
+    pub errmsg: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// Everything `/v1/accounts` and `/readyz` show about an account, but the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountStatus {
+    pub state: State,
+    pub next_refresh_at_ms: Option<i64>,
+    pub last_error: Option<LastError>,
+    /// Token fetches counted against WeChat's daily quota on `calls_day`.
+    pub calls_today: u32,
+    /// The China-time day (`clock::china_day`) `calls_today` belongs to.
+    pub calls_day: i64,
+}
+
+impl Default for AccountStatus {
+    fn default() -> Self {
+        AccountStatus {
+            state: State::Empty,
+            next_refresh_at_ms: None,
+            last_error: None,
+            calls_today: 0,
+            calls_day: 0,
+        }
+    }
+}
+
+/// The published face of one account.
+#[derive(Debug)]
+pub struct AccountSlot {
+    pub appid: AppId,
+    pub name: String,
+    pub mode: Mode,
+    pub enabled: bool,
+    token: ArcSwapOption<TokenRecord>,
+    status: ArcSwap<AccountStatus>,
+}
+
+impl AccountSlot {
+    pub fn new(appid: AppId, name: String, mode: Mode, enabled: bool) -> Self {
+        let status = AccountStatus {
+            state: if enabled {
+                State::Empty
+            } else {
+                State::Disabled
+            },
+            ..Default::default()
+        };
+        AccountSlot {
+            appid,
+            name,
+            mode,
+            enabled,
+            token: ArcSwapOption::empty(),
+            status: ArcSwap::from_pointee(status),
+        }
+    }
+
+    /// The current token record, if any (it may be past its serve time).
+    pub fn token(&self) -> Option<Arc<TokenRecord>> {
+        self.token.load_full()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Arc<AccountStatus> {
+        self.status.load_full()
+    }
+
+    /// Publishes a new token record.
+    pub fn publish(&self, record: Arc<TokenRecord>) {
+        self.token.store(Some(record));
+    }
+
+    /// Removes the token (the account left the registry or its token died).
+    pub fn clear(&self) {
+        self.token.store(None);
+    }
+
+    /// Replaces the status.
+    pub fn set_status(&self, status: AccountStatus) {
+        self.status.store(Arc::new(status));
+    }
+
+    /// True when a token is usable now (or the account is disabled).
+    pub fn is_ready(&self, now_ms: i64) -> bool {
+        !self.enabled
+            || self
+                .token
+                .load()
+                .as_ref()
+                .is_some_and(|t| t.usable_secs(now_ms).is_some())
+    }
+}

@@ -1,0 +1,131 @@
+//! The admin endpoints on accounts: `GET /v1/accounts` (status of every
+//! account) and `POST /v1/accounts/{appid}/refresh` (forced refresh).
+//!
+//! Owns the wire shape of an account's status. Invariant: it never contains a
+//! token or a secret: it is built from [`AccountStatus`] and the token's
+//! timestamps only.
+//!
+//! Both need an admin key; an admin client limited to some `appids` sees and
+//! refreshes only those.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use crate::account::Reason;
+use crate::account::slot::{AccountStatus, LastError, State};
+use crate::clock::china_day;
+use crate::domain::Mode;
+use crate::registry::RouteRefresh;
+use crate::startup::AppState;
+
+use super::error::ApiError;
+use super::path_appid;
+use super::refresh::respond;
+
+/// One account in `GET /v1/accounts`.
+#[derive(Serialize)]
+struct AccountView<'a> {
+    appid: &'a str,
+    name: &'a str,
+    mode: Mode,
+    state: State,
+    /// Unix seconds of the current token's real expiry.
+    expires_at: Option<i64>,
+    /// Unix seconds of the next planned refresh or retry.
+    next_refresh_at: Option<i64>,
+    last_error: Option<&'a LastError>,
+    upstream_calls_today: u32,
+}
+
+/// `GET /v1/accounts` (admin): the status of every account the caller may see,
+/// sorted by appid.
+///
+/// Errors: 401 without a valid key, 403 without an admin key.
+pub async fn list_accounts(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = state.auth.load();
+    let caller = auth.authenticate(&req)?;
+    caller.check_admin()?;
+    let now_ms = state.clock.now_unix_ms();
+    let today = china_day(now_ms.div_euclid(1000));
+    let rows: Vec<_> = state
+        .directory
+        .all()
+        .into_iter()
+        .filter(|slot| caller.may_access(&slot.appid))
+        .map(|slot| {
+            let status = slot.status();
+            let token = slot.token();
+            (slot, status, token)
+        })
+        .collect();
+    let views: Vec<AccountView<'_>> = rows
+        .iter()
+        .map(|(slot, status, token)| AccountView {
+            appid: slot.appid.as_str(),
+            name: &slot.name,
+            mode: slot.mode,
+            state: status.state,
+            expires_at: token.as_ref().map(|t| t.expires_at_ms.div_euclid(1000)),
+            next_refresh_at: status.next_refresh_at_ms.map(|ms| ms.div_euclid(1000)),
+            last_error: status.last_error.as_ref(),
+            upstream_calls_today: calls_today(status, today),
+        })
+        .collect();
+    let body = serde_json::to_vec(&views)
+        .map_err(|_| ApiError::internal("the account list could not be encoded"))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(body))
+}
+
+/// Upstream token calls counted on China-time day `today`.
+fn calls_today(status: &AccountStatus, today: i64) -> u32 {
+    if status.calls_day == today {
+        status.calls_today
+    } else {
+        0
+    }
+}
+
+/// `POST /v1/accounts/{appid}/refresh` (admin): fetch a new token now (in
+/// stable mode with `force_refresh`), answered in the token shape plus
+/// `refreshed`.
+///
+/// Errors: 401, 403 (not admin, or appid outside the caller's scope), 400
+/// (appid syntax), 404 (unknown appid), 429 when WeChat's force limits
+/// (30 s apart, 20 a day) forbid it now, 503 when the refresh failed.
+pub async fn force_refresh(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (appid, slot) = {
+        let auth = state.auth.load();
+        let caller = auth.authenticate(&req)?;
+        caller.check_admin()?;
+        let appid = path_appid(&req)?;
+        caller.check_scope(&appid)?;
+        let slot = state
+            .directory
+            .get(&appid)
+            .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
+        (appid, slot)
+    };
+    tracing::info!(appid = %appid, "forced refresh requested by an admin client");
+    let result = state
+        .registry
+        .send(RouteRefresh {
+            appid,
+            reason: Reason::Admin,
+            stale: None,
+        })
+        .await;
+    respond(&slot, result, &state.clock)
+}

@@ -1,0 +1,93 @@
+//! Reading small JSON request bodies.
+//!
+//! Owns the body limit of the API ([`MAX_BODY_BYTES`]) and the translation of
+//! every body problem (too large, unreadable, not JSON, wrong shape) into a
+//! 400 `bad_request` whose message never quotes the body: it may hold a token.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, web};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// The largest request body accepted, in bytes (contract §3: 8 KiB).
+pub const MAX_BODY_BYTES: usize = 8192;
+
+/// Reads the whole body of `req` (at most [`MAX_BODY_BYTES`]) and decodes it
+/// as JSON into `T`. `shape` shows the expected body in messages, e.g.
+/// `{"stale_token": "..."}`.
+///
+/// Errors with 400 when the body is larger than the limit, cannot be read, is
+/// empty, is not JSON or does not have the expected fields. Any content type
+/// is accepted, so `curl -d` works without `-H content-type:`.
+pub async fn read_json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    shape: &'static str,
+) -> Result<T, ApiError> {
+    let too_large = || {
+        ApiError::bad_request(format!(
+            "the request body is larger than {MAX_BODY_BYTES} bytes; send {shape}"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.map_or(256, |len| len as usize));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "the request body is empty; send {shape}"
+            )));
+        }
+        // serde would also accept a struct written as an array; the API does not.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "the request body is not a JSON object; send {shape}"
+            )));
+        }
+    }
+    serde_json::from_slice(&body).map_err(|e| describe(&e, shape))
+}
+
+/// A message for a JSON decoding error that does not quote the input.
+fn describe(e: &serde_json::Error, shape: &'static str) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(format!(
+            "the request body is not valid JSON (line {}, column {}); send {shape}",
+            e.line(),
+            e.column()
+        )),
+        Category::Data => {
+            // serde's "missing field `x`" names only the field, never a value.
+            let text = e.to_string();
+            match text
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+            {
+                Some((field, _)) => ApiError::bad_request(format!(
+                    "the request body has no \"{field}\" field; send {shape}"
+                )),
+                None => ApiError::bad_request(format!(
+                    "the request body does not have the expected fields and types; send {shape}"
+                )),
+            }
+        }
+    }
+}

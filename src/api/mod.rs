@@ -1,0 +1,101 @@
+//! The HTTP API of contract §3: one module per endpoint group, plus
+//! authentication, the error type, body reading and the metrics middleware.
+//!
+//! Owns the route table ([`configure`]) and the answers of unknown paths (404)
+//! and wrong methods (405). Invariants: every answer, including the router's
+//! own 404/405, is JSON of the contract's error shape; the token read path
+//! ([`token::get_token`]) never waits for an actor; every resource is named
+//! after its pattern so the metrics middleware labels requests by route.
+
+mod accounts;
+mod auth;
+mod body;
+mod error;
+mod health;
+mod metrics;
+mod middleware;
+mod refresh;
+mod token;
+
+use actix_web::{HttpRequest, HttpResponse, Resource, web};
+
+pub use auth::{Auth, Caller};
+pub use body::MAX_BODY_BYTES;
+pub use error::ApiError;
+pub use middleware::{HttpMetrics, UNMATCHED};
+
+use crate::domain::AppId;
+
+/// The route patterns, which are also the `route` label of the HTTP metrics.
+pub mod routes {
+    /// `GET`: the current token of an account.
+    pub const TOKEN: &str = "/v1/token/{appid}";
+    /// `POST`: compare-and-refresh.
+    pub const TOKEN_REFRESH: &str = "/v1/token/{appid}/refresh";
+    /// `GET` (admin): the status of every account.
+    pub const ACCOUNTS: &str = "/v1/accounts";
+    /// `POST` (admin): forced refresh.
+    pub const ACCOUNT_REFRESH: &str = "/v1/accounts/{appid}/refresh";
+    /// `GET`: liveness.
+    pub const HEALTHZ: &str = "/healthz";
+    /// `GET`: readiness.
+    pub const READYZ: &str = "/readyz";
+    /// `GET`: Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+}
+
+/// Registers every endpoint of the API and the JSON 404 for unknown paths.
+/// The app must carry `web::Data<AppState>`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource(routes::TOKEN, "GET").route(web::get().to(token::get_token)))
+        .service(
+            resource(routes::TOKEN_REFRESH, "POST")
+                .route(web::post().to(refresh::compare_and_refresh)),
+        )
+        .service(resource(routes::ACCOUNTS, "GET").route(web::get().to(accounts::list_accounts)))
+        .service(
+            resource(routes::ACCOUNT_REFRESH, "POST")
+                .route(web::post().to(accounts::force_refresh)),
+        )
+        .service(
+            resource(routes::HEALTHZ, "GET, HEAD")
+                .route(web::get().to(health::healthz))
+                .route(web::head().to(health::healthz)),
+        )
+        .service(
+            resource(routes::READYZ, "GET, HEAD")
+                .route(web::get().to(health::readyz))
+                .route(web::head().to(health::readyz)),
+        )
+        .service(resource(routes::METRICS, "GET").route(web::get().to(metrics::metrics)))
+        .default_service(web::to(not_found));
+}
+
+/// A resource named after its pattern, answering 405 with `Allow: allow` to
+/// other methods.
+fn resource(pattern: &'static str, allow: &'static str) -> Resource {
+    web::resource(pattern)
+        .name(pattern)
+        .default_service(web::to(move || async move {
+            let err: Result<HttpResponse, ApiError> = Err(ApiError::method_not_allowed(allow));
+            err
+        }))
+}
+
+/// The answer for a path no endpoint matches.
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::no_route())
+}
+
+/// The `{appid}` of the matched path, validated.
+///
+/// Errors with 400 when it is not 1 to 64 letters, digits, `_`, `-`, `:` or
+/// `.`; the message does not quote it.
+fn path_appid(req: &HttpRequest) -> Result<AppId, ApiError> {
+    let raw = req.match_info().get("appid").unwrap_or_default();
+    AppId::parse(raw).map_err(|_| {
+        ApiError::bad_request(
+            "the appid in the path is malformed: it must be 1 to 64 letters, digits, '_', '-', ':' or '.' (WeChat appids look like wx1234567890abcdef)",
+        )
+    })
+}

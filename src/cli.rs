@@ -1,0 +1,146 @@
+//! The command line (contract §1): argument parsing and one function per command.
+//!
+//! Invariant: every user error ends here as one readable sentence on stderr and
+//! a non-zero exit code; nothing below `main` panics on user input.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LoadOptions};
+use crate::startup::{Application, BuildOptions};
+
+/// wxtoken: the central WeChat access_token server.
+#[derive(Debug, Parser)]
+#[command(name = "wxtoken", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `--config` option shared by the commands that read `accounts.yaml`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Path of the accounts file.
+    #[arg(long, env = "WXTOKEN_CONFIG", default_value = "accounts.yaml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the central token server.
+    Serve(ConfigArg),
+    /// Validate the configuration without network access.
+    Check(ConfigArg),
+    /// Run the built-in simulator and the server against it, and print curl commands.
+    Demo(ConfigArg),
+    /// Run a stand-alone fake WeChat API server for local development.
+    Simulator {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Lifetime of issued tokens, in seconds.
+        #[arg(long, default_value_t = 7200)]
+        token_ttl: u64,
+        /// How long a superseded token keeps working, in seconds.
+        #[arg(long, default_value_t = 300)]
+        grace: u64,
+    },
+    /// Read an API key on stdin and print its `sha256:<hex>` form for `clients[].key`.
+    HashKey,
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(arg) => ExitCode::from(crate::config::run_check(&arg.config)),
+        Command::HashKey => hash_key(),
+        Command::Simulator {
+            listen,
+            token_ttl,
+            grace,
+        } => {
+            crate::telemetry::init();
+            let config = crate::simulator::SimConfig {
+                token_ttl: Duration::from_secs(token_ttl),
+                grace: Duration::from_secs(grace),
+                ..Default::default()
+            };
+            run_async(async move { crate::simulator::run_standalone(config, listen).await })
+        }
+        Command::Serve(arg) => {
+            crate::telemetry::init();
+            let Some(config) = load_config(&arg.config, LoadOptions::from_process_env()) else {
+                return ExitCode::from(2);
+            };
+            run_async(async move {
+                let app = Application::build(config, BuildOptions::default()).await?;
+                tracing::info!(listen = %app.addr(), "wxtoken serving");
+                app.run_until_stopped().await?;
+                tracing::info!("wxtoken stopped");
+                Ok(())
+            })
+        }
+        Command::Demo(arg) => {
+            crate::telemetry::init();
+            let options = LoadOptions::from_process_env().secrets_optional();
+            let Some(config) = load_config(&arg.config, options) else {
+                return ExitCode::from(2);
+            };
+            run_async(crate::demo::run(config))
+        }
+    }
+}
+
+/// Loads and validates the configuration; prints every problem and returns
+/// `None` when it is invalid, and logs its warnings when it is not.
+fn load_config(path: &std::path::Path, options: LoadOptions) -> Option<Config> {
+    match crate::config::load(path, &options) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            Some(loaded.config)
+        }
+        Err(problems) => {
+            for problem in problems.iter() {
+                eprintln!("{problem}");
+            }
+            None
+        }
+    }
+}
+
+/// Runs a future on an actix system (which the HTTP servers need) and maps its error to exit 1.
+fn run_async<F>(fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    match actix_rt::System::new().block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wxtoken: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn hash_key() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("wxtoken: could not read the key from stdin: {e}");
+        return ExitCode::from(1);
+    }
+    let key = input.trim_end_matches(['\r', '\n']);
+    if key.is_empty() {
+        eprintln!("wxtoken: no key on stdin; try `echo -n 'my-key' | wxtoken hash-key`");
+        return ExitCode::from(1);
+    }
+    println!("{}", crate::domain::KeyHash::of_key(key));
+    ExitCode::SUCCESS
+}

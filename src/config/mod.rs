@@ -1,0 +1,172 @@
+//! The `accounts.yaml` configuration: its typed form, loading and validation.
+//!
+//! Owns: turning a YAML file plus the environment into a [`Config`], or into the
+//! complete list of [`Problem`]s with `file:line` positions. Invariant: a
+//! `Config` value is fully valid (every rule of contract §2 holds), and secrets
+//! inside it are only reachable through `secrecy::ExposeSecret`.
+//!
+//! Code map: `yaml` turns text into a tree whose values know their line; `env`
+//! holds [`LoadOptions`] and `${VAR}` expansion; `load` has the entry points
+//! and the typed getters that report problems; `schema` knows every key, default
+//! and rule of contract §2; `values` parses durations, numbers and URLs;
+//! `problems` formats `file:line: message`; `check` is `wxtoken check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::domain::{AppId, KeyHash, Mode};
+
+mod check;
+mod env;
+mod load;
+mod problems;
+mod schema;
+mod values;
+mod yaml;
+
+pub use check::{CHECK_INVALID, CHECK_OK, run_check, summary};
+pub use env::{EnvLookup, LoadOptions};
+pub use load::{Loaded, load, load_str};
+pub use problems::{Problem, Problems};
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration was read from (for reload and messages).
+    pub source: PathBuf,
+    /// The address of the HTTP API, `/metrics` and the health endpoints.
+    pub listen: SocketAddr,
+    /// How WeChat is reached.
+    pub upstream: UpstreamConfig,
+    /// Where tokens are persisted.
+    pub store: StoreConfig,
+    /// When tokens are refreshed.
+    pub refresh: RefreshConfig,
+    /// Who may read tokens; empty means unauthenticated loopback access.
+    pub clients: Vec<ClientConfig>,
+    /// The WeChat accounts whose tokens are kept fresh (at least one).
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// `upstream:`: how wxtoken reaches WeChat.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Tried in order; the next one on connect error, timeout or HTTP 5xx.
+    pub base_urls: Vec<Url>,
+    /// Per HTTP request.
+    pub timeout: Duration,
+    /// Upstream requests in flight across all accounts.
+    pub max_concurrency: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            base_urls: vec![
+                Url::parse("https://api.weixin.qq.com").expect("static url"),
+                Url::parse("https://api2.weixin.qq.com").expect("static url"),
+            ],
+            timeout: Duration::from_secs(5),
+            max_concurrency: 32,
+        }
+    }
+}
+
+/// `store:`: where tokens are persisted.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The embedded store file.
+    pub path: PathBuf,
+    /// A Redis URL (it may carry a password, hence secret) for the shared store.
+    pub redis: Option<SecretString>,
+    /// Prefix of every Redis key wxtoken writes.
+    pub redis_prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("./data/wxtoken.redb"),
+            redis: None,
+            redis_prefix: "wxtoken".to_string(),
+        }
+    }
+}
+
+/// `refresh:`: when tokens are refreshed and how failures back off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshConfig {
+    /// Legacy mode: refresh after this fraction of the lifetime (0 < x < 1).
+    pub legacy_at: f64,
+    /// Plus/minus this fraction, drawn per account per cycle (0 <= x < 0.5).
+    pub jitter: f64,
+    /// Stable mode: refresh inside the last `stable_window` of the lifetime.
+    pub stable_window: Duration,
+    /// The first retry delay after a failed refresh; later ones grow up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// The longest retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            legacy_at: 0.8,
+            jitter: 0.05,
+            stable_window: Duration::from_secs(300),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Which appids a client may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppScope {
+    /// `["*"]`: every account.
+    All,
+    /// Only these.
+    Only(Vec<AppId>),
+}
+
+impl AppScope {
+    /// True when a client with this scope may read `appid`'s token.
+    pub fn allows(&self, appid: &AppId) -> bool {
+        match self {
+            AppScope::All => true,
+            AppScope::Only(ids) => ids.contains(appid),
+        }
+    }
+}
+
+/// One entry of `clients:`.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Unique name, shown in logs and metrics.
+    pub name: String,
+    /// The SHA-256 of the client's API key (unique).
+    pub key: KeyHash,
+    /// The accounts whose tokens it may read.
+    pub appids: AppScope,
+    /// May list accounts, force refreshes and reload.
+    pub admin: bool,
+}
+
+/// One entry of `accounts:`.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    /// A WeChat appid (`wx` + 16 letters or digits), unique in the file.
+    pub appid: AppId,
+    /// Free text for status and dashboards (defaults to the appid).
+    pub name: String,
+    /// The AppSecret; only reachable through `ExposeSecret`.
+    pub secret: SecretString,
+    /// Which WeChat token endpoint the account uses.
+    pub mode: Mode,
+    /// Disabled accounts are kept in the file but not refreshed or served.
+    pub enabled: bool,
+}

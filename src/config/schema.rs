@@ -1,0 +1,900 @@
+//! The schema of `accounts.yaml` (contract §2): its keys, defaults and rules.
+//!
+//! Owns which keys each mapping may have, how each value is read, and every rule
+//! that involves several values (duplicates, client scopes, `listen` versus
+//! `clients`). Invariant: secrets (account secrets, client keys that may be
+//! plain keys by mistake, the Redis URL) are read here but never quoted in a
+//! message; only variable names and file paths are.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use super::load::{Fields, Got, Text, Walk, lowercase_first};
+use super::values::{self, quote, show_duration};
+use super::yaml::{Kind, Node};
+use super::{
+    AccountConfig, AppScope, ClientConfig, Config, RefreshConfig, StoreConfig, UpstreamConfig,
+};
+use crate::domain::{AppId, KeyHash, Mode};
+
+const TOP: &[&str] = &[
+    "listen", "upstream", "store", "refresh", "clients", "accounts",
+];
+const UPSTREAM: &[&str] = &["base_urls", "timeout", "max_concurrency"];
+const STORE: &[&str] = &["path", "redis", "redis_prefix"];
+const REFRESH: &[&str] = &[
+    "legacy_at",
+    "jitter",
+    "stable_window",
+    "backoff_initial",
+    "backoff_max",
+];
+const CLIENT: &[&str] = &["name", "key", "appids", "admin"];
+const ACCOUNT: &[&str] = &["appid", "name", "secret", "secret_file", "mode", "enabled"];
+
+/// The default `listen` address: loopback only.
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// A WeChat token lives this long; the stable refresh window must be shorter.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+/// The largest secret file accepted.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+/// An example appid for hints.
+const EXAMPLE_APPID: &str = "wx1111111111111111";
+
+/// What the cross-checks need to know about one account, even an invalid one.
+#[derive(Default)]
+struct AccountSeen {
+    path: String,
+    appid: Option<(AppId, usize)>,
+    enabled: bool,
+}
+
+/// What the cross-checks need to know about one client, even an invalid one.
+#[derive(Default)]
+struct ClientSeen {
+    path: String,
+    name: Option<(String, usize)>,
+    key: Option<(KeyHash, usize)>,
+    scope: Vec<(AppId, usize)>,
+}
+
+/// The `clients:` list as read: the valid clients, what was seen of all of
+/// them, how many entries there were, and the line of the `clients:` key.
+struct ClientsRead {
+    valid: Option<Vec<ClientConfig>>,
+    seen: Vec<ClientSeen>,
+    entries: usize,
+    line: Option<usize>,
+}
+
+impl Walk<'_> {
+    /// Reads the whole file. `None` when some part is invalid (every problem reported).
+    pub(crate) fn config(&mut self, root: Option<&Node>) -> Option<Config> {
+        let Some(root) = root else {
+            self.report.error(
+                None,
+                "the file is empty; it needs at least an `accounts:` list with one account",
+            );
+            return None;
+        };
+        let f = self.fields(root, "", TOP)?;
+
+        let listen = self.setting(&f, "", "listen", parse_listen);
+        let listen_line = listen.line().or(f.key_line("listen"));
+        let listen = listen.or(DEFAULT_LISTEN);
+        let upstream = self.upstream(f.get("upstream"));
+        let store = self.store(f.get("store"));
+        let refresh = self.refresh(f.get("refresh"));
+        let clients = self.clients(&f);
+        let (accounts, accounts_seen) = self.accounts(&f);
+
+        self.check_accounts(&accounts_seen);
+        self.check_clients(&clients.seen, &accounts_seen);
+        if let Some(listen) = listen
+            && clients.entries == 0
+            && clients.valid.is_some()
+        {
+            self.check_open_listen(listen, listen_line, clients.line);
+        }
+
+        Some(Config {
+            source: self.report_file(),
+            listen: listen?,
+            upstream: upstream?,
+            store: store?,
+            refresh: refresh?,
+            clients: clients.valid?,
+            accounts: accounts?,
+        })
+    }
+
+    fn report_file(&self) -> PathBuf {
+        self.report.file().to_path_buf()
+    }
+
+    /// `upstream:`; defaults for what is absent.
+    fn upstream(&mut self, node: Option<&Node>) -> Option<UpstreamConfig> {
+        let defaults = UpstreamConfig::default();
+        let Some(node) = node.filter(|n| !matches!(n.kind, Kind::Null)) else {
+            return Some(defaults);
+        };
+        let f = self.fields(node, "upstream", UPSTREAM)?;
+        let base_urls = match f.get("base_urls") {
+            None => Some(defaults.base_urls),
+            Some(n) => self.base_urls(n),
+        };
+        let timeout = self.setting(&f, "upstream", "timeout", values::duration);
+        let timeout = self.rule(
+            timeout,
+            |d| !d.is_zero(),
+            |_| "upstream.timeout must be more than 0s; e.g. 5s".to_string(),
+        );
+        let max = self.setting(&f, "upstream", "max_concurrency", values::count);
+        let max = self.rule(
+            max,
+            |n| *n > 0,
+            |_| "upstream.max_concurrency must be at least 1; e.g. 32".to_string(),
+        );
+        Some(UpstreamConfig {
+            base_urls: base_urls?,
+            timeout: timeout.or(defaults.timeout)?,
+            max_concurrency: max.or(defaults.max_concurrency)?,
+        })
+    }
+
+    fn base_urls(&mut self, node: &Node) -> Option<Vec<Url>> {
+        let empty =
+            "upstream.base_urls is empty; list at least one URL, e.g. https://api.weixin.qq.com";
+        match &node.kind {
+            Kind::Null => {
+                self.report.error(node.line, empty);
+                None
+            }
+            Kind::Seq(items) if items.is_empty() => {
+                self.report.error(node.line, empty);
+                None
+            }
+            Kind::Seq(items) => {
+                let urls: Vec<Option<Url>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        self.parsed(item, &format!("upstream.base_urls[{i}]"), values::base_url)
+                    })
+                    .collect();
+                urls.into_iter().collect()
+            }
+            Kind::Scalar { .. } | Kind::Map(_) => {
+                self.report.error(
+                    node.line,
+                    format!(
+                        "upstream.base_urls must be a list of URLs, not {}; e.g. [https://api.weixin.qq.com]",
+                        node.type_name()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `store:`; defaults for what is absent. The Redis URL is never quoted.
+    fn store(&mut self, node: Option<&Node>) -> Option<StoreConfig> {
+        let defaults = StoreConfig::default();
+        let Some(node) = node.filter(|n| !matches!(n.kind, Kind::Null)) else {
+            return Some(defaults);
+        };
+        let f = self.fields(node, "store", STORE)?;
+        let path = self.setting(&f, "store", "path", |t| non_empty(t).map(PathBuf::from));
+        let prefix = self.setting(&f, "store", "redis_prefix", |t| {
+            non_empty(t).and_then(|p| {
+                if p.chars().any(char::is_whitespace) {
+                    Err(format!("{} must not contain spaces", quote(&p)))
+                } else {
+                    Ok(p)
+                }
+            })
+        });
+        let redis = match f.get("redis") {
+            None => Some(None),
+            Some(n) => self.redis_url(n).map(Some),
+        };
+        Some(StoreConfig {
+            path: path.or(defaults.path)?,
+            redis: redis?,
+            redis_prefix: prefix.or(defaults.redis_prefix)?,
+        })
+    }
+
+    fn redis_url(&mut self, node: &Node) -> Option<SecretString> {
+        let Text::Value(text, _) = self.expand_text(node, "store.redis", false, true) else {
+            return None;
+        };
+        let ok = Url::parse(text.trim())
+            .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"));
+        if ok {
+            Some(SecretString::from(text.trim().to_string()))
+        } else {
+            self.report.error(
+                node.line,
+                "store.redis is not a Redis URL; write e.g. redis://127.0.0.1:6379/0 or rediss://:PASSWORD@HOST:6380/0 (the value is not shown: it may hold a password)",
+            );
+            None
+        }
+    }
+
+    /// `refresh:`; defaults for what is absent.
+    fn refresh(&mut self, node: Option<&Node>) -> Option<RefreshConfig> {
+        let defaults = RefreshConfig::default();
+        let Some(node) = node.filter(|n| !matches!(n.kind, Kind::Null)) else {
+            return Some(defaults);
+        };
+        let f = self.fields(node, "refresh", REFRESH)?;
+        let legacy_at = self.setting(&f, "refresh", "legacy_at", values::number);
+        let legacy_at = self.rule(
+            legacy_at,
+            |x| *x > 0.0 && *x < 1.0,
+            |x| format!("refresh.legacy_at must be between 0 and 1 (exclusive), not {x}; e.g. 0.8"),
+        );
+        let jitter = self.setting(&f, "refresh", "jitter", values::number);
+        let jitter = self.rule(
+            jitter,
+            |x| *x >= 0.0 && *x < 0.5,
+            |x| format!("refresh.jitter must be at least 0 and less than 0.5, not {x}; e.g. 0.05"),
+        );
+        let window = self.setting(&f, "refresh", "stable_window", values::duration);
+        let window = self.rule(window, |d| !d.is_zero() && *d < TOKEN_LIFETIME, |d| {
+            format!(
+                "refresh.stable_window must be more than 0s and less than 2h (a token's lifetime), not {}; e.g. 5m",
+                show_duration(*d)
+            )
+        });
+        let initial = self.setting(&f, "refresh", "backoff_initial", values::duration);
+        let initial = self.rule(
+            initial,
+            |d| !d.is_zero(),
+            |_| "refresh.backoff_initial must be more than 0s; e.g. 1s".to_string(),
+        );
+        let max = self.setting(&f, "refresh", "backoff_max", values::duration);
+        let max = self.rule(
+            max,
+            |d| !d.is_zero(),
+            |_| "refresh.backoff_max must be more than 0s; e.g. 5m".to_string(),
+        );
+
+        let at_line = legacy_at.line().or(jitter.line());
+        let (legacy_at, jitter) = (legacy_at.or(defaults.legacy_at), jitter.or(defaults.jitter));
+        if let (Some(at), Some(j)) = (legacy_at, jitter)
+            && at + j >= 1.0
+        {
+            self.report.warn(
+                at_line,
+                format!(
+                    "refresh.legacy_at ({at}) plus refresh.jitter ({j}) reaches 1: a legacy refresh may be planned after its token expired"
+                ),
+            );
+        }
+
+        let backoff_line = initial.line().or(max.line());
+        let (initial, max) = (
+            initial.or(defaults.backoff_initial),
+            max.or(defaults.backoff_max),
+        );
+        let mut backoff_ok = true;
+        if let (Some(i), Some(m)) = (initial, max)
+            && i > m
+        {
+            self.report.error(
+                backoff_line,
+                format!(
+                    "refresh.backoff_initial ({}) is longer than refresh.backoff_max ({}); the first retry cannot wait longer than the longest",
+                    show_duration(i),
+                    show_duration(m)
+                ),
+            );
+            backoff_ok = false;
+        }
+        if !backoff_ok {
+            return None;
+        }
+        Some(RefreshConfig {
+            legacy_at: legacy_at?,
+            jitter: jitter?,
+            stable_window: window.or(defaults.stable_window)?,
+            backoff_initial: initial?,
+            backoff_max: max?,
+        })
+    }
+
+    /// `clients:`; an absent or empty list means no clients.
+    fn clients(&mut self, top: &Fields<'_>) -> ClientsRead {
+        let line = top.key_line("clients");
+        let mut read = ClientsRead {
+            valid: Some(Vec::new()),
+            seen: Vec::new(),
+            entries: 0,
+            line,
+        };
+        let Some(node) = top.get("clients") else {
+            return read;
+        };
+        let items = match &node.kind {
+            Kind::Null => return read,
+            Kind::Seq(items) => items,
+            Kind::Scalar { .. } | Kind::Map(_) => {
+                self.report.error(
+                    node.line,
+                    format!(
+                        "clients must be a list of clients (- name: ..., key: ..., appids: [...]), not {}",
+                        node.type_name()
+                    ),
+                );
+                read.valid = None;
+                return read;
+            }
+        };
+        read.entries = items.len();
+        let mut valid = Some(Vec::new());
+        for (i, item) in items.iter().enumerate() {
+            let (client, seen) = self.client(i, item);
+            match (client, valid.as_mut()) {
+                (Some(c), Some(list)) => list.push(c),
+                _ => valid = None,
+            }
+            read.seen.push(seen);
+        }
+        read.valid = valid;
+        read
+    }
+
+    fn client(&mut self, i: usize, node: &Node) -> (Option<ClientConfig>, ClientSeen) {
+        let path = format!("clients[{i}]");
+        let mut seen = ClientSeen {
+            path: path.clone(),
+            ..ClientSeen::default()
+        };
+        let Some(f) = self.fields(node, &path, CLIENT) else {
+            return (None, seen);
+        };
+        seen.name = match f.get("name") {
+            None => {
+                self.report.error(
+                    f.line,
+                    format!("{path} has no name; add e.g. `name: order-service`"),
+                );
+                None
+            }
+            Some(n) => self
+                .parsed(n, &format!("{path}.name"), non_empty)
+                .map(|v| (v, n.line)),
+        };
+        let label = match &seen.name {
+            Some((name, _)) => format!("{path} ({name})"),
+            None => path.clone(),
+        };
+        seen.key = match f.get("key") {
+            None => {
+                self.report.error(
+                    f.line,
+                    format!(
+                        "{label} has no key; add `key: sha256:...` (make it with `echo -n THE-KEY | wxtoken hash-key`)"
+                    ),
+                );
+                None
+            }
+            Some(n) => self.client_key(n, &path).map(|k| (k, n.line)),
+        };
+        let scope = match f.get("appids") {
+            None => {
+                self.report.error(
+                    f.line,
+                    format!(
+                        "{label} has no appids; list the appids it may read, e.g. [{EXAMPLE_APPID}], or [\"*\"] for all"
+                    ),
+                );
+                None
+            }
+            Some(n) => self.scope(n, &format!("{path}.appids")),
+        };
+        let admin = self.setting(&f, &path, "admin", values::boolean).or(false);
+        if let (Some((scope, _)), Some(false)) = (&scope, admin)
+            && *scope == AppScope::Only(Vec::new())
+        {
+            self.report.warn(
+                f.key_line("appids"),
+                format!(
+                    "{label} is not admin and its appids list is empty, so it may read nothing"
+                ),
+            );
+        }
+        let scope = scope.map(|(scope, ids)| {
+            seen.scope = ids;
+            scope
+        });
+        let client = match (&seen.name, &seen.key, scope, admin) {
+            (Some((name, _)), Some((key, _)), Some(appids), Some(admin)) => Some(ClientConfig {
+                name: name.clone(),
+                key: key.clone(),
+                appids,
+                admin,
+            }),
+            _ => None,
+        };
+        (client, seen)
+    }
+
+    /// A client key: `sha256:<hex>`. Never quoted, in case a plain key was pasted.
+    fn client_key(&mut self, node: &Node, path: &str) -> Option<KeyHash> {
+        let path = format!("{path}.key");
+        let Text::Value(text, _) = self.expand_text(node, &path, false, true) else {
+            return None;
+        };
+        match KeyHash::parse(text.trim()) {
+            Ok(k) => Some(k),
+            Err(_) => {
+                let plain = if text.trim().starts_with("sha256:") {
+                    ""
+                } else {
+                    "; if this is the key itself, keep it out of the file and write its hash"
+                };
+                self.report.error(
+                    node.line,
+                    format!(
+                        "{path} must be \"sha256:\" followed by 64 hex digits (make it with `echo -n THE-KEY | wxtoken hash-key`){plain}; the value is not shown"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A client's `appids`: `["*"]` or a list of WeChat appids.
+    fn scope(&mut self, node: &Node, path: &str) -> Option<(AppScope, Vec<(AppId, usize)>)> {
+        let Kind::Seq(items) = &node.kind else {
+            if matches!(node.kind, Kind::Null) {
+                // Reported as "has no value" by the generic reader.
+                self.text(node, path);
+            } else {
+                self.report.error(
+                    node.line,
+                    format!(
+                        "{path} must be a list, not {}; write [\"*\"] for every account or e.g. [{EXAMPLE_APPID}]",
+                        node.type_name()
+                    ),
+                );
+            }
+            return None;
+        };
+        let mut ids = Vec::new();
+        let mut all = false;
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let Some(text) = self.text(item, &item_path) else {
+                ok = false;
+                continue;
+            };
+            if text.trim() == "*" {
+                if items.len() > 1 {
+                    self.report.error(
+                        item.line,
+                        format!("{item_path}: \"*\" must be the only entry of {path}; remove the other appids or the \"*\""),
+                    );
+                    ok = false;
+                }
+                all = true;
+                continue;
+            }
+            match wechat_appid(&text) {
+                Ok(id) => {
+                    if !ids.iter().any(|(known, _)| *known == id) {
+                        ids.push((id, item.line));
+                    }
+                }
+                Err(message) => {
+                    self.report
+                        .error(item.line, format!("{item_path}: {message}"));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        if all {
+            Some((AppScope::All, Vec::new()))
+        } else {
+            let only = ids.iter().map(|(id, _)| id.clone()).collect();
+            Some((AppScope::Only(only), ids))
+        }
+    }
+
+    /// `accounts:`; at least one is required.
+    fn accounts(&mut self, top: &Fields<'_>) -> (Option<Vec<AccountConfig>>, Vec<AccountSeen>) {
+        let Some(node) = top.get("accounts") else {
+            self.report.error(
+                None,
+                format!(
+                    "no accounts: add an `accounts:` list with at least one account (appid: {EXAMPLE_APPID}, secret: ${{WX_SECRET_...}})"
+                ),
+            );
+            return (None, Vec::new());
+        };
+        let items = match &node.kind {
+            Kind::Seq(items) if !items.is_empty() => items,
+            Kind::Null | Kind::Seq(_) => {
+                self.report.error(
+                    top.key_line("accounts"),
+                    "accounts is empty; add at least one account (appid and secret)",
+                );
+                return (None, Vec::new());
+            }
+            Kind::Scalar { .. } | Kind::Map(_) => {
+                self.report.error(
+                    node.line,
+                    format!(
+                        "accounts must be a list of accounts (- appid: ..., secret: ...), not {}",
+                        node.type_name()
+                    ),
+                );
+                return (None, Vec::new());
+            }
+        };
+        let mut valid = Some(Vec::new());
+        let mut seen = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let (account, s) = self.account(i, item);
+            match (account, valid.as_mut()) {
+                (Some(a), Some(list)) => list.push(a),
+                _ => valid = None,
+            }
+            seen.push(s);
+        }
+        (valid, seen)
+    }
+
+    fn account(&mut self, i: usize, node: &Node) -> (Option<AccountConfig>, AccountSeen) {
+        let path = format!("accounts[{i}]");
+        let mut seen = AccountSeen {
+            path: path.clone(),
+            appid: None,
+            enabled: true,
+        };
+        let Some(f) = self.fields(node, &path, ACCOUNT) else {
+            return (None, seen);
+        };
+        seen.appid = match f.get("appid") {
+            None => {
+                self.report.error(
+                    f.line,
+                    format!("{path} has no appid; add e.g. `appid: {EXAMPLE_APPID}`"),
+                );
+                None
+            }
+            Some(n) => self
+                .parsed(n, &format!("{path}.appid"), wechat_appid)
+                .map(|id| (id, n.line)),
+        };
+        let label = match &seen.appid {
+            Some((id, _)) => format!("{path} ({id})"),
+            None => path.clone(),
+        };
+        let name = self.setting(&f, &path, "name", non_empty);
+        let mode = self.setting(&f, &path, "mode", parse_mode).or(Mode::Stable);
+        let enabled = self.setting(&f, &path, "enabled", values::boolean).or(true);
+        seen.enabled = enabled.unwrap_or(true);
+        let secret = self.secret(&f, &path, &label);
+
+        let account = match (&seen.appid, secret, mode, enabled) {
+            (Some((appid, _)), Some(secret), Some(mode), Some(enabled)) => {
+                name.or(appid.to_string()).map(|name| AccountConfig {
+                    appid: appid.clone(),
+                    name,
+                    secret,
+                    mode,
+                    enabled,
+                })
+            }
+            _ => None,
+        };
+        (account, seen)
+    }
+
+    /// Exactly one of `secret` and `secret_file`.
+    fn secret(&mut self, f: &Fields<'_>, path: &str, label: &str) -> Option<SecretString> {
+        match (f.get("secret"), f.get("secret_file")) {
+            (Some(_), Some(_)) => {
+                self.report.error(
+                    f.key_line("secret_file"),
+                    format!("{label} has both secret and secret_file; keep one"),
+                );
+                None
+            }
+            (None, None) => {
+                self.report.error(
+                    f.line,
+                    format!(
+                        "{label} has no secret; add `secret: ${{WX_SECRET_...}}` or `secret_file: PATH`"
+                    ),
+                );
+                None
+            }
+            (Some(n), None) => self.inline_secret(n, &format!("{path}.secret")),
+            (None, Some(n)) => self.file_secret(n, &format!("{path}.secret_file")),
+        }
+    }
+
+    fn inline_secret(&mut self, node: &Node, path: &str) -> Option<SecretString> {
+        let require = self.opts.require_secrets;
+        match self.expand_text(node, path, false, require) {
+            Text::Bad => None,
+            Text::MissingVars => Some(placeholder_secret()),
+            Text::Value(value, used) if value.trim().is_empty() => {
+                let why = match used.as_slice() {
+                    [] => String::new(),
+                    [var] => format!(" (environment variable {var} is set but empty)"),
+                    vars => format!(
+                        " (environment variables {} are set but empty)",
+                        vars.join(", ")
+                    ),
+                };
+                self.report
+                    .error(node.line, format!("{path} is empty{why}"));
+                None
+            }
+            Text::Value(value, _) => Some(SecretString::from(value)),
+        }
+    }
+
+    fn file_secret(&mut self, node: &Node, path: &str) -> Option<SecretString> {
+        let require = self.opts.require_secrets;
+        let name = match self.expand_text(node, path, true, require) {
+            Text::Bad => return None,
+            Text::MissingVars => return Some(placeholder_secret()),
+            Text::Value(name, _) => name,
+        };
+        if name.trim().is_empty() {
+            self.report.error(
+                node.line,
+                format!("{path} is empty; give the path of a file that holds the secret"),
+            );
+            return None;
+        }
+        let file = self.base_dir.join(&name);
+        let shown = quote(&file.display().to_string());
+        match read_secret_file(&file) {
+            Ok(secret) if secret.trim().is_empty() => {
+                self.report
+                    .error(node.line, format!("{path}: {shown} is empty"));
+                None
+            }
+            Ok(secret) => Some(SecretString::from(secret)),
+            Err(_) if !require => Some(placeholder_secret()),
+            Err(reason) => {
+                self.report
+                    .error(node.line, format!("{path}: cannot read {shown}: {reason}"));
+                None
+            }
+        }
+    }
+
+    /// Turns a value that breaks a rule into `Got::Bad`, reporting `message`.
+    fn rule<T>(
+        &mut self,
+        got: Got<T>,
+        ok: impl FnOnce(&T) -> bool,
+        message: impl FnOnce(&T) -> String,
+    ) -> Got<T> {
+        match got {
+            Got::Value(v, line) if !ok(&v) => {
+                self.report.error(line, message(&v));
+                Got::Bad
+            }
+            other => other,
+        }
+    }
+
+    /// Every appid is configured once; warns when every account is disabled.
+    fn check_accounts(&mut self, seen: &[AccountSeen]) {
+        let mut first_lines: HashMap<&AppId, usize> = HashMap::new();
+        for account in seen {
+            let Some((id, line)) = &account.appid else {
+                continue;
+            };
+            match first_lines.get(id) {
+                Some(first) => self.report.error(
+                    *line,
+                    format!(
+                        "{}.appid: duplicate appid {id} (first at line {first}); each account must appear once",
+                        account.path
+                    ),
+                ),
+                None => {
+                    first_lines.insert(id, *line);
+                }
+            }
+        }
+        if !seen.is_empty() && seen.iter().all(|a| !a.enabled) {
+            self.report.warn(
+                None,
+                "every account is disabled (enabled: false); wxtoken will serve no token",
+            );
+        }
+    }
+
+    /// Client names and keys are unique; scopes name configured accounts.
+    fn check_clients(&mut self, clients: &[ClientSeen], accounts: &[AccountSeen]) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut keys: HashMap<[u8; 32], (&str, usize)> = HashMap::new();
+        for client in clients {
+            if let Some((name, line)) = &client.name {
+                match names.get(name.as_str()) {
+                    Some(first) => self.report.error(
+                        *line,
+                        format!(
+                            "{}.name: duplicate client name {} (first at line {first}); each client needs its own name",
+                            client.path,
+                            quote(name)
+                        ),
+                    ),
+                    None => {
+                        names.insert(name, *line);
+                    }
+                }
+            }
+            if let Some((key, line)) = &client.key {
+                match keys.get(&key.0) {
+                    Some((other, first)) => self.report.error(
+                        *line,
+                        format!(
+                            "{}.key is the same as the key of {other} (line {first}); each client needs its own key",
+                            client.path
+                        ),
+                    ),
+                    None => {
+                        keys.insert(key.0, (&client.path, *line));
+                    }
+                }
+            }
+        }
+        let configured: HashSet<&AppId> = accounts
+            .iter()
+            .filter_map(|a| a.appid.as_ref().map(|(id, _)| id))
+            .collect();
+        // When some account has an invalid appid, a scope may name it: no warning then.
+        if configured.len() < accounts.len() {
+            return;
+        }
+        for client in clients {
+            for (id, line) in &client.scope {
+                if !configured.contains(id) {
+                    self.report.warn(
+                        *line,
+                        format!(
+                            "{}.appids: {id} is not a configured account, so this entry has no effect",
+                            client.path
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// With no clients, the API is open: an error unless `listen` is loopback.
+    fn check_open_listen(
+        &mut self,
+        listen: SocketAddr,
+        listen_line: Option<usize>,
+        clients_line: Option<usize>,
+    ) {
+        if listen.ip().is_loopback() {
+            self.report.warn(
+                clients_line.or(listen_line),
+                "no clients are configured: any process on this host can read every token without a key; add `clients:` to require keys",
+            );
+        } else {
+            self.report.error(
+                listen_line,
+                format!(
+                    "listen {listen} is reachable from other hosts but no clients are configured, so anyone could read every token; add `clients:` with keys, or listen on 127.0.0.1"
+                ),
+            );
+        }
+    }
+}
+
+/// A non-empty string (surrounding spaces removed).
+fn non_empty(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        Err("the value is empty".to_string())
+    } else {
+        Ok(t.to_string())
+    }
+}
+
+/// A WeChat appid: `wx` and 16 letters or digits.
+fn wechat_appid(text: &str) -> Result<AppId, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("the appid is empty".to_string());
+    }
+    match AppId::parse(t) {
+        Ok(id) if id.is_wechat_appid() => Ok(id),
+        _ => Err(format!(
+            "{} is not a WeChat appid (\"wx\" followed by 16 letters or digits, e.g. {EXAMPLE_APPID})",
+            quote(t)
+        )),
+    }
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    match text.trim() {
+        "stable" => Ok(Mode::Stable),
+        "legacy" => Ok(Mode::Legacy),
+        other => Err(format!(
+            "unknown mode {}; expected stable (POST /cgi-bin/stable_token) or legacy (GET /cgi-bin/token)",
+            quote(other)
+        )),
+    }
+}
+
+/// An IP address and port; hints for the usual near misses.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    t.parse::<SocketAddr>().map_err(|_| {
+        let hint = if let Some(port) = t.strip_prefix("localhost:") {
+            format!("write 127.0.0.1:{port}")
+        } else if t.starts_with(':') {
+            format!("write 127.0.0.1{t} (this host only) or 0.0.0.0{t} (every interface)")
+        } else if t.parse::<u16>().is_ok() {
+            format!("add an address, e.g. 127.0.0.1:{t}")
+        } else if let Some((host, port)) = t.rsplit_once(':')
+            && host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok()
+            && port.parse::<u16>().is_err()
+        {
+            format!(
+                "the port must be a number from 0 to 65535, not {}",
+                quote(port)
+            )
+        } else if let Ok(ip) = t.parse::<IpAddr>() {
+            format!("add a port, e.g. {}", SocketAddr::new(ip, 8080))
+        } else {
+            "write an IP address and a port, e.g. 127.0.0.1:8080".to_string()
+        };
+        format!("{} is not a socket address; {hint}", quote(text))
+    })
+}
+
+/// Reads a secret file: at most 64 KiB of UTF-8, trailing newlines removed.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::ErrorKind;
+    let describe = |e: std::io::Error| match e.kind() {
+        ErrorKind::NotFound => "no such file".to_string(),
+        ErrorKind::PermissionDenied => "permission denied".to_string(),
+        ErrorKind::IsADirectory => "it is a directory".to_string(),
+        _ => lowercase_first(&e.to_string()),
+    };
+    let file = std::fs::File::open(path).map_err(describe)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(describe)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err("it is larger than 64 KiB; is this the right file?".to_string());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// A made-up secret for an account whose real one is not needed (`demo`).
+fn placeholder_secret() -> SecretString {
+    let bytes: [u8; 16] = rand::random();
+    SecretString::from(hex::encode(bytes))
+}

@@ -1,0 +1,256 @@
+//! Validated newtypes shared by every layer: account ids, API modes, tokens.
+//!
+//! Invariant: a value of these types has passed its `parse`; nothing else
+//! constructs them from unchecked input. [`AccessToken`] never prints its value
+//! through `Debug` or `Display`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest account id accepted anywhere (WeChat appids are 18 characters).
+pub const MAX_APPID_LEN: usize = 64;
+
+/// An account id: a WeChat AppID such as `wx1111111111111111`.
+///
+/// [`AppId::parse`] checks the general syntax accepted on the HTTP API (1 to 64
+/// characters of `A-Z a-z 0-9 _ - : .`); [`AppId::is_wechat_appid`] checks the
+/// stricter WeChat form that the configuration requires.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AppId(String);
+
+/// Why a string is not an [`AppId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppIdError {
+    #[error("appid is empty")]
+    Empty,
+    #[error("appid {0:?} is longer than {MAX_APPID_LEN} characters")]
+    TooLong(String),
+    #[error("appid {0:?} contains characters other than letters, digits, '_', '-', ':' and '.'")]
+    BadCharacters(String),
+}
+
+impl AppId {
+    /// Parses the general id syntax; errors on empty, overlong or odd-character input.
+    pub fn parse(s: &str) -> Result<Self, AppIdError> {
+        if s.is_empty() {
+            return Err(AppIdError::Empty);
+        }
+        if s.len() > MAX_APPID_LEN {
+            let shown: String = s.chars().take(MAX_APPID_LEN).collect();
+            return Err(AppIdError::TooLong(format!("{shown}...")));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
+        {
+            return Err(AppIdError::BadCharacters(s.to_string()));
+        }
+        Ok(AppId(s.to_string()))
+    }
+
+    /// True for the WeChat AppID form: `wx` followed by 16 letters or digits.
+    pub fn is_wechat_appid(&self) -> bool {
+        let b = self.0.as_bytes();
+        b.len() == 18 && b.starts_with(b"wx") && b[2..].iter().all(|c| c.is_ascii_alphanumeric())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AppId({})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AppId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AppId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which WeChat endpoint an account fetches its token from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `POST /cgi-bin/stable_token`: the same token until its last minutes.
+    #[default]
+    Stable,
+    /// `GET /cgi-bin/token`: a new token on every call, the old one dies 5 minutes later.
+    Legacy,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Stable => "stable",
+            Mode::Legacy => "legacy",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An access token (or ticket) value. It is a credential: `Debug` and `Display`
+/// show only its length and a short fingerprint, never the value.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    pub fn new(value: impl Into<String>) -> Self {
+        AccessToken(value.into())
+    }
+
+    /// The token itself, for the HTTP response body and upstream calls only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short non-reversible tag that identifies the token in logs.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        hex::encode(&digest[..4])
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "AccessToken(len={}, sha256:{}..)",
+            self.0.len(),
+            self.fingerprint()
+        )
+    }
+}
+
+impl fmt::Display for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<token sha256:{}..>", self.fingerprint())
+    }
+}
+
+/// The kinds of JS-SDK ticket WeChat issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketKind {
+    Jsapi,
+    WxCard,
+}
+
+impl TicketKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketKind::Jsapi => "jsapi",
+            TicketKind::WxCard => "wx_card",
+        }
+    }
+}
+
+/// The SHA-256 of an API key, as written in `clients[].key` (`sha256:<64 hex>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyHash(pub [u8; 32]);
+
+/// Why a string is not a `sha256:<hex>` key hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "client key must be \"sha256:\" followed by 64 hex digits (run `wxtoken hash-key` to make one)"
+)]
+pub struct KeyHashError;
+
+impl KeyHash {
+    /// Parses `sha256:<64 hex digits>`; errors on anything else.
+    pub fn parse(s: &str) -> Result<Self, KeyHashError> {
+        let hex_part = s.strip_prefix("sha256:").ok_or(KeyHashError)?;
+        if hex_part.len() != 64 {
+            return Err(KeyHashError);
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out).map_err(|_| KeyHashError)?;
+        Ok(KeyHash(out))
+    }
+
+    /// Hashes a plaintext API key.
+    pub fn of_key(key: &str) -> Self {
+        use sha2::Digest;
+        KeyHash(sha2::Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Constant-time comparison against the hash of a presented key.
+    pub fn matches(&self, presented: &KeyHash) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&presented.0).into()
+    }
+}
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appid_accepts_wechat_form_and_rejects_junk() {
+        let id = AppId::parse("wx1111111111111111").unwrap();
+        assert!(id.is_wechat_appid());
+        assert!(!AppId::parse("ww12345:1000002").unwrap().is_wechat_appid());
+        assert_eq!(AppId::parse(""), Err(AppIdError::Empty));
+        assert!(matches!(
+            AppId::parse("wx/../etc"),
+            Err(AppIdError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            AppId::parse(&"a".repeat(65)),
+            Err(AppIdError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn token_debug_and_display_hide_the_value() {
+        let t = AccessToken::new("SECRET-TOKEN-VALUE-123");
+        assert!(!format!("{t:?}").contains("SECRET-TOKEN"));
+        assert!(!format!("{t}").contains("SECRET-TOKEN"));
+    }
+
+    #[test]
+    fn key_hash_round_trips_and_matches() {
+        let h = KeyHash::of_key("test");
+        assert_eq!(
+            h.to_string(),
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        assert!(
+            KeyHash::parse(&h.to_string())
+                .unwrap()
+                .matches(&KeyHash::of_key("test"))
+        );
+        assert!(KeyHash::parse("sha256:zz").is_err());
+        assert!(KeyHash::parse("9f86d081").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! wxtoken: a central WeChat `access_token` server.
+//!
+//! The crate is organised by responsibility; `ARCHITECTURE.md` has the code map.
+
+pub mod account;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod metrics;
+pub mod registry;
+pub mod simulator;
+pub mod startup;
+pub mod telemetry;
+pub mod wechat;

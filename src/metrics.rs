@@ -1,0 +1,242 @@
+//! Prometheus metrics of contract §4, in one registry owned by [`Metrics`].
+//!
+//! Invariant: label values come only from the configuration (appids), from
+//! fixed vocabularies (reasons, results, states, APIs, route patterns) or from
+//! WeChat errcodes and HTTP statuses; never from raw request input.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Refresh reasons, the `reason` label of `wxtoken_refreshes_total`.
+pub const REFRESH_REASONS: [&str; 5] = ["startup", "scheduled", "stale_report", "admin", "retry"];
+/// Account states, the `state` label of `wxtoken_accounts`.
+pub const ACCOUNT_STATES: [&str; 4] = ["ready", "refreshing", "failing", "disabled"];
+
+/// Every metric wxtoken exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub accounts: IntGaugeVec,
+    pub token_expiry: GaugeVec,
+    pub token_fetched: GaugeVec,
+    pub next_refresh: GaugeVec,
+    pub refreshes: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_calls_today: IntGaugeVec,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub actor_restarts: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are static and unique");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let latency_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let http_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+        ];
+        let m = Metrics {
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wxtoken_build_info",
+                        "Always 1; the version label tells the build.",
+                    ),
+                    &["version"],
+                )
+                .expect("valid metric"),
+            ),
+            accounts: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("wxtoken_accounts", "Configured accounts by state."),
+                    &["state"],
+                )
+                .expect("valid metric"),
+            ),
+            token_expiry: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "wxtoken_token_expiry_timestamp_seconds",
+                        "Unix time at which the current token of an account expires.",
+                    ),
+                    &["appid"],
+                )
+                .expect("valid metric"),
+            ),
+            token_fetched: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "wxtoken_token_fetched_timestamp_seconds",
+                        "Unix time at which the current token of an account was fetched.",
+                    ),
+                    &["appid"],
+                )
+                .expect("valid metric"),
+            ),
+            next_refresh: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "wxtoken_next_refresh_timestamp_seconds",
+                        "Unix time of the next planned refresh of an account.",
+                    ),
+                    &["appid"],
+                )
+                .expect("valid metric"),
+            ),
+            refreshes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_refreshes_total",
+                        "Token refresh attempts by reason and result.",
+                    ),
+                    &["appid", "reason", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_upstream_requests_total",
+                        "HTTP requests to WeChat by API and outcome.",
+                    ),
+                    &["api", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "wxtoken_upstream_request_duration_seconds",
+                        "Duration of HTTP requests to WeChat.",
+                    )
+                    .buckets(latency_buckets),
+                    &["api"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_calls_today: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wxtoken_upstream_calls_today",
+                        "Token fetches counted against WeChat's daily quota, China-time day.",
+                    ),
+                    &["appid"],
+                )
+                .expect("valid metric"),
+            ),
+            http_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_http_requests_total",
+                        "HTTP API requests by route and status.",
+                    ),
+                    &["route", "status"],
+                )
+                .expect("valid metric"),
+            ),
+            http_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "wxtoken_http_request_duration_seconds",
+                        "Duration of HTTP API requests by route.",
+                    )
+                    .buckets(http_buckets),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            actor_restarts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_actor_restarts_total",
+                        "Account actors restarted by the supervisor.",
+                    ),
+                    &["appid"],
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for s in ACCOUNT_STATES {
+            m.accounts.with_label_values(&[s]).set(0);
+        }
+        for api in crate::wechat::ApiName::ALL {
+            m.upstream_duration.with_label_values(&[api.as_str()]);
+        }
+        m
+    }
+
+    /// Creates the per-account series at zero so they exist from start.
+    pub fn init_account(&self, appid: &str) {
+        for reason in REFRESH_REASONS {
+            for result in ["ok", "error"] {
+                self.refreshes.with_label_values(&[appid, reason, result]);
+            }
+        }
+        self.upstream_calls_today.with_label_values(&[appid]);
+        self.actor_restarts.with_label_values(&[appid]);
+    }
+
+    /// Removes the per-account series of an account that left the registry.
+    pub fn remove_account(&self, appid: &str) {
+        for reason in REFRESH_REASONS {
+            for result in ["ok", "error"] {
+                let _ = self.refreshes.remove_label_values(&[appid, reason, result]);
+            }
+        }
+        let _ = self.upstream_calls_today.remove_label_values(&[appid]);
+        let _ = self.actor_restarts.remove_label_values(&[appid]);
+        let _ = self.token_expiry.remove_label_values(&[appid]);
+        let _ = self.token_fetched.remove_label_values(&[appid]);
+        let _ = self.next_refresh.remove_label_values(&[appid]);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec does not fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,357 @@
+//! The registry actor: owns one account actor per appid, routes control
+//! messages to them, supervises them, and publishes the [`Directory`] that the
+//! HTTP read path loads from.
+//!
+//! Invariants:
+//! - Every configured account has exactly one live actor; an actor that
+//!   panicked or stopped is replaced within one watchdog tick
+//!   ([`WATCHDOG_TICK`]) from its slot (its last token), without a fetch
+//!   unless the token is gone.
+//! - The registry never looks inside an account actor: it knows its address,
+//!   its config and its slot.
+//! - The directory changes only when accounts are added or removed; token
+//!   updates go through the slots, so reads never contend with refreshes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use crate::account::slot::AccountSlot;
+use crate::account::{
+    AccountActor, Crash, Deps, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown,
+};
+use crate::config::AccountConfig;
+use crate::domain::{AccessToken, AppId};
+use crate::metrics::ACCOUNT_STATES;
+
+/// How often the registry checks that every account actor is alive.
+pub const WATCHDOG_TICK: Duration = Duration::from_millis(200);
+
+type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
+
+/// The published, immutable map of account slots. Cloning is cheap; clones
+/// see every later publication.
+#[derive(Clone, Default)]
+pub struct Directory(Arc<ArcSwap<SlotMap>>);
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Directory({} accounts)", self.0.load().len())
+    }
+}
+
+impl Directory {
+    /// The slot of `appid`, if configured.
+    pub fn get(&self, appid: &AppId) -> Option<Arc<AccountSlot>> {
+        self.0.load().get(appid).cloned()
+    }
+
+    /// All slots, sorted by appid.
+    pub fn all(&self) -> Vec<Arc<AccountSlot>> {
+        let map = self.0.load();
+        let mut slots: Vec<_> = map.values().cloned().collect();
+        slots.sort_by(|a, b| a.appid.cmp(&b.appid));
+        slots
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The enabled accounts without a usable token at `now_ms`, sorted.
+    pub fn not_ready(&self, now_ms: i64) -> Vec<AppId> {
+        let map = self.0.load();
+        let mut ids: Vec<AppId> = map
+            .values()
+            .filter(|s| !s.is_ready(now_ms))
+            .map(|s| s.appid.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn publish(&self, map: SlotMap) {
+        self.0.store(Arc::new(map));
+    }
+}
+
+/// Route a compare-and-refresh or admin refresh to the account's actor.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RefreshOutcome, RefreshError>")]
+pub struct RouteRefresh {
+    pub appid: AppId,
+    pub reason: Reason,
+    /// Set for compare-and-refresh, unset for a forced admin refresh.
+    pub stale: Option<AccessToken>,
+}
+
+/// Make the registry match this account list: start added accounts, stop
+/// removed ones, restart changed ones alone, leave the rest untouched.
+#[derive(Debug, Message)]
+#[rtype(result = "ApplySummary")]
+pub struct Apply(pub Vec<AccountConfig>);
+
+/// What an [`Apply`] changed, by appid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplySummary {
+    pub added: Vec<AppId>,
+    pub removed: Vec<AppId>,
+    pub changed: Vec<AppId>,
+    pub unchanged: usize,
+}
+
+/// Stop every account actor (shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopAll;
+
+/// Make the actor of `appid` panic (tests of supervision only).
+#[doc(hidden)]
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct CrashAccount(pub AppId);
+
+struct Member {
+    config: AccountConfig,
+    slot: Arc<AccountSlot>,
+    addr: Addr<AccountActor>,
+}
+
+/// The registry actor.
+pub struct Registry {
+    members: HashMap<AppId, Member>,
+    directory: Directory,
+    deps: Deps,
+    ready_logged: bool,
+    stopping: bool,
+}
+
+impl Registry {
+    /// A registry publishing into `directory`; accounts arrive with [`Apply`].
+    pub fn new(directory: Directory, deps: Deps) -> Self {
+        Registry {
+            members: HashMap::new(),
+            directory,
+            deps,
+            ready_logged: false,
+            stopping: false,
+        }
+    }
+
+    fn spawn(&self, config: &AccountConfig, slot: &Arc<AccountSlot>) -> Addr<AccountActor> {
+        AccountActor::new(config.clone(), slot.clone(), self.deps.clone()).start()
+    }
+
+    fn publish(&self) {
+        let map = self
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.slot.clone()))
+            .collect();
+        self.directory.publish(map);
+    }
+
+    /// Replaces dead actors and refreshes the fleet gauges.
+    fn watchdog(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let dead: Vec<AppId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.addr.connected())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for appid in dead {
+            self.restart(&appid);
+        }
+        let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        for m in self.members.values() {
+            *counts
+                .entry(m.slot.status().state.metric_label())
+                .or_default() += 1;
+        }
+        for state in ACCOUNT_STATES {
+            self.deps
+                .metrics
+                .accounts
+                .with_label_values(&[state])
+                .set(counts.get(state).copied().unwrap_or(0));
+        }
+        if !self.ready_logged && !self.members.is_empty() {
+            let now = self.deps.clock.now_unix_ms();
+            if self.directory.not_ready(now).is_empty() {
+                self.ready_logged = true;
+                tracing::info!(
+                    accounts = self.members.len(),
+                    "ready: every enabled account has a token"
+                );
+            }
+        }
+    }
+
+    fn restart(&mut self, appid: &AppId) {
+        let Some(member) = self.members.get(appid) else {
+            return;
+        };
+        tracing::warn!(appid = %appid, "account actor died; restarting it from its last token");
+        self.deps
+            .metrics
+            .actor_restarts
+            .with_label_values(&[appid.as_str()])
+            .inc();
+        let addr = self.spawn(&member.config, &member.slot);
+        if let Some(member) = self.members.get_mut(appid) {
+            member.addr = addr;
+        }
+    }
+}
+
+/// True when two account configs would run the same actor.
+fn same_account(a: &AccountConfig, b: &AccountConfig) -> bool {
+    a.appid == b.appid
+        && a.name == b.name
+        && a.mode == b.mode
+        && a.enabled == b.enabled
+        && a.secret.expose_secret() == b.secret.expose_secret()
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1 << 20);
+        ctx.run_interval(WATCHDOG_TICK, |act, _| act.watchdog());
+    }
+}
+
+impl Handler<Apply> for Registry {
+    type Result = MessageResult<Apply>;
+
+    fn handle(&mut self, Apply(accounts): Apply, _: &mut Self::Context) -> Self::Result {
+        let mut summary = ApplySummary::default();
+        let wanted: HashMap<AppId, AccountConfig> =
+            accounts.into_iter().map(|a| (a.appid.clone(), a)).collect();
+        let gone: Vec<AppId> = self
+            .members
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for appid in gone {
+            if let Some(member) = self.members.remove(&appid) {
+                member.addr.do_send(Shutdown);
+                member.slot.clear();
+                self.deps.metrics.remove_account(appid.as_str());
+                summary.removed.push(appid);
+            }
+        }
+        let mut ids: Vec<&AppId> = wanted.keys().collect();
+        ids.sort();
+        for appid in ids {
+            let config = &wanted[appid];
+            match self.members.get(appid) {
+                Some(member) if same_account(&member.config, config) => summary.unchanged += 1,
+                Some(member) => {
+                    member.addr.do_send(Shutdown);
+                    let slot = Arc::new(AccountSlot::new(
+                        config.appid.clone(),
+                        config.name.clone(),
+                        config.mode,
+                        config.enabled,
+                    ));
+                    if let Some(token) = member.slot.token().filter(|t| t.mode == config.mode) {
+                        slot.publish(token);
+                    }
+                    let addr = self.spawn(config, &slot);
+                    self.members.insert(
+                        appid.clone(),
+                        Member {
+                            config: config.clone(),
+                            slot,
+                            addr,
+                        },
+                    );
+                    summary.changed.push(appid.clone());
+                }
+                None => {
+                    let slot = Arc::new(AccountSlot::new(
+                        config.appid.clone(),
+                        config.name.clone(),
+                        config.mode,
+                        config.enabled,
+                    ));
+                    let addr = self.spawn(config, &slot);
+                    self.members.insert(
+                        appid.clone(),
+                        Member {
+                            config: config.clone(),
+                            slot,
+                            addr,
+                        },
+                    );
+                    summary.added.push(appid.clone());
+                }
+            }
+        }
+        self.publish();
+        self.ready_logged = false;
+        MessageResult(summary)
+    }
+}
+
+impl Handler<RouteRefresh> for Registry {
+    type Result = ResponseFuture<Result<RefreshOutcome, RefreshError>>;
+
+    fn handle(&mut self, msg: RouteRefresh, _: &mut Self::Context) -> Self::Result {
+        if self
+            .members
+            .get(&msg.appid)
+            .is_some_and(|m| !m.addr.connected())
+        {
+            self.restart(&msg.appid);
+        }
+        let Some(member) = self.members.get(&msg.appid) else {
+            return Box::pin(async { Err(RefreshError::UnknownAccount) });
+        };
+        let request = member.addr.send(Refresh {
+            reason: msg.reason,
+            stale: msg.stale,
+        });
+        Box::pin(async move { request.await.unwrap_or(Err(RefreshError::Unavailable)) })
+    }
+}
+
+impl Handler<StopAll> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: StopAll, _: &mut Self::Context) {
+        self.stopping = true;
+        for member in self.members.values() {
+            member.addr.do_send(Shutdown);
+        }
+    }
+}
+
+impl Handler<CrashAccount> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, CrashAccount(appid): CrashAccount, _: &mut Self::Context) -> bool {
+        match self.members.get(&appid) {
+            Some(member) => {
+                member.addr.do_send(Crash);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Fault injection: which calls a [`FaultSpec`] hits, and the broken answers it
+//! produces (errcodes, HTTP errors, delays, dropped connections, truncated JSON,
+//! HTML error pages).
+//!
+//! Invariant: a faulted call never reaches the token state, so it neither
+//! issues nor rotates a token and does not count toward any quota. A
+//! delay-only fault is the exception by design: after the delay the call is
+//! answered normally.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::answers::{WECHAT_JSON, WxError, default_errmsg, ip_message};
+
+/// The WeChat APIs the simulator serves, as named in faults and stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Api {
+    Token,
+    StableToken,
+    GetTicket,
+    GetCallbackIp,
+}
+
+impl Api {
+    /// Every API, in the order the control API lists them.
+    pub(crate) const ALL: [Api; 4] = [
+        Api::Token,
+        Api::StableToken,
+        Api::GetTicket,
+        Api::GetCallbackIp,
+    ];
+
+    /// The name used in faults and stats.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Api::Token => "token",
+            Api::StableToken => "stable_token",
+            Api::GetTicket => "getticket",
+            Api::GetCallbackIp => "getcallbackip",
+        }
+    }
+
+    /// Parses an API name; `None` for anything else.
+    pub(crate) fn parse(s: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// A fault to inject into upcoming WeChat calls (`POST /sim/faults`).
+///
+/// Matching: `api` and `appid` narrow which calls are hit (`None` = all). For
+/// calls that carry an access token the appid is the token's app. Lifetime:
+/// `count` hits the next N matching calls; otherwise `rate` hits each matching
+/// call with that probability; with neither, every matching call is hit. All
+/// faults stay until they run out or `DELETE /sim/faults`.
+///
+/// Effect: `delay_ms` waits first. Then the first of these that is set decides
+/// the answer: `drop_connection`, `html`, `malformed`, `errcode`,
+/// `http_status` (which also sets the status of the others). A delay with no
+/// other effect answers normally.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// `"token"`, `"stable_token"`, `"getticket"` or `"getcallbackip"`; `None` = all.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Only calls for this app; `None` = all apps.
+    #[serde(default)]
+    pub appid: Option<String>,
+    /// Hit the next N matching calls, then disappear.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Hit each matching call with this probability (0.0 to 1.0) until cleared.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Answer `{"errcode": N, "errmsg": ...}` (HTTP 200 unless `http_status`).
+    #[serde(default)]
+    pub errcode: Option<i64>,
+    /// The errmsg for `errcode`; WeChat's usual message by default.
+    #[serde(default)]
+    pub errmsg: Option<String>,
+    /// Answer with this HTTP status (200 to 599) and a short text body.
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    /// Wait this long before answering.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Close the connection without an answer.
+    #[serde(default)]
+    pub drop_connection: bool,
+    /// Answer with truncated JSON.
+    #[serde(default)]
+    pub malformed: bool,
+    /// Answer with an HTML error page (status 200, `text/html`), as a broken proxy does.
+    #[serde(default)]
+    pub html: bool,
+}
+
+/// The longest delay a fault may ask for (10 minutes).
+const MAX_DELAY_MS: u64 = 600_000;
+
+impl FaultSpec {
+    /// Checks the spec; errors with a sentence naming the bad field and value.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(api) = &self.api
+            && Api::parse(api).is_none()
+        {
+            return Err(format!(
+                "unknown api {api:?}; expected one of token, stable_token, getticket, getcallbackip"
+            ));
+        }
+        if self.count == Some(0) {
+            return Err("count must be at least 1".to_string());
+        }
+        if let Some(rate) = self.rate
+            && !(0.0..=1.0).contains(&rate)
+        {
+            return Err(format!("rate {rate} is not between 0 and 1"));
+        }
+        if self.count.is_some() && self.rate.is_some() {
+            return Err("give either count or rate, not both".to_string());
+        }
+        if let Some(status) = self.http_status
+            && !(200..=599).contains(&status)
+        {
+            return Err(format!("http_status {status} is not between 200 and 599"));
+        }
+        if let Some(delay) = self.delay_ms
+            && delay > MAX_DELAY_MS
+        {
+            return Err(format!("delay_ms {delay} is longer than {MAX_DELAY_MS}"));
+        }
+        if self.errmsg.is_some() && self.errcode.is_none() {
+            return Err("errmsg needs an errcode".to_string());
+        }
+        if self.errcode == Some(0) {
+            return Err("errcode 0 means success; pick an error code".to_string());
+        }
+        let has_effect = self.errcode.is_some()
+            || self.http_status.is_some()
+            || self.delay_ms.is_some()
+            || self.drop_connection
+            || self.malformed
+            || self.html;
+        if !has_effect {
+            return Err(
+                "the fault does nothing; set errcode, http_status, delay_ms, drop_connection, malformed or html"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    /// True when this fault applies to a call of `api` for `appid`.
+    fn matches(&self, api: Api, appid: Option<&str>) -> bool {
+        let api_ok = self.api.as_deref().is_none_or(|a| a == api.as_str());
+        let appid_ok = match &self.appid {
+            None => true,
+            Some(want) => appid == Some(want.as_str()),
+        };
+        api_ok && appid_ok
+    }
+
+    /// True when the fault changes the answer, not only its timing.
+    pub(crate) fn replaces_answer(&self) -> bool {
+        self.drop_connection
+            || self.html
+            || self.malformed
+            || self.errcode.is_some()
+            || self.http_status.is_some()
+    }
+
+    /// The delay to apply before answering.
+    pub(crate) fn delay(&self) -> Option<Duration> {
+        self.delay_ms
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+    }
+}
+
+/// The injected faults, in injection order.
+#[derive(Debug, Default)]
+pub(crate) struct FaultList {
+    faults: Vec<ActiveFault>,
+}
+
+#[derive(Debug)]
+struct ActiveFault {
+    spec: FaultSpec,
+    /// Hits left for a `count` fault; `None` for rate and permanent faults.
+    remaining: Option<u32>,
+}
+
+impl FaultList {
+    /// Adds a validated fault.
+    pub(crate) fn push(&mut self, spec: FaultSpec) {
+        let remaining = spec.count;
+        self.faults.push(ActiveFault { spec, remaining });
+    }
+
+    /// Removes every fault and says how many there were.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.faults.len();
+        self.faults.clear();
+        n
+    }
+
+    /// The specs of the faults still active.
+    pub(crate) fn specs(&self) -> Vec<FaultSpec> {
+        self.faults.iter().map(|f| f.spec.clone()).collect()
+    }
+
+    /// Picks the fault that hits this call, if any: the oldest matching one
+    /// whose count or dice says so. A `count` fault is used up by the hit.
+    pub(crate) fn take(&mut self, api: Api, appid: Option<&str>) -> Option<FaultSpec> {
+        let mut rng = rand::rng();
+        let idx = self.faults.iter().position(|f| {
+            f.spec.matches(api, appid)
+                && (f.remaining.is_some() || f.spec.rate.is_none_or(|r| rng.random_bool(r)))
+        })?;
+        let fault = &mut self.faults[idx];
+        let spec = fault.spec.clone();
+        if let Some(left) = fault.remaining.as_mut() {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.faults.remove(idx);
+            }
+        }
+        Some(spec)
+    }
+}
+
+/// The answer a fault gives instead of the normal one, or `None` for a
+/// delay-only fault. `peer` fills in a 40164 message.
+pub(crate) fn render(spec: &FaultSpec, api: Api, peer: Option<IpAddr>) -> Option<HttpResponse> {
+    if spec.drop_connection {
+        return Some(dropped_connection());
+    }
+    let status = spec
+        .http_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    if spec.html {
+        return Some(
+            HttpResponse::build(status)
+                .content_type("text/html")
+                .body(BAD_GATEWAY_PAGE),
+        );
+    }
+    if spec.malformed {
+        return Some(
+            HttpResponse::build(status)
+                .content_type(WECHAT_JSON)
+                .body(truncated_json(api)),
+        );
+    }
+    if let Some(errcode) = spec.errcode {
+        let errmsg = match (&spec.errmsg, errcode) {
+            (Some(m), _) => m.clone(),
+            (None, 40164) => ip_message(peer),
+            (None, code) => default_errmsg(code).to_string(),
+        };
+        let mut resp = WxError::with_message(errcode, errmsg).into_response();
+        *resp.status_mut() = status;
+        return Some(resp);
+    }
+    if spec.http_status.is_some() {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        return Some(
+            HttpResponse::build(status)
+                .content_type("text/plain")
+                .body(format!("{} {reason}\n", status.as_u16())),
+        );
+    }
+    None
+}
+
+/// The page an nginx in front of WeChat serves when its upstream is down.
+const BAD_GATEWAY_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+/// The first bytes of a normal answer of `api`, cut off mid-value.
+fn truncated_json(api: Api) -> &'static str {
+    match api {
+        Api::Token | Api::StableToken => r#"{"access_token":"81_Xq3vT0kP"#,
+        Api::GetTicket => r#"{"errcode":0,"errmsg":"ok","ticket":"bxLdikRXVbTP"#,
+        Api::GetCallbackIp => r#"{"ip_list":["101.226.10"#,
+    }
+}
+
+/// A response whose body fails before its first byte. actix-web then closes
+/// the connection without flushing the status line, so the client sees a
+/// transport error rather than an answer.
+fn dropped_connection() -> HttpResponse {
+    let failing = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated dropped connection",
+        ))
+    });
+    HttpResponse::Ok().streaming(failing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(f: impl FnOnce(&mut FaultSpec)) -> FaultSpec {
+        let mut s = FaultSpec::default();
+        f(&mut s);
+        s
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(
+            spec(|_| {})
+                .validate()
+                .unwrap_err()
+                .contains("does nothing")
+        );
+        let bad_api = spec(|s| {
+            s.api = Some("tokens".into());
+            s.errcode = Some(-1);
+        });
+        assert!(bad_api.validate().unwrap_err().contains("\"tokens\""));
+        let bad_rate = spec(|s| {
+            s.rate = Some(1.5);
+            s.errcode = Some(-1);
+        });
+        assert!(bad_rate.validate().unwrap_err().contains("1.5"));
+        let bad_status = spec(|s| s.http_status = Some(42));
+        assert!(bad_status.validate().unwrap_err().contains("42"));
+        assert!(spec(|s| s.delay_ms = Some(10)).validate().is_ok());
+    }
+
+    #[test]
+    fn count_faults_run_out_and_match_by_api_and_appid() {
+        let mut list = FaultList::default();
+        list.push(spec(|s| {
+            s.api = Some("token".into());
+            s.appid = Some("wxA".into());
+            s.count = Some(2);
+            s.errcode = Some(-1);
+        }));
+        assert!(list.take(Api::StableToken, Some("wxA")).is_none());
+        assert!(list.take(Api::Token, Some("wxB")).is_none());
+        assert!(list.take(Api::Token, None).is_none());
+        assert!(list.take(Api::Token, Some("wxA")).is_some());
+        assert!(list.take(Api::Token, Some("wxA")).is_some());
+        assert!(list.take(Api::Token, Some("wxA")).is_none());
+    }
+
+    #[test]
+    fn rate_zero_never_hits_and_rate_one_always_does() {
+        let mut list = FaultList::default();
+        list.push(spec(|s| {
+            s.rate = Some(0.0);
+            s.errcode = Some(-1);
+        }));
+        assert!((0..100).all(|_| list.take(Api::Token, None).is_none()));
+        list.push(spec(|s| {
+            s.rate = Some(1.0);
+            s.errcode = Some(-1);
+        }));
+        assert!((0..100).all(|_| list.take(Api::Token, None).is_some()));
+        assert_eq!(list.clear(), 2);
+    }
+}

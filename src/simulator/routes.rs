@@ -1,0 +1,294 @@
+//! The simulator's HTTP surface: WeChat's endpoints under `/cgi-bin/` and the
+//! control API under `/sim/`.
+//!
+//! Invariants: WeChat endpoints answer like WeChat (HTTP 200 with
+//! `{"errcode","errmsg"}` on errors, whatever the input); the control API
+//! answers bad input with 400 and `{"error","message"}`. No request input is
+//! unwrapped, and log lines name at most the appid and the API, never a
+//! secret or a token.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::answers::{WxError, json_response};
+use super::faults::{self, Api, FaultSpec};
+use super::state::{AppRegistration, CALLBACK_IPS, Credentials, SimState};
+
+/// The largest clock step one `POST /sim/clock` may take (about ten years).
+const MAX_ADVANCE_SECS: u64 = 10 * 366 * 86_400;
+
+/// Mounts every route of the simulator.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/cgi-bin/token").route(web::get().to(token)))
+        .service(web::resource("/cgi-bin/stable_token").route(web::post().to(stable_token)))
+        .service(web::resource("/cgi-bin/ticket/getticket").route(web::get().to(getticket)))
+        .service(web::resource("/cgi-bin/getcallbackip").route(web::get().to(getcallbackip)))
+        .service(web::resource("/sim/apps").route(web::post().to(register_app)))
+        .service(
+            web::resource("/sim/faults")
+                .route(web::post().to(add_fault))
+                .route(web::get().to(list_faults))
+                .route(web::delete().to(clear_faults)),
+        )
+        .service(web::resource("/sim/stats").route(web::get().to(stats)))
+        .service(
+            web::resource("/sim/clock")
+                .route(web::get().to(clock))
+                .route(web::post().to(advance_clock)),
+        );
+}
+
+type State = web::Data<SimState>;
+
+/// The query string as a map; the first occurrence of a name wins and empty
+/// values count as missing.
+fn query(req: &HttpRequest) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        if !v.is_empty() {
+            out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+    }
+    out
+}
+
+fn peer_ip(req: &HttpRequest) -> Option<IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// Counts the call, applies a matching fault's delay, and returns the fault's
+/// answer if it replaces the normal one.
+async fn faulted(
+    state: &SimState,
+    api: Api,
+    appid: Option<&str>,
+    peer: Option<IpAddr>,
+) -> Option<HttpResponse> {
+    tracing::debug!(
+        appid = appid.unwrap_or("-"),
+        api = api.as_str(),
+        "simulator call"
+    );
+    let spec = state.begin_call(api, appid)?;
+    if let Some(delay) = spec.delay() {
+        tokio::time::sleep(delay).await;
+    }
+    let answer = faults::render(&spec, api, peer);
+    if answer.is_some() {
+        tracing::debug!(
+            appid = appid.unwrap_or("-"),
+            api = api.as_str(),
+            "simulator fault applied"
+        );
+    }
+    answer
+}
+
+fn token_answer(issued: super::state::Issued) -> HttpResponse {
+    json_response(&json!({
+        "access_token": issued.value,
+        "expires_in": issued.expires_in,
+    }))
+}
+
+async fn token(state: State, req: HttpRequest) -> HttpResponse {
+    let mut q = query(&req);
+    let creds = Credentials {
+        grant_type: q.remove("grant_type"),
+        appid: q.remove("appid"),
+        secret: q.remove("secret"),
+    };
+    let peer = peer_ip(&req);
+    if let Some(answer) = faulted(&state, Api::Token, creds.appid.as_deref(), peer).await {
+        return answer;
+    }
+    match state.legacy_token(&creds, peer) {
+        Ok(issued) => token_answer(issued),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The body of `POST /cgi-bin/stable_token`, read leniently: WeChat answers
+/// wrong types with 47001 and missing fields with their own errcodes.
+fn stable_request(body: &[u8]) -> Result<(Credentials, bool), WxError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| WxError::new(47001))?;
+    let Value::Object(map) = value else {
+        return Err(WxError::new(47001));
+    };
+    let text = |name: &str| -> Result<Option<String>, WxError> {
+        match map.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(WxError::new(47001)),
+        }
+    };
+    let creds = Credentials {
+        grant_type: text("grant_type")?,
+        appid: text("appid")?,
+        secret: text("secret")?,
+    };
+    let force = match map.get("force_refresh") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(WxError::new(47001)),
+    };
+    Ok((creds, force))
+}
+
+async fn stable_token(state: State, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let parsed = stable_request(&body);
+    let appid = parsed.as_ref().ok().and_then(|(c, _)| c.appid.clone());
+    let peer = peer_ip(&req);
+    if let Some(answer) = faulted(&state, Api::StableToken, appid.as_deref(), peer).await {
+        return answer;
+    }
+    let result = parsed.and_then(|(creds, force)| state.stable_token(&creds, force, peer));
+    match result {
+        Ok(issued) => token_answer(issued),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn getticket(state: State, req: HttpRequest) -> HttpResponse {
+    let q = query(&req);
+    let token = q.get("access_token").map(String::as_str);
+    let appid = token.and_then(|t| state.appid_of_token(t));
+    if let Some(answer) = faulted(&state, Api::GetTicket, appid.as_deref(), peer_ip(&req)).await {
+        return answer;
+    }
+    match state.ticket(token, q.get("type").map(String::as_str)) {
+        Ok(ticket) => json_response(&json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "ticket": ticket.value,
+            "expires_in": ticket.expires_in,
+        })),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn getcallbackip(state: State, req: HttpRequest) -> HttpResponse {
+    let q = query(&req);
+    let token = q.get("access_token").map(String::as_str);
+    let appid = token.and_then(|t| state.appid_of_token(t));
+    if let Some(answer) = faulted(&state, Api::GetCallbackIp, appid.as_deref(), peer_ip(&req)).await
+    {
+        return answer;
+    }
+    match state.probe(token) {
+        Ok(()) => json_response(&json!({ "ip_list": CALLBACK_IPS })),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A control-API error: 400 with `{"error": "bad_request", "message": ...}`.
+fn bad_request(message: impl Into<String>) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({
+        "error": "bad_request",
+        "message": message.into(),
+    }))
+}
+
+/// Parses a control-API JSON body, or explains what is wrong with it.
+fn control_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))
+}
+
+async fn register_app(state: State, body: web::Bytes) -> HttpResponse {
+    let reg: AppRegistration = match control_body(&body, "app registration") {
+        Ok(r) => r,
+        Err(message) => return bad_request(message),
+    };
+    let appid = reg.appid.clone();
+    match state.register(reg) {
+        Ok(()) => {
+            tracing::debug!(appid = appid.as_str(), "simulator app registered");
+            HttpResponse::Ok().json(json!({ "registered": appid }))
+        }
+        Err(message) => bad_request(message),
+    }
+}
+
+async fn add_fault(state: State, body: web::Bytes) -> HttpResponse {
+    let spec: FaultSpec = match control_body(&body, "fault") {
+        Ok(s) => s,
+        Err(message) => return bad_request(message),
+    };
+    match state.add_fault(spec) {
+        Ok(active) => HttpResponse::Ok().json(json!({ "active_faults": active })),
+        Err(message) => bad_request(message),
+    }
+}
+
+async fn list_faults(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(state.faults())
+}
+
+async fn clear_faults(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "cleared": state.clear_faults() }))
+}
+
+async fn stats(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(state.stats())
+}
+
+/// The body of `POST /sim/clock`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    advance_secs: u64,
+}
+
+async fn clock(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "now": state.clock.now_unix() }))
+}
+
+async fn advance_clock(state: State, body: web::Bytes) -> HttpResponse {
+    let advance: Advance = match control_body(&body, "clock request") {
+        Ok(a) => a,
+        Err(message) => return bad_request(message),
+    };
+    if advance.advance_secs > MAX_ADVANCE_SECS {
+        return bad_request(format!(
+            "advance_secs {} is more than {MAX_ADVANCE_SECS} (about ten years)",
+            advance.advance_secs
+        ));
+    }
+    state
+        .clock
+        .advance(Duration::from_secs(advance.advance_secs));
+    HttpResponse::Ok().json(json!({ "now": state.clock.now_unix() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_bodies_with_wrong_types_are_data_format_errors() {
+        assert_eq!(stable_request(b"{").unwrap_err().errcode, 47001);
+        assert_eq!(stable_request(b"[]").unwrap_err().errcode, 47001);
+        assert_eq!(
+            stable_request(br#"{"appid":1}"#).unwrap_err().errcode,
+            47001
+        );
+        assert_eq!(
+            stable_request(br#"{"force_refresh":"yes"}"#)
+                .unwrap_err()
+                .errcode,
+            47001
+        );
+        let (creds, force) =
+            stable_request(br#"{"grant_type":"client_credential","appid":"wx1","secret":""}"#)
+                .unwrap();
+        assert_eq!(creds.appid.as_deref(), Some("wx1"));
+        assert!(creds.secret.is_none());
+        assert!(!force);
+    }
+}

@@ -1,0 +1,215 @@
+//! Application wiring: from a validated [`Config`] to a running server.
+//!
+//! Owns [`Application`] (bind the listener, create the metrics, the WeChat
+//! client, the registry actor and its accounts, and the actix-web server) and
+//! [`AppState`], the shared read-only view every request handler gets.
+//!
+//! Invariants: nothing fetches a token before the listener is bound, so a busy
+//! port fails fast without touching WeChat; the directory holds every
+//! configured account before the first request is served; when the server
+//! stops, every account actor is told to stop.
+//!
+//! Must run inside an actix system (`#[actix_web::main]`,
+//! `actix_web::rt::System`, `#[actix_web::test]`): the registry is an actor.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+
+use crate::account::Deps;
+use crate::account::schedule::{Policy, WECHAT_GRACE};
+use crate::api::{self, Auth, HttpMetrics};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::{Apply, Directory, Registry, StopAll};
+use crate::wechat::{TokenSource, WechatClient};
+
+/// The most HTTP workers started by default: token reads take microseconds,
+/// so a few threads saturate a network card.
+pub const DEFAULT_MAX_WORKERS: usize = 4;
+
+/// How the application is built, beyond the configuration. The defaults are
+/// production's: the system clock, WeChat from `upstream:`, WeChat's grace.
+#[derive(Clone)]
+pub struct BuildOptions {
+    /// The one clock of the process.
+    pub clock: Clock,
+    /// Where tokens come from; `None` builds a [`WechatClient`] from `config.upstream`.
+    pub upstream: Option<Arc<dyn TokenSource>>,
+    /// How long WeChat keeps a superseded token alive ([`WECHAT_GRACE`]).
+    pub grace: Duration,
+    /// HTTP worker threads; `None` is min(available cores, [`DEFAULT_MAX_WORKERS`]).
+    pub workers: Option<usize>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            clock: Clock::system(),
+            upstream: None,
+            grace: WECHAT_GRACE,
+            workers: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BuildOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildOptions")
+            .field("clock", &self.clock)
+            .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
+            .field("grace", &self.grace)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+/// What every request handler shares: the published snapshots and the
+/// registry's address. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The account slots the read path loads tokens from.
+    pub directory: Directory,
+    /// The registry actor, for refreshes and reloads.
+    pub registry: Addr<Registry>,
+    /// The API clients; swapped whole when the configuration is reloaded.
+    pub auth: Arc<ArcSwap<Auth>>,
+    /// Every metric of the process.
+    pub metrics: Metrics,
+    /// The one clock.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("directory", &self.directory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A built, not yet awaited, wxtoken server.
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    state: AppState,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds `config.listen` (port 0 picks a free port), starts the registry
+    /// with every configured account, and builds the HTTP server. Requests are
+    /// served once [`Application::run_until_stopped`] is awaited (or spawned).
+    ///
+    /// Errors when the address cannot be bound (the message names it), when
+    /// the WeChat client cannot be set up, or when the registry does not start.
+    pub async fn build(config: Config, options: BuildOptions) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(config.listen)
+            .with_context(|| format!("could not listen on {}", config.listen))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("could not read the address bound for {}", config.listen))?;
+
+        let metrics = Metrics::new();
+        let upstream: Arc<dyn TokenSource> = match options.upstream {
+            Some(upstream) => upstream,
+            None => Arc::new(
+                WechatClient::new(&config.upstream, metrics.clone())
+                    .context("could not set up the WeChat client")?,
+            ),
+        };
+        let mut policy = Policy::new(config.refresh.clone());
+        policy.grace = options.grace;
+        let deps = Deps {
+            upstream,
+            policy,
+            clock: options.clock.clone(),
+            metrics: metrics.clone(),
+        };
+
+        if config.clients.is_empty() {
+            tracing::warn!(listen = %addr, "no clients configured: API open to loopback callers only");
+        }
+        let auth = Arc::new(ArcSwap::from_pointee(Auth::new(&config.clients)));
+
+        let directory = Directory::default();
+        let registry = Registry::new(directory.clone(), deps).start();
+        let summary = registry
+            .send(Apply(config.accounts))
+            .await
+            .context("the account registry did not start")?;
+        tracing::info!(accounts = summary.added.len(), listen = %addr, "starting wxtoken");
+
+        let state = AppState {
+            directory,
+            registry,
+            auth,
+            metrics,
+            clock: options.clock,
+        };
+        let workers = options.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(DEFAULT_MAX_WORKERS)
+        });
+        let data = web::Data::new(state.clone());
+        let http_metrics = state.metrics.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(HttpMetrics::new(&http_metrics))
+                .configure(api::configure)
+        })
+        .workers(workers.max(1))
+        .listen(listener)
+        .with_context(|| format!("could not serve on {addr}"))?
+        .run();
+
+        Ok(Application {
+            addr,
+            server,
+            state,
+        })
+    }
+
+    /// The address the server listens on (the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state shared with the request handlers.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// A handle that stops the server (gracefully or not) from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped (through [`Application::handle`] or
+    /// SIGINT/SIGTERM, which finish in-flight requests first), then stops every
+    /// account actor.
+    ///
+    /// Errors when the server fails while running.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.state.registry.do_send(StopAll);
+        tracing::info!("wxtoken stopped serving");
+        result
+    }
+}

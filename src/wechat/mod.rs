@@ -1,0 +1,466 @@
+//! The WeChat client: the only code in wxtoken that talks to WeChat.
+//!
+//! Owns: the HTTP calls to `/cgi-bin/token`, `/cgi-bin/stable_token`,
+//! `/cgi-bin/ticket/getticket` and `/cgi-bin/getcallbackip`; failover across
+//! `upstream.base_urls`; the per-request timeout; the global limit on requests
+//! in flight; upstream metrics. Answers are classified by [`error`].
+//!
+//! Invariants: `expires_in` always comes from WeChat's answer, never assumed;
+//! at most `max_concurrency` upstream requests are in flight per client; no
+//! secret or token ever appears in an error, a log line or a metric label.
+
+pub mod error;
+
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use url::Url;
+
+pub use error::{Decision, UpstreamError, WaitCause};
+
+use crate::config::UpstreamConfig;
+use crate::domain::{AccessToken, AppId, TicketKind};
+use crate::metrics::Metrics;
+
+/// The WeChat APIs wxtoken calls, the `api` label of upstream metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiName {
+    Token,
+    StableToken,
+    GetTicket,
+    GetCallbackIp,
+}
+
+impl ApiName {
+    pub const ALL: [ApiName; 4] = [
+        ApiName::Token,
+        ApiName::StableToken,
+        ApiName::GetTicket,
+        ApiName::GetCallbackIp,
+    ];
+
+    /// The metric label and the name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiName::Token => "token",
+            ApiName::StableToken => "stable_token",
+            ApiName::GetTicket => "getticket",
+            ApiName::GetCallbackIp => "getcallbackip",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            ApiName::Token => "cgi-bin/token",
+            ApiName::StableToken => "cgi-bin/stable_token",
+            ApiName::GetTicket => "cgi-bin/ticket/getticket",
+            ApiName::GetCallbackIp => "cgi-bin/getcallbackip",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A token as WeChat granted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub access_token: AccessToken,
+    /// The lifetime WeChat announced, counted from the answer.
+    pub expires_in: Duration,
+}
+
+/// A JS-SDK ticket as WeChat granted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketGrant {
+    pub ticket: AccessToken,
+    pub expires_in: Duration,
+}
+
+/// Why a [`WechatClient`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("no upstream base url configured")]
+    NoBaseUrls,
+    #[error("could not set up the HTTPS client: {0}")]
+    Http(String),
+}
+
+/// The client for WeChat's token APIs. Cheap to clone; clones share the
+/// connection pool and the in-flight limit.
+#[derive(Clone)]
+pub struct WechatClient {
+    http: reqwest::Client,
+    base_urls: Arc<Vec<Url>>,
+    timeout: Duration,
+    limiter: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for WechatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WechatClient")
+            .field("base_urls", &self.base_urls)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The superset of fields WeChat's token, ticket and probe answers carry.
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    errcode: Option<i64>,
+    #[serde(default)]
+    errmsg: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    ip_list: Option<Vec<String>>,
+}
+
+/// One request to make against each base URL in turn.
+enum Call<'a> {
+    Get(Vec<(&'static str, &'a str)>),
+    PostJson(serde_json::Value),
+}
+
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Another part of the process may have installed one already; either is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl WechatClient {
+    /// Builds a client for `config`; errors when no base URL is configured or
+    /// the TLS stack cannot be initialised.
+    pub fn new(config: &UpstreamConfig, metrics: Metrics) -> Result<Self, ClientBuildError> {
+        if config.base_urls.is_empty() {
+            return Err(ClientBuildError::NoBaseUrls);
+        }
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .pool_max_idle_per_host(config.max_concurrency.max(1))
+            .user_agent(concat!("wxtoken/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientBuildError::Http(e.without_url().to_string()))?;
+        Ok(WechatClient {
+            http,
+            base_urls: Arc::new(config.base_urls.clone()),
+            timeout: config.timeout,
+            limiter: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            metrics,
+        })
+    }
+
+    /// The number of upstream requests that may start now without waiting.
+    pub fn available_permits(&self) -> usize {
+        self.limiter.available_permits()
+    }
+
+    /// Legacy `GET /cgi-bin/token`: a new token, the previous one dies 5 minutes later.
+    ///
+    /// Errors with the classified [`UpstreamError`] of the last base URL tried.
+    pub async fn fetch_token(
+        &self,
+        appid: &AppId,
+        secret: &SecretString,
+    ) -> Result<TokenGrant, UpstreamError> {
+        let s = secret.expose_secret();
+        let call = Call::Get(vec![
+            ("grant_type", "client_credential"),
+            ("appid", appid.as_str()),
+            ("secret", s),
+        ]);
+        let answer = self.call(ApiName::Token, call, Some(s)).await?;
+        token_grant(ApiName::Token, answer)
+    }
+
+    /// `POST /cgi-bin/stable_token`: the current stable token, or a rotated one
+    /// with `force_refresh` (WeChat limits forcing to 20 a day, 30 s apart).
+    ///
+    /// Errors with the classified [`UpstreamError`] of the last base URL tried.
+    pub async fn fetch_stable_token(
+        &self,
+        appid: &AppId,
+        secret: &SecretString,
+        force_refresh: bool,
+    ) -> Result<TokenGrant, UpstreamError> {
+        let s = secret.expose_secret();
+        let body = serde_json::json!({
+            "grant_type": "client_credential",
+            "appid": appid.as_str(),
+            "secret": s,
+            "force_refresh": force_refresh,
+        });
+        let answer = self
+            .call(ApiName::StableToken, Call::PostJson(body), Some(s))
+            .await?;
+        token_grant(ApiName::StableToken, answer)
+    }
+
+    /// `GET /cgi-bin/ticket/getticket`: a JS-SDK ticket for a live token.
+    ///
+    /// Errors with [`UpstreamError`]; a rejected token decides to [`Decision::TokenRejected`].
+    pub async fn fetch_ticket(
+        &self,
+        token: &AccessToken,
+        kind: TicketKind,
+    ) -> Result<TicketGrant, UpstreamError> {
+        let call = Call::Get(vec![
+            ("access_token", token.expose()),
+            ("type", kind.as_str()),
+        ]);
+        let answer = self
+            .call(ApiName::GetTicket, call, Some(token.expose()))
+            .await?;
+        let api = ApiName::GetTicket;
+        let ticket = answer
+            .ticket
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| decode(api, "the answer has no ticket"))?;
+        Ok(TicketGrant {
+            ticket: AccessToken::new(ticket),
+            expires_in: positive_expiry(api, answer.expires_in)?,
+        })
+    }
+
+    /// `GET /cgi-bin/getcallbackip`: the cheapest call that proves a token is
+    /// live. Returns WeChat's callback IP list.
+    ///
+    /// Errors with [`UpstreamError`]; a dead token decides to [`Decision::TokenRejected`].
+    pub async fn probe(&self, token: &AccessToken) -> Result<Vec<String>, UpstreamError> {
+        let call = Call::Get(vec![("access_token", token.expose())]);
+        let answer = self
+            .call(ApiName::GetCallbackIp, call, Some(token.expose()))
+            .await?;
+        answer
+            .ip_list
+            .ok_or_else(|| decode(ApiName::GetCallbackIp, "the answer has no ip_list"))
+    }
+
+    /// Runs one logical call: waits for an in-flight slot, then tries each base
+    /// URL in order until one gives an answer that does not fail over.
+    async fn call(
+        &self,
+        api: ApiName,
+        call: Call<'_>,
+        sensitive: Option<&str>,
+    ) -> Result<Answer, UpstreamError> {
+        let _permit = self
+            .limiter
+            .acquire()
+            .await
+            .expect("the limiter semaphore is never closed");
+        let mut last = None;
+        for base in self.base_urls.iter() {
+            let started = Instant::now();
+            let result = self.attempt(api, base, &call, sensitive).await;
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[api.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = match &result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.outcome_label(),
+            };
+            self.metrics
+                .upstream_requests
+                .with_label_values(&[api.as_str(), &outcome])
+                .inc();
+            match result {
+                Err(e) if e.fails_over() => {
+                    tracing::debug!(api = api.as_str(), base_url = %base, error = %e, "upstream attempt failed, trying the next base url");
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.expect("base_urls is never empty"))
+    }
+
+    /// One HTTP request to one base URL, classified.
+    async fn attempt(
+        &self,
+        api: ApiName,
+        base: &Url,
+        call: &Call<'_>,
+        sensitive: Option<&str>,
+    ) -> Result<Answer, UpstreamError> {
+        let url = endpoint(base, api);
+        let request = match call {
+            Call::Get(query) => self.http.get(url).query(query),
+            Call::PostJson(body) => self.http.post(url).json(body),
+        };
+        let base_url = base.as_str().trim_end_matches('/').to_string();
+        let transport = |e: reqwest::Error| {
+            let e = e.without_url();
+            if e.is_timeout() {
+                UpstreamError::Timeout {
+                    api,
+                    base_url: base_url.clone(),
+                    timeout: self.timeout,
+                }
+            } else {
+                UpstreamError::Connect {
+                    api,
+                    base_url: base_url.clone(),
+                    detail: error::scrub(&error_chain(&e), sensitive),
+                }
+            }
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(UpstreamError::Http {
+                api,
+                base_url: base_url.clone(),
+                status: status.as_u16(),
+            });
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no content type")
+            .to_string();
+        let body = response.bytes().await.map_err(transport)?;
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+            decode(
+                api,
+                &format!(
+                    "expected JSON, got {} bytes of {content_type} ({})",
+                    body.len(),
+                    e.classify_name()
+                ),
+            )
+        })?;
+        match answer.errcode {
+            Some(code) if code != 0 => Err(UpstreamError::Api {
+                api,
+                errcode: code,
+                errmsg: error::scrub(answer.errmsg.as_deref().unwrap_or(""), sensitive),
+            }),
+            _ => Ok(answer),
+        }
+    }
+}
+
+fn endpoint(base: &Url, api: ApiName) -> Url {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    base.join(api.path()).unwrap_or(base)
+}
+
+fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError> {
+    let token = answer
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| decode(api, "the answer has no access_token"))?;
+    Ok(TokenGrant {
+        access_token: AccessToken::new(token),
+        expires_in: positive_expiry(api, answer.expires_in)?,
+    })
+}
+
+fn positive_expiry(api: ApiName, expires_in: Option<i64>) -> Result<Duration, UpstreamError> {
+    match expires_in {
+        Some(s) if s > 0 => Ok(Duration::from_secs(s as u64)),
+        Some(s) => Err(decode(
+            api,
+            &format!("expires_in is {s}, not a positive number"),
+        )),
+        None => Err(decode(api, "the answer has no expires_in")),
+    }
+}
+
+fn decode(api: ApiName, detail: &str) -> UpstreamError {
+    UpstreamError::Decode {
+        api,
+        detail: detail.to_string(),
+    }
+}
+
+/// The error and its sources as one sentence (reqwest hides the useful part in sources).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "i/o error",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "unexpected field types",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+/// One token fetch as the account actors ask for it.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    pub appid: AppId,
+    pub secret: SecretString,
+    pub mode: crate::domain::Mode,
+    /// Stable mode only: ask WeChat to rotate now.
+    pub force_refresh: bool,
+}
+
+/// Where account actors get tokens from: WeChat over HTTP ([`WechatClient`])
+/// in production, or the simulator's state called in-process in tests that run
+/// on tokio's paused clock (real sockets and paused time do not mix).
+pub trait TokenSource: Send + Sync + 'static {
+    /// Fetches a token per `req`; errors with the classified [`UpstreamError`].
+    fn fetch(
+        &self,
+        req: FetchRequest,
+    ) -> futures::future::BoxFuture<'static, Result<TokenGrant, UpstreamError>>;
+}
+
+impl TokenSource for WechatClient {
+    fn fetch(
+        &self,
+        req: FetchRequest,
+    ) -> futures::future::BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
+        let client = self.clone();
+        Box::pin(async move {
+            match req.mode {
+                crate::domain::Mode::Legacy => client.fetch_token(&req.appid, &req.secret).await,
+                crate::domain::Mode::Stable => {
+                    client
+                        .fetch_stable_token(&req.appid, &req.secret, req.force_refresh)
+                        .await
+                }
+            }
+        })
+    }
+}

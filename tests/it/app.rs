@@ -1,0 +1,385 @@
+//! `TestApp`: a whole wxtoken server on a free loopback port, fetching tokens
+//! from a real in-process WeChat simulator, with one method per endpoint.
+//!
+//! `spawn_app()` gives the usual fixture (one stable and one legacy account,
+//! three clients: admin, reader, scoped); [`TestAppBuilder`] varies it. The
+//! configuration is written as YAML and read by the real loader.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use wxtoken::config::{LoadOptions, load_str};
+use wxtoken::domain::{AppId, KeyHash, Mode};
+use wxtoken::simulator::{AppRegistration, SimConfig, Simulator};
+use wxtoken::startup::{AppState, Application, BuildOptions};
+
+use crate::support;
+
+/// The key of the `admin` client: every appid, admin.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// The key of the `reader` client: every appid, not admin.
+pub const READER_KEY: &str = "test-reader-key-0123456789";
+/// The key of the `scoped` client: only the first account, not admin.
+pub const SCOPED_KEY: &str = "test-scoped-key-0123456789";
+
+/// How long `spawn` waits for the accounts to settle.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One account of a [`TestApp`].
+#[derive(Debug, Clone)]
+pub struct TestAccount {
+    pub appid: AppId,
+    pub mode: Mode,
+    /// The secret the simulator knows.
+    pub secret: String,
+    /// The secret in wxtoken's configuration (differs when `broken`).
+    pub configured_secret: String,
+    /// Configured with a wrong secret, so it never gets a token.
+    pub broken: bool,
+}
+
+/// A running server, its simulator and an HTTP client.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub sim: Simulator,
+    pub state: AppState,
+    pub accounts: Vec<TestAccount>,
+    http: reqwest::Client,
+    handle: ServerHandle,
+    _dir: tempfile::TempDir,
+}
+
+/// Builds a [`TestApp`] with chosen accounts, clients and simulator settings.
+pub struct TestAppBuilder {
+    accounts: Vec<(Mode, bool)>,
+    sim: SimConfig,
+    clients: bool,
+}
+
+/// The usual fixture: a stable and a legacy account, all three clients.
+pub async fn spawn_app() -> TestApp {
+    TestAppBuilder::new()
+        .account(Mode::Stable)
+        .account(Mode::Legacy)
+        .spawn()
+        .await
+}
+
+impl Default for TestAppBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestAppBuilder {
+    /// No accounts yet, WeChat's default lifetimes, the three clients.
+    pub fn new() -> Self {
+        TestAppBuilder {
+            accounts: Vec::new(),
+            sim: SimConfig::default(),
+            clients: true,
+        }
+    }
+
+    /// Adds a working account in `mode`.
+    pub fn account(mut self, mode: Mode) -> Self {
+        self.accounts.push((mode, false));
+        self
+    }
+
+    /// Adds an account whose configured secret is wrong (WeChat answers 40125).
+    pub fn broken_account(mut self, mode: Mode) -> Self {
+        self.accounts.push((mode, true));
+        self
+    }
+
+    /// Uses these simulator settings (e.g. short token lifetimes); wxtoken's
+    /// grace follows the simulator's.
+    pub fn sim_config(mut self, sim: SimConfig) -> Self {
+        self.sim = sim;
+        self
+    }
+
+    /// Configures no clients: the API is open to loopback callers.
+    pub fn without_clients(mut self) -> Self {
+        self.clients = false;
+        self
+    }
+
+    /// Starts the simulator and the server, and waits until every working
+    /// account serves a token and every broken one has failed once.
+    pub async fn spawn(self) -> TestApp {
+        // reqwest is built without a default TLS provider; any will do for plain http.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let grace = self.sim.grace;
+        let sim = support::simulator(self.sim).await;
+        let accounts: Vec<TestAccount> = self
+            .accounts
+            .iter()
+            .map(|&(mode, broken)| {
+                let appid = support::unique_appid();
+                let secret = format!("sim-secret-{appid}");
+                sim.register_app(AppRegistration {
+                    appid: appid.to_string(),
+                    secret: secret.clone(),
+                    ip_whitelist: vec![],
+                });
+                let configured_secret = if broken {
+                    format!("wrong-secret-{appid}")
+                } else {
+                    secret.clone()
+                };
+                TestAccount {
+                    appid,
+                    mode,
+                    secret,
+                    configured_secret,
+                    broken,
+                }
+            })
+            .collect();
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let yaml = config_yaml(&sim, &accounts, self.clients, dir.path());
+        let vars: Vec<(String, String)> = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("TEST_SECRET_{i}"), a.configured_secret.clone()))
+            .collect();
+        let options = LoadOptions::from_pairs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let loaded =
+            load_str(&yaml, Path::new("test-accounts.yaml"), &options).unwrap_or_else(|problems| {
+                panic!("the test configuration is invalid:\n{problems}\n---\n{yaml}")
+            });
+
+        let app = Application::build(
+            loaded.config,
+            BuildOptions {
+                clock: sim.clock().clone(),
+                grace,
+                workers: Some(2),
+                ..BuildOptions::default()
+            },
+        )
+        .await
+        .expect("the application builds on a free loopback port");
+        let addr = app.addr();
+        let state = app.state();
+        let handle = app.handle();
+        actix_web::rt::spawn(app.run_until_stopped());
+
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("an HTTP client");
+        let test_app = TestApp {
+            addr,
+            base_url: format!("http://{addr}"),
+            sim,
+            state,
+            accounts,
+            http,
+            handle,
+            _dir: dir,
+        };
+        test_app.wait_until_settled().await;
+        test_app
+    }
+}
+
+/// The YAML configuration of a test app.
+fn config_yaml(sim: &Simulator, accounts: &[TestAccount], clients: bool, dir: &Path) -> String {
+    let mut yaml = format!(
+        "listen: 127.0.0.1:0\n\
+         upstream:\n  base_urls: [{}]\n  timeout: 2s\n\
+         store:\n  path: {}\n\
+         refresh:\n  backoff_initial: 200ms\n",
+        sim.base_url(),
+        dir.join("wxtoken.redb").display()
+    );
+    if clients {
+        let first = accounts
+            .first()
+            .map_or("wx0000000000000000".to_string(), |a| a.appid.to_string());
+        yaml.push_str(&format!(
+            "clients:\n\
+             \x20 - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\n\
+             \x20 - name: reader\n    key: {}\n    appids: [\"*\"]\n\
+             \x20 - name: scoped\n    key: {}\n    appids: [{first}]\n",
+            KeyHash::of_key(ADMIN_KEY),
+            KeyHash::of_key(READER_KEY),
+            KeyHash::of_key(SCOPED_KEY),
+        ));
+    }
+    yaml.push_str("accounts:\n");
+    for (i, a) in accounts.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - appid: {}\n    name: Test account {i}\n    secret: ${{TEST_SECRET_{i}}}\n    mode: {}\n",
+            a.appid, a.mode
+        ));
+    }
+    yaml
+}
+
+impl TestApp {
+    /// Polls `/readyz` (bounded) until every working account is ready and
+    /// every broken one has recorded a failure.
+    async fn wait_until_settled(&self) {
+        let broken: Vec<AppId> = self.broken().map(|a| a.appid.clone()).collect();
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let status = self.readyz().await.status();
+            let now = self.state.clock.now_unix_ms();
+            let mut missing = self.state.directory.not_ready(now);
+            missing.sort();
+            let mut want = broken.clone();
+            want.sort();
+            let broken_failed = broken.iter().all(|appid| {
+                self.state
+                    .directory
+                    .get(appid)
+                    .is_some_and(|s| s.status().last_error.is_some())
+            });
+            let settled = if broken.is_empty() {
+                status == StatusCode::OK
+            } else {
+                status == StatusCode::SERVICE_UNAVAILABLE && missing == want && broken_failed
+            };
+            if settled {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the app did not settle within {READY_TIMEOUT:?}; /readyz says {status}, not ready: {missing:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The working accounts.
+    pub fn healthy(&self) -> impl Iterator<Item = &TestAccount> {
+        self.accounts.iter().filter(|a| !a.broken)
+    }
+
+    /// The broken accounts.
+    pub fn broken(&self) -> impl Iterator<Item = &TestAccount> {
+        self.accounts.iter().filter(|a| a.broken)
+    }
+
+    /// The first working account in `mode`.
+    pub fn account(&self, mode: Mode) -> &TestAccount {
+        self.healthy()
+            .find(|a| a.mode == mode)
+            .unwrap_or_else(|| panic!("the test app has no working {mode} account"))
+    }
+
+    /// The token currently published for `appid` (read from the directory).
+    pub fn current_token(&self, appid: &AppId) -> String {
+        self.state
+            .directory
+            .get(appid)
+            .and_then(|slot| slot.token())
+            .map(|t| t.token.expose().to_string())
+            .unwrap_or_else(|| panic!("{appid} has no token"))
+    }
+
+    /// A request to `path` with an optional API key.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        match key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, builder: reqwest::RequestBuilder) -> Response {
+        builder.send().await.expect("the server answers")
+    }
+
+    /// `GET /v1/token/{appid}`.
+    pub async fn get_token(&self, appid: &str, key: Option<&str>) -> Response {
+        self.send(self.request(Method::GET, &format!("/v1/token/{appid}"), key))
+            .await
+    }
+
+    /// `POST /v1/token/{appid}/refresh` with a raw `body`.
+    pub async fn refresh(
+        &self,
+        appid: &str,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Response {
+        self.send(
+            self.request(Method::POST, &format!("/v1/token/{appid}/refresh"), key)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// `POST /v1/token/{appid}/refresh` with `{"stale_token": stale}`.
+    pub async fn report_stale(&self, appid: &str, stale: &str, key: Option<&str>) -> Response {
+        let body = serde_json::json!({ "stale_token": stale }).to_string();
+        self.refresh(appid, body, key).await
+    }
+
+    /// `GET /v1/accounts`.
+    pub async fn accounts(&self, key: Option<&str>) -> Response {
+        self.send(self.request(Method::GET, "/v1/accounts", key))
+            .await
+    }
+
+    /// `POST /v1/accounts/{appid}/refresh`.
+    pub async fn admin_refresh(&self, appid: &str, key: Option<&str>) -> Response {
+        self.send(self.request(Method::POST, &format!("/v1/accounts/{appid}/refresh"), key))
+            .await
+    }
+
+    /// `GET /healthz`.
+    pub async fn healthz(&self) -> Response {
+        self.send(self.request(Method::GET, "/healthz", None)).await
+    }
+
+    /// `GET /readyz`.
+    pub async fn readyz(&self) -> Response {
+        self.send(self.request(Method::GET, "/readyz", None)).await
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let response = self.send(self.request(Method::GET, "/metrics", None)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.expect("a metrics body")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // The stop command is sent right away; the returned future only
+        // waits for the server to confirm, which nobody needs here.
+        drop(self.handle.stop(false));
+    }
+}
+
+/// The body of `response` as JSON, with the status checked first.
+pub async fn json(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let text = response.text().await.expect("a body");
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the body is not JSON ({e}): {text}"))
+}

@@ -1,0 +1,812 @@
+//! Tests: loading and validating `accounts.yaml`, and `wxtoken check` (contract §1, §2).
+//!
+//! Library tests go through `load`/`load_str` with an explicit environment map;
+//! CLI tests run the real binary with a controlled environment.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use secrecy::ExposeSecret;
+use wxtoken::config::{AppScope, LoadOptions, Loaded, Problems, load, load_str, summary};
+use wxtoken::domain::{AppId, Mode};
+
+/// The environment variables the shipped `accounts.yaml` needs.
+const SHIPPED_VARS: [&str; 3] = [
+    "WX_SECRET_BRAND_A",
+    "WX_SECRET_BRAND_B",
+    "WX_SECRET_BRAND_C",
+];
+
+/// The smallest valid configuration: one account, its secret from `$S`.
+const MINIMAL: &str = "accounts:\n  - appid: wx1111111111111111\n    secret: ${S}\n";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures/config")
+}
+
+fn env(vars: &[(&str, &str)]) -> LoadOptions {
+    LoadOptions::from_pairs(vars.iter().copied())
+}
+
+fn load_text(yaml: &str, vars: &[(&str, &str)]) -> Result<Loaded, Problems> {
+    load_str(yaml, Path::new("test.yaml"), &env(vars))
+}
+
+fn loaded(yaml: &str, vars: &[(&str, &str)]) -> Loaded {
+    match load_text(yaml, vars) {
+        Ok(l) => l,
+        Err(problems) => panic!("expected a valid config, got:\n{problems}"),
+    }
+}
+
+/// Every error of an invalid config, as `test.yaml:LINE: message` lines.
+fn errors(yaml: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match load_text(yaml, vars) {
+        Ok(_) => panic!("expected problems, the config loaded:\n{yaml}"),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Asserts that exactly one line starts with `prefix` and contains `fragment`.
+fn assert_has(lines: &[String], prefix: &str, fragment: &str) {
+    let hits = lines
+        .iter()
+        .filter(|l| l.starts_with(prefix) && l.contains(fragment))
+        .count();
+    assert_eq!(
+        hits,
+        1,
+        "expected one line starting {prefix:?} containing {fragment:?} in:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// `wxtoken` with none of the variables the tests care about inherited.
+fn wxtoken() -> Command {
+    let mut cmd = Command::cargo_bin("wxtoken").expect("the wxtoken binary is built");
+    for var in SHIPPED_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env_remove("WXTOKEN_CONFIG")
+        .env_remove("WX_TEST_UNSET_SECRET");
+    cmd
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_reports_every_problem_with_its_line() {
+    let out = wxtoken()
+        .current_dir(fixtures())
+        .args(["check", "--config", "many_mistakes.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout_of(&out).is_empty());
+    let lines: Vec<String> = stderr_of(&out).lines().map(str::to_string).collect();
+
+    let expected: &[(usize, &str)] = &[
+        (2, "listen: \"0.0.0.0:80800\" is not a socket address"),
+        (
+            5,
+            "upstream.base_urls[0]: \"http://api.weixin.qq.com\" uses plain http",
+        ),
+        (6, "upstream.timeout: \"30\" has no unit"),
+        (7, "upstream.max_concurrency must be at least 1"),
+        (8, "unknown key \"retries\" in upstream"),
+        (10, "unknown key \"pth\" in store (did you mean \"path\"?)"),
+        (12, "refresh.legacy_at must be between 0 and 1"),
+        (13, "refresh.jitter must be at least 0 and less than 0.5"),
+        (
+            14,
+            "refresh.stable_window must be more than 0s and less than 2h",
+        ),
+        (
+            15,
+            "refresh.backoff_initial (10m) is longer than refresh.backoff_max (5m)",
+        ),
+        (
+            19,
+            "clients[0].key must be \"sha256:\" followed by 64 hex digits",
+        ),
+        (21, "duplicate client name \"shop\" (first at line 18)"),
+        (23, "\"*\" must be the only entry of clients[1].appids"),
+        (24, "clients[1].admin: \"yes\" is not a boolean"),
+        (27, "environment variable WX_TEST_UNSET_SECRET is not set"),
+        (28, "unknown mode \"turbo\""),
+        (29, "duplicate appid wx1111111111111111 (first at line 26)"),
+        (
+            31,
+            "unknown key \"secert\" in accounts[1] (did you mean \"secret\"?)",
+        ),
+        (32, "\"wxSHORT\" is not a WeChat appid"),
+        (32, "accounts[2] has no secret"),
+        (
+            35,
+            "cannot read \"./no-such-secret-file.txt\": no such file",
+        ),
+        (36, "accounts[3].enabled: \"maybe\" is not a boolean"),
+        (38, "accounts[4].secret is empty"),
+    ];
+    for (line, fragment) in expected {
+        assert_has(&lines, &format!("many_mistakes.yaml:{line}: "), fragment);
+    }
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "unexpected extra lines:\n{}",
+        lines.join("\n")
+    );
+    assert!(!stderr_of(&out).contains("literal-secret-in-yaml"));
+}
+
+#[test]
+fn check_passes_the_shipped_accounts_yaml_when_its_secrets_are_set() {
+    let out = wxtoken()
+        .current_dir(repo_root())
+        .envs(SHIPPED_VARS.map(|v| (v, "0123456789abcdef0123456789abcdef")))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        "accounts.yaml: ok, 3 accounts (2 stable, 1 legacy, 3 enabled), 2 clients, listen 127.0.0.1:8080\n"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "",
+        "the shipped file should have no warnings"
+    );
+    assert!(!stdout_of(&out).contains("0123456789abcdef"));
+}
+
+#[test]
+fn check_lists_each_missing_secret_variable_of_the_shipped_accounts_yaml() {
+    let out = wxtoken()
+        .current_dir(repo_root())
+        .env("WX_SECRET_BRAND_B", "set-but-not-shown-4711")
+        .args(["check", "--config", "accounts.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = stderr_of(&out);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    for (line, var) in lines.iter().zip(["WX_SECRET_BRAND_A", "WX_SECRET_BRAND_C"]) {
+        assert!(line.starts_with("accounts.yaml:"), "{line}");
+        assert!(
+            line.contains(&format!("environment variable {var} is not set")),
+            "{line}"
+        );
+    }
+    assert!(!stderr.contains("set-but-not-shown-4711"));
+}
+
+#[test]
+fn check_names_an_unreadable_config_file_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .args(["check", "--config", "missing.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&out),
+        "missing.yaml: config file not found (give its path with --config PATH or WXTOKEN_CONFIG)\n"
+    );
+
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .args(["check", "--config", "."])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr_of(&out).lines().count(), 1);
+}
+
+#[test]
+fn check_prints_warnings_to_stderr_and_still_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        format!("listen: 127.0.0.1:9000\n{MINIMAL}"),
+    )
+    .unwrap();
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .env("S", "sekrit-value-for-check")
+        .args(["check", "--config", "a.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout_of(&out),
+        "a.yaml: ok, 1 account (1 stable, 0 legacy, 1 enabled), 0 clients, listen 127.0.0.1:9000\n"
+    );
+    assert_eq!(
+        stderr_of(&out),
+        "a.yaml:1: warning: no clients are configured: any process on this host can read every token without a key; add `clients:` to require keys\n"
+    );
+}
+
+#[test]
+fn secret_values_never_appear_in_check_output_problems_or_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("brand_b.secret"),
+        "file-secret-value-9876\n",
+    )
+    .unwrap();
+    let valid = "\
+store:
+  redis: redis://:redis-password-5555@10.0.0.5:6379/0
+accounts:
+  - appid: wx1111111111111111
+    secret: ${ENV_SECRET}
+  - appid: wx2222222222222222
+    secret_file: brand_b.secret
+  - appid: wx3333333333333333
+    secret: literal-secret-3333
+";
+    let path = dir.path().join("accounts.yaml");
+    std::fs::write(&path, valid).unwrap();
+    let vars = [("ENV_SECRET", "env-secret-value-1234")];
+    let secrets = [
+        "env-secret-value-1234",
+        "file-secret-value-9876",
+        "literal-secret-3333",
+        "redis-password-5555",
+    ];
+
+    let loaded = load(&path, &env(&vars)).unwrap();
+    let debug = format!("{:?}", loaded.config);
+    for s in secrets {
+        assert!(!debug.contains(s), "{s} leaked into Debug: {debug}");
+    }
+    assert_eq!(
+        loaded.config.accounts[0].secret.expose_secret(),
+        "env-secret-value-1234"
+    );
+    assert_eq!(
+        loaded.config.accounts[1].secret.expose_secret(),
+        "file-secret-value-9876"
+    );
+
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .env("ENV_SECRET", "env-secret-value-1234")
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let all = stdout_of(&out) + &stderr_of(&out);
+    for s in secrets {
+        assert!(!all.contains(s), "{s} leaked into check output: {all}");
+    }
+
+    // The same secrets next to mistakes: the problems name keys, never values.
+    let broken = valid
+        .replace("redis://", "redis-typo://")
+        .replace("wx1111111111111111", "wx1")
+        .replace("wx2222222222222222", "wx2")
+        .replace(
+            "secret: literal-secret-3333",
+            "secret: literal-secret-3333 ${BAD NAME}",
+        )
+        + "    mode: fast\n";
+    std::fs::write(&path, &broken).unwrap();
+    let problems = load(&path, &env(&vars)).unwrap_err();
+    assert!(problems.len() >= 5, "{problems}");
+    let text = problems.to_string();
+    for s in secrets {
+        assert!(!text.contains(s), "{s} leaked into a problem: {text}");
+    }
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .env("ENV_SECRET", "env-secret-value-1234")
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let all = stdout_of(&out) + &stderr_of(&out);
+    for s in secrets {
+        assert!(!all.contains(s), "{s} leaked into check output: {all}");
+    }
+}
+
+#[test]
+fn empty_secret_from_a_set_variable_names_the_variable_not_the_value() {
+    let lines = errors(MINIMAL, &[("S", "  ")]);
+    assert_eq!(
+        lines,
+        ["test.yaml:3: accounts[0].secret is empty (environment variable S is set but empty)"]
+    );
+}
+
+#[test]
+fn variables_are_expanded_in_any_string_value() {
+    let yaml = "\
+listen: ${HOST}:${PORT}
+upstream:
+  base_urls: [\"http://127.0.0.1:${SIM_PORT}/\"]
+  timeout: ${TIMEOUT}
+store:
+  path: ${DATA}/tokens.redb
+  redis_prefix: wxtoken-$${literal}-$HOME
+accounts:
+  - appid: ${APPID}
+    name: ${BRAND} shop
+    secret: pre-${S}-post
+    enabled: ${ON}
+";
+    let vars = [
+        ("HOST", "127.0.0.1"),
+        ("PORT", "8181"),
+        ("SIM_PORT", "9999"),
+        ("TIMEOUT", "750ms"),
+        ("DATA", "/var/lib/wxtoken"),
+        ("APPID", "wx1234567890abcdef"),
+        ("BRAND", "Brand A"),
+        ("S", "xyz"),
+        ("ON", "false"),
+    ];
+    let c = loaded(yaml, &vars).config;
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8181");
+    assert_eq!(c.upstream.base_urls[0].as_str(), "http://127.0.0.1:9999/");
+    assert_eq!(c.upstream.timeout, Duration::from_millis(750));
+    assert_eq!(c.store.path, PathBuf::from("/var/lib/wxtoken/tokens.redb"));
+    assert_eq!(c.store.redis_prefix, "wxtoken-${literal}-$HOME");
+    let a = &c.accounts[0];
+    assert_eq!(a.appid.as_str(), "wx1234567890abcdef");
+    assert_eq!(a.name, "Brand A shop");
+    assert_eq!(a.secret.expose_secret(), "pre-xyz-post");
+    assert!(!a.enabled);
+}
+
+#[test]
+fn missing_variables_are_reported_by_name_at_their_line() {
+    let yaml = "listen: ${NO_LISTEN}\naccounts:\n  - appid: wx1111111111111111\n    name: ${NO_NAME} and ${NO_NAME2}\n    secret: ${NO_SECRET}\n";
+    let lines = errors(yaml, &[]);
+    assert_eq!(
+        lines,
+        [
+            "test.yaml:1: listen: environment variable NO_LISTEN is not set",
+            "test.yaml:4: accounts[0].name: environment variable NO_NAME is not set",
+            "test.yaml:4: accounts[0].name: environment variable NO_NAME2 is not set",
+            "test.yaml:5: accounts[0].secret: environment variable NO_SECRET is not set",
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_are_reported_at_every_depth() {
+    let yaml = "\
+listn: 127.0.0.1:8080
+upstream:
+  timout: 5s
+refresh:
+  backof_max: 5m
+clients:
+  - name: a
+    key: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    appid: [wx1111111111111111]
+accounts:
+  - appid: wx1111111111111111
+    secret: x
+    colour: blue
+timeout: 5s
+";
+    let lines = errors(yaml, &[]);
+    assert_has(
+        &lines,
+        "test.yaml:1: ",
+        "unknown key \"listn\" at the top level (did you mean \"listen\"?)",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:3: ",
+        "unknown key \"timout\" in upstream (did you mean \"timeout\"?)",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:5: ",
+        "unknown key \"backof_max\" in refresh (did you mean \"backoff_max\"?)",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:9: ",
+        "unknown key \"appid\" in clients[0] (did you mean \"appids\"?)",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:13: ",
+        "unknown key \"colour\" in accounts[0] (known keys: appid, name, secret, secret_file, mode, enabled)",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:14: ",
+        "unknown key \"timeout\" at the top level (it belongs under `upstream:`)",
+    );
+    // The misspelt `appids` also means the client has none.
+    assert_has(&lines, "test.yaml:7: ", "clients[0] (a) has no appids");
+    assert_eq!(lines.len(), 7, "{}", lines.join("\n"));
+}
+
+#[test]
+fn repeated_keys_are_reported_with_both_lines() {
+    let lines = errors(&format!("{MINIMAL}    secret: again\n"), &[("S", "x")]);
+    assert_eq!(
+        lines,
+        ["test.yaml:4: key \"secret\" appears twice in accounts[0] (first at line 3); keep one"]
+    );
+}
+
+#[test]
+fn durations_take_a_unit_and_bare_numbers_get_a_hint() {
+    let yaml = "\
+upstream:
+  timeout: 500ms
+refresh:
+  stable_window: 10m
+  backoff_initial: 2s
+  backoff_max: 1h
+";
+    let c = loaded(&format!("{yaml}{MINIMAL}"), &[("S", "x")]).config;
+    assert_eq!(c.upstream.timeout, Duration::from_millis(500));
+    assert_eq!(c.refresh.stable_window, Duration::from_secs(600));
+    assert_eq!(c.refresh.backoff_initial, Duration::from_secs(2));
+    assert_eq!(c.refresh.backoff_max, Duration::from_secs(3600));
+
+    let lines = errors(
+        &format!(
+            "upstream:\n  timeout: 5\nrefresh:\n  backoff_max: soon\n  stable_window: 0s\n{MINIMAL}"
+        ),
+        &[("S", "x")],
+    );
+    assert_eq!(
+        lines,
+        [
+            "test.yaml:2: upstream.timeout: \"5\" has no unit; write e.g. \"5s\" or \"5ms\"",
+            "test.yaml:4: refresh.backoff_max: \"soon\" is not a duration; write a number with a unit, e.g. 500ms, 30s, 5m or 2h",
+            "test.yaml:5: refresh.stable_window must be more than 0s and less than 2h (a token's lifetime), not 0s; e.g. 5m",
+        ]
+    );
+}
+
+#[test]
+fn defaults_apply_to_everything_but_accounts() {
+    let c = loaded(MINIMAL, &[("S", "x")]).config;
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.upstream.base_urls.len(), 2);
+    assert_eq!(
+        c.upstream.base_urls[0].as_str(),
+        "https://api.weixin.qq.com/"
+    );
+    assert_eq!(c.upstream.timeout, Duration::from_secs(5));
+    assert_eq!(c.upstream.max_concurrency, 32);
+    assert_eq!(c.store.path, PathBuf::from("./data/wxtoken.redb"));
+    assert!(c.store.redis.is_none());
+    assert_eq!(c.store.redis_prefix, "wxtoken");
+    assert_eq!(c.refresh, wxtoken::config::RefreshConfig::default());
+    assert!(c.clients.is_empty());
+    assert_eq!(c.accounts[0].name, "wx1111111111111111");
+    assert_eq!(c.accounts[0].mode, Mode::Stable);
+    assert!(c.accounts[0].enabled);
+    assert_eq!(c.source, PathBuf::from("test.yaml"));
+}
+
+#[test]
+fn the_shipped_accounts_yaml_loads_as_documented() {
+    let vars = SHIPPED_VARS.map(|v| (v, "s"));
+    let loaded = load(&repo_root().join("accounts.yaml"), &env(&vars)).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let c = &loaded.config;
+    assert_eq!(
+        summary(c),
+        "3 accounts (2 stable, 1 legacy, 3 enabled), 2 clients, listen 127.0.0.1:8080"
+    );
+    let wx1 = AppId::parse("wx1111111111111111").unwrap();
+    let wx3 = AppId::parse("wx3333333333333333").unwrap();
+    let order = &c.clients[0];
+    assert!(
+        order
+            .key
+            .matches(&wxtoken::domain::KeyHash::of_key("demo-order-key"))
+    );
+    assert!(order.appids.allows(&wx1) && !order.appids.allows(&wx3) && !order.admin);
+    let admin = &c.clients[1];
+    assert!(
+        admin
+            .key
+            .matches(&wxtoken::domain::KeyHash::of_key("demo-admin-key"))
+    );
+    assert_eq!(admin.appids, AppScope::All);
+    assert!(admin.admin);
+}
+
+#[test]
+fn no_accounts_is_an_error() {
+    assert_eq!(
+        errors("listen: 127.0.0.1:8080\n", &[]),
+        [
+            "test.yaml: no accounts: add an `accounts:` list with at least one account (appid: wx1111111111111111, secret: ${WX_SECRET_...})"
+        ]
+    );
+    assert_eq!(
+        errors("accounts: []\n", &[]),
+        ["test.yaml:1: accounts is empty; add at least one account (appid and secret)"]
+    );
+    assert_eq!(errors("", &[]).len(), 1);
+    assert_eq!(errors("# just comments\n", &[]).len(), 1);
+}
+
+#[test]
+fn yaml_syntax_errors_carry_their_line() {
+    let lines = errors(
+        "listen: 127.0.0.1:8080\naccounts:\n  - appid: wx1111111111111111\n   secret: x: y\n",
+        &[],
+    );
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with("test.yaml:4: invalid YAML: "),
+        "{}",
+        lines[0]
+    );
+
+    let lines = errors("clients:\n  - appids: [*]\n", &[]);
+    assert!(
+        lines[0].starts_with("test.yaml:2: ") && lines[0].contains("[\"*\"]"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn listen_without_clients_is_an_error_unless_loopback() {
+    let lines = errors(&format!("listen: 0.0.0.0:8080\n{MINIMAL}"), &[("S", "x")]);
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with("test.yaml:1: listen 0.0.0.0:8080 is reachable from other hosts but no clients are configured"),
+        "{}",
+        lines[0]
+    );
+
+    let ok = loaded(
+        &format!("listen: \"[::1]:8080\"\nclients: []\n{MINIMAL}"),
+        &[("S", "x")],
+    );
+    assert_eq!(ok.warnings.len(), 1);
+    assert_eq!(ok.warnings[0].line, Some(2));
+    assert!(
+        ok.warnings[0]
+            .message
+            .starts_with("no clients are configured")
+    );
+
+    let lines = errors(&format!("listen: localhost:8080\n{MINIMAL}"), &[("S", "x")]);
+    assert!(lines[0].contains("write 127.0.0.1:8080"), "{}", lines[0]);
+}
+
+#[test]
+fn a_client_scope_naming_an_unconfigured_appid_is_a_warning() {
+    let yaml = format!(
+        "listen: 10.0.0.1:8080\nclients:\n  - name: shop\n    key: sha256:{}\n    appids:\n      - wx1111111111111111\n      - wx9999999999999999\n{MINIMAL}",
+        "ab".repeat(32)
+    );
+    let loaded = loaded(&yaml, &[("S", "x")]);
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "test.yaml:7: clients[0].appids: wx9999999999999999 is not a configured account, so this entry has no effect"
+        ]
+    );
+    let scope = &loaded.config.clients[0].appids;
+    assert!(scope.allows(&AppId::parse("wx1111111111111111").unwrap()));
+}
+
+#[test]
+fn client_keys_and_scopes_are_checked() {
+    let key = format!("sha256:{}", "cd".repeat(32));
+    let yaml = format!(
+        "clients:
+  - name: a
+    key: {key}
+    appids: \"*\"
+  - name: b
+    key: {key}
+    appids: [wx1, \"*\"]
+  - name: c
+    key: my-plain-api-key
+    appids: []
+{MINIMAL}"
+    );
+    let lines = errors(&yaml, &[("S", "x")]);
+    assert_has(
+        &lines,
+        "test.yaml:4: ",
+        "clients[0].appids must be a list, not a single value; write [\"*\"]",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:6: ",
+        "clients[1].key is the same as the key of clients[0] (line 3)",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:7: ",
+        "clients[1].appids[0]: \"wx1\" is not a WeChat appid",
+    );
+    assert_has(&lines, "test.yaml:7: ", "\"*\" must be the only entry");
+    assert_has(
+        &lines,
+        "test.yaml:9: ",
+        "if this is the key itself, keep it out of the file",
+    );
+    assert!(!lines.join("\n").contains("my-plain-api-key"));
+    assert_eq!(lines.len(), 5, "{}", lines.join("\n"));
+}
+
+#[test]
+fn base_urls_must_be_https_except_on_loopback() {
+    let ok = loaded(
+        &format!(
+            "upstream:\n  base_urls: [\"http://127.0.0.1:9090\", \"https://wx.example.com/proxy/\"]\n{MINIMAL}"
+        ),
+        &[("S", "x")],
+    );
+    assert_eq!(ok.config.upstream.base_urls.len(), 2);
+
+    let lines = errors(
+        &format!("upstream:\n  base_urls:\n    - ftp://x.example.com\n    - not a url\n{MINIMAL}"),
+        &[("S", "x")],
+    );
+    assert_has(&lines, "test.yaml:3: ", "is not an http(s) URL");
+    assert_has(&lines, "test.yaml:4: ", "\"not a url\" is not a URL");
+
+    let lines = errors(
+        &format!("upstream:\n  base_urls: []\n{MINIMAL}"),
+        &[("S", "x")],
+    );
+    assert_eq!(
+        lines,
+        [
+            "test.yaml:2: upstream.base_urls is empty; list at least one URL, e.g. https://api.weixin.qq.com"
+        ]
+    );
+}
+
+#[test]
+fn wrong_types_are_reported_with_what_was_found() {
+    let yaml = "\
+listen: [127.0.0.1, 8080]
+upstream: fast
+refresh:
+  legacy_at: high
+accounts:
+  - appid: {id: wx1111111111111111}
+    secret: [a, b]
+";
+    let lines = errors(yaml, &[]);
+    assert_eq!(
+        lines,
+        [
+            "test.yaml:1: listen must be a single value, not a list",
+            "test.yaml:2: upstream must be a mapping of keys (base_urls, timeout, max_concurrency), not a single value",
+            "test.yaml:4: refresh.legacy_at: \"high\" is not a number; write e.g. 0.8",
+            "test.yaml:6: accounts[0].appid must be a single value, not a mapping",
+            "test.yaml:7: accounts[0].secret must be a single value, not a list",
+        ]
+    );
+}
+
+#[test]
+fn secret_file_is_read_relative_to_the_config_and_its_newline_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/a"), "abc123\r\n").unwrap();
+    std::fs::write(dir.path().join("secrets/empty"), "\n").unwrap();
+    let path = dir.path().join("accounts.yaml");
+    std::fs::write(
+        &path,
+        "accounts:\n  - appid: wx1111111111111111\n    secret_file: secrets/a\n",
+    )
+    .unwrap();
+    let c = load(&path, &env(&[])).unwrap().config;
+    assert_eq!(c.accounts[0].secret.expose_secret(), "abc123");
+
+    std::fs::write(
+        &path,
+        "accounts:
+  - appid: wx1111111111111111
+    secret_file: secrets/empty
+  - appid: wx2222222222222222
+    secret: x
+    secret_file: secrets/a
+  - appid: wx3333333333333333
+    secret_file: secrets
+",
+    )
+    .unwrap();
+    let problems = load(&path, &env(&[])).unwrap_err();
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.line.unwrap_or(0), p.message))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("3: accounts[0].secret_file: ") && lines[0].ends_with("empty"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1],
+        "6: accounts[1] (wx2222222222222222) has both secret and secret_file; keep one"
+    );
+    assert!(
+        lines[2].starts_with("8: accounts[2].secret_file: cannot read ")
+            && lines[2].ends_with("it is a directory"),
+        "{}",
+        lines[2]
+    );
+}
+
+#[test]
+fn missing_secrets_become_placeholders_when_secrets_are_optional() {
+    let yaml = "\
+accounts:
+  - appid: wx1111111111111111
+    secret: ${NOT_SET}
+  - appid: wx2222222222222222
+    secret_file: /nonexistent/secret
+  - appid: wx3333333333333333
+    secret_file: ${NOT_SET_EITHER}/secret
+";
+    let opts = LoadOptions::from_map(HashMap::new()).secrets_optional();
+    let c = load_str(yaml, Path::new("demo.yaml"), &opts)
+        .unwrap()
+        .config;
+    assert_eq!(c.accounts.len(), 3);
+    for a in &c.accounts {
+        assert!(!a.secret.expose_secret().is_empty());
+    }
+
+    // Every other rule still applies.
+    let bad = format!("{yaml}  - appid: wx1\n    secret: ${{NOT_SET}}\n    mode: fast\n");
+    let problems = load_str(&bad, Path::new("demo.yaml"), &opts).unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems}");
+}
+
+#[test]
+fn load_never_panics_on_mangled_files() {
+    let shipped = std::fs::read_to_string(repo_root().join("accounts.yaml")).unwrap();
+    let mistakes = std::fs::read_to_string(fixtures().join("many_mistakes.yaml")).unwrap();
+    let opts = env(&[]);
+    for text in [&shipped, &mistakes] {
+        for (cut, _) in text.char_indices() {
+            let _ = load_str(&text[..cut], Path::new("x.yaml"), &opts);
+        }
+        for junk in [
+            "\t", ":", "- ", "[", "{", "\"", "&a ", "*a ", "!!int ", "? ", "---\n", "\u{0}", "${",
+        ] {
+            for (at, _) in text.char_indices().step_by(7) {
+                let mangled = format!("{}{junk}{}", &text[..at], &text[at..]);
+                let _ = load_str(&mangled, Path::new("x.yaml"), &opts);
+            }
+        }
+    }
+}

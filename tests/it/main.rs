@@ -1,0 +1,9 @@
+//! All integration tests, in one binary (one link, shared helpers).
+
+mod api;
+mod app;
+mod cli;
+mod config;
+mod simulator;
+mod support;
+mod wechat;
