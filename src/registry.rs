@@ -23,14 +23,16 @@ use serde::Serialize;
 
 use crate::account::slot::AccountSlot;
 use crate::account::{
-    AccountActor, Crash, Deps, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown,
+    AccountActor, Crash, Deps, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown,
 };
 use crate::config::AccountConfig;
 use crate::domain::{AccessToken, AppId};
 use crate::metrics::ACCOUNT_STATES;
 
-/// How often the registry checks that every account actor is alive.
-pub const WATCHDOG_TICK: Duration = Duration::from_millis(200);
+/// How often the registry checks that every account actor is alive and
+/// updates the fleet gauges. Restarts normally happen at once, on the
+/// [`Exited`] notice a dying actor sends; this tick is the backstop.
+pub const WATCHDOG_TICK: Duration = Duration::from_secs(1);
 
 type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
 
@@ -124,6 +126,9 @@ struct Member {
     config: AccountConfig,
     slot: Arc<AccountSlot>,
     addr: Addr<AccountActor>,
+    /// Which start of the actor `addr` is; an [`Exited`] notice for an
+    /// older one is ignored.
+    incarnation: u64,
 }
 
 /// The registry actor.
@@ -133,6 +138,9 @@ pub struct Registry {
     deps: Deps,
     ready_logged: bool,
     stopping: bool,
+    /// Counts actor starts; each start gets the next number.
+    starts: u64,
+    me: Option<Addr<Registry>>,
 }
 
 impl Registry {
@@ -144,11 +152,24 @@ impl Registry {
             deps,
             ready_logged: false,
             stopping: false,
+            starts: 0,
+            me: None,
         }
     }
 
-    fn spawn(&self, config: &AccountConfig, slot: &Arc<AccountSlot>) -> Addr<AccountActor> {
-        AccountActor::new(config.clone(), slot.clone(), self.deps.clone()).start()
+    /// Starts an account actor that reports its end to this registry.
+    fn spawn(
+        &mut self,
+        config: &AccountConfig,
+        slot: &Arc<AccountSlot>,
+    ) -> (Addr<AccountActor>, u64) {
+        self.starts += 1;
+        let incarnation = self.starts;
+        let mut actor = AccountActor::new(config.clone(), slot.clone(), self.deps.clone());
+        if let Some(me) = &self.me {
+            actor = actor.supervised(me.clone().recipient(), incarnation);
+        }
+        (actor.start(), incarnation)
     }
 
     fn publish(&self) {
@@ -200,18 +221,23 @@ impl Registry {
     }
 
     fn restart(&mut self, appid: &AppId) {
+        if self.stopping {
+            return;
+        }
         let Some(member) = self.members.get(appid) else {
             return;
         };
+        let (config, slot) = (member.config.clone(), member.slot.clone());
         tracing::warn!(appid = %appid, "account actor died; restarting it from its last token");
         self.deps
             .metrics
             .actor_restarts
             .with_label_values(&[appid.as_str()])
             .inc();
-        let addr = self.spawn(&member.config, &member.slot);
+        let (addr, incarnation) = self.spawn(&config, &slot);
         if let Some(member) = self.members.get_mut(appid) {
             member.addr = addr;
+            member.incarnation = incarnation;
         }
     }
 }
@@ -230,6 +256,7 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1 << 20);
+        self.me = Some(ctx.address());
         ctx.run_interval(WATCHDOG_TICK, |act, _| act.watchdog());
     }
 }
@@ -272,13 +299,14 @@ impl Handler<Apply> for Registry {
                     if let Some(token) = member.slot.token().filter(|t| t.mode == config.mode) {
                         slot.publish(token);
                     }
-                    let addr = self.spawn(config, &slot);
+                    let (addr, incarnation) = self.spawn(config, &slot);
                     self.members.insert(
                         appid.clone(),
                         Member {
                             config: config.clone(),
                             slot,
                             addr,
+                            incarnation,
                         },
                     );
                     summary.changed.push(appid.clone());
@@ -290,13 +318,14 @@ impl Handler<Apply> for Registry {
                         config.mode,
                         config.enabled,
                     ));
-                    let addr = self.spawn(config, &slot);
+                    let (addr, incarnation) = self.spawn(config, &slot);
                     self.members.insert(
                         appid.clone(),
                         Member {
                             config: config.clone(),
                             slot,
                             addr,
+                            incarnation,
                         },
                     );
                     summary.added.push(appid.clone());
@@ -328,6 +357,20 @@ impl Handler<RouteRefresh> for Registry {
             stale: msg.stale,
         });
         Box::pin(async move { request.await.unwrap_or(Err(RefreshError::Unavailable)) })
+    }
+}
+
+impl Handler<Exited> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Exited, _: &mut Self::Context) {
+        if self
+            .members
+            .get(&msg.appid)
+            .is_some_and(|m| m.incarnation == msg.incarnation)
+        {
+            self.restart(&msg.appid);
+        }
     }
 }
 

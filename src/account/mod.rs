@@ -111,6 +111,16 @@ struct Finished {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// Sent to the supervisor when an account actor ends without being told to
+/// (a panic, or its context stopping on its own).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Exited {
+    pub appid: crate::domain::AppId,
+    /// Which start of this account's actor ended (see [`AccountActor::supervised`]).
+    pub incarnation: u64,
+}
+
 /// Panics inside the actor. Exists only so tests can prove that supervision
 /// survives a panic; nothing outside tests sends it.
 #[doc(hidden)]
@@ -141,6 +151,9 @@ pub struct AccountActor {
     /// Unix ms of stable `force_refresh` calls on the current China day.
     forces: Vec<i64>,
     last_stale_fetch_ms: Option<i64>,
+    /// Told when this actor ends without a [`Shutdown`].
+    supervisor: Option<(Recipient<Exited>, u64)>,
+    shutting_down: bool,
 }
 
 impl AccountActor {
@@ -157,7 +170,17 @@ impl AccountActor {
             timer: None,
             forces: Vec::new(),
             last_stale_fetch_ms: None,
+            supervisor: None,
+            shutting_down: false,
         }
+    }
+
+    /// Makes `supervisor` hear of this actor's end, unless it was asked to
+    /// stop: the notice is sent from `Drop`, which runs even when a handler
+    /// panics (actix then drops the actor without calling `stopped`).
+    pub fn supervised(mut self, supervisor: Recipient<Exited>, incarnation: u64) -> Self {
+        self.supervisor = Some((supervisor, incarnation));
+        self
     }
 
     fn now_ms(&self) -> i64 {
@@ -451,8 +474,26 @@ impl Actor for AccountActor {
         match self.slot.token() {
             Some(record) if record.is_live(now) => {
                 self.publish_token_metrics(&record);
-                self.set_state(State::Ready);
-                self.schedule_from(ctx, &record, false);
+                let status = self.slot.status();
+                // A restart after a crash keeps the plan the dead actor armed.
+                match status.next_refresh_at_ms {
+                    Some(at)
+                        if matches!(status.state, State::Ready | State::Failing)
+                            && at > now
+                            && at <= record.expires_at_ms =>
+                    {
+                        let reason = if status.state == State::Failing {
+                            Reason::Retry
+                        } else {
+                            Reason::Scheduled
+                        };
+                        self.schedule(ctx, at, reason);
+                    }
+                    _ => {
+                        self.set_state(State::Ready);
+                        self.schedule_from(ctx, &record, false);
+                    }
+                }
             }
             _ => {
                 drop(self.start_refresh(ctx, Reason::Startup, false));
@@ -621,7 +662,22 @@ impl Handler<Shutdown> for AccountActor {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        self.shutting_down = true;
         ctx.stop();
+    }
+}
+
+impl Drop for AccountActor {
+    fn drop(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        if let Some((supervisor, incarnation)) = self.supervisor.take() {
+            supervisor.do_send(Exited {
+                appid: self.config.appid.clone(),
+                incarnation,
+            });
+        }
     }
 }
 

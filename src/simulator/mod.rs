@@ -11,6 +11,7 @@
 
 mod answers;
 mod faults;
+mod inprocess;
 mod routes;
 mod state;
 mod stats;
@@ -28,6 +29,7 @@ use anyhow::Context as _;
 use crate::clock::Clock;
 
 pub use faults::FaultSpec;
+pub use inprocess::InProcess;
 pub use state::AppRegistration;
 pub use stats::{IssuedTokens, ProbeResults, Stats, UNKNOWN_APPID};
 

@@ -104,6 +104,7 @@ async fn token(state: State, req: HttpRequest) -> HttpResponse {
         secret: q.remove("secret"),
     };
     let peer = peer_ip(&req);
+    let _in_flight = state.enter_token_call();
     if let Some(answer) = faulted(&state, Api::Token, creds.appid.as_deref(), peer).await {
         return answer;
     }
@@ -145,6 +146,7 @@ async fn stable_token(state: State, req: HttpRequest, body: web::Bytes) -> HttpR
     let parsed = stable_request(&body);
     let appid = parsed.as_ref().ok().and_then(|(c, _)| c.appid.clone());
     let peer = peer_ip(&req);
+    let _in_flight = state.enter_token_call();
     if let Some(answer) = faulted(&state, Api::StableToken, appid.as_deref(), peer).await {
         return answer;
     }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -205,6 +206,20 @@ pub(crate) struct SimState {
     limits: Limits,
     pub(crate) clock: Clock,
     inner: Mutex<Inner>,
+    /// Token requests (`token`, `stable_token`) being answered right now.
+    token_calls_in_flight: AtomicU64,
+    /// The most token requests ever answered at once.
+    max_token_calls_in_flight: AtomicU64,
+}
+
+/// Marks one token request as being answered until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight<'a>(&'a SimState);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.token_calls_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SimState {
@@ -224,7 +239,17 @@ impl SimState {
                 prune_at: PRUNE_THRESHOLD,
                 ..Inner::default()
             }),
+            token_calls_in_flight: AtomicU64::new(0),
+            max_token_calls_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a token request as in flight until the guard is dropped.
+    pub(crate) fn enter_token_call(&self) -> InFlight<'_> {
+        let now = self.token_calls_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_token_calls_in_flight
+            .fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
     }
 
     /// Registers or updates an app; errors with every problem of the registration.
@@ -314,7 +339,9 @@ impl SimState {
 
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> Stats {
-        self.inner.lock().stats.clone()
+        let mut stats = self.inner.lock().stats.clone();
+        stats.max_token_calls_in_flight = self.max_token_calls_in_flight.load(Ordering::SeqCst);
+        stats
     }
 
     /// The app a token was issued to, if the simulator issued it.

@@ -34,6 +34,9 @@ pub struct Stats {
     pub invalid_token_uses: u64,
     /// Calls answered by an injected fault (delay-only faults excluded).
     pub faults_applied: u64,
+    /// The most token requests (`token` and `stable_token`) that were being
+    /// answered at the same time, injected delays included.
+    pub max_token_calls_in_flight: u64,
 }
 
 /// Access tokens issued to one app, by endpoint.

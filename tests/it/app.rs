@@ -61,6 +61,7 @@ pub struct TestAppBuilder {
     accounts: Vec<(Mode, bool)>,
     sim: SimConfig,
     clients: bool,
+    refresh: Vec<String>,
 }
 
 /// The usual fixture: a stable and a legacy account, all three clients.
@@ -85,6 +86,7 @@ impl TestAppBuilder {
             accounts: Vec::new(),
             sim: SimConfig::default(),
             clients: true,
+            refresh: Vec::new(),
         }
     }
 
@@ -104,6 +106,12 @@ impl TestAppBuilder {
     /// grace follows the simulator's.
     pub fn sim_config(mut self, sim: SimConfig) -> Self {
         self.sim = sim;
+        self
+    }
+
+    /// Adds a `refresh:` setting, like `stable_window: 2s`.
+    pub fn refresh_setting(mut self, setting: &str) -> Self {
+        self.refresh.push(setting.to_string());
         self
     }
 
@@ -147,7 +155,7 @@ impl TestAppBuilder {
             .collect();
 
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let yaml = config_yaml(&sim, &accounts, self.clients, dir.path());
+        let yaml = config_yaml(&sim, &accounts, self.clients, &self.refresh, dir.path());
         let vars: Vec<(String, String)> = accounts
             .iter()
             .enumerate()
@@ -196,7 +204,13 @@ impl TestAppBuilder {
 }
 
 /// The YAML configuration of a test app.
-fn config_yaml(sim: &Simulator, accounts: &[TestAccount], clients: bool, dir: &Path) -> String {
+fn config_yaml(
+    sim: &Simulator,
+    accounts: &[TestAccount],
+    clients: bool,
+    refresh: &[String],
+    dir: &Path,
+) -> String {
     let mut yaml = format!(
         "listen: 127.0.0.1:0\n\
          upstream:\n  base_urls: [{}]\n  timeout: 2s\n\
@@ -205,6 +219,9 @@ fn config_yaml(sim: &Simulator, accounts: &[TestAccount], clients: bool, dir: &P
         sim.base_url(),
         dir.join("wxtoken.redb").display()
     );
+    for setting in refresh {
+        yaml.push_str(&format!("  {setting}\n"));
+    }
     if clients {
         let first = accounts
             .first()

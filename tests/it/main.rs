@@ -4,6 +4,8 @@ mod api;
 mod app;
 mod cli;
 mod config;
+mod engine;
 mod simulator;
+mod soak;
 mod support;
 mod wechat;

@@ -1,0 +1,169 @@
+//! The simulator without sockets: the same state machine, called directly as a
+//! [`TokenSource`], for tests that run on tokio's paused clock (real sockets
+//! and paused time do not mix) and for benchmarks of thousands of accounts.
+//!
+//! Invariant: an in-process call goes through exactly the steps of an HTTP
+//! call (count, fault, delay, answer), and every fault becomes the
+//! [`UpstreamError`] the [`WechatClient`](crate::wechat::WechatClient) would
+//! have produced from the HTTP answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use secrecy::ExposeSecret;
+
+use super::faults::{Api, FaultSpec};
+use super::state::{AppRegistration, Credentials, SimState, TokenStatus};
+use super::{SimConfig, Stats};
+use crate::clock::Clock;
+use crate::domain::{AccessToken, Mode};
+use crate::wechat::{ApiName, FetchRequest, TokenGrant, TokenSource, UpstreamError};
+
+/// The base URL in-process errors name.
+const IN_PROCESS_URL: &str = "in-process://simulator";
+
+/// A simulator called in-process. Clones share one state.
+#[derive(Clone, Debug)]
+pub struct InProcess {
+    state: Arc<SimState>,
+    timeout: Duration,
+}
+
+impl InProcess {
+    /// A simulator with `config`; calls that take longer than `timeout`
+    /// (injected delays) fail as a timeout would.
+    ///
+    /// Errors when the configuration is invalid.
+    pub fn new(config: SimConfig, timeout: Duration) -> Result<InProcess, String> {
+        config.validate()?;
+        Ok(InProcess {
+            state: Arc::new(SimState::new(&config)),
+            timeout,
+        })
+    }
+
+    /// Registers or updates an app; errors with every problem of the registration.
+    pub fn try_register_app(&self, app: AppRegistration) -> Result<(), String> {
+        self.state.register(app)
+    }
+
+    /// Injects a fault; errors when it is invalid.
+    pub fn try_inject_fault(&self, fault: FaultSpec) -> Result<(), String> {
+        self.state.add_fault(fault).map(|_| ())
+    }
+
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.state.clear_faults();
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// The simulator's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.state.clock
+    }
+
+    /// The validity probe (`GET /cgi-bin/getcallbackip`): true when `token` is
+    /// live now. Counted in [`Stats::probe_results`] like an HTTP probe.
+    pub fn probe(&self, token: &str) -> bool {
+        self.state.begin_call(Api::GetCallbackIp, None);
+        self.state.probe(Some(token)).is_ok()
+    }
+
+    /// True when `token` is a live access token of `appid`, counting nothing.
+    pub fn is_token_valid(&self, appid: &str, token: &str) -> bool {
+        matches!(self.state.token_status(token), TokenStatus::Live { appid: owner, .. } if owner == appid)
+    }
+
+    async fn call(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
+        let (api, api_name) = match req.mode {
+            Mode::Legacy => (Api::Token, ApiName::Token),
+            Mode::Stable => (Api::StableToken, ApiName::StableToken),
+        };
+        let _in_flight = self.state.enter_token_call();
+        let timeout = || UpstreamError::Timeout {
+            api: api_name,
+            base_url: IN_PROCESS_URL.to_string(),
+            timeout: self.timeout,
+        };
+        if let Some(spec) = self.state.begin_call(api, Some(req.appid.as_str())) {
+            if let Some(delay) = spec.delay() {
+                if delay >= self.timeout {
+                    tokio::time::sleep(self.timeout).await;
+                    return Err(timeout());
+                }
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(err) = fault_error(&spec, api_name) {
+                return Err(err);
+            }
+        }
+        let creds = Credentials {
+            grant_type: Some("client_credential".to_string()),
+            appid: Some(req.appid.as_str().to_string()),
+            secret: Some(req.secret.expose_secret().to_string()),
+        };
+        let peer = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let answer = match req.mode {
+            Mode::Legacy => self.state.legacy_token(&creds, peer),
+            Mode::Stable => self.state.stable_token(&creds, req.force_refresh, peer),
+        };
+        match answer {
+            Ok(issued) => Ok(TokenGrant {
+                access_token: AccessToken::new(issued.value),
+                expires_in: Duration::from_secs(issued.expires_in.max(0) as u64),
+            }),
+            Err(e) => Err(UpstreamError::Api {
+                api: api_name,
+                errcode: e.errcode,
+                errmsg: e.errmsg,
+            }),
+        }
+    }
+}
+
+/// The error the HTTP client would report for a fault's answer, or `None`
+/// when the fault only delays.
+fn fault_error(spec: &FaultSpec, api: ApiName) -> Option<UpstreamError> {
+    let base_url = IN_PROCESS_URL.to_string();
+    if spec.drop_connection {
+        return Some(UpstreamError::Connect {
+            api,
+            base_url,
+            detail: "connection closed without an answer".to_string(),
+        });
+    }
+    if let Some(status) = spec.http_status.filter(|s| *s != 200) {
+        return Some(UpstreamError::Http {
+            api,
+            base_url,
+            status,
+        });
+    }
+    if spec.html || spec.malformed {
+        return Some(UpstreamError::Decode {
+            api,
+            detail: "the answer is not WeChat's JSON".to_string(),
+        });
+    }
+    spec.errcode.map(|errcode| UpstreamError::Api {
+        api,
+        errcode,
+        errmsg: spec
+            .errmsg
+            .clone()
+            .unwrap_or_else(|| super::answers::default_errmsg(errcode).to_string()),
+    })
+}
+
+impl TokenSource for InProcess {
+    fn fetch(&self, req: FetchRequest) -> BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
+        let this = self.clone();
+        Box::pin(async move { this.call(req).await })
+    }
+}

@@ -1,0 +1,610 @@
+//! The token engine without HTTP in front: the registry actor and its account
+//! actors against the simulator, mostly on tokio's paused clock so that many
+//! two-hour token lifetimes pass in seconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use secrecy::SecretString;
+use wxtoken::account::schedule::Policy;
+use wxtoken::account::slot::{State, TokenRecord};
+use wxtoken::account::{Deps, Reason};
+use wxtoken::clock::{Clock, next_china_midnight};
+use wxtoken::config::{AccountConfig, RefreshConfig};
+use wxtoken::domain::{AppId, Mode};
+use wxtoken::metrics::Metrics;
+use wxtoken::registry::{Apply, CrashAccount, Directory, Registry, RouteRefresh};
+use wxtoken::simulator::{AppRegistration, FaultSpec, InProcess, SimConfig};
+use wxtoken::wechat::TokenSource;
+
+use crate::support::{self, metric_value};
+
+/// A registry of accounts fetching from an in-process simulator.
+struct Fleet {
+    sim: InProcess,
+    registry: Addr<Registry>,
+    directory: Directory,
+    metrics: Metrics,
+    clock: Clock,
+    accounts: Vec<AccountConfig>,
+}
+
+/// One account to create: its mode and whether its configured secret is wrong.
+#[derive(Clone, Copy)]
+struct Spec {
+    mode: Mode,
+    broken: bool,
+}
+
+fn working(mode: Mode) -> Spec {
+    Spec {
+        mode,
+        broken: false,
+    }
+}
+
+impl Fleet {
+    /// Registers the accounts in the simulator and starts a registry with them.
+    async fn start(clock: Clock, sim: InProcess, specs: &[Spec]) -> Fleet {
+        let accounts = make_accounts(specs, |reg| {
+            sim.try_register_app(reg).expect("valid registration")
+        });
+        let upstream: Arc<dyn TokenSource> = Arc::new(sim.clone());
+        Fleet::launch(clock, sim, accounts, upstream).await
+    }
+
+    /// Starts a registry with `accounts` fetching from `upstream`.
+    async fn launch(
+        clock: Clock,
+        sim: InProcess,
+        accounts: Vec<AccountConfig>,
+        upstream: Arc<dyn TokenSource>,
+    ) -> Fleet {
+        let metrics = Metrics::new();
+        let deps = Deps {
+            upstream,
+            policy: Policy::new(RefreshConfig::default()),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        };
+        let directory = Directory::default();
+        let registry = Registry::new(directory.clone(), deps).start();
+        let summary = registry
+            .send(Apply(accounts.clone()))
+            .await
+            .expect("the registry answers");
+        assert_eq!(summary.added.len(), accounts.len());
+        Fleet {
+            sim,
+            registry,
+            directory,
+            metrics,
+            clock,
+            accounts,
+        }
+    }
+
+    /// A fleet on tokio's paused clock with WeChat's real lifetimes.
+    async fn virtual_time(specs: &[Spec]) -> Fleet {
+        tokio::time::pause();
+        let clock = Clock::tokio();
+        let sim = InProcess::new(
+            SimConfig {
+                clock: clock.clone(),
+                ..SimConfig::default()
+            },
+            Duration::from_secs(5),
+        )
+        .expect("valid simulator config");
+        Fleet::start(clock, sim, specs).await
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_unix_ms()
+    }
+
+    fn token(&self, appid: &AppId) -> Option<Arc<TokenRecord>> {
+        self.directory.get(appid).and_then(|slot| slot.token())
+    }
+
+    fn state(&self, appid: &AppId) -> State {
+        self.directory
+            .get(appid)
+            .expect("configured account")
+            .status()
+            .state
+    }
+
+    fn calls(&self, appid: &AppId) -> u64 {
+        let stats = self.sim.stats();
+        stats.calls_to(appid.as_str(), "token") + stats.calls_to(appid.as_str(), "stable_token")
+    }
+
+    /// Sleeps (virtual or real time) in small steps until `done`, at most `limit`.
+    async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&Fleet) -> bool) {
+        let step = Duration::from_millis(50);
+        let mut waited = Duration::ZERO;
+        while !done(self) {
+            assert!(waited < limit, "{what}: not within {limit:?}");
+            tokio::time::sleep(step).await;
+            waited += step;
+        }
+    }
+
+    /// Asserts that every token a client could be handed now is live at WeChat.
+    fn assert_served_tokens_are_valid(&self) {
+        let now = self.now_ms();
+        for slot in self.directory.all() {
+            if let Some(record) = slot.token()
+                && record.usable_secs(now).is_some()
+            {
+                assert!(
+                    self.sim
+                        .is_token_valid(slot.appid.as_str(), record.token.expose()),
+                    "{} would be served a token WeChat no longer accepts (fetched {} ms ago, serve_until in {} ms)",
+                    slot.appid,
+                    now - record.fetched_at_ms,
+                    record.serve_until_ms - now,
+                );
+            }
+        }
+    }
+}
+
+/// Accounts for `specs`, each registered through `register` with its real
+/// secret (a broken account is configured with a wrong one).
+fn make_accounts(specs: &[Spec], register: impl Fn(AppRegistration)) -> Vec<AccountConfig> {
+    specs
+        .iter()
+        .map(|spec| {
+            let appid = support::unique_appid();
+            let secret = format!("engine-secret-{appid}");
+            register(AppRegistration {
+                appid: appid.to_string(),
+                secret: secret.clone(),
+                ip_whitelist: vec![],
+            });
+            let configured = if spec.broken {
+                format!("wrong-{secret}")
+            } else {
+                secret
+            };
+            AccountConfig {
+                name: format!("engine {appid}"),
+                appid,
+                secret: SecretString::from(configured),
+                mode: spec.mode,
+                enabled: true,
+            }
+        })
+        .collect()
+}
+
+/// The most samples that fall into any window of `width` (samples in ms).
+fn densest_window(samples: &[i64], width: i64) -> usize {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= width {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+#[actix_web::test]
+async fn a_hundred_accounts_stay_fresh_over_six_lifetimes_in_virtual_time() {
+    const LIFETIMES: u64 = 6;
+    const LIFE_MS: i64 = 7_200_000;
+    let mut specs = vec![working(Mode::Legacy); 50];
+    specs.extend(vec![working(Mode::Stable); 50]);
+    let fleet = Fleet::virtual_time(&specs).await;
+    let refresh = RefreshConfig::default();
+
+    // Every (previous, next) token pair each account went through.
+    let mut seen: HashMap<AppId, Vec<Arc<TokenRecord>>> = HashMap::new();
+    let step = Duration::from_secs(2);
+    let steps = LIFETIMES * 7200 / step.as_secs();
+    for i in 0..steps {
+        tokio::time::sleep(step).await;
+        fleet.assert_served_tokens_are_valid();
+        let now = fleet.now_ms();
+        for account in &fleet.accounts {
+            let record = fleet
+                .token(&account.appid)
+                .unwrap_or_else(|| panic!("{} has no token after step {i}", account.appid));
+            assert!(
+                record.usable_secs(now).is_some(),
+                "{} has no servable token after step {i}",
+                account.appid
+            );
+            let history = seen.entry(account.appid.clone()).or_default();
+            if history.last().is_none_or(|last| last.token != record.token) {
+                history.push(record);
+            }
+        }
+    }
+
+    let mut legacy_first_refresh = Vec::new();
+    let mut stable_first_refresh = Vec::new();
+    for account in &fleet.accounts {
+        let history = &seen[&account.appid];
+        assert!(
+            history.len() as u64 >= LIFETIMES,
+            "{} ({}) went through only {} tokens in {LIFETIMES} lifetimes",
+            account.appid,
+            account.mode,
+            history.len()
+        );
+        for pair in history.windows(2) {
+            let (prev, next) = (&pair[0], &pair[1]);
+            assert_eq!(prev.expires_at_ms - prev.fetched_at_ms, LIFE_MS);
+            // Refreshes never come late: the next token exists before the
+            // previous one expires.
+            assert!(
+                next.fetched_at_ms < prev.expires_at_ms,
+                "{}: refreshed {} ms after expiry",
+                account.appid,
+                next.fetched_at_ms - prev.expires_at_ms
+            );
+            let age = next.fetched_at_ms - prev.fetched_at_ms;
+            match account.mode {
+                Mode::Legacy => {
+                    let lo = ((refresh.legacy_at - refresh.jitter) * LIFE_MS as f64) as i64;
+                    let hi = ((refresh.legacy_at + refresh.jitter) * LIFE_MS as f64) as i64;
+                    assert!(
+                        (lo..=hi + 1).contains(&age),
+                        "{}: legacy refresh at {age} ms of the lifetime, outside [{lo}, {hi}]",
+                        account.appid
+                    );
+                }
+                Mode::Stable => {
+                    let window = refresh.stable_window.as_millis() as i64;
+                    let before_expiry = prev.expires_at_ms - next.fetched_at_ms;
+                    assert!(
+                        before_expiry > 0 && before_expiry <= window,
+                        "{}: stable refresh {before_expiry} ms before expiry, outside the last {window} ms",
+                        account.appid
+                    );
+                }
+            }
+        }
+        let first = history[1].fetched_at_ms;
+        match account.mode {
+            Mode::Legacy => legacy_first_refresh.push(first),
+            Mode::Stable => stable_first_refresh.push(first),
+        }
+        // No wasted fetches: every token WeChat issued was put to use.
+        assert_eq!(
+            fleet.sim.stats().tokens_issued_to(account.appid.as_str()),
+            history.len() as u64,
+            "{}: tokens issued but never served",
+            account.appid
+        );
+    }
+
+    // All 100 accounts started in the same instant; jitter spreads the first
+    // refreshes: legacy over ±5% of the lifetime (±360 s), stable over the
+    // first half of the 300 s window. No 10 s window holds more than a few.
+    let legacy_peak = densest_window(&legacy_first_refresh, 10_000);
+    let stable_peak = densest_window(&stable_first_refresh, 10_000);
+    assert!(
+        legacy_peak <= 8,
+        "{legacy_peak} of 50 legacy refreshes within 10 s"
+    );
+    assert!(
+        stable_peak <= 12,
+        "{stable_peak} of 50 stable refreshes within 10 s"
+    );
+}
+
+#[actix_web::test]
+async fn failures_wait_as_the_taxonomy_decides() {
+    let fleet = Fleet::virtual_time(&[
+        working(Mode::Legacy),
+        Spec {
+            mode: Mode::Stable,
+            broken: true,
+        },
+        working(Mode::Stable),
+        working(Mode::Legacy),
+    ])
+    .await;
+    let (busy, wrong_secret, minute, quota) = (
+        &fleet.accounts[0].appid,
+        &fleet.accounts[1].appid,
+        &fleet.accounts[2].appid,
+        &fleet.accounts[3].appid,
+    );
+    // The first fill already happened at start; fail the next attempts.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for (appid, errcode, count) in [(busy, -1, 3), (minute, 45011, 1), (quota, 45009, 1)] {
+        fleet
+            .sim
+            .try_inject_fault(FaultSpec {
+                appid: Some(appid.to_string()),
+                errcode: Some(errcode),
+                count: Some(count),
+                ..FaultSpec::default()
+            })
+            .expect("valid fault");
+    }
+    for appid in [busy, minute, quota] {
+        let response = fleet
+            .registry
+            .send(RouteRefresh {
+                appid: appid.clone(),
+                reason: Reason::Admin,
+                stale: None,
+            })
+            .await
+            .expect("the registry answers");
+        assert!(response.is_err(), "{appid}: the fault should fail it");
+    }
+    let started = fleet.now_ms();
+
+    // -1 (system busy): exponential backoff from 1 s with full jitter; three
+    // failures in a row cost at most 1 + 2 + 4 s before the fourth call works.
+    fleet
+        .wait_for(Duration::from_secs(8), "busy account recovers", |f| {
+            f.state(busy) == State::Ready
+        })
+        .await;
+    assert_eq!(
+        fleet.calls(busy),
+        1 + 4,
+        "start-up fill, three failures, one success"
+    );
+
+    // 45011 (per-minute limit): the retry waits for the next minute.
+    let minute_retry = fleet
+        .directory
+        .get(minute)
+        .and_then(|s| s.status().next_refresh_at_ms)
+        .expect("a retry is planned");
+    let next_minute_ms = (started / 60_000 + 1) * 60_000;
+    assert!(
+        minute_retry >= next_minute_ms,
+        "45011 retry at {minute_retry}, before the next minute {next_minute_ms}"
+    );
+
+    // 45009 (daily quota): the retry waits for midnight China time.
+    let quota_retry = fleet
+        .directory
+        .get(quota)
+        .and_then(|s| s.status().next_refresh_at_ms)
+        .expect("a retry is planned");
+    let midnight_ms = next_china_midnight(started / 1000) * 1000;
+    assert!(
+        quota_retry >= midnight_ms,
+        "45009 retry at {quota_retry}, before China midnight {midnight_ms}"
+    );
+
+    // 40125 (wrong secret): failing, retried no sooner than every 5 minutes.
+    let before = fleet.calls(wrong_secret);
+    tokio::time::sleep(Duration::from_secs(1_000)).await;
+    let retries = fleet.calls(wrong_secret) - before;
+    assert!(
+        (3..=4).contains(&retries),
+        "{retries} calls in 1000 s for a config error"
+    );
+    assert_eq!(fleet.state(wrong_secret), State::Failing);
+    let last_error = fleet
+        .directory
+        .get(wrong_secret)
+        .and_then(|s| s.status().last_error.clone())
+        .expect("the failure is recorded");
+    assert_eq!(last_error.errcode, Some(40125));
+
+    // Meanwhile the accounts that had a token kept serving it.
+    fleet.assert_served_tokens_are_valid();
+    for appid in [busy, minute, quota] {
+        assert!(
+            fleet
+                .directory
+                .get(appid)
+                .expect("slot")
+                .is_ready(fleet.now_ms()),
+            "{appid} stopped serving during its failure"
+        );
+    }
+    // The quota-limited account made no call between its failure and midnight.
+    assert_eq!(fleet.calls(quota), 2);
+}
+
+#[actix_web::test]
+async fn a_panicking_account_actor_is_restarted_with_its_token_and_nobody_else_notices() {
+    let fleet = Fleet::virtual_time(&[
+        working(Mode::Legacy),
+        working(Mode::Stable),
+        working(Mode::Legacy),
+    ])
+    .await;
+    fleet
+        .wait_for(Duration::from_secs(1), "fill", |f| {
+            f.directory.not_ready(f.now_ms()).is_empty()
+        })
+        .await;
+    let victim = fleet.accounts[0].appid.clone();
+    let tokens: Vec<_> = fleet
+        .accounts
+        .iter()
+        .map(|a| fleet.token(&a.appid).expect("a token"))
+        .collect();
+    let calls_before: Vec<u64> = fleet
+        .accounts
+        .iter()
+        .map(|a| fleet.calls(&a.appid))
+        .collect();
+
+    let crashed = fleet
+        .registry
+        .send(CrashAccount(victim.clone()))
+        .await
+        .expect("the registry answers");
+    assert!(crashed);
+    fleet
+        .wait_for(Duration::from_secs(1), "restart", |f| {
+            metric_value(
+                &f.metrics.encode(),
+                "wxtoken_actor_restarts_total",
+                &[("appid", victim.as_str())],
+            ) == 1.0
+        })
+        .await;
+
+    // Same tokens everywhere, no fetch, every account still ready.
+    for (i, account) in fleet.accounts.iter().enumerate() {
+        assert_eq!(fleet.token(&account.appid).expect("a token"), tokens[i]);
+        assert_eq!(
+            fleet.calls(&account.appid),
+            calls_before[i],
+            "{}",
+            account.appid
+        );
+        assert_eq!(fleet.state(&account.appid), State::Ready);
+    }
+    let text = fleet.metrics.encode();
+    for other in &fleet.accounts[1..] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "wxtoken_actor_restarts_total",
+                &[("appid", other.appid.as_str())]
+            ),
+            0.0
+        );
+    }
+
+    // The new actor works: it refreshes on request and keeps its schedule.
+    let outcome = fleet
+        .registry
+        .send(RouteRefresh {
+            appid: victim.clone(),
+            reason: Reason::Admin,
+            stale: None,
+        })
+        .await
+        .expect("the registry answers")
+        .expect("the restarted actor refreshes");
+    assert!(outcome.refreshed);
+    assert_eq!(fleet.calls(&victim), calls_before[0] + 1);
+    tokio::time::sleep(Duration::from_secs(3 * 7200)).await;
+    assert!(
+        fleet.calls(&victim) >= calls_before[0] + 3,
+        "the schedule is armed"
+    );
+    fleet.assert_served_tokens_are_valid();
+}
+
+#[actix_web::test]
+async fn concurrent_stale_reports_through_the_registry_cost_one_upstream_call() {
+    let fleet = Fleet::virtual_time(&[working(Mode::Legacy), working(Mode::Stable)]).await;
+    fleet
+        .wait_for(Duration::from_secs(1), "fill", |f| {
+            f.directory.not_ready(f.now_ms()).is_empty()
+        })
+        .await;
+    for account in fleet.accounts.clone() {
+        let stale = fleet.token(&account.appid).expect("a token").token.clone();
+        let issued_before = fleet.sim.stats().tokens_issued_to(account.appid.as_str());
+        let calls_before = fleet.calls(&account.appid);
+        let reports = (0..50).map(|_| {
+            fleet.registry.send(RouteRefresh {
+                appid: account.appid.clone(),
+                reason: Reason::StaleReport,
+                stale: Some(stale.clone()),
+            })
+        });
+        let outcomes = futures::future::join_all(reports).await;
+        let fresh = fleet.token(&account.appid).expect("a token");
+        assert_ne!(fresh.token, stale);
+        for outcome in outcomes {
+            let outcome = outcome.expect("answered").expect("refreshed");
+            assert_eq!(
+                outcome.record.token, fresh.token,
+                "everyone gets the new token"
+            );
+        }
+        assert_eq!(
+            fleet.sim.stats().tokens_issued_to(account.appid.as_str()),
+            issued_before + 1,
+            "{} ({}): one new token for fifty reports",
+            account.appid,
+            account.mode
+        );
+        // Stable: one normal call (WeChat still returns the reported token)
+        // and one force_refresh. Legacy: one call.
+        let expected_calls = match account.mode {
+            Mode::Legacy => 1,
+            Mode::Stable => 2,
+        };
+        assert_eq!(fleet.calls(&account.appid), calls_before + expected_calls);
+    }
+}
+
+#[actix_web::test]
+async fn a_thousand_accounts_fill_without_exceeding_max_concurrency() {
+    const ACCOUNTS: usize = 1000;
+    const MAX_CONCURRENCY: usize = 8;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = support::simulator(SimConfig::default()).await;
+    // Every token call takes 5 ms, so requests pile up if nothing bounds them.
+    sim.inject_fault(FaultSpec {
+        delay_ms: Some(5),
+        rate: Some(1.0),
+        ..FaultSpec::default()
+    });
+    let (client, _) = support::client_with(
+        vec![support::url(&sim)],
+        Duration::from_secs(30),
+        MAX_CONCURRENCY,
+    );
+    let specs: Vec<Spec> = (0..ACCOUNTS)
+        .map(|i| {
+            working(if i % 2 == 0 {
+                Mode::Legacy
+            } else {
+                Mode::Stable
+            })
+        })
+        .collect();
+    let accounts = make_accounts(&specs, |reg| sim.register_app(reg));
+    // The fleet's own in-process simulator is unused: tokens come over HTTP.
+    let unused = InProcess::new(SimConfig::default(), Duration::from_secs(5)).expect("config");
+    let fleet = Fleet::launch(Clock::system(), unused, accounts, Arc::new(client)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let not_ready = fleet.directory.not_ready(fleet.now_ms()).len();
+        if not_ready == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{not_ready} of {ACCOUNTS} accounts still without a token after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = sim.stats();
+    assert!(
+        stats.max_token_calls_in_flight <= MAX_CONCURRENCY as u64,
+        "{} token calls at once, limit {MAX_CONCURRENCY}",
+        stats.max_token_calls_in_flight
+    );
+    assert!(
+        stats.max_token_calls_in_flight >= 2,
+        "the fill ran one call at a time"
+    );
+    let issued: u64 = fleet
+        .accounts
+        .iter()
+        .map(|a| stats.tokens_issued_to(a.appid.as_str()))
+        .sum();
+    assert_eq!(issued, ACCOUNTS as u64, "one token per account");
+    sim.stop().await;
+}
