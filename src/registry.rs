@@ -27,7 +27,7 @@ use crate::account::{
 };
 use crate::config::AccountConfig;
 use crate::domain::{AccessToken, AppId};
-use crate::metrics::ACCOUNT_STATES;
+use crate::metrics::{ACCOUNT_STATES, Metrics};
 
 /// How often the registry checks that every account actor is alive and
 /// updates the fleet gauges. Restarts normally happen at once, on the
@@ -83,6 +83,23 @@ impl Directory {
 
     fn publish(&self, map: SlotMap) {
         self.0.store(Arc::new(map));
+    }
+
+    /// Sets `wxtoken_accounts{state}` from the accounts' current states. The
+    /// registry does it every watchdog tick and `/metrics` before each scrape.
+    pub fn update_state_gauge(&self, metrics: &Metrics) {
+        let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        for slot in self.0.load().values() {
+            *counts
+                .entry(slot.status().state.metric_label())
+                .or_default() += 1;
+        }
+        for state in ACCOUNT_STATES {
+            metrics
+                .accounts
+                .with_label_values(&[state])
+                .set(counts.get(state).copied().unwrap_or(0));
+        }
     }
 }
 
@@ -195,19 +212,7 @@ impl Registry {
         for appid in dead {
             self.restart(&appid);
         }
-        let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        for m in self.members.values() {
-            *counts
-                .entry(m.slot.status().state.metric_label())
-                .or_default() += 1;
-        }
-        for state in ACCOUNT_STATES {
-            self.deps
-                .metrics
-                .accounts
-                .with_label_values(&[state])
-                .set(counts.get(state).copied().unwrap_or(0));
-        }
+        self.directory.update_state_gauge(&self.deps.metrics);
         if !self.ready_logged && !self.members.is_empty() {
             let now = self.deps.clock.now_unix_ms();
             if self.directory.not_ready(now).is_empty() {

@@ -12,6 +12,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.directory.update_state_gauge(&state.metrics);
     HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,

@@ -1,1 +1,393 @@
-//! Tests: cli.
+//! The `wxtoken` binary as users run it (contract §1): exit codes, output,
+//! and the demo's printed curl lines executed as printed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+use wxtoken::domain::KeyHash;
+
+const EXAMPLE_SECRETS: [(&str, &str); 3] = [
+    ("WX_SECRET_BRAND_A", "example-secret-brand-a-7f3e"),
+    ("WX_SECRET_BRAND_B", "example-secret-brand-b-91c2"),
+    ("WX_SECRET_BRAND_C", "example-secret-brand-c-05d8"),
+];
+
+fn repo_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// `wxtoken ARGS` with none of the example secrets in its environment.
+fn wxtoken(args: &[&str]) -> Command {
+    let mut cmd = Command::cargo_bin("wxtoken").expect("the wxtoken binary is built");
+    cmd.args(args)
+        .env_remove("WXTOKEN_CONFIG")
+        .env("NO_COLOR", "1");
+    for (name, _) in EXAMPLE_SECRETS {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(mut cmd: Command) -> Output {
+    let out = cmd.output().expect("wxtoken runs");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn assert_no_panic(out: &Output) {
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("panicked"), "a panic: {text}");
+        assert!(!text.contains("RUST_BACKTRACE"), "a panic: {text}");
+    }
+}
+
+#[test]
+fn check_passes_the_shipped_accounts_yaml_with_its_env_vars_set() {
+    let config = repo_file("accounts.yaml");
+    let mut cmd = wxtoken(&["check", "--config", config.to_str().expect("utf-8 path")]);
+    cmd.envs(EXAMPLE_SECRETS);
+    let out = run(cmd);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        out.stdout.trim().lines().count(),
+        1,
+        "one-line summary: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains('3'),
+        "the summary counts the accounts: {}",
+        out.stdout
+    );
+    for (_, secret) in EXAMPLE_SECRETS {
+        assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
+    }
+}
+
+#[test]
+fn check_lists_every_missing_env_var_with_its_line() {
+    let config = repo_file("accounts.yaml");
+    let yaml = std::fs::read_to_string(&config).expect("accounts.yaml is readable");
+    let out = run(wxtoken(&[
+        "check",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]));
+    assert_eq!(
+        out.code,
+        Some(2),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    assert_no_panic(&out);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    for (name, _) in EXAMPLE_SECRETS {
+        let line = yaml
+            .lines()
+            .position(|l| l.contains(&format!("${{{name}}}")))
+            .expect("the variable is used in accounts.yaml")
+            + 1;
+        assert!(
+            text.lines()
+                .any(|l| l.contains(name) && l.contains(&format!("accounts.yaml:{line}:"))),
+            "{name} (line {line}) is not reported:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_a_missing_file_in_one_sentence() {
+    let out = run(wxtoken(&[
+        "check",
+        "--config",
+        "/nonexistent/accounts.yaml",
+    ]));
+    assert_eq!(out.code, Some(2));
+    assert_no_panic(&out);
+    assert!(
+        out.stderr.contains("/nonexistent/accounts.yaml"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_honours_the_wxtoken_config_env_var() {
+    let mut cmd = wxtoken(&["check"]);
+    cmd.env("WXTOKEN_CONFIG", repo_file("accounts.yaml"))
+        .envs(EXAMPLE_SECRETS)
+        .current_dir(std::env::temp_dir());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn hash_key_prints_the_sha256_form_of_stdin() {
+    let mut cmd = wxtoken(&["hash-key"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("wxtoken runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"my-api-key\n").expect("write the key");
+    }
+    let out = child.wait_with_output().expect("wxtoken ends");
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.trim(), KeyHash::of_key("my-api-key").to_string());
+    assert!(!printed.contains("my-api-key"));
+}
+
+#[test]
+fn hash_key_refuses_an_empty_key() {
+    let mut cmd = wxtoken(&["hash-key"]);
+    cmd.stdin(Stdio::null());
+    let out = run(cmd);
+    assert_ne!(out.code, Some(0));
+    assert_no_panic(&out);
+    assert!(out.stderr.contains("no key"), "{}", out.stderr);
+}
+
+#[test]
+fn serve_with_an_invalid_config_exits_2_listing_the_problems() {
+    let out = run(wxtoken(&[
+        "serve",
+        "--config",
+        repo_file("tests/fixtures/config/many_mistakes.yaml")
+            .to_str()
+            .expect("utf-8 path"),
+    ]));
+    assert_eq!(out.code, Some(2));
+    assert_no_panic(&out);
+    assert!(
+        out.stderr
+            .lines()
+            .filter(|l| l.contains("many_mistakes.yaml:"))
+            .count()
+            >= 5,
+        "{}",
+        out.stderr
+    );
+}
+
+/// A child process killed on drop, with its stdout lines arriving on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("wxtoken starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Stdout lines up to and including the first one `last` accepts.
+    fn read_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    let done = last(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("wxtoken printed {seen:#?} and then nothing ({e})"),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let code = self.child.wait().expect("wxtoken exits").code();
+        std::mem::forget(self);
+        code
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn simulator_answers_curl_as_the_contract_says() {
+    let sim = Running::spawn(wxtoken(&[
+        "simulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-ttl",
+        "120",
+        "--grace",
+        "10",
+    ]));
+    let first = sim.read_until(|l| l.contains("listening on"));
+    let base = first
+        .last()
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        .expect("the address is printed")
+        .to_string();
+
+    let registered = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/sim/apps"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"appid":"wx1111111111111111","secret":"demo-secret"}"#,
+    ]);
+    assert!(!registered.contains("error"), "{registered}");
+
+    let answer: Value = serde_json::from_str(&curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/cgi-bin/stable_token"),
+        "-d",
+        r#"{"grant_type":"client_credential","appid":"wx1111111111111111","secret":"demo-secret"}"#,
+    ]))
+    .expect("JSON");
+    assert_eq!(answer["expires_in"], 120, "{answer}");
+    let token = answer["access_token"].as_str().expect("a token");
+
+    let probe: Value = serde_json::from_str(&curl(&[&format!(
+        "{base}/cgi-bin/getcallbackip?access_token={token}"
+    )]))
+    .expect("JSON");
+    assert!(probe["ip_list"].is_array(), "{probe}");
+
+    let wrong: Value = serde_json::from_str(&curl(&[&format!(
+        "{base}/cgi-bin/token?grant_type=client_credential&appid=wx1111111111111111&secret=nope"
+    )]))
+    .expect("JSON");
+    assert_eq!(wrong["errcode"], 40125, "{wrong}");
+
+    let stats: Value = serde_json::from_str(&curl(&[&format!("{base}/sim/stats")])).expect("JSON");
+    assert_eq!(
+        stats["calls"]["wx1111111111111111"]["stable_token"], 1,
+        "{stats}"
+    );
+    assert_eq!(sim.terminate(), Some(0));
+}
+
+#[test]
+fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
+    let mut cmd = wxtoken(&[
+        "demo",
+        "--config",
+        repo_file("accounts.yaml").to_str().expect("utf-8 path"),
+    ]);
+    cmd.current_dir(std::env::temp_dir());
+    let demo = Running::spawn(cmd);
+    let printed = demo.read_until(|l| l.contains("grep '^wxtoken_accounts'"));
+    let commands: Vec<&String> = printed
+        .iter()
+        .filter(|l| l.trim_start().starts_with("curl ") || l.trim_start().starts_with("TOKEN="))
+        .collect();
+    assert!(commands.len() >= 6, "{printed:#?}");
+    for account in [
+        "wx1111111111111111",
+        "wx2222222222222222",
+        "wx3333333333333333",
+    ] {
+        assert!(
+            printed.iter().any(|l| l.contains(account)),
+            "{account} is not listed"
+        );
+    }
+
+    // Run every line in one shell, as a user pasting them would, and capture
+    // what each printed.
+    let mut script = String::from("set -u\n");
+    for (i, line) in commands.iter().enumerate() {
+        script.push_str(&format!("echo '--- {i}'\n{}\necho\n", line.trim()));
+    }
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let outputs: Vec<&str> = text.split("--- ").skip(1).collect();
+    assert_eq!(outputs.len(), commands.len());
+    for (command, output) in commands.iter().zip(&outputs) {
+        let body = output.split_once('\n').map_or("", |(_, b)| b).trim();
+        if command.trim_start().starts_with("TOKEN=") {
+            continue;
+        }
+        assert!(!body.is_empty(), "`{command}` printed nothing");
+        assert!(
+            !body.contains("\"error\"") && !body.contains("errcode"),
+            "`{command}` printed {body}"
+        );
+    }
+    let token: Value = serde_json::from_str(outputs[0].split_once('\n').expect("output").1.trim())
+        .expect("the first line prints the token JSON");
+    assert!(token["access_token"].is_string(), "{token}");
+    assert!(
+        text.contains("ip_list"),
+        "the refreshed token is live at the simulator"
+    );
+    assert!(
+        text.contains("wxtoken_accounts{state=\"ready\"} 3"),
+        "{text}"
+    );
+    assert_eq!(demo.terminate(), Some(0), "SIGTERM stops the demo cleanly");
+}
