@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LoadOptions};
+use crate::reload::ReloadSource;
 use crate::startup::{Application, BuildOptions};
 
 /// wxtoken: the central WeChat access_token server.
@@ -75,11 +76,25 @@ pub fn main() -> ExitCode {
         }
         Command::Serve(arg) => {
             crate::telemetry::init();
-            let Some(config) = load_config(&arg.config, LoadOptions::from_process_env()) else {
+            let options = LoadOptions::from_process_env();
+            let Some(config) = load_config(&arg.config, options.clone()) else {
                 return ExitCode::from(2);
             };
+            let build = BuildOptions {
+                reload: Some(ReloadSource {
+                    path: arg.config.clone(),
+                    options,
+                }),
+                ..BuildOptions::default()
+            };
             run_async(async move {
-                let app = Application::build(config, BuildOptions::default()).await?;
+                let app = Application::build(config, build).await?;
+                // Reload on SIGHUP and when the file changes; the watch lives
+                // as long as the server.
+                let _watch = app.state().reloader.as_ref().and_then(|r| {
+                    r.watch_signals();
+                    r.watch_file()
+                });
                 tracing::info!(listen = %app.addr(), "wxtoken serving");
                 app.run_until_stopped().await?;
                 tracing::info!("wxtoken stopped");

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod domain;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod simulator;
 pub mod startup;
 pub mod telemetry;

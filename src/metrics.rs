@@ -5,8 +5,8 @@
 //! WeChat errcodes and HTTP statuses; never from raw request input.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Refresh reasons, the `reason` label of `wxtoken_refreshes_total`.
@@ -30,6 +30,12 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub actor_restarts: IntCounterVec,
+    /// Token store writes that failed (disk full, I/O error, Redis down).
+    pub store_write_errors: IntCounterVec,
+    /// Configuration reloads by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last configuration reload succeeded (or none was tried), else 0.
+    pub config_last_reload_successful: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,8 +198,42 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            store_write_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_store_write_errors_total",
+                        "Token store writes that failed; the in-memory token keeps being served.",
+                    ),
+                    &["store"],
+                )
+                .expect("valid metric"),
+            ),
+            config_reloads: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_config_reloads_total",
+                        "Configuration reloads by result.",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
+            config_last_reload_successful: reg(
+                &r,
+                IntGauge::new(
+                    "wxtoken_config_last_reload_successful",
+                    "1 when the last configuration reload succeeded or none was tried, 0 when it was rejected.",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
+        m.config_last_reload_successful.set(1);
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

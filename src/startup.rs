@@ -29,6 +29,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{Apply, Directory, Registry, StopAll};
+use crate::reload::{ReloadSource, Reloader};
 use crate::wechat::{TokenSource, WechatClient};
 
 /// The most HTTP workers started by default: token reads take microseconds,
@@ -47,6 +48,9 @@ pub struct BuildOptions {
     pub grace: Duration,
     /// HTTP worker threads; `None` is min(available cores, [`DEFAULT_MAX_WORKERS`]).
     pub workers: Option<usize>,
+    /// Where `/v1/admin/reload` (and SIGHUP, and the file watch, when set up)
+    /// re-read the configuration; `None` disables reloading.
+    pub reload: Option<ReloadSource>,
 }
 
 impl Default for BuildOptions {
@@ -56,6 +60,7 @@ impl Default for BuildOptions {
             upstream: None,
             grace: WECHAT_GRACE,
             workers: None,
+            reload: None,
         }
     }
 }
@@ -67,6 +72,7 @@ impl std::fmt::Debug for BuildOptions {
             .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
             .field("grace", &self.grace)
             .field("workers", &self.workers)
+            .field("reload", &self.reload)
             .finish()
     }
 }
@@ -85,6 +91,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The one clock.
     pub clock: Clock,
+    /// Re-reads the configuration; `None` when the server was not started from a file.
+    pub reloader: Option<Reloader>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -149,9 +157,18 @@ impl Application {
         let directory = Directory::default();
         let registry = Registry::new(directory.clone(), deps).start();
         let summary = registry
-            .send(Apply(config.accounts))
+            .send(Apply(config.accounts.clone()))
             .await
             .context("the account registry did not start")?;
+        let reloader = options.reload.map(|source| {
+            Reloader::new(
+                source,
+                config.clone(),
+                registry.clone(),
+                auth.clone(),
+                metrics.clone(),
+            )
+        });
         tracing::info!(accounts = summary.added.len(), listen = %addr, "starting wxtoken");
 
         let state = AppState {
@@ -160,6 +177,7 @@ impl Application {
             auth,
             metrics,
             clock: options.clock,
+            reloader,
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()

@@ -136,6 +136,11 @@ impl Caller<'_> {
         self.scope.allows(appid)
     }
 
+    /// True when this caller's scope is every account (`appids: ["*"]`).
+    pub fn may_access_all(&self) -> bool {
+        matches!(self.scope, AppScope::All)
+    }
+
     /// Ok when this caller may read and refresh `appid`'s token; else 403.
     pub fn check_scope(&self, appid: &AppId) -> Result<(), ApiError> {
         if self.scope.allows(appid) {

@@ -59,6 +59,15 @@ impl ApiError {
         }
     }
 
+    /// 409 `reload_unavailable`: the server was not started from a config file.
+    pub fn reload_unavailable() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "reload_unavailable",
+            "this server was not started from a configuration file, so it cannot reload one",
+        )
+    }
+
     /// 400 `bad_request`: the request itself is malformed.
     pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)

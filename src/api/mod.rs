@@ -8,6 +8,7 @@
 //! after its pattern so the metrics middleware labels requests by route.
 
 mod accounts;
+mod admin;
 mod auth;
 mod body;
 mod error;
@@ -36,6 +37,8 @@ pub mod routes {
     pub const ACCOUNTS: &str = "/v1/accounts";
     /// `POST` (admin): forced refresh.
     pub const ACCOUNT_REFRESH: &str = "/v1/accounts/{appid}/refresh";
+    /// `POST` (admin): reload the configuration file.
+    pub const ADMIN_RELOAD: &str = "/v1/admin/reload";
     /// `GET`: liveness.
     pub const HEALTHZ: &str = "/healthz";
     /// `GET`: readiness.
@@ -57,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource(routes::ACCOUNT_REFRESH, "POST")
                 .route(web::post().to(accounts::force_refresh)),
         )
+        .service(resource(routes::ADMIN_RELOAD, "POST").route(web::post().to(admin::reload)))
         .service(
             resource(routes::HEALTHZ, "GET, HEAD")
                 .route(web::get().to(health::healthz))

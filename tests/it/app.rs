@@ -8,14 +8,15 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
-use wxtoken::config::{LoadOptions, load_str};
+use wxtoken::config::{LoadOptions, load};
 use wxtoken::domain::{AppId, KeyHash, Mode};
+use wxtoken::reload::ReloadSource;
 use wxtoken::simulator::{AppRegistration, SimConfig, Simulator};
 use wxtoken::startup::{AppState, Application, BuildOptions};
 
@@ -51,9 +52,17 @@ pub struct TestApp {
     pub sim: Simulator,
     pub state: AppState,
     pub accounts: Vec<TestAccount>,
+    /// The configuration file the server reads (and reloads).
+    pub config_path: PathBuf,
+    /// The token store file.
+    pub store_path: PathBuf,
     http: reqwest::Client,
     handle: ServerHandle,
-    _dir: tempfile::TempDir,
+    server: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
+    grace: Duration,
+    clients: bool,
+    refresh: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 /// Builds a [`TestApp`] with chosen accounts, clients and simulator settings.
@@ -155,52 +164,105 @@ impl TestAppBuilder {
             .collect();
 
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let yaml = config_yaml(&sim, &accounts, self.clients, &self.refresh, dir.path());
-        let vars: Vec<(String, String)> = accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (format!("TEST_SECRET_{i}"), a.configured_secret.clone()))
-            .collect();
-        let options = LoadOptions::from_pairs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let loaded =
-            load_str(&yaml, Path::new("test-accounts.yaml"), &options).unwrap_or_else(|problems| {
-                panic!("the test configuration is invalid:\n{problems}\n---\n{yaml}")
-            });
-
-        let app = Application::build(
-            loaded.config,
-            BuildOptions {
-                clock: sim.clock().clone(),
-                grace,
-                workers: Some(2),
-                ..BuildOptions::default()
-            },
-        )
-        .await
-        .expect("the application builds on a free loopback port");
-        let addr = app.addr();
-        let state = app.state();
-        let handle = app.handle();
-        actix_web::rt::spawn(app.run_until_stopped());
-
+        let config_path = dir.path().join("accounts.yaml");
+        let store_path = dir.path().join("data").join("wxtoken.redb");
+        write_config(
+            &config_path,
+            &sim,
+            &accounts,
+            self.clients,
+            &self.refresh,
+            &store_path,
+        );
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(20))
             .build()
             .expect("an HTTP client");
+        let (addr, state, handle, server) = start_server(&config_path, &sim, grace).await;
         let test_app = TestApp {
             addr,
             base_url: format!("http://{addr}"),
             sim,
             state,
             accounts,
+            config_path,
+            store_path,
             http,
             handle,
-            _dir: dir,
+            server: Some(server),
+            grace,
+            clients: self.clients,
+            refresh: self.refresh,
+            dir,
         };
         test_app.wait_until_settled().await;
         test_app
     }
+}
+
+/// Loads the configuration file and starts a server from it (with reload enabled).
+async fn start_server(
+    config_path: &Path,
+    sim: &Simulator,
+    grace: Duration,
+) -> (
+    SocketAddr,
+    AppState,
+    ServerHandle,
+    actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+) {
+    let options = LoadOptions::from_pairs([]);
+    let loaded = load(config_path, &options).unwrap_or_else(|problems| {
+        let yaml = std::fs::read_to_string(config_path).unwrap_or_default();
+        panic!("the test configuration is invalid:\n{problems}\n---\n{yaml}")
+    });
+    let app = Application::build(
+        loaded.config,
+        BuildOptions {
+            clock: sim.clock().clone(),
+            grace,
+            workers: Some(2),
+            reload: Some(ReloadSource {
+                path: config_path.to_path_buf(),
+                options,
+            }),
+            ..BuildOptions::default()
+        },
+    )
+    .await
+    .expect("the application builds on a free loopback port");
+    let addr = app.addr();
+    let state = app.state();
+    let handle = app.handle();
+    let server = actix_web::rt::spawn(app.run_until_stopped());
+    (addr, state, handle, server)
+}
+
+/// Writes each account's configured secret to `secrets/<appid>` next to the
+/// configuration, and the configuration itself.
+fn write_config(
+    config_path: &Path,
+    sim: &Simulator,
+    accounts: &[TestAccount],
+    clients: bool,
+    refresh: &[String],
+    store_path: &Path,
+) {
+    let dir = config_path.parent().expect("the config is in a directory");
+    std::fs::create_dir_all(dir.join("secrets")).expect("a secrets directory");
+    for account in accounts {
+        std::fs::write(
+            dir.join("secrets").join(account.appid.as_str()),
+            &account.configured_secret,
+        )
+        .expect("write a secret file");
+    }
+    let yaml = config_yaml(sim, accounts, clients, refresh, store_path);
+    // Write and rename, as editors do, so a watcher never sees half a file.
+    let tmp = dir.join(".accounts.yaml.tmp");
+    std::fs::write(&tmp, yaml).expect("write the config");
+    std::fs::rename(&tmp, config_path).expect("replace the config");
 }
 
 /// The YAML configuration of a test app.
@@ -209,7 +271,7 @@ fn config_yaml(
     accounts: &[TestAccount],
     clients: bool,
     refresh: &[String],
-    dir: &Path,
+    store_path: &Path,
 ) -> String {
     let mut yaml = format!(
         "listen: 127.0.0.1:0\n\
@@ -217,7 +279,7 @@ fn config_yaml(
          store:\n  path: {}\n\
          refresh:\n  backoff_initial: 200ms\n",
         sim.base_url(),
-        dir.join("wxtoken.redb").display()
+        store_path.display()
     );
     for setting in refresh {
         yaml.push_str(&format!("  {setting}\n"));
@@ -239,8 +301,8 @@ fn config_yaml(
     yaml.push_str("accounts:\n");
     for (i, a) in accounts.iter().enumerate() {
         yaml.push_str(&format!(
-            "  - appid: {}\n    name: Test account {i}\n    secret: ${{TEST_SECRET_{i}}}\n    mode: {}\n",
-            a.appid, a.mode
+            "  - appid: {}\n    name: Test account {i}\n    secret_file: secrets/{}\n    mode: {}\n",
+            a.appid, a.appid, a.mode
         ));
     }
     yaml
@@ -279,6 +341,74 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A new account registered with the simulator (not yet in the config).
+    pub fn new_account(&self, mode: Mode) -> TestAccount {
+        let appid = support::unique_appid();
+        let secret = format!("sim-secret-{appid}");
+        self.sim.register_app(AppRegistration {
+            appid: appid.to_string(),
+            secret: secret.clone(),
+            ip_whitelist: vec![],
+        });
+        TestAccount {
+            appid,
+            mode,
+            configured_secret: secret.clone(),
+            secret,
+            broken: false,
+        }
+    }
+
+    /// Rewrites the configuration file with `accounts` (the server notices
+    /// only on reload).
+    pub fn write_config(&self, accounts: &[TestAccount]) {
+        write_config(
+            &self.config_path,
+            &self.sim,
+            accounts,
+            self.clients,
+            &self.refresh,
+            &self.store_path,
+        );
+    }
+
+    /// Writes raw text as the configuration file.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write the config");
+    }
+
+    /// Stops the server gracefully (as SIGTERM does) and waits until it has
+    /// finished, store flush included.
+    pub async fn stop(&mut self) {
+        self.handle.stop(true).await;
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task ends")
+                .expect("the server ran without error");
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one from the same
+    /// configuration file, store and simulator; waits until it settles.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (addr, state, handle, server) =
+            start_server(&self.config_path, &self.sim, self.grace).await;
+        self.addr = addr;
+        self.base_url = format!("http://{addr}");
+        self.state = state;
+        self.handle = handle;
+        self.server = Some(server);
+        self.wait_until_settled().await;
+    }
+
+    /// `POST /v1/admin/reload`.
+    pub async fn admin_reload(&self, key: Option<&str>) -> Response {
+        self.send(self.request(Method::POST, "/v1/admin/reload", key))
+            .await
     }
 
     /// The working accounts.

@@ -5,6 +5,7 @@ mod app;
 mod cli;
 mod config;
 mod engine;
+mod reload;
 mod simulator;
 mod soak;
 mod support;
