@@ -31,10 +31,22 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// The options of `wxtoken serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// If the token store file is unreadable or corrupt, rename it to
+    /// `PATH.broken-<unix time>` and start with an empty store (tokens are
+    /// fetched again) instead of refusing to start.
+    #[arg(long)]
+    pub reset_store: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the central token server.
-    Serve(ConfigArg),
+    Serve(ServeArgs),
     /// Validate the configuration without network access.
     Check(ConfigArg),
     /// Run the built-in simulator and the server against it, and print curl commands.
@@ -74,17 +86,18 @@ pub fn main() -> ExitCode {
             };
             run_async(async move { crate::simulator::run_standalone(config, listen).await })
         }
-        Command::Serve(arg) => {
+        Command::Serve(args) => {
             crate::telemetry::init();
             let options = LoadOptions::from_process_env();
-            let Some(config) = load_config(&arg.config, options.clone()) else {
+            let Some(config) = load_config(&args.config.config, options.clone()) else {
                 return ExitCode::from(2);
             };
             let build = BuildOptions {
                 reload: Some(ReloadSource {
-                    path: arg.config.clone(),
+                    path: args.config.config.clone(),
                     options,
                 }),
+                reset_store: args.reset_store,
                 ..BuildOptions::default()
             };
             run_async(async move {

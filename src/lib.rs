@@ -14,5 +14,6 @@ pub mod registry;
 pub mod reload;
 pub mod simulator;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod wechat;

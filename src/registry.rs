@@ -21,13 +21,14 @@ use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::account::slot::AccountSlot;
+use crate::account::slot::{AccountSlot, TokenRecord};
 use crate::account::{
     AccountActor, Crash, Deps, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown,
 };
 use crate::config::AccountConfig;
 use crate::domain::{AccessToken, AppId};
 use crate::metrics::{ACCOUNT_STATES, Metrics};
+use crate::store::StoredAccount;
 
 /// How often the registry checks that every account actor is alive and
 /// updates the fleet gauges. Restarts normally happen at once, on the
@@ -157,6 +158,8 @@ pub struct Registry {
     stopping: bool,
     /// Counts actor starts; each start gets the next number.
     starts: u64,
+    /// State read from the store at start, taken by each account's first slot.
+    restored: HashMap<AppId, StoredAccount>,
     me: Option<Addr<Registry>>,
 }
 
@@ -171,7 +174,32 @@ impl Registry {
             stopping: false,
             starts: 0,
             me: None,
+            restored: HashMap::new(),
         }
+    }
+
+    /// Accounts read from the store: an account configured with the same mode
+    /// starts from its stored token and counters instead of fetching.
+    pub fn with_restored(mut self, accounts: Vec<StoredAccount>) -> Self {
+        self.restored = accounts.into_iter().map(|a| (a.appid.clone(), a)).collect();
+        self
+    }
+
+    /// A fresh slot for `config`, filled from the store when it holds this account.
+    fn new_slot(&mut self, config: &AccountConfig) -> Arc<AccountSlot> {
+        let slot = Arc::new(AccountSlot::new(
+            config.appid.clone(),
+            config.name.clone(),
+            config.mode,
+            config.enabled,
+        ));
+        if let Some(stored) = self.restored.remove(&config.appid)
+            && stored.mode == config.mode
+            && config.enabled
+        {
+            restore(&slot, stored, self.deps.policy.grace);
+        }
+        slot
     }
 
     /// Starts an account actor that reports its end to this registry.
@@ -247,6 +275,33 @@ impl Registry {
     }
 }
 
+/// Fills `slot` from the store. A token whose fetch may have been followed by
+/// an unrecorded rotation (a crash mid-refresh) is served at most until the
+/// rotation's grace runs out; its actor refreshes it at once.
+fn restore(slot: &AccountSlot, stored: StoredAccount, grace: Duration) {
+    if let Some(t) = stored.token {
+        let mut serve_until = t.serve_until_ms;
+        if let Some(pending) = stored.pending_fetch_ms
+            && pending >= t.fetched_at_ms
+        {
+            serve_until = serve_until.min(pending + grace.as_millis() as i64);
+        }
+        slot.publish(Arc::new(TokenRecord {
+            token: t.token,
+            mode: stored.mode,
+            fetched_at_ms: t.fetched_at_ms,
+            expires_at_ms: t.expires_at_ms,
+            serve_until_ms: serve_until,
+        }));
+    }
+    let mut status = (*slot.status()).clone();
+    status.calls_day = stored.calls_day;
+    status.calls_today = stored.calls_today;
+    status.forces = stored.forces;
+    status.pending_fetch_ms = stored.pending_fetch_ms;
+    slot.set_status(status);
+}
+
 /// True when two account configs would run the same actor.
 fn same_account(a: &AccountConfig, b: &AccountConfig) -> bool {
     a.appid == b.appid
@@ -283,6 +338,7 @@ impl Handler<Apply> for Registry {
             if let Some(member) = self.members.remove(&appid) {
                 member.addr.do_send(Shutdown);
                 member.slot.clear();
+                self.deps.store.remove_later(appid.clone());
                 self.deps.metrics.remove_account(appid.as_str());
                 summary.removed.push(appid);
             }
@@ -317,12 +373,7 @@ impl Handler<Apply> for Registry {
                     summary.changed.push(appid.clone());
                 }
                 None => {
-                    let slot = Arc::new(AccountSlot::new(
-                        config.appid.clone(),
-                        config.name.clone(),
-                        config.mode,
-                        config.enabled,
-                    ));
+                    let slot = self.new_slot(config);
                     let (addr, incarnation) = self.spawn(config, &slot);
                     self.members.insert(
                         appid.clone(),

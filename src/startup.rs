@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{Apply, Directory, Registry, StopAll};
 use crate::reload::{ReloadSource, Reloader};
+use crate::store::{RedbStore, Storage, StoreError, StoreWriter, move_aside};
 use crate::wechat::{TokenSource, WechatClient};
 
 /// The most HTTP workers started by default: token reads take microseconds,
@@ -51,6 +52,11 @@ pub struct BuildOptions {
     /// Where `/v1/admin/reload` (and SIGHUP, and the file watch, when set up)
     /// re-read the configuration; `None` disables reloading.
     pub reload: Option<ReloadSource>,
+    /// The token store; `None` opens the redb file at `store.path`.
+    pub store: Option<Arc<dyn Storage>>,
+    /// When the store file is unreadable or corrupt, move it aside
+    /// (`PATH.broken-<unix>`) and start with an empty one instead of failing.
+    pub reset_store: bool,
 }
 
 impl Default for BuildOptions {
@@ -61,6 +67,8 @@ impl Default for BuildOptions {
             grace: WECHAT_GRACE,
             workers: None,
             reload: None,
+            store: None,
+            reset_store: false,
         }
     }
 }
@@ -73,6 +81,8 @@ impl std::fmt::Debug for BuildOptions {
             .field("grace", &self.grace)
             .field("workers", &self.workers)
             .field("reload", &self.reload)
+            .field("store", &self.store.as_ref().map(|s| s.describe()))
+            .field("reset_store", &self.reset_store)
             .finish()
     }
 }
@@ -93,6 +103,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Re-reads the configuration; `None` when the server was not started from a file.
     pub reloader: Option<Reloader>,
+    /// Writes account state to the token store.
+    pub store: StoreWriter,
 }
 
 impl std::fmt::Debug for AppState {
@@ -140,6 +152,35 @@ impl Application {
                     .context("could not set up the WeChat client")?,
             ),
         };
+        let storage = match options.store {
+            Some(storage) => storage,
+            None => Arc::new(open_store(&config, options.reset_store)?),
+        };
+        let stored = storage
+            .load_all()
+            .with_context(|| format!("could not read the {}", storage.describe()))?;
+        let store = StoreWriter::start(storage.clone(), metrics.clone());
+        for gone in stored
+            .iter()
+            .filter(|s| !config.accounts.iter().any(|a| a.appid == s.appid))
+        {
+            tracing::info!(appid = %gone.appid, "removing a stored account that is no longer configured");
+            store.remove_later(gone.appid.clone());
+        }
+        let restorable = stored
+            .iter()
+            .filter(|s| {
+                s.token
+                    .as_ref()
+                    .is_some_and(|t| t.expires_at_ms > options.clock.now_unix_ms())
+            })
+            .count();
+        tracing::info!(
+            store = %storage.describe(),
+            stored = stored.len(),
+            with_live_token = restorable,
+            "token store opened"
+        );
         let mut policy = Policy::new(config.refresh.clone());
         policy.grace = options.grace;
         let deps = Deps {
@@ -147,6 +188,7 @@ impl Application {
             policy,
             clock: options.clock.clone(),
             metrics: metrics.clone(),
+            store: store.clone(),
         };
 
         if config.clients.is_empty() {
@@ -155,7 +197,9 @@ impl Application {
         let auth = Arc::new(ArcSwap::from_pointee(Auth::new(&config.clients)));
 
         let directory = Directory::default();
-        let registry = Registry::new(directory.clone(), deps).start();
+        let registry = Registry::new(directory.clone(), deps)
+            .with_restored(stored)
+            .start();
         let summary = registry
             .send(Apply(config.accounts.clone()))
             .await
@@ -178,6 +222,7 @@ impl Application {
             metrics,
             clock: options.clock,
             reloader,
+            store,
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -226,8 +271,35 @@ impl Application {
     /// Errors when the server fails while running.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.state.registry.do_send(StopAll);
-        tracing::info!("wxtoken stopped serving");
+        let _ = self.state.registry.send(StopAll).await;
+        self.state.store.close().await;
+        tracing::info!("wxtoken stopped serving; the token store is flushed and closed");
         result
+    }
+}
+
+/// Opens the redb store at `store.path`; with `reset`, a corrupt file is
+/// moved aside first and an empty store created.
+fn open_store(config: &Config, reset: bool) -> anyhow::Result<RedbStore> {
+    if config.store.redis.is_some() {
+        tracing::warn!(
+            "store.redis is configured, but this version keeps tokens only in the local store file; Redis replicas are not supported yet"
+        );
+    }
+    let path = &config.store.path;
+    match RedbStore::open(path) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Corrupt { .. }) if reset => {
+            let moved = move_aside(path).with_context(|| {
+                format!("could not move the token store {} aside", path.display())
+            })?;
+            tracing::warn!(
+                store = %path.display(),
+                moved_to = %moved.display(),
+                "the token store was unreadable; it was moved aside and an empty one started"
+            );
+            Ok(RedbStore::open(path)?)
+        }
+        Err(e) => Err(e.into()),
     }
 }

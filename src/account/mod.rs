@@ -28,6 +28,7 @@ use crate::clock::{Clock, china_day};
 use crate::config::AccountConfig;
 use crate::domain::{AccessToken, Mode};
 use crate::metrics::Metrics;
+use crate::store::{StoreWriter, StoredAccount, StoredToken};
 use crate::wechat::{Decision, FetchRequest, TokenSource, UpstreamError};
 use schedule::Policy;
 use slot::{AccountSlot, AccountStatus, LastError, State, TokenRecord};
@@ -104,6 +105,11 @@ struct Finished {
     /// WeChat returned the token that was already current.
     same_token: bool,
     result: Result<Arc<TokenRecord>, RefreshError>,
+    /// When the refresh started (Unix ms).
+    started_ms: i64,
+    /// The refresh may have rotated the token at WeChat (a legacy fetch or a
+    /// stable force), so an unknown outcome may have killed the old one.
+    may_rotate: bool,
 }
 
 /// Stops the actor (the account left the registry or is being replaced).
@@ -137,6 +143,8 @@ pub struct Deps {
     pub policy: Policy,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Where tokens and counters persist; written before a token is served.
+    pub store: StoreWriter,
 }
 
 /// The actor of one account.
@@ -148,8 +156,6 @@ pub struct AccountActor {
     generation: u64,
     failures: u32,
     timer: Option<SpawnHandle>,
-    /// Unix ms of stable `force_refresh` calls on the current China day.
-    forces: Vec<i64>,
     last_stale_fetch_ms: Option<i64>,
     /// Told when this actor ends without a [`Shutdown`].
     supervisor: Option<(Recipient<Exited>, u64)>,
@@ -168,7 +174,6 @@ impl AccountActor {
             generation: 0,
             failures: 0,
             timer: None,
-            forces: Vec::new(),
             last_stale_fetch_ms: None,
             supervisor: None,
             shutting_down: false,
@@ -207,6 +212,22 @@ impl AccountActor {
 
     fn set_state(&self, state: State) {
         self.update_status(|s| s.state = state);
+    }
+
+    /// What the store keeps of this account now.
+    fn stored(&self) -> StoredAccount {
+        stored_account(
+            &self.config,
+            self.slot.token().as_deref(),
+            &self.slot.status(),
+        )
+    }
+
+    /// Queues the account's current state for the store (ordered, not awaited).
+    fn persist(&self) {
+        if self.config.enabled {
+            self.deps.store.put_later(self.stored());
+        }
     }
 
     /// Arms the refresh timer for `at_ms`.
@@ -258,10 +279,22 @@ impl AccountActor {
         };
         let stale_retry = reason == Reason::StaleReport && mode == Mode::Stable && !force;
         let force_allowed = self.force_budget().is_ok();
+        let may_rotate = mode == Mode::Legacy || request.force_refresh || stale_retry;
+        let started = self.now_ms();
+        if may_rotate {
+            self.update_status(|s| s.pending_fetch_ms = Some(started));
+        }
+        let base = self.stored();
         let task = async move {
             let mut calls = 1;
             let mut forced = request.force_refresh;
-            let started = deps.clock.now_unix_ms();
+            if may_rotate {
+                // Write-ahead: if we crash after WeChat rotated, the restart
+                // knows the old token may die `grace` after `started`. A failed
+                // write is logged and counted by the writer; fetching anyway
+                // keeps the account alive.
+                let _ = deps.store.put(base.clone()).await;
+            }
             let mut result = deps.upstream.fetch(request.clone()).await;
             // Stable compare-and-refresh: the normal call may already bring the
             // newer token; force a rotation only if WeChat returned the reported one.
@@ -271,7 +304,7 @@ impl AccountActor {
                     matches!((&result, &current), (Ok(g), Some(c)) if g.access_token == c.token);
                 if same {
                     if !force_allowed {
-                        return Finished::throttled(generation, reason, calls);
+                        return Finished::throttled(generation, reason, calls, started);
                     }
                     calls += 1;
                     forced = true;
@@ -306,6 +339,14 @@ impl AccountActor {
                         expires_at_ms: expires,
                         serve_until_ms: deps.policy.serve_until(mode, expires, next),
                     });
+                    // Durable before served: a crash after this point cannot
+                    // lose a token that clients already hold.
+                    let durable = StoredAccount {
+                        token: Some(stored_token(&record)),
+                        pending_fetch_ms: None,
+                        ..base
+                    };
+                    let _ = deps.store.put(durable).await;
                     slot.publish(record.clone());
                     Ok(record)
                 }
@@ -318,6 +359,8 @@ impl AccountActor {
                 forced,
                 same_token,
                 result,
+                started_ms: started,
+                may_rotate,
             }
         };
         let handle = actix_rt::spawn(task);
@@ -340,16 +383,21 @@ impl AccountActor {
     }
 
     /// Ok when a stable `force_refresh` is allowed now; else how long to wait.
-    fn force_budget(&mut self) -> Result<(), Duration> {
+    fn force_budget(&self) -> Result<(), Duration> {
         let now = self.now_ms();
         let today = china_day(now.div_euclid(1000));
-        self.forces
-            .retain(|&t| china_day(t.div_euclid(1000)) == today);
-        if self.forces.len() >= FORCE_DAILY_LIMIT {
+        let status = self.slot.status();
+        let forces: Vec<i64> = status
+            .forces
+            .iter()
+            .copied()
+            .filter(|&t| china_day(t.div_euclid(1000)) == today)
+            .collect();
+        if forces.len() >= FORCE_DAILY_LIMIT {
             let midnight = crate::clock::next_china_midnight(now.div_euclid(1000));
             return Err(Duration::from_secs((midnight - now / 1000).max(1) as u64));
         }
-        if let Some(&last) = self.forces.last() {
+        if let Some(&last) = forces.last() {
             let ready_at = last + FORCE_MIN_INTERVAL.as_millis() as i64;
             if now < ready_at {
                 return Err(
@@ -438,6 +486,7 @@ impl AccountActor {
                     serve_until_ms: serve_until,
                     ..record.clone()
                 }));
+                self.persist();
             }
         }
         self.schedule(ctx, at, Reason::Scheduled);
@@ -445,11 +494,13 @@ impl AccountActor {
 }
 
 impl Finished {
-    fn throttled(generation: u64, reason: Reason, calls: u32) -> Finished {
+    fn throttled(generation: u64, reason: Reason, calls: u32, started_ms: i64) -> Finished {
         Finished {
             generation,
             reason,
             calls,
+            started_ms,
+            may_rotate: false,
             forced: false,
             same_token: true,
             result: Err(RefreshError::Throttled {
@@ -472,9 +523,19 @@ impl Actor for AccountActor {
         }
         let now = self.now_ms();
         match self.slot.token() {
-            Some(record) if record.is_live(now) => {
+            Some(record) if record.usable_secs(now).is_some() => {
                 self.publish_token_metrics(&record);
                 let status = self.slot.status();
+                if status
+                    .pending_fetch_ms
+                    .is_some_and(|p| p >= record.fetched_at_ms)
+                {
+                    // A fetch that may have rotated the token was cut off (a
+                    // crash): the served token may die soon; replace it now.
+                    self.set_state(State::Ready);
+                    drop(self.start_refresh(ctx, Reason::Startup, false));
+                    return;
+                }
                 // A restart after a crash keeps the plan the dead actor armed.
                 match status.next_refresh_at_ms {
                     Some(at)
@@ -513,7 +574,11 @@ impl Handler<Finished> for AccountActor {
         let now = self.now_ms();
         self.count_calls(msg.calls);
         if msg.forced {
-            self.forces.push(now);
+            let today = china_day(now.div_euclid(1000));
+            self.update_status(|s| {
+                s.forces.retain(|&t| china_day(t.div_euclid(1000)) == today);
+                s.forces.push(now);
+            });
         }
         if msg.reason == Reason::StaleReport && self.config.mode == Mode::Legacy && msg.calls > 0 {
             self.last_stale_fetch_ms = Some(now);
@@ -533,11 +598,13 @@ impl Handler<Finished> for AccountActor {
                 self.update_status(|s| {
                     s.state = State::Ready;
                     s.last_error = None;
+                    s.pending_fetch_ms = None;
                 });
                 self.schedule_from(ctx, &record, msg.same_token);
             }
             Err(RefreshError::Throttled { .. }) => {
                 // A refused force is not a failure of the account; keep the plan.
+                self.update_status(|s| s.pending_fetch_ms = None);
                 self.set_state(if self.slot.is_ready(now) {
                     State::Ready
                 } else {
@@ -571,19 +638,39 @@ impl Handler<Finished> for AccountActor {
                     });
                 });
                 let retry_at = now + delay.as_millis() as i64;
+                // Did WeChat perhaps rotate the token although we saw no
+                // answer? Then the old one dies `grace` after the attempt.
+                let unknown_outcome = msg.may_rotate
+                    && matches!(
+                        &err,
+                        RefreshError::Upstream(
+                            UpstreamError::Timeout { .. }
+                                | UpstreamError::Connect { .. }
+                                | UpstreamError::Decode { .. }
+                        ) | RefreshError::Unavailable
+                    );
+                if !unknown_outcome {
+                    self.update_status(|s| s.pending_fetch_ms = None);
+                }
                 if let Some(record) = self.slot.token()
-                    && record.mode == Mode::Legacy
                     && record.is_live(now)
                 {
-                    {
-                        // The old token lives until the next fetch plus grace.
-                        let serve_until = self.deps.policy.serve_until(
-                            Mode::Legacy,
-                            record.expires_at_ms,
-                            retry_at,
-                        );
+                    let grace = self.deps.policy.grace.as_millis() as i64;
+                    let serve_until = if unknown_outcome {
+                        record.serve_until_ms.min(msg.started_ms + grace)
+                    } else if record.mode == Mode::Legacy {
+                        // Nothing was rotated: the old token lives until the
+                        // next fetch plus grace.
+                        self.deps
+                            .policy
+                            .serve_until(Mode::Legacy, record.expires_at_ms, retry_at)
+                            .max(record.serve_until_ms)
+                    } else {
+                        record.serve_until_ms
+                    };
+                    if serve_until != record.serve_until_ms {
                         self.slot.publish(Arc::new(TokenRecord {
-                            serve_until_ms: serve_until.max(record.serve_until_ms),
+                            serve_until_ms: serve_until,
                             ..(*record).clone()
                         }));
                     }
@@ -591,6 +678,7 @@ impl Handler<Finished> for AccountActor {
                 self.schedule(ctx, retry_at, Reason::Retry);
             }
         }
+        self.persist();
     }
 }
 
@@ -686,5 +774,32 @@ impl Handler<Crash> for AccountActor {
 
     fn handle(&mut self, _: Crash, _: &mut Self::Context) {
         panic!("crash requested for account {}", self.config.appid);
+    }
+}
+
+/// The stored form of a token record.
+pub fn stored_token(record: &TokenRecord) -> StoredToken {
+    StoredToken {
+        token: record.token.clone(),
+        fetched_at_ms: record.fetched_at_ms,
+        expires_at_ms: record.expires_at_ms,
+        serve_until_ms: record.serve_until_ms,
+    }
+}
+
+/// What the store keeps of an account: its token and its counters.
+pub fn stored_account(
+    config: &AccountConfig,
+    token: Option<&TokenRecord>,
+    status: &AccountStatus,
+) -> StoredAccount {
+    StoredAccount {
+        appid: config.appid.clone(),
+        mode: config.mode,
+        token: token.map(stored_token),
+        pending_fetch_ms: status.pending_fetch_ms,
+        calls_day: status.calls_day,
+        calls_today: status.calls_today,
+        forces: status.forces.clone(),
     }
 }

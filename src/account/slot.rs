@@ -89,6 +89,12 @@ pub struct AccountStatus {
     pub calls_today: u32,
     /// The China-time day (`clock::china_day`) `calls_today` belongs to.
     pub calls_day: i64,
+    /// Unix ms of the stable `force_refresh` calls made on `calls_day`.
+    pub forces: Vec<i64>,
+    /// A fetch that may rotate the token (legacy, or stable forced) started
+    /// at this Unix ms and its outcome is unknown: the previous token may die
+    /// WeChat's grace after it.
+    pub pending_fetch_ms: Option<i64>,
 }
 
 impl Default for AccountStatus {
@@ -99,6 +105,8 @@ impl Default for AccountStatus {
             last_error: None,
             calls_today: 0,
             calls_day: 0,
+            forces: Vec::new(),
+            pending_fetch_ms: None,
         }
     }
 }

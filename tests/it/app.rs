@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
@@ -19,6 +20,7 @@ use wxtoken::domain::{AppId, KeyHash, Mode};
 use wxtoken::reload::ReloadSource;
 use wxtoken::simulator::{AppRegistration, SimConfig, Simulator};
 use wxtoken::startup::{AppState, Application, BuildOptions};
+use wxtoken::store::Storage;
 
 use crate::support;
 
@@ -62,6 +64,7 @@ pub struct TestApp {
     grace: Duration,
     clients: bool,
     refresh: Vec<String>,
+    store: Option<Arc<dyn Storage>>,
     dir: tempfile::TempDir,
 }
 
@@ -71,6 +74,7 @@ pub struct TestAppBuilder {
     sim: SimConfig,
     clients: bool,
     refresh: Vec<String>,
+    store: Option<Arc<dyn Storage>>,
 }
 
 /// The usual fixture: a stable and a legacy account, all three clients.
@@ -96,6 +100,7 @@ impl TestAppBuilder {
             sim: SimConfig::default(),
             clients: true,
             refresh: Vec::new(),
+            store: None,
         }
     }
 
@@ -121,6 +126,12 @@ impl TestAppBuilder {
     /// Adds a `refresh:` setting, like `stable_window: 2s`.
     pub fn refresh_setting(mut self, setting: &str) -> Self {
         self.refresh.push(setting.to_string());
+        self
+    }
+
+    /// Uses this token store instead of the redb file in the temporary directory.
+    pub fn store(mut self, store: Arc<dyn Storage>) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -179,7 +190,8 @@ impl TestAppBuilder {
             .timeout(Duration::from_secs(20))
             .build()
             .expect("an HTTP client");
-        let (addr, state, handle, server) = start_server(&config_path, &sim, grace).await;
+        let (addr, state, handle, server) =
+            start_server(&config_path, &sim, grace, self.store.clone()).await;
         let test_app = TestApp {
             addr,
             base_url: format!("http://{addr}"),
@@ -194,6 +206,7 @@ impl TestAppBuilder {
             grace,
             clients: self.clients,
             refresh: self.refresh,
+            store: self.store,
             dir,
         };
         test_app.wait_until_settled().await;
@@ -206,6 +219,7 @@ async fn start_server(
     config_path: &Path,
     sim: &Simulator,
     grace: Duration,
+    store: Option<Arc<dyn Storage>>,
 ) -> (
     SocketAddr,
     AppState,
@@ -227,6 +241,7 @@ async fn start_server(
                 path: config_path.to_path_buf(),
                 options,
             }),
+            store,
             ..BuildOptions::default()
         },
     )
@@ -396,7 +411,7 @@ impl TestApp {
     pub async fn restart(&mut self) {
         self.stop().await;
         let (addr, state, handle, server) =
-            start_server(&self.config_path, &self.sim, self.grace).await;
+            start_server(&self.config_path, &self.sim, self.grace, self.store.clone()).await;
         self.addr = addr;
         self.base_url = format!("http://{addr}");
         self.state = state;

@@ -17,6 +17,7 @@ use wxtoken::domain::{AppId, Mode};
 use wxtoken::metrics::Metrics;
 use wxtoken::registry::{Apply, CrashAccount, Directory, Registry, RouteRefresh};
 use wxtoken::simulator::{AppRegistration, FaultSpec, InProcess, SimConfig};
+use wxtoken::store::{MemoryStore, StoreWriter};
 use wxtoken::wechat::TokenSource;
 
 use crate::support::{self, metric_value};
@@ -68,6 +69,7 @@ impl Fleet {
             policy: Policy::new(RefreshConfig::default()),
             clock: clock.clone(),
             metrics: metrics.clone(),
+            store: StoreWriter::inline(Arc::new(MemoryStore::new()), metrics.clone()),
         };
         let directory = Directory::default();
         let registry = Registry::new(directory.clone(), deps).start();

@@ -1,0 +1,218 @@
+//! The token store: what must survive a restart or a crash of wxtoken.
+//!
+//! It owns each account's persisted state ([`StoredAccount`]: the current
+//! token and its times, the write-ahead intent of a legacy fetch, the daily
+//! call counter and the stable force-refresh log), the [`Storage`] interface
+//! with its two implementations ([`RedbStore`], a single-file redb database,
+//! and [`MemoryStore`]), and the [`StoreWriter`] that applies every write on one
+//! dedicated thread.
+//!
+//! # Layout of the redb file
+//!
+//! One table, `accounts`: key `&str` (the appid), value `&[u8]` (a JSON
+//! object). Version 1 of the value is
+//!
+//! ```json
+//! {"v": 1, "mode": "legacy" | "stable",
+//!  "token": null | {"token": "...", "fetched_at_ms": 0, "expires_at_ms": 0, "serve_until_ms": 0},
+//!  "pending_fetch_ms": null | 0, "calls_day": 0, "calls_today": 0, "forces": [0]}
+//! ```
+//!
+//! All times are Unix milliseconds; `calls_day` is a [`crate::clock::china_day`].
+//! A record with another `v`, or one that does not decode, is skipped with a
+//! warning when loading and left in the file untouched.
+//!
+//! # Invariants
+//!
+//! - **A write acknowledged is durable.** [`Storage::put`] returns only after
+//!   its redb transaction committed with immediate durability, and
+//!   [`StoreWriter::put`] resolves only after that.
+//! - **Writes never reorder.** Every write goes through one [`StoreWriter`]
+//!   thread, in submission order, off the async runtime.
+//! - **Nothing stored is ever dropped silently.** A corrupt or foreign file is
+//!   an error at open (never deleted or replaced); an undecodable record is
+//!   skipped with a warning and kept; only `--reset-store` moves a file aside
+//!   ([`move_aside`]).
+//! - **The token value never appears in a log line or an error message.**
+
+mod memory;
+mod record;
+mod redb;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use crate::domain::{AccessToken, AppId, Mode};
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
+pub use self::writer::StoreWriter;
+
+/// One account's persisted token. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub token: AccessToken,
+    pub fetched_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub serve_until_ms: i64,
+}
+
+/// One account's persisted state. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAccount {
+    pub appid: AppId,
+    pub mode: Mode,
+    pub token: Option<StoredToken>,
+    /// A legacy fetch was started at this instant and its outcome is not
+    /// recorded yet (write-ahead intent). `None` once the outcome is recorded.
+    pub pending_fetch_ms: Option<i64>,
+    /// China-time day number (see [`crate::clock::china_day`]) that `calls_today` counts.
+    pub calls_day: i64,
+    pub calls_today: u32,
+    /// Unix ms of stable force_refresh calls made on `calls_day`.
+    pub forces: Vec<i64>,
+}
+
+/// Why the token store could not do what was asked.
+///
+/// Every message is one sentence that names the file (when there is one) and
+/// says what to do. None contains a token value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file or its directory cannot be opened or created (permissions, a
+    /// missing directory that cannot be created, a directory in the way).
+    #[error(
+        "cannot open or create the token store {}: {reason}; check that its directory exists or can be created and that the user running wxtoken may read and write it",
+        path.display()
+    )]
+    Open { path: PathBuf, reason: String },
+
+    /// Another process (or another store in this process) holds the file.
+    #[error(
+        "the token store {} is already in use by another process; stop the other wxtoken instance or give this one its own store file",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+
+    /// The file exists but is not a readable redb database of wxtoken.
+    #[error(
+        "the token store {} is unreadable or corrupt ({reason}); start with `wxtoken serve --reset-store` to move it aside and start empty, or restore a backup",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, reason: String },
+
+    /// A write (put or remove) did not become durable.
+    #[error(
+        "cannot write account {appid} to the {store}: {reason}; check free disk space and the permissions of the store file"
+    )]
+    Write {
+        /// [`Storage::describe`] of the store.
+        store: String,
+        appid: String,
+        reason: String,
+    },
+
+    /// Reading the stored accounts failed.
+    #[error(
+        "cannot read the {store}: {reason}; check the store file, or start with `wxtoken serve --reset-store` to move it aside and start empty"
+    )]
+    Read {
+        /// [`Storage::describe`] of the store.
+        store: String,
+        reason: String,
+    },
+
+    /// The [`StoreWriter`] thread is no longer running, so nothing more is written.
+    #[error(
+        "the {store} store writer has stopped, so account {appid} was not written; restart wxtoken"
+    )]
+    WriterStopped { store: &'static str, appid: String },
+}
+
+/// Where accounts persist. Implementations are blocking; call them from the
+/// [`StoreWriter`] thread or at startup, not from async tasks.
+pub trait Storage: Send + Sync + 'static {
+    /// `"redb"`, `"memory"`: the metric label and log field.
+    fn kind(&self) -> &'static str;
+
+    /// Human description, e.g. `redb store /var/lib/wxtoken/wxtoken.redb`.
+    fn describe(&self) -> String;
+
+    /// Every stored account, ordered by appid. A record that cannot be decoded
+    /// is skipped with a `tracing::warn` naming its key and the file, never
+    /// deleted. Errors when the store cannot be read at all.
+    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError>;
+
+    /// Writes (inserts or replaces) one account in one durable transaction.
+    /// Errors when the write did not become durable.
+    fn put(&self, account: &StoredAccount) -> Result<(), StoreError>;
+
+    /// Removes one account; removing an absent account is not an error.
+    /// Errors when the removal did not become durable.
+    fn remove(&self, appid: &AppId) -> Result<(), StoreError>;
+}
+
+/// Renames the file at `path` to `<path>.broken-<unix seconds>` (with `-1`,
+/// `-2`, ... appended if that name is taken) and returns the new path; used by
+/// `--reset-store`. Errors when `path` does not exist or cannot be renamed.
+pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let secs = crate::clock::Clock::system().now_unix();
+    let mut base = path.as_os_str().to_owned();
+    base.push(format!(".broken-{secs}"));
+    let mut target = PathBuf::from(&base);
+    let mut n = 0u32;
+    // `rename` silently replaces an existing target on Unix: never overwrite
+    // an earlier broken store.
+    while target.symlink_metadata().is_ok() {
+        n += 1;
+        let mut name = base.clone();
+        name.push(format!("-{n}"));
+        target = PathBuf::from(name);
+    }
+    std::fs::rename(path, &target)?;
+    Ok(target)
+}
+
+/// A best-effort text for a caught panic payload (which never holds a token:
+/// the store code formats no token into anything).
+fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        format!("internal panic: {s}")
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        format!("internal panic: {s}")
+    } else {
+        "internal panic".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn move_aside_never_overwrites_an_earlier_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wxtoken.redb");
+        std::fs::write(&path, b"first").unwrap();
+        let first = move_aside(&path).unwrap();
+        std::fs::write(&path, b"second").unwrap();
+        let second = move_aside(&path).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(&first).unwrap(), b"first");
+        assert_eq!(std::fs::read(&second).unwrap(), b"second");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn corrupt_error_names_the_file_and_the_way_out() {
+        let e = StoreError::Corrupt {
+            path: PathBuf::from("/var/lib/wxtoken/wxtoken.redb"),
+            reason: "not a redb database file".into(),
+        };
+        let text = e.to_string();
+        assert!(text.contains("/var/lib/wxtoken/wxtoken.redb"), "{text}");
+        assert!(text.contains("unreadable or corrupt"), "{text}");
+        assert!(text.contains("`wxtoken serve --reset-store`"), "{text}");
+        assert!(text.contains("restore a backup"), "{text}");
+    }
+}

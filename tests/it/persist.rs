@@ -1,0 +1,195 @@
+//! Tokens survive restarts: the redb store behind a running server, and what
+//! happens when the store cannot be written.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use wxtoken::domain::{AppId, Mode};
+use wxtoken::store::{RedbStore, Storage, StoreError, StoredAccount};
+
+use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
+use crate::support::metric_value;
+
+fn upstream_calls(app: &TestApp) -> u64 {
+    let stats = app.sim.stats();
+    stats.total_calls("token") + stats.total_calls("stable_token")
+}
+
+async fn served_tokens(app: &TestApp) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for account in &app.accounts {
+        let body = json(
+            app.get_token(account.appid.as_str(), Some(READER_KEY))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        tokens.push(body["access_token"].as_str().expect("a token").to_string());
+    }
+    tokens
+}
+
+#[actix_web::test]
+async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
+    let mut app = TestAppBuilder::new()
+        .account(Mode::Stable)
+        .account(Mode::Legacy)
+        .account(Mode::Legacy)
+        .spawn()
+        .await;
+    // Spend some quota first, so the restored counters can be checked.
+    let legacy = app.accounts[1].appid.clone();
+    json(
+        app.admin_refresh(legacy.as_str(), Some(ADMIN_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
+    let before = served_tokens(&app).await;
+    let calls_before = upstream_calls(&app);
+    let plan_before: Vec<Option<i64>> = app
+        .accounts
+        .iter()
+        .map(|a| {
+            app.state
+                .directory
+                .get(&a.appid)
+                .expect("slot")
+                .status()
+                .next_refresh_at_ms
+        })
+        .collect();
+
+    app.restart().await;
+
+    assert_eq!(
+        served_tokens(&app).await,
+        before,
+        "the same tokens after the restart"
+    );
+    assert_eq!(
+        upstream_calls(&app),
+        calls_before,
+        "no upstream call for stored tokens"
+    );
+    let status = app.state.directory.get(&legacy).expect("slot").status();
+    assert_eq!(status.calls_today, 2, "the day's call counter survived");
+    for (account, plan) in app.accounts.iter().zip(plan_before) {
+        let now_plan = app
+            .state
+            .directory
+            .get(&account.appid)
+            .expect("slot")
+            .status()
+            .next_refresh_at_ms
+            .expect("a refresh is planned");
+        // Scheduled from the real expiry: inside the same refresh window as before.
+        let expires = app
+            .state
+            .directory
+            .get(&account.appid)
+            .and_then(|s| s.token())
+            .expect("a token")
+            .expires_at_ms;
+        assert!(
+            now_plan < expires,
+            "{}: planned after expiry",
+            account.appid
+        );
+        assert!(plan.is_some());
+    }
+    let accounts = json(app.accounts(Some(ADMIN_KEY)).await, StatusCode::OK).await;
+    assert!(
+        accounts
+            .as_array()
+            .expect("a list")
+            .iter()
+            .all(|a| a["state"] == "ready"),
+        "{accounts}"
+    );
+}
+
+#[actix_web::test]
+async fn a_removed_account_leaves_the_store() {
+    let app = TestAppBuilder::new()
+        .account(Mode::Stable)
+        .account(Mode::Legacy)
+        .spawn()
+        .await;
+    let [kept, removed] = [0, 1].map(|i| app.accounts[i].clone());
+    app.write_config(std::slice::from_ref(&kept));
+    json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::OK).await;
+    app.state.store.flush().await;
+    let mut app = app;
+    app.stop().await;
+    let stored: Vec<AppId> = RedbStore::open(&app.store_path)
+        .expect("the store opens")
+        .load_all()
+        .expect("the store reads")
+        .into_iter()
+        .map(|a| a.appid)
+        .collect();
+    assert_eq!(stored, vec![kept.appid.clone()], "{removed:?} is gone");
+}
+
+/// A store whose every write fails, as on a full disk.
+struct FullDisk;
+
+impl Storage for FullDisk {
+    fn kind(&self) -> &'static str {
+        "full-disk"
+    }
+    fn describe(&self) -> String {
+        "a store on a full disk".to_string()
+    }
+    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
+        Err(StoreError::Write {
+            store: self.describe(),
+            appid: account.appid.to_string(),
+            reason: "No space left on device (os error 28)".to_string(),
+        })
+    }
+    fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
+        Err(StoreError::Write {
+            store: self.describe(),
+            appid: appid.to_string(),
+            reason: "No space left on device (os error 28)".to_string(),
+        })
+    }
+}
+
+#[actix_web::test]
+async fn failed_store_writes_are_counted_and_tokens_keep_being_served() {
+    let app = TestAppBuilder::new()
+        .account(Mode::Stable)
+        .account(Mode::Legacy)
+        .store(Arc::new(FullDisk))
+        .spawn()
+        .await;
+    let before = served_tokens(&app).await;
+    // A refresh still works and its token is served.
+    let legacy = app.accounts[1].appid.clone();
+    let refreshed = json(
+        app.admin_refresh(legacy.as_str(), Some(ADMIN_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_ne!(refreshed["access_token"], before[1].as_str());
+    let after = served_tokens(&app).await;
+    assert_eq!(
+        after[1],
+        refreshed["access_token"].as_str().expect("a token")
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "wxtoken_store_write_errors_total",
+            &[("store", "full-disk")]
+        ) >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(app.readyz().await.status(), StatusCode::OK);
+}
