@@ -143,13 +143,16 @@ impl StoreWriter {
 
     /// Hands `command` to the thread (or applies it inline); gives it back
     /// when the thread is gone.
-    fn send(&self, command: Command) -> Result<(), Command> {
+    fn send(&self, command: Command) -> Result<(), Box<Command>> {
         match &self.inline {
             Some(storage) => {
                 self.apply_inline(storage, command);
                 Ok(())
             }
-            None => self.tx.send(command).map_err(|mpsc::SendError(c)| c),
+            None => self
+                .tx
+                .send(command)
+                .map_err(|mpsc::SendError(c)| Box::new(c)),
         }
     }
 
@@ -193,7 +196,9 @@ impl StoreWriter {
 
     /// Queues the removal of `appid` without waiting; a failure is logged and counted.
     pub fn remove_later(&self, appid: AppId) {
-        if let Err(Command::Remove { appid }) = self.send(Command::Remove { appid }) {
+        if let Err(command) = self.send(Command::Remove { appid })
+            && let Command::Remove { appid } = *command
+        {
             self.stopped(&appid);
         }
     }
