@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// fetched again) instead of refusing to start.
     #[arg(long)]
     pub reset_store: bool,
+    /// How long WeChat keeps a superseded token alive, in seconds (300 at
+    /// WeChat). Only for running against a simulator started with another
+    /// `--grace`.
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub wechat_grace: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +103,9 @@ pub fn main() -> ExitCode {
                     options,
                 }),
                 reset_store: args.reset_store,
+                grace: args
+                    .wechat_grace
+                    .map_or(crate::account::schedule::WECHAT_GRACE, Duration::from_secs),
                 ..BuildOptions::default()
             };
             run_async(async move {

@@ -185,10 +185,22 @@ impl Walk<'_> {
     }
 
     /// `store:`; defaults for what is absent. The Redis URL is never quoted.
+    /// `path` resolved against the configuration file's directory.
+    fn relative_to_config(&self, path: PathBuf) -> PathBuf {
+        if path.is_absolute() || self.base_dir == Path::new(".") {
+            path
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
     fn store(&mut self, node: Option<&Node>) -> Option<StoreConfig> {
         let defaults = StoreConfig::default();
         let Some(node) = node.filter(|n| !matches!(n.kind, Kind::Null)) else {
-            return Some(defaults);
+            return Some(StoreConfig {
+                path: self.relative_to_config(defaults.path.clone()),
+                ..defaults
+            });
         };
         let f = self.fields(node, "store", STORE)?;
         let path = self.setting(&f, "store", "path", |t| non_empty(t).map(PathBuf::from));
@@ -206,7 +218,9 @@ impl Walk<'_> {
             Some(n) => self.redis_url(n).map(Some),
         };
         Some(StoreConfig {
-            path: path.or(defaults.path)?,
+            // Relative to the configuration file, like `secret_file`, so the
+            // store does not depend on the directory wxtoken is started from.
+            path: self.relative_to_config(path.or(defaults.path)?),
             redis: redis?,
             redis_prefix: prefix.or(defaults.redis_prefix)?,
         })

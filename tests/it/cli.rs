@@ -22,7 +22,7 @@ fn repo_file(name: &str) -> PathBuf {
 }
 
 /// `wxtoken ARGS` with none of the example secrets in its environment.
-fn wxtoken(args: &[&str]) -> Command {
+pub(crate) fn wxtoken(args: &[&str]) -> Command {
     let mut cmd = Command::cargo_bin("wxtoken").expect("the wxtoken binary is built");
     cmd.args(args)
         .env_remove("WXTOKEN_CONFIG")
@@ -194,13 +194,13 @@ fn serve_with_an_invalid_config_exits_2_listing_the_problems() {
 }
 
 /// A child process killed on drop, with its stdout lines arriving on a channel.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Running {
-    fn spawn(mut cmd: Command) -> Running {
+    pub(crate) fn spawn(mut cmd: Command) -> Running {
         cmd.stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = cmd.spawn().expect("wxtoken starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -216,7 +216,7 @@ impl Running {
     }
 
     /// Stdout lines up to and including the first one `last` accepts.
-    fn read_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+    pub(crate) fn read_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
         let mut seen = Vec::new();
         loop {
             match self.lines.recv_timeout(Duration::from_secs(60)) {
@@ -233,7 +233,7 @@ impl Running {
     }
 
     /// Sends SIGTERM and returns the exit code.
-    fn terminate(mut self) -> Option<i32> {
+    pub(crate) fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod engine;
 mod persist;
+mod process;
 mod reload;
 mod simulator;
 mod soak;
