@@ -30,6 +30,14 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub actor_restarts: IntCounterVec,
+    /// 1 for the state each account is in, 0 for the others.
+    pub account_state: IntGaugeVec,
+    /// 1 while an account's last failure is a configuration error (wrong
+    /// secret, IP not whitelisted, frozen secret, ...), with WeChat's errcode
+    /// and, for 40164, the IP WeChat saw.
+    pub account_config_error: IntGaugeVec,
+    /// 1 when every enabled account has a usable token (what `/readyz` says).
+    pub ready: IntGauge,
     /// Token store writes that failed (disk full, I/O error, Redis down).
     pub store_write_errors: IntCounterVec,
     /// Configuration reloads by result (`ok`, `error`).
@@ -198,6 +206,36 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            account_state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wxtoken_account_state",
+                        "1 for the state an account is in (ready, refreshing, failing, disabled), 0 for the others.",
+                    ),
+                    &["appid", "state"],
+                )
+                .expect("valid metric"),
+            ),
+            account_config_error: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wxtoken_account_config_error",
+                        "1 while an account fails on a configuration error, with WeChat's errcode and, for 40164, the IP WeChat saw.",
+                    ),
+                    &["appid", "errcode", "ip"],
+                )
+                .expect("valid metric"),
+            ),
+            ready: reg(
+                &r,
+                IntGauge::new(
+                    "wxtoken_ready",
+                    "1 when every enabled account has a usable token, else 0.",
+                )
+                .expect("valid metric"),
+            ),
             store_write_errors: reg(
                 &r,
                 IntCounterVec::new(
@@ -255,6 +293,56 @@ impl Metrics {
         }
         self.upstream_calls_today.with_label_values(&[appid]);
         self.actor_restarts.with_label_values(&[appid]);
+        for state in ACCOUNT_STATES {
+            self.account_state.with_label_values(&[appid, state]);
+        }
+    }
+
+    /// Sets `wxtoken_account_state` of `appid` to `state`.
+    pub fn set_account_state(&self, appid: &str, state: &str) {
+        for s in ACCOUNT_STATES {
+            self.account_state
+                .with_label_values(&[appid, s])
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Marks `appid` as failing on a config error (`Some`) or clears it (`None`).
+    pub fn set_config_error(&self, appid: &str, error: Option<(i64, Option<std::net::IpAddr>)>) {
+        self.clear_config_error(appid);
+        if let Some((errcode, ip)) = error {
+            let ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
+            self.account_config_error
+                .with_label_values(&[appid, &errcode.to_string(), &ip])
+                .set(1);
+        }
+    }
+
+    fn clear_config_error(&self, appid: &str) {
+        // The series of one account carry its appid; remove every one of them.
+        let families = prometheus::core::Collector::collect(&self.account_config_error);
+        for family in families {
+            for metric in family.get_metric() {
+                let labels: Vec<(&str, &str)> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels.iter().any(|&(n, v)| n == "appid" && v == appid) {
+                    let find = |name: &str| {
+                        labels
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map_or("", |(_, v)| *v)
+                    };
+                    let _ = self.account_config_error.remove_label_values(&[
+                        appid,
+                        find("errcode"),
+                        find("ip"),
+                    ]);
+                }
+            }
+        }
     }
 
     /// Removes the per-account series of an account that left the registry.
@@ -269,6 +357,10 @@ impl Metrics {
         let _ = self.token_expiry.remove_label_values(&[appid]);
         let _ = self.token_fetched.remove_label_values(&[appid]);
         let _ = self.next_refresh.remove_label_values(&[appid]);
+        for state in ACCOUNT_STATES {
+            let _ = self.account_state.remove_label_values(&[appid, state]);
+        }
+        self.clear_config_error(appid);
     }
 
     /// The Prometheus text exposition of every metric.

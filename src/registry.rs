@@ -88,7 +88,7 @@ impl Directory {
 
     /// Sets `wxtoken_accounts{state}` from the accounts' current states. The
     /// registry does it every watchdog tick and `/metrics` before each scrape.
-    pub fn update_state_gauge(&self, metrics: &Metrics) {
+    pub fn update_state_gauge(&self, metrics: &Metrics, now_ms: i64) {
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
         for slot in self.0.load().values() {
             *counts
@@ -101,6 +101,9 @@ impl Directory {
                 .with_label_values(&[state])
                 .set(counts.get(state).copied().unwrap_or(0));
         }
+        metrics
+            .ready
+            .set(i64::from(self.not_ready(now_ms).is_empty()));
     }
 }
 
@@ -240,7 +243,8 @@ impl Registry {
         for appid in dead {
             self.restart(&appid);
         }
-        self.directory.update_state_gauge(&self.deps.metrics);
+        self.directory
+            .update_state_gauge(&self.deps.metrics, self.deps.clock.now_unix_ms());
         if !self.ready_logged && !self.members.is_empty() {
             let now = self.deps.clock.now_unix_ms();
             if self.directory.not_ready(now).is_empty() {

@@ -196,6 +196,9 @@ impl AccountActor {
         let mut status = (*self.slot.status()).clone();
         f(&mut status);
         let appid = self.config.appid.as_str();
+        self.deps
+            .metrics
+            .set_account_state(appid, status.state.metric_label());
         match status.next_refresh_at_ms {
             Some(ms) => self
                 .deps
@@ -594,6 +597,7 @@ impl Handler<Finished> for AccountActor {
             Ok(record) => {
                 tracing::info!(appid = %appid, reason = msg.reason.as_str(), outcome = "ok", token = %record.token, expires_in = (record.expires_at_ms - now) / 1000, "token refreshed");
                 self.failures = 0;
+                self.deps.metrics.set_config_error(appid.as_str(), None);
                 self.publish_token_metrics(&record);
                 self.update_status(|s| {
                     s.state = State::Ready;
@@ -619,6 +623,15 @@ impl Handler<Finished> for AccountActor {
                     RefreshError::Upstream(e) => e.decide(now.div_euclid(1000)),
                     _ => Decision::Retry,
                 };
+                let config_error = match (&decision, &err) {
+                    (Decision::ConfigError { .. }, RefreshError::Upstream(e)) => {
+                        e.errcode().map(|code| (code, e.whitelist_ip()))
+                    }
+                    _ => None,
+                };
+                self.deps
+                    .metrics
+                    .set_config_error(appid.as_str(), config_error);
                 let delay =
                     self.deps
                         .policy

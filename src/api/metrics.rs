@@ -12,7 +12,9 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    state.directory.update_state_gauge(&state.metrics);
+    state
+        .directory
+        .update_state_gauge(&state.metrics, state.clock.now_unix_ms());
     HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,
