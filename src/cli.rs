@@ -14,11 +14,15 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LoadOptions};
 use crate::reload::ReloadSource;
 use crate::startup::{Application, BuildOptions};
+use crate::telemetry::LogFormat;
 
 /// wxtoken: the central WeChat access_token server.
 #[derive(Debug, Parser)]
 #[command(name = "wxtoken", version, about, long_about = None)]
 pub struct Cli {
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long, global = true, env = "WXTOKEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -83,7 +87,7 @@ pub fn main() -> ExitCode {
             token_ttl,
             grace,
         } => {
-            crate::telemetry::init();
+            crate::telemetry::init(cli.log_format);
             let config = crate::simulator::SimConfig {
                 token_ttl: Duration::from_secs(token_ttl),
                 grace: Duration::from_secs(grace),
@@ -92,7 +96,7 @@ pub fn main() -> ExitCode {
             run_async(async move { crate::simulator::run_standalone(config, listen).await })
         }
         Command::Serve(args) => {
-            crate::telemetry::init();
+            crate::telemetry::init(cli.log_format);
             let options = LoadOptions::from_process_env();
             let Some(config) = load_config(&args.config.config, options.clone()) else {
                 return ExitCode::from(2);
@@ -123,7 +127,7 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Demo(arg) => {
-            crate::telemetry::init();
+            crate::telemetry::init(cli.log_format);
             let options = LoadOptions::from_process_env().secrets_optional();
             let Some(config) = load_config(&arg.config, options) else {
                 return ExitCode::from(2);

@@ -595,7 +595,7 @@ impl Handler<Finished> for AccountActor {
             .inc();
         match msg.result {
             Ok(record) => {
-                tracing::info!(appid = %appid, reason = msg.reason.as_str(), outcome = "ok", token = %record.token, expires_in = (record.expires_at_ms - now) / 1000, "token refreshed");
+                tracing::info!(appid = %appid, reason = msg.reason.as_str(), outcome = "ok", duration_ms = now - msg.started_ms, calls = msg.calls, token = %record.token, expires_in = (record.expires_at_ms - now) / 1000, "token refreshed");
                 self.failures = 0;
                 self.deps.metrics.set_config_error(appid.as_str(), None);
                 self.publish_token_metrics(&record);
@@ -641,7 +641,7 @@ impl Handler<Finished> for AccountActor {
                     RefreshError::Upstream(e) => (e.errcode(), e.errmsg()),
                     other => (None, other.to_string()),
                 };
-                tracing::warn!(appid = %appid, reason = msg.reason.as_str(), outcome = "error", errcode, error = %errmsg, retry_in_ms = delay.as_millis() as u64, "token refresh failed");
+                tracing::warn!(appid = %appid, reason = msg.reason.as_str(), outcome = "error", errcode, duration_ms = now - msg.started_ms, calls = msg.calls, error = %errmsg, retry_in_ms = delay.as_millis() as u64, "token refresh failed");
                 self.update_status(|s| {
                     s.state = State::Failing;
                     s.last_error = Some(LastError {

@@ -8,6 +8,7 @@ mod engine;
 mod persist;
 mod process;
 mod reload;
+mod secrets;
 mod simulator;
 mod soak;
 mod store;
