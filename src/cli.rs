@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// `--grace`.
     #[arg(long, hide = true, value_name = "SECS")]
     pub wechat_grace: Option<u64>,
+    /// With `store.redis`: how long a replica's refresh lock lives unless
+    /// extended, in seconds (10 by default).
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub redis_lock_ttl: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +114,12 @@ pub fn main() -> ExitCode {
                 grace: args
                     .wechat_grace
                     .map_or(crate::account::schedule::WECHAT_GRACE, Duration::from_secs),
+                replica: crate::replica::ReplicaOptions {
+                    lock_ttl: args
+                        .redis_lock_ttl
+                        .map_or(crate::replica::DEFAULT_LOCK_TTL, Duration::from_secs),
+                    ..Default::default()
+                },
                 ..BuildOptions::default()
             };
             run_async(async move {

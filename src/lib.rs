@@ -12,6 +12,7 @@ pub mod domain;
 pub mod metrics;
 pub mod registry;
 pub mod reload;
+pub mod replica;
 pub mod simulator;
 pub mod startup;
 pub mod store;

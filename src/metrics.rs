@@ -38,6 +38,8 @@ pub struct Metrics {
     pub account_config_error: IntGaugeVec,
     /// 1 when every enabled account has a usable token (what `/readyz` says).
     pub ready: IntGauge,
+    /// With `store.redis`: 1 while Redis answers, 0 while it does not.
+    pub redis_up: IntGauge,
     /// Token store writes that failed (disk full, I/O error, Redis down).
     pub store_write_errors: IntCounterVec,
     /// Configuration reloads by result (`ok`, `error`).
@@ -236,6 +238,14 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            redis_up: reg(
+                &r,
+                IntGauge::new(
+                    "wxtoken_redis_up",
+                    "1 while the shared store (Redis) answers, 0 while it does not (always 1 without store.redis).",
+                )
+                .expect("valid metric"),
+            ),
             store_write_errors: reg(
                 &r,
                 IntCounterVec::new(
@@ -269,6 +279,7 @@ impl Metrics {
             registry: r,
         };
         m.config_last_reload_successful.set(1);
+        m.redis_up.set(1);
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
         }
@@ -280,6 +291,7 @@ impl Metrics {
         }
         for api in crate::wechat::ApiName::ALL {
             m.upstream_duration.with_label_values(&[api.as_str()]);
+            m.upstream_requests.with_label_values(&[api.as_str(), "ok"]);
         }
         m
     }

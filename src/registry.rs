@@ -132,6 +132,14 @@ pub struct ApplySummary {
     pub unchanged: usize,
 }
 
+/// Hand a token fetched by another replica to the account's actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RouteAdopt {
+    pub appid: AppId,
+    pub token: crate::store::StoredToken,
+}
+
 /// Stop every account actor (shutdown).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -430,6 +438,16 @@ impl Handler<Exited> for Registry {
             .is_some_and(|m| m.incarnation == msg.incarnation)
         {
             self.restart(&msg.appid);
+        }
+    }
+}
+
+impl Handler<RouteAdopt> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouteAdopt, _: &mut Self::Context) {
+        if let Some(member) = self.members.get(&msg.appid) {
+            member.addr.do_send(crate::account::Adopt(msg.token));
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{Apply, Directory, Registry, StopAll};
 use crate::reload::{ReloadSource, Reloader};
+use crate::replica::{ReplicaOptions, Shared};
 use crate::store::{RedbStore, Storage, StoreError, StoreWriter, move_aside};
 use crate::wechat::{TokenSource, WechatClient};
 
@@ -57,6 +58,8 @@ pub struct BuildOptions {
     /// When the store file is unreadable or corrupt, move it aside
     /// (`PATH.broken-<unix>`) and start with an empty one instead of failing.
     pub reset_store: bool,
+    /// Lock and polling timings of replicas sharing Redis (`store.redis`).
+    pub replica: ReplicaOptions,
 }
 
 impl Default for BuildOptions {
@@ -69,6 +72,7 @@ impl Default for BuildOptions {
             reload: None,
             store: None,
             reset_store: false,
+            replica: ReplicaOptions::default(),
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct AppState {
     pub reloader: Option<Reloader>,
     /// Writes account state to the token store.
     pub store: StoreWriter,
+    /// The shared Redis of replicas (`store.redis`), if configured.
+    pub shared: Option<Shared>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -152,9 +158,27 @@ impl Application {
                     .context("could not set up the WeChat client")?,
             ),
         };
-        let storage = match options.store {
-            Some(storage) => storage,
-            None => Arc::new(open_store(&config, options.reset_store)?),
+        let shared = match &config.store.redis {
+            Some(url) => Some(
+                Shared::connect(
+                    url,
+                    &config.store.redis_prefix,
+                    options.replica.clone(),
+                    metrics.clone(),
+                    options.clock.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let upstream: Arc<dyn TokenSource> = match &shared {
+            Some(shared) => Arc::new(shared.leader(upstream)),
+            None => upstream,
+        };
+        let storage: Arc<dyn Storage> = match (options.store, &shared) {
+            (Some(storage), _) => storage,
+            (None, Some(shared)) => Arc::new(shared.store()),
+            (None, None) => Arc::new(open_store(&config, options.reset_store)?),
         };
         let stored = storage
             .load_all()
@@ -204,6 +228,10 @@ impl Application {
             .send(Apply(config.accounts.clone()))
             .await
             .context("the account registry did not start")?;
+        if let Some(shared) = &shared {
+            shared.spawn_tasks(registry.clone(), directory.clone());
+            tracing::info!(redis = %shared.address(), prefix = %config.store.redis_prefix, "sharing tokens and refresh leadership through Redis");
+        }
         let reloader = options.reload.map(|source| {
             Reloader::new(
                 source,
@@ -223,6 +251,7 @@ impl Application {
             clock: options.clock,
             reloader,
             store,
+            shared,
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -281,11 +310,6 @@ impl Application {
 /// Opens the redb store at `store.path`; with `reset`, a corrupt file is
 /// moved aside first and an empty store created.
 fn open_store(config: &Config, reset: bool) -> anyhow::Result<RedbStore> {
-    if config.store.redis.is_some() {
-        tracing::warn!(
-            "store.redis is configured, but this version keeps tokens only in the local store file; Redis replicas are not supported yet"
-        );
-    }
     let path = &config.store.path;
     match RedbStore::open(path) {
         Ok(store) => Ok(store),

@@ -127,6 +127,12 @@ pub struct Exited {
     pub incarnation: u64,
 }
 
+/// A token another replica fetched (read from the shared store): served
+/// instead of the current one when it is newer.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Adopt(pub StoredToken);
+
 /// Panics inside the actor. Exists only so tests can prove that supervision
 /// survives a panic; nothing outside tests sends it.
 #[doc(hidden)]
@@ -279,6 +285,7 @@ impl AccountActor {
             secret: self.config.secret.clone(),
             mode,
             force_refresh: force && mode == Mode::Stable,
+            known: self.slot.token().map(|t| t.token.clone()),
         };
         let stale_retry = reason == Reason::StaleReport && mode == Mode::Stable && !force;
         let force_allowed = self.force_budget().is_ok();
@@ -299,6 +306,9 @@ impl AccountActor {
                 let _ = deps.store.put(base.clone()).await;
             }
             let mut result = deps.upstream.fetch(request.clone()).await;
+            if !reached_wechat(&result) {
+                calls -= 1;
+            }
             // Stable compare-and-refresh: the normal call may already bring the
             // newer token; force a rotation only if WeChat returned the reported one.
             if stale_retry {
@@ -318,18 +328,27 @@ impl AccountActor {
                             ..request
                         })
                         .await;
+                    if !reached_wechat(&result) {
+                        calls -= 1;
+                        forced = false;
+                    }
                 }
             }
             let mut same_token = false;
             let result = match result {
                 Ok(grant) => {
-                    let expires = started + grant.expires_in.as_millis() as i64;
+                    let expires = grant
+                        .shared
+                        .map_or(started + grant.expires_in.as_millis() as i64, |o| {
+                            o.expires_at_ms
+                        });
                     let previous = slot.token();
                     same_token = previous
                         .as_ref()
                         .is_some_and(|p| p.token == grant.access_token);
-                    let fetched_at = match &previous {
-                        Some(p) if same_token => p.fetched_at_ms,
+                    let fetched_at = match (&previous, grant.shared) {
+                        (Some(p), _) if same_token => p.fetched_at_ms,
+                        (_, Some(origin)) => origin.fetched_at_ms,
                         _ => started,
                     };
                     let next =
@@ -759,6 +778,46 @@ impl Handler<Refresh> for AccountActor {
     }
 }
 
+impl Handler<Adopt> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, Adopt(t): Adopt, ctx: &mut Self::Context) {
+        if !self.config.enabled {
+            return;
+        }
+        let now = self.now_ms();
+        if t.expires_at_ms <= now {
+            return;
+        }
+        if let Some(current) = self.slot.token()
+            && (current.token == t.token || current.fetched_at_ms >= t.fetched_at_ms)
+        {
+            return;
+        }
+        let record = Arc::new(TokenRecord {
+            token: t.token,
+            mode: self.config.mode,
+            fetched_at_ms: t.fetched_at_ms,
+            expires_at_ms: t.expires_at_ms,
+            serve_until_ms: t.expires_at_ms,
+        });
+        self.slot.publish(record.clone());
+        tracing::info!(appid = %self.config.appid, token = %record.token, "adopted the token another replica fetched");
+        self.publish_token_metrics(&record);
+        self.failures = 0;
+        self.deps
+            .metrics
+            .set_config_error(self.config.appid.as_str(), None);
+        if self.inflight.is_none() {
+            self.update_status(|s| {
+                s.state = State::Ready;
+                s.last_error = None;
+            });
+            self.schedule_from(ctx, &record, false);
+        }
+    }
+}
+
 impl Handler<Shutdown> for AccountActor {
     type Result = ();
 
@@ -814,5 +873,15 @@ pub fn stored_account(
         calls_day: status.calls_day,
         calls_today: status.calls_today,
         forces: status.forces.clone(),
+    }
+}
+
+/// False when a fetch answered without calling WeChat: a token another
+/// replica fetched, or no lock to call with.
+fn reached_wechat(result: &Result<crate::wechat::TokenGrant, UpstreamError>) -> bool {
+    match result {
+        Ok(grant) => grant.shared.is_none(),
+        Err(UpstreamError::Coordination { .. }) => false,
+        Err(_) => true,
     }
 }

@@ -36,9 +36,18 @@ struct NotReady<'a> {
 }
 
 /// `GET /readyz`: 200 `{"status":"ready","accounts":N}` when every enabled
-/// account has a usable token; else 503 `not_ready` with a `not_ready` list of
-/// `{appid, state, errcode}`.
+/// account has a usable token (and, with `store.redis`, Redis answers); else
+/// 503 `not_ready` with a `not_ready` list of `{appid, state, errcode}`.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(shared) = &state.shared
+        && !shared.is_up()
+    {
+        let error = ApiError::not_ready(format!(
+            "the shared store (Redis at {}) is unreachable; held tokens are served while valid, but nothing is refreshed until it is back",
+            shared.address()
+        ));
+        return error.respond_with(error.body_json(None));
+    }
     let now_ms = state.clock.now_unix_ms();
     let missing = state.directory.not_ready(now_ms);
     if missing.is_empty() {

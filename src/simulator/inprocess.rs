@@ -117,6 +117,7 @@ impl InProcess {
             Ok(issued) => Ok(TokenGrant {
                 access_token: AccessToken::new(issued.value),
                 expires_in: Duration::from_secs(issued.expires_in.max(0) as u64),
+                shared: None,
             }),
             Err(e) => Err(UpstreamError::Api {
                 api: api_name,

@@ -36,7 +36,7 @@
 //! - **The token value never appears in a log line or an error message.**
 
 mod memory;
-mod record;
+pub(crate) mod record;
 mod redb;
 mod writer;
 

@@ -38,7 +38,7 @@ struct TokenV1 {
 }
 
 /// The bytes stored for `account` (its appid is the key, not part of the value).
-pub(super) fn encode(account: &StoredAccount) -> Vec<u8> {
+pub(crate) fn encode(account: &StoredAccount) -> Vec<u8> {
     let record = RecordV1 {
         v: VERSION,
         mode: account.mode.as_str().to_string(),
@@ -59,7 +59,7 @@ pub(super) fn encode(account: &StoredAccount) -> Vec<u8> {
 
 /// Decodes the record stored under `key`; the error says why in words that
 /// never quote the record.
-pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<StoredAccount, String> {
+pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<StoredAccount, String> {
     let appid = AppId::parse(key).map_err(|e| format!("the key is not a valid appid: {e}"))?;
     let version: Version = serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))?;
     if version.v != VERSION {

@@ -88,6 +88,8 @@ impl StoreWriter {
     /// [`StoreError::WriterStopped`].
     pub fn start(storage: Arc<dyn Storage>, metrics: Metrics) -> StoreWriter {
         let kind = storage.kind();
+        // The error counter exists at 0 from start, so rate() sees the first error.
+        metrics.store_write_errors.with_label_values(&[kind]);
         let (tx, rx) = mpsc::channel();
         let thread_metrics = metrics.clone();
         let spawned = std::thread::Builder::new()
@@ -109,6 +111,7 @@ impl StoreWriter {
     /// [`MemoryStore`](super::MemoryStore)): tests on tokio's paused clock use
     /// it, because awaiting another thread lets the paused clock jump ahead.
     pub fn inline(storage: Arc<dyn Storage>, metrics: Metrics) -> StoreWriter {
+        metrics.store_write_errors.with_label_values(&[storage.kind()]);
         let (tx, _) = mpsc::channel();
         StoreWriter {
             tx,

@@ -50,6 +50,10 @@ pub enum UpstreamError {
     /// A 200 answer that is not the JSON WeChat documents.
     #[error("wechat {api} sent an answer that could not be understood: {detail}")]
     Decode { api: ApiName, detail: String },
+    /// WeChat was not called: the shared store that decides which replica
+    /// refreshes (Redis) could not be used. Never a reason to call anyway.
+    #[error("wechat {api} was not called: {detail}")]
+    Coordination { api: ApiName, detail: String },
 }
 
 /// What the caller should do after an [`UpstreamError`].
@@ -98,7 +102,8 @@ impl UpstreamError {
             | UpstreamError::Timeout { api, .. }
             | UpstreamError::Connect { api, .. }
             | UpstreamError::Http { api, .. }
-            | UpstreamError::Decode { api, .. } => *api,
+            | UpstreamError::Decode { api, .. }
+            | UpstreamError::Coordination { api, .. } => *api,
         }
     }
 
@@ -126,6 +131,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect".to_string(),
             UpstreamError::Http { status, .. } => format!("http_{status}"),
             UpstreamError::Decode { .. } => "decode".to_string(),
+            UpstreamError::Coordination { .. } => "coordination".to_string(),
         }
     }
 

@@ -74,6 +74,17 @@ pub struct TokenGrant {
     pub access_token: AccessToken,
     /// The lifetime WeChat announced, counted from the answer.
     pub expires_in: Duration,
+    /// Set when the token was not fetched by this call but taken from the
+    /// shared store (another replica fetched it): its real fetch time and
+    /// expiry, Unix ms.
+    pub shared: Option<SharedOrigin>,
+}
+
+/// When a token taken from the shared store was fetched and expires (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedOrigin {
+    pub fetched_at_ms: i64,
+    pub expires_at_ms: i64,
 }
 
 /// A JS-SDK ticket as WeChat granted it.
@@ -377,6 +388,7 @@ fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError
     Ok(TokenGrant {
         access_token: AccessToken::new(token),
         expires_in: positive_expiry(api, answer.expires_in)?,
+        shared: None,
     })
 }
 
@@ -433,6 +445,10 @@ pub struct FetchRequest {
     pub mode: crate::domain::Mode,
     /// Stable mode only: ask WeChat to rotate now.
     pub force_refresh: bool,
+    /// The token the account holds now: a replicated source that finds a
+    /// different, newer token in the shared store returns that one instead
+    /// of calling WeChat.
+    pub known: Option<AccessToken>,
 }
 
 /// Where account actors get tokens from: WeChat over HTTP ([`WechatClient`])

@@ -1,0 +1,565 @@
+//! Several replicas, one refresher: the shared Redis store and per-account
+//! refresh leadership.
+//!
+//! Owns: the key layout ([`Keys`]), the [`Leader`] token source (wraps the
+//! WeChat client: lock, re-read, fetch, fenced write, release), the follower
+//! task (pub/sub plus polling: adopt tokens other replicas fetched) and the
+//! health task (`wxtoken_redis_up`, readiness).
+//!
+//! Protocol for one refresh of account A by replica R:
+//! 1. If the shared token of A differs from the one R holds, take it: no call.
+//! 2. `SET P:lock:A <holder> NX PX <ttl>`; if another replica holds it, wait
+//!    (polling) until the shared token changes or the lock is free.
+//! 3. Holding the lock, re-read the shared token (another replica may just
+//!    have refreshed): if it changed, release and take it.
+//! 4. Call WeChat; a keep-alive extends the lock (compare-and-`PEXPIRE`)
+//!    while the call runs.
+//! 5. Write the new token with the fencing script: only if R still holds the
+//!    lock and the token is newer than the stored one; it also publishes the
+//!    appid on `P:updates`.
+//! 6. Release with compare-and-delete.
+//!
+//! Invariants: no replica calls WeChat for an account without holding its
+//! lock (an unreachable Redis means no call, [`UpstreamError::Coordination`]);
+//! a stored token only moves forward; tokens held in memory keep being served
+//! while Redis is down, but `/readyz` says not ready.
+
+mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::Addr;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
+
+pub use store::RedisStore;
+use store::{SharedToken, describe};
+
+use crate::clock::Clock;
+use crate::domain::{AppId, Mode};
+use crate::metrics::Metrics;
+use crate::registry::{Directory, Registry, RouteAdopt};
+use crate::wechat::{ApiName, FetchRequest, SharedOrigin, TokenGrant, TokenSource, UpstreamError};
+
+/// How long a refresh lock lives unless extended.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How often followers re-read every shared token (the pub/sub fallback).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the health task pings Redis.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a replica waiting for another's lock looks again.
+const WAIT_STEP: Duration = Duration::from_millis(50);
+
+/// The Redis key layout under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// `P:token:<appid>`: the current token (fenced writes only).
+    pub fn token(&self, appid: &AppId) -> String {
+        format!("{}:token:{appid}", self.prefix)
+    }
+    /// `P:state:<appid>`: counters and write-ahead intent.
+    pub fn state(&self, appid: &AppId) -> String {
+        format!("{}:state:{appid}", self.prefix)
+    }
+    /// `P:lock:<appid>`: the refresh lock; the value is the holder id.
+    pub fn lock(&self, appid: &AppId) -> String {
+        format!("{}:lock:{appid}", self.prefix)
+    }
+    /// `P:accounts`: the set of stored appids.
+    pub fn accounts(&self) -> String {
+        format!("{}:accounts", self.prefix)
+    }
+    /// `P:updates`: the pub/sub channel a new token's appid is published on.
+    pub fn updates(&self) -> String {
+        format!("{}:updates", self.prefix)
+    }
+}
+
+/// How replicas share Redis.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    pub lock_ttl: Duration,
+    pub poll_interval: Duration,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            lock_ttl: DEFAULT_LOCK_TTL,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+/// The connection to the shared Redis and what every part needs of it.
+#[derive(Clone)]
+pub struct Shared {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    /// This process's unique id (lock holder ids start with it).
+    replica_id: Arc<str>,
+    next_holder: Arc<AtomicU64>,
+    up: Arc<AtomicBool>,
+    options: ReplicaOptions,
+    metrics: Metrics,
+    clock: Clock,
+    /// `host:port` of Redis, for messages (never the password).
+    address: Arc<str>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("address", &self.address)
+            .field("prefix", &self.keys.prefix)
+            .field("replica", &self.replica_id)
+            .finish_non_exhaustive()
+    }
+}
+
+const FENCED_WRITE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  local ok, c = pcall(cjson.decode, cur)
+  if ok and type(c) == 'table' and tonumber(c.fetched_at_ms) and tonumber(c.fetched_at_ms) >= tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[4])
+return 1
+"#;
+
+const EXTEND: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+impl Shared {
+    /// Connects to Redis at `url`. Errors (naming host and port, never the
+    /// password) when Redis cannot be reached.
+    pub async fn connect(
+        url: &secrecy::SecretString,
+        prefix: &str,
+        options: ReplicaOptions,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> anyhow::Result<Shared> {
+        let client = redis::Client::open(url.expose_secret()).map_err(|e| {
+            anyhow::anyhow!("store.redis is not a valid Redis URL: {}", describe(&e))
+        })?;
+        let info = client.get_connection_info();
+        let address = format!("{}", info.addr());
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the shared store at {address}: {}; start Redis or fix store.redis",
+                    describe(&e)
+                )
+            })?;
+        let replica_id: Arc<str> = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        )
+        .into();
+        metrics.redis_up.set(1);
+        Ok(Shared {
+            client,
+            conn,
+            keys: Keys::new(prefix),
+            replica_id,
+            next_holder: Arc::new(AtomicU64::new(1)),
+            up: Arc::new(AtomicBool::new(true)),
+            options,
+            metrics,
+            clock,
+            address: address.into(),
+        })
+    }
+
+    /// The blocking store on the same Redis.
+    pub fn store(&self) -> RedisStore {
+        RedisStore::new(
+            self.client.clone(),
+            self.keys.clone(),
+            self.address.to_string(),
+        )
+    }
+
+    /// True while the last health check reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    /// `host:port` of Redis.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Wraps `inner` so that it is only called under the account's lock.
+    pub fn leader(&self, inner: Arc<dyn TokenSource>) -> Leader {
+        Leader {
+            shared: self.clone(),
+            inner,
+        }
+    }
+
+    async fn read_token(&self, appid: &AppId) -> Result<Option<SharedToken>, String> {
+        let mut conn = self.conn.clone();
+        let bytes: Option<Vec<u8>> = conn
+            .get(self.keys.token(appid))
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(bytes.as_deref().and_then(SharedToken::decode))
+    }
+
+    async fn try_lock(&self, appid: &AppId, holder: &str) -> Result<bool, String> {
+        let mut conn = self.conn.clone();
+        let ttl = self.options.lock_ttl.as_millis() as u64;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.lock(appid))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(set.is_some())
+    }
+
+    async fn extend(&self, appid: &AppId, holder: &str) -> Result<bool, String> {
+        let mut conn = self.conn.clone();
+        let n: i64 = redis::Script::new(EXTEND)
+            .key(self.keys.lock(appid))
+            .arg(holder)
+            .arg(self.options.lock_ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, appid: &AppId, holder: &str) {
+        let mut conn = self.conn.clone();
+        let result: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(self.keys.lock(appid))
+            .arg(holder)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(appid = %appid, error = %describe(&e), "could not release the refresh lock; it expires by itself");
+        }
+    }
+
+    /// The fencing write: 1 written, 0 not newer, -1 the lock is not ours.
+    async fn write_token(
+        &self,
+        appid: &AppId,
+        holder: &str,
+        token: &SharedToken,
+    ) -> Result<i64, String> {
+        let mut conn = self.conn.clone();
+        redis::Script::new(FENCED_WRITE)
+            .key(self.keys.lock(appid))
+            .key(self.keys.token(appid))
+            .key(self.keys.accounts())
+            .arg(holder)
+            .arg(token.encode())
+            .arg(token.fetched_at_ms)
+            .arg(appid.as_str())
+            .arg(self.keys.updates())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| describe(&e))
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::SeqCst);
+        self.metrics.redis_up.set(i64::from(up));
+        if was && !up {
+            tracing::error!(redis = %self.address, "the shared store (Redis) is unreachable: serving held tokens while valid, no refresh until it is back");
+        } else if !was && up {
+            tracing::info!(redis = %self.address, "the shared store (Redis) is reachable again");
+        }
+    }
+
+    /// Starts the health task (pings, `wxtoken_redis_up`, log on change) and
+    /// the follower task (pub/sub with polling fallback) on the current
+    /// actix runtime. They end when the runtime stops.
+    pub fn spawn_tasks(&self, registry: Addr<Registry>, directory: Directory) {
+        let health = self.clone();
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+            loop {
+                tick.tick().await;
+                let mut conn = health.conn.clone();
+                let ok = redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok();
+                health.set_up(ok);
+            }
+        });
+        let follower = self.clone();
+        actix_rt::spawn(async move { follower.follow(registry, directory).await });
+    }
+
+    async fn follow(self, registry: Addr<Registry>, directory: Directory) {
+        let channel = self.keys.updates();
+        loop {
+            match self.client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        // Catch up on what was missed while not subscribed.
+                        self.poll_all(&registry, &directory).await;
+                        let mut messages = pubsub.on_message();
+                        let mut poll = tokio::time::interval(self.options.poll_interval);
+                        poll.tick().await;
+                        loop {
+                            tokio::select! {
+                                msg = messages.next() => match msg {
+                                    Some(msg) => {
+                                        if let Ok(id) = msg.get_payload::<String>()
+                                            && let Ok(appid) = AppId::parse(&id)
+                                        {
+                                            self.adopt(&registry, &directory, &appid).await;
+                                        }
+                                    }
+                                    None => break,
+                                },
+                                _ = poll.tick() => self.poll_all(&registry, &directory).await,
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %describe(&e), "cannot subscribe to token updates; retrying");
+                }
+            }
+            tokio::time::sleep(HEALTH_INTERVAL).await;
+        }
+    }
+
+    async fn poll_all(&self, registry: &Addr<Registry>, directory: &Directory) {
+        for slot in directory.all() {
+            self.adopt(registry, directory, &slot.appid).await;
+        }
+    }
+
+    /// Reads the shared token of `appid` and hands it to the account's actor
+    /// when it differs from the one served.
+    async fn adopt(&self, registry: &Addr<Registry>, directory: &Directory, appid: &AppId) {
+        let Some(slot) = directory.get(appid) else {
+            return;
+        };
+        let Ok(Some(shared)) = self.read_token(appid).await else {
+            return;
+        };
+        let held = slot.token();
+        if held.is_some_and(|t| {
+            t.token.expose() == shared.token || t.fetched_at_ms >= shared.fetched_at_ms
+        }) {
+            return;
+        }
+        if shared.expires_at_ms <= self.clock.now_unix_ms() {
+            return;
+        }
+        registry.do_send(RouteAdopt {
+            appid: appid.clone(),
+            token: shared.stored(),
+        });
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "wxtoken".to_string())
+}
+
+/// A [`TokenSource`] that calls its inner source only while holding the
+/// account's refresh lock in Redis (see the module doc for the protocol).
+#[derive(Clone)]
+pub struct Leader {
+    shared: Shared,
+    inner: Arc<dyn TokenSource>,
+}
+
+impl Leader {
+    fn coordination(api: ApiName, detail: String) -> UpstreamError {
+        UpstreamError::Coordination { api, detail }
+    }
+
+    /// The shared token as a grant, when it is not the one the caller holds.
+    fn newer(&self, shared: Option<SharedToken>, req: &FetchRequest) -> Option<TokenGrant> {
+        let shared = shared?;
+        let now = self.shared.clock.now_unix_ms();
+        if shared.expires_at_ms - now < 1_000 {
+            return None;
+        }
+        if req
+            .known
+            .as_ref()
+            .is_some_and(|k| k.expose() == shared.token)
+        {
+            return None;
+        }
+        Some(TokenGrant {
+            access_token: crate::domain::AccessToken::new(shared.token),
+            expires_in: Duration::from_millis((shared.expires_at_ms - now).max(0) as u64),
+            shared: Some(SharedOrigin {
+                fetched_at_ms: shared.fetched_at_ms,
+                expires_at_ms: shared.expires_at_ms,
+            }),
+        })
+    }
+
+    async fn fetch_under_lock(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
+        let api = match req.mode {
+            Mode::Legacy => ApiName::Token,
+            Mode::Stable => ApiName::StableToken,
+        };
+        let shared = &self.shared;
+        let appid = req.appid.clone();
+        let holder = format!(
+            "{}:{}",
+            shared.replica_id,
+            shared.next_holder.fetch_add(1, Ordering::SeqCst)
+        );
+        // Wait for the lock at most two lock lifetimes: by then a dead
+        // holder's lock has expired.
+        let give_up =
+            tokio::time::Instant::now() + shared.options.lock_ttl * 2 + Duration::from_secs(1);
+        loop {
+            let current = shared.read_token(&appid).await.map_err(|e| {
+                Self::coordination(
+                    api,
+                    format!("the shared store is unreachable ({e}); no refresh without the lock"),
+                )
+            })?;
+            if let Some(grant) = self.newer(current, &req) {
+                return Ok(grant);
+            }
+            match shared.try_lock(&appid, &holder).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(Self::coordination(
+                        api,
+                        format!(
+                            "the shared store is unreachable ({e}); no refresh without the lock"
+                        ),
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(Self::coordination(
+                    api,
+                    "another replica has held this account's refresh lock too long".to_string(),
+                ));
+            }
+            tokio::time::sleep(WAIT_STEP).await;
+        }
+
+        // Holding the lock: another replica may just have refreshed.
+        match shared.read_token(&appid).await {
+            Ok(current) => {
+                if let Some(grant) = self.newer(current, &req) {
+                    shared.release(&appid, &holder).await;
+                    return Ok(grant);
+                }
+            }
+            Err(e) => {
+                shared.release(&appid, &holder).await;
+                return Err(Self::coordination(
+                    api,
+                    format!("the shared store is unreachable ({e})"),
+                ));
+            }
+        }
+
+        let keeper = {
+            let shared = shared.clone();
+            let appid = appid.clone();
+            let holder = holder.clone();
+            let every = shared.options.lock_ttl / 3;
+            actix_rt::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if !matches!(shared.extend(&appid, &holder).await, Ok(true)) {
+                        tracing::warn!(appid = %appid, "lost the refresh lock while fetching");
+                        return;
+                    }
+                }
+            })
+        };
+        let started = shared.clock.now_unix_ms();
+        let result = self.inner.fetch(req.clone()).await;
+        keeper.abort();
+        if let Ok(grant) = &result {
+            let token = SharedToken {
+                token: grant.access_token.expose().to_string(),
+                mode: req.mode.as_str().to_string(),
+                fetched_at_ms: started,
+                expires_at_ms: started + grant.expires_in.as_millis() as i64,
+            };
+            match shared.write_token(&appid, &holder, &token).await {
+                Ok(1) | Ok(0) => {}
+                Ok(_) => {
+                    tracing::warn!(appid = %appid, "the refresh lock expired before the new token was written; another replica may refresh too")
+                }
+                Err(e) => {
+                    tracing::error!(appid = %appid, error = %e, "could not write the new token to the shared store")
+                }
+            }
+        }
+        shared.release(&appid, &holder).await;
+        result
+    }
+}
+
+impl TokenSource for Leader {
+    fn fetch(&self, req: FetchRequest) -> BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
+        let this = self.clone();
+        Box::pin(async move { this.fetch_under_lock(req).await })
+    }
+}
