@@ -111,7 +111,9 @@ impl StoreWriter {
     /// [`MemoryStore`](super::MemoryStore)): tests on tokio's paused clock use
     /// it, because awaiting another thread lets the paused clock jump ahead.
     pub fn inline(storage: Arc<dyn Storage>, metrics: Metrics) -> StoreWriter {
-        metrics.store_write_errors.with_label_values(&[storage.kind()]);
+        metrics
+            .store_write_errors
+            .with_label_values(&[storage.kind()]);
         let (tx, _) = mpsc::channel();
         StoreWriter {
             tx,
