@@ -34,6 +34,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         });
     }
     config.upstream.base_urls = vec![Url::parse(&sim.base_url())?];
+    config.upstream.wecom_base_urls = vec![Url::parse(&sim.base_url())?];
 
     let key: String = rand::rng()
         .sample_iter(&Alphanumeric)
@@ -64,23 +65,33 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .filter(|a| a.enabled)
         .map(|a| a.appid.to_string())
         .collect();
+    let with_jsapi = config
+        .accounts
+        .iter()
+        .find(|a| a.enabled && a.tickets.contains(&crate::domain::TicketKind::Jsapi))
+        .map(|a| a.appid.to_string());
     let app = Application::build(config, BuildOptions::default()).await?;
     let addr = app.addr();
     let state = app.state();
     let server = actix_web::rt::spawn(app.run_until_stopped());
 
-    // Wait (bounded) until every enabled account has a token, so the lines below work at once.
+    // Wait (bounded) until every enabled account has its token and tickets,
+    // so the lines below work at once.
     for _ in 0..100 {
-        if state
-            .directory
-            .not_ready(state.clock.now_unix_ms())
-            .is_empty()
-        {
+        let now = state.clock.now_unix_ms();
+        let tickets_ready = state.directory.all().iter().all(|slot| {
+            !slot.enabled
+                || slot.ticket_kinds.iter().all(|k| {
+                    slot.ticket(*k)
+                        .is_some_and(|t| t.usable_secs(now).is_some())
+                })
+        });
+        if state.directory.not_ready(now).is_empty() && tickets_ready {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    print_guide(&sim, addr, &key, &accounts);
+    print_guide(&sim, addr, &key, &accounts, with_jsapi.as_deref());
     let result = server.await;
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&demo_dir);
@@ -89,7 +100,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .context("the server stopped with an error")
 }
 
-fn print_guide(sim: &Simulator, addr: SocketAddr, key: &str, accounts: &[String]) {
+fn print_guide(
+    sim: &Simulator,
+    addr: SocketAddr,
+    key: &str,
+    accounts: &[String],
+    with_jsapi: Option<&str>,
+) {
     let base = format!("http://{addr}");
     let auth = format!("-H 'Authorization: Bearer {key}'");
     let first = accounts
@@ -125,6 +142,14 @@ fn print_guide(sim: &Simulator, addr: SocketAddr, key: &str, accounts: &[String]
         "  curl -s \"{}/cgi-bin/getcallbackip?access_token=$TOKEN\"",
         sim.base_url()
     );
+    if let Some(appid) = with_jsapi {
+        println!();
+        println!("  # the JS-SDK ticket of an account, and a wx.config signature for a page");
+        println!("  curl -s {auth} {base}/v1/ticket/{appid}/jsapi");
+        println!(
+            "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"url\":\"https://shop.example.com/pay?order=42\"}}' {base}/v1/ticket/{appid}/jsapi/signature"
+        );
+    }
     println!();
     println!("  # every account's state (admin), readiness, metrics");
     println!("  curl -s {auth} {base}/v1/accounts");

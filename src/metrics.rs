@@ -30,6 +30,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub actor_restarts: IntCounterVec,
+    /// When each JS-SDK ticket expires (Unix seconds).
+    pub ticket_expiry: GaugeVec,
+    /// Ticket fetches by result.
+    pub ticket_refreshes: IntCounterVec,
     /// 1 for the state each account is in, 0 for the others.
     pub account_state: IntGaugeVec,
     /// 1 while an account's last failure is a configuration error (wrong
@@ -208,6 +212,28 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            ticket_expiry: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "wxtoken_ticket_expiry_timestamp_seconds",
+                        "When each JS-SDK ticket (jsapi, wx_card) expires, Unix seconds.",
+                    ),
+                    &["appid", "type"],
+                )
+                .expect("valid metric"),
+            ),
+            ticket_refreshes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_ticket_refreshes_total",
+                        "JS-SDK ticket fetches by account, type and result (ok, error).",
+                    ),
+                    &["appid", "type", "result"],
+                )
+                .expect("valid metric"),
+            ),
             account_state: reg(
                 &r,
                 IntGaugeVec::new(
@@ -371,6 +397,14 @@ impl Metrics {
         let _ = self.next_refresh.remove_label_values(&[appid]);
         for state in ACCOUNT_STATES {
             let _ = self.account_state.remove_label_values(&[appid, state]);
+        }
+        for kind in ["jsapi", "wx_card"] {
+            let _ = self.ticket_expiry.remove_label_values(&[appid, kind]);
+            for result in ["ok", "error"] {
+                let _ = self
+                    .ticket_refreshes
+                    .remove_label_values(&[appid, kind, result]);
+            }
         }
         self.clear_config_error(appid);
     }

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::account::slot::{AccountSlot, TokenRecord};
+use crate::account::slot::{AccountSlot, TicketRecord, TokenRecord};
 use crate::account::{
     AccountActor, Crash, Deps, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown,
 };
@@ -132,6 +132,15 @@ pub struct ApplySummary {
     pub unchanged: usize,
 }
 
+/// Route a ticket compare-and-refresh to the account's actor.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::account::TicketOutcome, RefreshError>")]
+pub struct RouteTicketRefresh {
+    pub appid: AppId,
+    pub kind: crate::domain::TicketKind,
+    pub stale: Option<AccessToken>,
+}
+
 /// Hand a token fetched by another replica to the account's actor.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -198,11 +207,12 @@ impl Registry {
 
     /// A fresh slot for `config`, filled from the store when it holds this account.
     fn new_slot(&mut self, config: &AccountConfig) -> Arc<AccountSlot> {
-        let slot = Arc::new(AccountSlot::new(
+        let slot = Arc::new(AccountSlot::with_tickets(
             config.appid.clone(),
             config.name.clone(),
             config.mode,
             config.enabled,
+            config.tickets.clone(),
         ));
         if let Some(stored) = self.restored.remove(&config.appid)
             && stored.mode == config.mode
@@ -306,6 +316,15 @@ fn restore(slot: &AccountSlot, stored: StoredAccount, grace: Duration) {
             serve_until_ms: serve_until,
         }));
     }
+    for t in stored.tickets {
+        slot.publish_ticket(Arc::new(TicketRecord {
+            kind: t.kind,
+            ticket: t.ticket,
+            fetched_at_ms: t.fetched_at_ms,
+            expires_at_ms: t.expires_at_ms,
+            serve_until_ms: t.serve_until_ms,
+        }));
+    }
     let mut status = (*slot.status()).clone();
     status.calls_day = stored.calls_day;
     status.calls_today = stored.calls_today;
@@ -320,6 +339,8 @@ fn same_account(a: &AccountConfig, b: &AccountConfig) -> bool {
         && a.name == b.name
         && a.mode == b.mode
         && a.enabled == b.enabled
+        && a.kind == b.kind
+        && a.tickets == b.tickets
         && a.secret.expose_secret() == b.secret.expose_secret()
 }
 
@@ -363,11 +384,12 @@ impl Handler<Apply> for Registry {
                 Some(member) if same_account(&member.config, config) => summary.unchanged += 1,
                 Some(member) => {
                     member.addr.do_send(Shutdown);
-                    let slot = Arc::new(AccountSlot::new(
+                    let slot = Arc::new(AccountSlot::with_tickets(
                         config.appid.clone(),
                         config.name.clone(),
                         config.mode,
                         config.enabled,
+                        config.tickets.clone(),
                     ));
                     if let Some(token) = member.slot.token().filter(|t| t.mode == config.mode) {
                         slot.publish(token);
@@ -439,6 +461,21 @@ impl Handler<Exited> for Registry {
         {
             self.restart(&msg.appid);
         }
+    }
+}
+
+impl Handler<RouteTicketRefresh> for Registry {
+    type Result = ResponseFuture<Result<crate::account::TicketOutcome, RefreshError>>;
+
+    fn handle(&mut self, msg: RouteTicketRefresh, _: &mut Self::Context) -> Self::Result {
+        let Some(member) = self.members.get(&msg.appid) else {
+            return Box::pin(async { Err(RefreshError::UnknownAccount) });
+        };
+        let request = member.addr.send(crate::account::TicketRefresh {
+            kind: msg.kind,
+            stale: msg.stale,
+        });
+        Box::pin(async move { request.await.unwrap_or(Err(RefreshError::Unavailable)) })
     }
 }
 

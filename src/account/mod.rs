@@ -17,6 +17,7 @@
 pub mod schedule;
 pub mod slot;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +27,12 @@ use futures::future::{LocalBoxFuture, Shared};
 
 use crate::clock::{Clock, china_day};
 use crate::config::AccountConfig;
-use crate::domain::{AccessToken, Mode};
+use crate::domain::{AccessToken, Mode, TicketKind};
 use crate::metrics::Metrics;
-use crate::store::{StoreWriter, StoredAccount, StoredToken};
+use crate::store::{StoreWriter, StoredAccount, StoredTicket, StoredToken};
 use crate::wechat::{Decision, FetchRequest, TokenSource, UpstreamError};
 use schedule::Policy;
-use slot::{AccountSlot, AccountStatus, LastError, State, TokenRecord};
+use slot::{AccountSlot, AccountStatus, LastError, State, TicketRecord, TokenRecord};
 
 /// WeChat allows this many stable `force_refresh` calls per China-time day.
 pub const FORCE_DAILY_LIMIT: usize = 20;
@@ -76,6 +77,8 @@ pub enum RefreshError {
     UnknownAccount,
     #[error("the account's refresher stopped unexpectedly; it is being restarted")]
     Unavailable,
+    #[error("the account has no {} ticket configured", .0.as_str())]
+    UnknownTicket(TicketKind),
 }
 
 /// The answer to a refresh request.
@@ -141,6 +144,34 @@ pub struct Adopt(pub StoredToken);
 pub struct Crash;
 
 type SharedRefresh = Shared<LocalBoxFuture<'static, Result<Arc<TokenRecord>, RefreshError>>>;
+type SharedTicket = Shared<LocalBoxFuture<'static, Result<Arc<TicketRecord>, RefreshError>>>;
+
+/// A ticket fetch this actor spawned has finished (internal).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct TicketFinished {
+    kind: TicketKind,
+    result: Result<Arc<TicketRecord>, RefreshError>,
+}
+
+/// Compare-and-refresh of a JS-SDK ticket (`stale` set), or a plain refresh.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TicketOutcome, RefreshError>")]
+pub struct TicketRefresh {
+    pub kind: TicketKind,
+    pub stale: Option<AccessToken>,
+}
+
+/// The answer to a ticket refresh.
+#[derive(Debug, Clone)]
+pub struct TicketOutcome {
+    pub record: Arc<TicketRecord>,
+    /// True when the caller gets a different ticket than the one it reported.
+    pub refreshed: bool,
+}
+
+/// A ticket reported stale is refetched at most this often.
+pub const TICKET_STALE_MIN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What an account actor needs from the rest of the process.
 #[derive(Clone)]
@@ -165,6 +196,9 @@ pub struct AccountActor {
     last_stale_fetch_ms: Option<i64>,
     /// Told when this actor ends without a [`Shutdown`].
     supervisor: Option<(Recipient<Exited>, u64)>,
+    ticket_inflight: HashMap<TicketKind, SharedTicket>,
+    ticket_timers: HashMap<TicketKind, SpawnHandle>,
+    ticket_failures: HashMap<TicketKind, u32>,
     shutting_down: bool,
 }
 
@@ -182,6 +216,9 @@ impl AccountActor {
             timer: None,
             last_stale_fetch_ms: None,
             supervisor: None,
+            ticket_inflight: HashMap::new(),
+            ticket_timers: HashMap::new(),
+            ticket_failures: HashMap::new(),
             shutting_down: false,
         }
     }
@@ -225,11 +262,24 @@ impl AccountActor {
 
     /// What the store keeps of this account now.
     fn stored(&self) -> StoredAccount {
-        stored_account(
+        let mut stored = stored_account(
             &self.config,
             self.slot.token().as_deref(),
             &self.slot.status(),
-        )
+        );
+        stored.tickets = self
+            .slot
+            .tickets()
+            .iter()
+            .map(|t| StoredTicket {
+                kind: t.kind,
+                ticket: t.ticket.clone(),
+                fetched_at_ms: t.fetched_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                serve_until_ms: t.serve_until_ms,
+            })
+            .collect();
+        stored
     }
 
     /// Queues the account's current state for the store (ordered, not awaited).
@@ -280,14 +330,22 @@ impl AccountActor {
         let deps = self.deps.clone();
         let slot = self.slot.clone();
         let mode = self.config.mode;
+        let wecom_corpid = match &self.config.kind {
+            crate::config::AccountKind::Wecom { corpid, .. } => Some(corpid.clone()),
+            crate::config::AccountKind::Wechat => None,
+        };
         let request = FetchRequest {
             appid: self.config.appid.clone(),
             secret: self.config.secret.clone(),
             mode,
-            force_refresh: force && mode == Mode::Stable,
+            force_refresh: force && mode == Mode::Stable && wecom_corpid.is_none(),
             known: self.slot.token().map(|t| t.token.clone()),
+            wecom_corpid: wecom_corpid.clone(),
         };
-        let stale_retry = reason == Reason::StaleReport && mode == Mode::Stable && !force;
+        let stale_retry = reason == Reason::StaleReport
+            && mode == Mode::Stable
+            && !force
+            && request.wecom_corpid.is_none();
         let force_allowed = self.force_budget().is_ok();
         let may_rotate = mode == Mode::Legacy || request.force_refresh || stale_retry;
         let started = self.now_ms();
@@ -402,6 +460,111 @@ impl AccountActor {
         actix_rt::spawn(shared.clone().map(|_| ()));
         self.inflight = Some(shared.clone());
         shared
+    }
+
+    /// Fetches the ticket of `kind` with the current token, or shares the
+    /// fetch in flight. The ticket is published before anyone gets it.
+    fn start_ticket(&mut self, ctx: &mut Context<Self>, kind: TicketKind) -> SharedTicket {
+        if let Some(inflight) = self.ticket_inflight.get(&kind) {
+            return inflight.clone();
+        }
+        if let Some(handle) = self.ticket_timers.remove(&kind) {
+            ctx.cancel_future(handle);
+        }
+        let now = self.now_ms();
+        let token = self.slot.token().filter(|t| t.usable_secs(now).is_some());
+        let deps = self.deps.clone();
+        let slot = self.slot.clone();
+        let addr = ctx.address();
+        let task = async move {
+            let Some(token) = token else {
+                return TicketFinished {
+                    kind,
+                    result: Err(RefreshError::NoToken),
+                };
+            };
+            let started = deps.clock.now_unix_ms();
+            let result = match deps.upstream.fetch_ticket(token.token.clone(), kind).await {
+                Ok(grant) => {
+                    let expires = started + grant.expires_in.as_millis() as i64;
+                    let record = Arc::new(TicketRecord {
+                        kind,
+                        ticket: grant.ticket,
+                        fetched_at_ms: started,
+                        expires_at_ms: expires,
+                        // Never past the token it was fetched with.
+                        serve_until_ms: expires.min(token.serve_until_ms),
+                    });
+                    slot.publish_ticket(record.clone());
+                    Ok(record)
+                }
+                Err(e) => Err(RefreshError::Upstream(e)),
+            };
+            TicketFinished { kind, result }
+        };
+        let handle = actix_rt::spawn(task);
+        let shared: SharedTicket = async move {
+            match handle.await {
+                Ok(finished) => {
+                    let result = finished.result.clone();
+                    addr.do_send(finished);
+                    result
+                }
+                Err(_) => Err(RefreshError::Unavailable),
+            }
+        }
+        .boxed_local()
+        .shared();
+        actix_rt::spawn(shared.clone().map(|_| ()));
+        self.ticket_inflight.insert(kind, shared.clone());
+        shared
+    }
+
+    /// Arms the refresh timer of the ticket of `kind` for `at_ms`.
+    fn schedule_ticket(&mut self, ctx: &mut Context<Self>, kind: TicketKind, at_ms: i64) {
+        if let Some(handle) = self.ticket_timers.remove(&kind) {
+            ctx.cancel_future(handle);
+        }
+        let delay = Duration::from_millis((at_ms - self.now_ms()).max(0) as u64);
+        let handle = ctx.run_later(delay, move |act, ctx| {
+            act.ticket_timers.remove(&kind);
+            drop(act.start_ticket(ctx, kind));
+        });
+        self.ticket_timers.insert(kind, handle);
+    }
+
+    /// When to refetch a ticket: after 80% of its life, and 30 s before it
+    /// stops being served (its token's serve time may have moved).
+    fn ticket_plan(record: &TicketRecord, now: i64) -> i64 {
+        let life = record.expires_at_ms - record.fetched_at_ms;
+        let planned = record.fetched_at_ms + life * 4 / 5;
+        planned.min(record.serve_until_ms - 30_000).max(now + 1_000)
+    }
+
+    /// Makes every configured ticket current: all of them when the token
+    /// changed (`token_changed`), else the missing or unusable ones (the rest
+    /// keep or get their timer).
+    fn ensure_tickets(&mut self, ctx: &mut Context<Self>, token_changed: bool) {
+        let now = self.now_ms();
+        for kind in self.config.tickets.clone() {
+            match self.slot.ticket(kind) {
+                Some(t) if !token_changed && t.usable_secs(now).is_some() => {
+                    if !self.ticket_timers.contains_key(&kind)
+                        && !self.ticket_inflight.contains_key(&kind)
+                    {
+                        let at = Self::ticket_plan(&t, now);
+                        self.schedule_ticket(ctx, kind, at);
+                    }
+                }
+                _ => {
+                    if token_changed {
+                        // A fetch with the old token may be in flight; start anew.
+                        self.ticket_inflight.remove(&kind);
+                    }
+                    drop(self.start_ticket(ctx, kind));
+                }
+            }
+        }
     }
 
     /// Ok when a stable `force_refresh` is allowed now; else how long to wait.
@@ -577,6 +740,7 @@ impl Actor for AccountActor {
                         self.schedule_from(ctx, &record, false);
                     }
                 }
+                self.ensure_tickets(ctx, false);
             }
             _ => {
                 drop(self.start_refresh(ctx, Reason::Startup, false));
@@ -624,6 +788,7 @@ impl Handler<Finished> for AccountActor {
                     s.pending_fetch_ms = None;
                 });
                 self.schedule_from(ctx, &record, msg.same_token);
+                self.ensure_tickets(ctx, !msg.same_token);
             }
             Err(RefreshError::Throttled { .. }) => {
                 // A refused force is not a failure of the account; keep the plan.
@@ -758,7 +923,8 @@ impl Handler<Refresh> for AccountActor {
                 if let Some(inflight) = &self.inflight {
                     inflight.clone()
                 } else {
-                    let force = self.config.mode == Mode::Stable;
+                    let force = self.config.mode == Mode::Stable
+                        && self.config.kind == crate::config::AccountKind::Wechat;
                     if force && let Err(retry_after) = self.force_budget() {
                         return Box::pin(
                             async move { Err(RefreshError::Throttled { retry_after }) },
@@ -774,6 +940,100 @@ impl Handler<Refresh> for AccountActor {
             let compared = stale.or(before);
             let refreshed = compared.is_none_or(|t| t != record.token);
             Ok(RefreshOutcome { record, refreshed })
+        })
+    }
+}
+
+impl Handler<TicketFinished> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TicketFinished, ctx: &mut Self::Context) {
+        self.ticket_inflight.remove(&msg.kind);
+        let kind = msg.kind;
+        let appid = self.config.appid.clone();
+        let now = self.now_ms();
+        let labels = [appid.as_str(), kind.as_str()];
+        match msg.result {
+            Ok(record) => {
+                self.ticket_failures.remove(&kind);
+                let m = &self.deps.metrics;
+                m.ticket_refreshes
+                    .with_label_values(&[labels[0], labels[1], "ok"])
+                    .inc();
+                m.ticket_expiry
+                    .with_label_values(&labels)
+                    .set(record.expires_at_ms as f64 / 1000.0);
+                tracing::info!(appid = %appid, ticket = kind.as_str(), outcome = "ok", expires_in = (record.expires_at_ms - now) / 1000, "ticket refreshed");
+                let at = Self::ticket_plan(&record, now);
+                self.schedule_ticket(ctx, kind, at);
+                self.persist();
+            }
+            Err(RefreshError::NoToken) => {
+                // Fetched again when the next token arrives.
+            }
+            Err(err) => {
+                self.deps
+                    .metrics
+                    .ticket_refreshes
+                    .with_label_values(&[labels[0], labels[1], "error"])
+                    .inc();
+                let decision = match &err {
+                    RefreshError::Upstream(e) => e.decide(now.div_euclid(1000)),
+                    _ => Decision::Retry,
+                };
+                let failures = self.ticket_failures.entry(kind).or_default();
+                let delay =
+                    self.deps
+                        .policy
+                        .retry_delay(&decision, *failures, now, schedule::draw());
+                *failures = failures.saturating_add(1);
+                let errcode = match &err {
+                    RefreshError::Upstream(e) => e.errcode(),
+                    _ => None,
+                };
+                tracing::warn!(appid = %appid, ticket = kind.as_str(), outcome = "error", errcode, error = %err, retry_in_ms = delay.as_millis() as u64, "ticket refresh failed");
+                self.schedule_ticket(ctx, kind, now + delay.as_millis() as i64);
+            }
+        }
+    }
+}
+
+impl Handler<TicketRefresh> for AccountActor {
+    type Result = ResponseFuture<Result<TicketOutcome, RefreshError>>;
+
+    fn handle(&mut self, msg: TicketRefresh, ctx: &mut Self::Context) -> Self::Result {
+        let kind = msg.kind;
+        if !self.config.enabled {
+            return Box::pin(async { Err(RefreshError::Disabled) });
+        }
+        if !self.config.tickets.contains(&kind) {
+            return Box::pin(async move { Err(RefreshError::UnknownTicket(kind)) });
+        }
+        let now = self.now_ms();
+        let current = self.slot.ticket(kind);
+        if let (Some(stale), Some(current)) = (&msg.stale, &current) {
+            if &current.ticket != stale {
+                let record = current.clone();
+                return Box::pin(async move {
+                    Ok(TicketOutcome {
+                        record,
+                        refreshed: false,
+                    })
+                });
+            }
+            let ready_at = current.fetched_at_ms + TICKET_STALE_MIN_INTERVAL.as_millis() as i64;
+            if now < ready_at && !self.ticket_inflight.contains_key(&kind) {
+                let retry_after =
+                    Duration::from_millis((ready_at - now) as u64).max(Duration::from_secs(1));
+                return Box::pin(async move { Err(RefreshError::Throttled { retry_after }) });
+            }
+        }
+        let shared = self.start_ticket(ctx, kind);
+        let before = msg.stale.or(current.map(|c| c.ticket.clone()));
+        Box::pin(async move {
+            let record = shared.await?;
+            let refreshed = before.is_none_or(|t| t != record.ticket);
+            Ok(TicketOutcome { record, refreshed })
         })
     }
 }
@@ -815,6 +1075,7 @@ impl Handler<Adopt> for AccountActor {
             });
             self.schedule_from(ctx, &record, false);
         }
+        self.ensure_tickets(ctx, true);
     }
 }
 
@@ -873,6 +1134,7 @@ pub fn stored_account(
         calls_day: status.calls_day,
         calls_today: status.calls_today,
         forces: status.forces.clone(),
+        tickets: Vec::new(),
     }
 }
 

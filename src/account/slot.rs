@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
-use crate::domain::{AccessToken, AppId, Mode};
+use crate::domain::{AccessToken, AppId, Mode, TicketKind};
 
 /// One token as wxtoken serves it. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,28 @@ impl TokenRecord {
     /// True while WeChat still accepts the token (ignoring early supersession).
     pub fn is_live(&self, now_ms: i64) -> bool {
         now_ms < self.expires_at_ms
+    }
+}
+
+/// One JS-SDK ticket as wxtoken serves it. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketRecord {
+    pub kind: TicketKind,
+    /// The ticket (a secret-like value: its `Debug` is a fingerprint).
+    pub ticket: AccessToken,
+    pub fetched_at_ms: i64,
+    /// The ticket's own expiry (the request time plus WeChat's `expires_in`).
+    pub expires_at_ms: i64,
+    /// Until when clients may use it: never past its own expiry nor past
+    /// the serve time of the token it was fetched with.
+    pub serve_until_ms: i64,
+}
+
+impl TicketRecord {
+    /// Whole seconds a client may keep using this ticket, or `None` below one.
+    pub fn usable_secs(&self, now_ms: i64) -> Option<u64> {
+        let left = self.serve_until_ms - now_ms;
+        (left >= 1000).then_some((left / 1000) as u64)
     }
 }
 
@@ -118,12 +140,26 @@ pub struct AccountSlot {
     pub name: String,
     pub mode: Mode,
     pub enabled: bool,
+    /// The JS-SDK tickets configured for the account.
+    pub ticket_kinds: Vec<TicketKind>,
     token: ArcSwapOption<TokenRecord>,
     status: ArcSwap<AccountStatus>,
+    tickets: ArcSwap<Vec<Arc<TicketRecord>>>,
 }
 
 impl AccountSlot {
     pub fn new(appid: AppId, name: String, mode: Mode, enabled: bool) -> Self {
+        Self::with_tickets(appid, name, mode, enabled, Vec::new())
+    }
+
+    /// A slot for an account configured with JS-SDK tickets of `ticket_kinds`.
+    pub fn with_tickets(
+        appid: AppId,
+        name: String,
+        mode: Mode,
+        enabled: bool,
+        ticket_kinds: Vec<TicketKind>,
+    ) -> Self {
         let status = AccountStatus {
             state: if enabled {
                 State::Empty
@@ -137,8 +173,10 @@ impl AccountSlot {
             name,
             mode,
             enabled,
+            ticket_kinds,
             token: ArcSwapOption::empty(),
             status: ArcSwap::from_pointee(status),
+            tickets: ArcSwap::from_pointee(Vec::new()),
         }
     }
 
@@ -157,9 +195,34 @@ impl AccountSlot {
         self.token.store(Some(record));
     }
 
-    /// Removes the token (the account left the registry or its token died).
+    /// Removes the token and tickets (the account left the registry).
     pub fn clear(&self) {
         self.token.store(None);
+        self.tickets.store(Arc::new(Vec::new()));
+    }
+
+    /// The current ticket of `kind`, if any (it may be past its serve time).
+    pub fn ticket(&self, kind: TicketKind) -> Option<Arc<TicketRecord>> {
+        self.tickets.load().iter().find(|t| t.kind == kind).cloned()
+    }
+
+    /// Every current ticket.
+    pub fn tickets(&self) -> Vec<Arc<TicketRecord>> {
+        self.tickets.load().as_ref().clone()
+    }
+
+    /// Publishes a ticket, replacing the one of the same kind.
+    pub fn publish_ticket(&self, record: Arc<TicketRecord>) {
+        let mut list: Vec<Arc<TicketRecord>> = self
+            .tickets
+            .load()
+            .iter()
+            .filter(|t| t.kind != record.kind)
+            .cloned()
+            .collect();
+        list.push(record);
+        list.sort_by_key(|t| t.kind.as_str());
+        self.tickets.store(Arc::new(list));
     }
 
     /// Replaces the status.

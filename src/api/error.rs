@@ -132,6 +132,32 @@ impl ApiError {
         )
     }
 
+    /// 404 `unknown_ticket`: the account has no such ticket configured.
+    pub fn unknown_ticket(appid: &str, kind: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_ticket",
+            format!(
+                "account {appid} has no {kind} ticket; add it to the account's `tickets:` in accounts.yaml"
+            ),
+        )
+    }
+
+    /// 503 `ticket_unavailable`: no usable ticket can be given now.
+    pub fn ticket_unavailable(
+        message: impl Into<Cow<'static, str>>,
+        retry_after_secs: u64,
+    ) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ticket_unavailable",
+                message,
+            )
+        }
+    }
+
     /// 503 `token_unavailable`: no usable token can be given now; retry after
     /// `retry_after_secs` (at least 1).
     pub fn token_unavailable(message: impl Into<Cow<'static, str>>, retry_after_secs: u64) -> Self {

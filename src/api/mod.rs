@@ -16,6 +16,7 @@ mod health;
 mod metrics;
 mod middleware;
 mod refresh;
+mod ticket;
 mod token;
 
 use actix_web::{HttpRequest, HttpResponse, Resource, web};
@@ -37,6 +38,12 @@ pub mod routes {
     pub const ACCOUNTS: &str = "/v1/accounts";
     /// `POST` (admin): forced refresh.
     pub const ACCOUNT_REFRESH: &str = "/v1/accounts/{appid}/refresh";
+    /// `GET`: the current JS-SDK ticket of an account.
+    pub const TICKET: &str = "/v1/ticket/{appid}/{type}";
+    /// `POST`: compare-and-refresh of a ticket.
+    pub const TICKET_REFRESH: &str = "/v1/ticket/{appid}/{type}/refresh";
+    /// `POST`: a JS-SDK signature for a page URL.
+    pub const TICKET_SIGNATURE: &str = "/v1/ticket/{appid}/jsapi/signature";
     /// `POST` (admin): reload the configuration file.
     pub const ADMIN_RELOAD: &str = "/v1/admin/reload";
     /// `GET`: liveness.
@@ -61,6 +68,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(accounts::force_refresh)),
         )
         .service(resource(routes::ADMIN_RELOAD, "POST").route(web::post().to(admin::reload)))
+        .service(
+            resource(routes::TICKET_SIGNATURE, "POST").route(web::post().to(ticket::signature)),
+        )
+        .service(
+            resource(routes::TICKET_REFRESH, "POST").route(web::post().to(ticket::refresh_ticket)),
+        )
+        .service(resource(routes::TICKET, "GET").route(web::get().to(ticket::get_ticket)))
         .service(
             resource(routes::HEALTHZ, "GET, HEAD")
                 .route(web::get().to(health::healthz))

@@ -134,5 +134,8 @@ fn refresh_error(slot: &AccountSlot, err: RefreshError, now_ms: i64) -> ApiError
             ),
             RESTART_RETRY_SECS,
         ),
+        RefreshError::UnknownTicket(kind) => {
+            ApiError::unknown_ticket(appid.as_str(), kind.as_str())
+        }
     }
 }

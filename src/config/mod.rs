@@ -57,6 +57,8 @@ pub struct Config {
 pub struct UpstreamConfig {
     /// Tried in order; the next one on connect error, timeout or HTTP 5xx.
     pub base_urls: Vec<Url>,
+    /// WeCom's API (`kind: wecom` accounts), tried in order like `base_urls`.
+    pub wecom_base_urls: Vec<Url>,
     /// Per HTTP request.
     pub timeout: Duration,
     /// Upstream requests in flight across all accounts.
@@ -70,6 +72,7 @@ impl Default for UpstreamConfig {
                 Url::parse("https://api.weixin.qq.com").expect("static url"),
                 Url::parse("https://api2.weixin.qq.com").expect("static url"),
             ],
+            wecom_base_urls: vec![Url::parse("https://qyapi.weixin.qq.com").expect("static url")],
             timeout: Duration::from_secs(5),
             max_concurrency: 32,
         }
@@ -169,4 +172,19 @@ pub struct AccountConfig {
     pub mode: Mode,
     /// Disabled accounts are kept in the file but not refreshed or served.
     pub enabled: bool,
+    /// A WeChat account (the default) or a WeCom application.
+    pub kind: AccountKind,
+    /// The JS-SDK tickets kept next to the token (WeChat accounts only).
+    pub tickets: Vec<crate::domain::TicketKind>,
+}
+
+/// What kind of account a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccountKind {
+    /// A WeChat Official Account or Mini Program (`api.weixin.qq.com`).
+    #[default]
+    Wechat,
+    /// A WeCom (企业微信) application: one token per (corpid, agentid), from
+    /// `qyapi.weixin.qq.com/cgi-bin/gettoken`. Its id is `corpid:agentid`.
+    Wecom { corpid: String, agentid: u64 },
 }

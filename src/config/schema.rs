@@ -19,14 +19,15 @@ use super::load::{Fields, Got, Text, Walk, lowercase_first};
 use super::values::{self, quote, show_duration};
 use super::yaml::{Kind, Node};
 use super::{
-    AccountConfig, AppScope, ClientConfig, Config, RefreshConfig, StoreConfig, UpstreamConfig,
+    AccountConfig, AccountKind, AppScope, ClientConfig, Config, RefreshConfig, StoreConfig,
+    UpstreamConfig,
 };
-use crate::domain::{AppId, KeyHash, Mode};
+use crate::domain::{AppId, KeyHash, Mode, TicketKind};
 
 const TOP: &[&str] = &[
     "listen", "upstream", "store", "refresh", "clients", "accounts",
 ];
-const UPSTREAM: &[&str] = &["base_urls", "timeout", "max_concurrency"];
+const UPSTREAM: &[&str] = &["base_urls", "wecom_base_urls", "timeout", "max_concurrency"];
 const STORE: &[&str] = &["path", "redis", "redis_prefix"];
 const REFRESH: &[&str] = &[
     "legacy_at",
@@ -36,7 +37,18 @@ const REFRESH: &[&str] = &[
     "backoff_max",
 ];
 const CLIENT: &[&str] = &["name", "key", "appids", "admin"];
-const ACCOUNT: &[&str] = &["appid", "name", "secret", "secret_file", "mode", "enabled"];
+const ACCOUNT: &[&str] = &[
+    "kind",
+    "appid",
+    "corpid",
+    "agentid",
+    "name",
+    "secret",
+    "secret_file",
+    "mode",
+    "enabled",
+    "tickets",
+];
 
 /// The default `listen` address: loopback only.
 pub(crate) const DEFAULT_LISTEN: SocketAddr =
@@ -128,7 +140,11 @@ impl Walk<'_> {
         let f = self.fields(node, "upstream", UPSTREAM)?;
         let base_urls = match f.get("base_urls") {
             None => Some(defaults.base_urls),
-            Some(n) => self.base_urls(n),
+            Some(n) => self.base_urls(n, "upstream.base_urls", "https://api.weixin.qq.com"),
+        };
+        let wecom_base_urls = match f.get("wecom_base_urls") {
+            None => Some(defaults.wecom_base_urls),
+            Some(n) => self.base_urls(n, "upstream.wecom_base_urls", "https://qyapi.weixin.qq.com"),
         };
         let timeout = self.setting(&f, "upstream", "timeout", values::duration);
         let timeout = self.rule(
@@ -144,14 +160,14 @@ impl Walk<'_> {
         );
         Some(UpstreamConfig {
             base_urls: base_urls?,
+            wecom_base_urls: wecom_base_urls?,
             timeout: timeout.or(defaults.timeout)?,
             max_concurrency: max.or(defaults.max_concurrency)?,
         })
     }
 
-    fn base_urls(&mut self, node: &Node) -> Option<Vec<Url>> {
-        let empty =
-            "upstream.base_urls is empty; list at least one URL, e.g. https://api.weixin.qq.com";
+    fn base_urls(&mut self, node: &Node, key: &str, example: &str) -> Option<Vec<Url>> {
+        let empty = format!("{key} is empty; list at least one URL, e.g. {example}");
         match &node.kind {
             Kind::Null => {
                 self.report.error(node.line, empty);
@@ -165,9 +181,7 @@ impl Walk<'_> {
                 let urls: Vec<Option<Url>> = items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| {
-                        self.parsed(item, &format!("upstream.base_urls[{i}]"), values::base_url)
-                    })
+                    .map(|(i, item)| self.parsed(item, &format!("{key}[{i}]"), values::base_url))
                     .collect();
                 urls.into_iter().collect()
             }
@@ -175,7 +189,7 @@ impl Walk<'_> {
                 self.report.error(
                     node.line,
                     format!(
-                        "upstream.base_urls must be a list of URLs, not {}; e.g. [https://api.weixin.qq.com]",
+                        "{key} must be a list of URLs, not {}; e.g. [{example}]",
                         node.type_name()
                     ),
                 );
@@ -505,7 +519,7 @@ impl Walk<'_> {
                 all = true;
                 continue;
             }
-            match wechat_appid(&text) {
+            match account_id(&text) {
                 Ok(id) => {
                     if !ids.iter().any(|(known, _)| *known == id) {
                         ids.push((id, item.line));
@@ -583,17 +597,78 @@ impl Walk<'_> {
         let Some(f) = self.fields(node, &path, ACCOUNT) else {
             return (None, seen);
         };
-        seen.appid = match f.get("appid") {
-            None => {
-                self.report.error(
-                    f.line,
-                    format!("{path} has no appid; add e.g. `appid: {EXAMPLE_APPID}`"),
-                );
-                None
+        let kind = match f.get("kind") {
+            None => Some("wechat".to_string()),
+            Some(n) => self.parsed(n, &format!("{path}.kind"), |t| match t.trim() {
+                k @ ("wechat" | "wecom") => Ok(k.to_string()),
+                other => Err(format!(
+                    "unknown kind {}; expected wechat (the default) or wecom",
+                    quote(other)
+                )),
+            }),
+        };
+        let wecom = kind.as_deref() == Some("wecom");
+        let kind = if wecom {
+            for key in ["appid", "mode", "tickets"] {
+                if f.get(key).is_some() {
+                    self.report.error(
+                        f.key_line(key),
+                        format!("{path} is a WeCom app (kind: wecom): it has corpid and agentid, not {key}"),
+                    );
+                }
             }
-            Some(n) => self
-                .parsed(n, &format!("{path}.appid"), wechat_appid)
-                .map(|id| (id, n.line)),
+            let corpid = match f.get("corpid") {
+                None => {
+                    self.report.error(
+                        f.line,
+                        format!("{path} (kind: wecom) has no corpid; add e.g. `corpid: ww1234567890abcdef`"),
+                    );
+                    None
+                }
+                Some(n) => self.parsed(n, &format!("{path}.corpid"), corpid),
+            };
+            let agentid = match f.get("agentid") {
+                None => {
+                    self.report.error(
+                        f.line,
+                        format!("{path} (kind: wecom) has no agentid; add e.g. `agentid: 1000002`"),
+                    );
+                    None
+                }
+                Some(n) => self.parsed(n, &format!("{path}.agentid"), agentid),
+            };
+            seen.appid = match (&corpid, agentid) {
+                (Some(c), Some(a)) => AppId::parse(&format!("{c}:{a}"))
+                    .ok()
+                    .map(|id| (id, f.key_line("corpid").unwrap_or(f.line))),
+                _ => None,
+            };
+            match (corpid, agentid) {
+                (Some(corpid), Some(agentid)) => Some(AccountKind::Wecom { corpid, agentid }),
+                _ => None,
+            }
+        } else {
+            for key in ["corpid", "agentid"] {
+                if f.get(key).is_some() {
+                    self.report.error(
+                        f.key_line(key),
+                        format!("{path} has {key}, which only WeCom apps have; add `kind: wecom` or remove it"),
+                    );
+                }
+            }
+            seen.appid = match f.get("appid") {
+                None => {
+                    self.report.error(
+                        f.line,
+                        format!("{path} has no appid; add e.g. `appid: {EXAMPLE_APPID}`"),
+                    );
+                    None
+                }
+                Some(n) => self
+                    .parsed(n, &format!("{path}.appid"), wechat_appid)
+                    .map(|id| (id, n.line)),
+            };
+            kind.map(|_| AccountKind::Wechat)
         };
         let label = match &seen.appid {
             Some((id, _)) => format!("{path} ({id})"),
@@ -604,20 +679,66 @@ impl Walk<'_> {
         let enabled = self.setting(&f, &path, "enabled", values::boolean).or(true);
         seen.enabled = enabled.unwrap_or(true);
         let secret = self.secret(&f, &path, &label);
+        let tickets = match f.get("tickets") {
+            None => Some(Vec::new()),
+            Some(n) => self.tickets(n, &format!("{path}.tickets")),
+        };
 
-        let account = match (&seen.appid, secret, mode, enabled) {
-            (Some((appid, _)), Some(secret), Some(mode), Some(enabled)) => {
-                name.or(appid.to_string()).map(|name| AccountConfig {
-                    appid: appid.clone(),
-                    name,
-                    secret,
-                    mode,
-                    enabled,
-                })
-            }
+        let account = match (&seen.appid, secret, mode, enabled, kind, tickets) {
+            (
+                Some((appid, _)),
+                Some(secret),
+                Some(mode),
+                Some(enabled),
+                Some(kind),
+                Some(tickets),
+            ) => name.or(appid.to_string()).map(|name| AccountConfig {
+                appid: appid.clone(),
+                name,
+                secret,
+                mode,
+                enabled,
+                kind,
+                tickets,
+            }),
             _ => None,
         };
         (account, seen)
+    }
+
+    /// `tickets: [jsapi, wx_card]`: each kind at most once.
+    fn tickets(&mut self, node: &Node, path: &str) -> Option<Vec<TicketKind>> {
+        let Kind::Seq(items) = &node.kind else {
+            self.report.error(
+                node.line,
+                format!(
+                    "{path} must be a list like [jsapi, wx_card], not {}",
+                    node.type_name()
+                ),
+            );
+            return None;
+        };
+        let mut out: Vec<TicketKind> = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.parsed(item, &format!("{path}[{i}]"), |t| match t.trim() {
+                "jsapi" => Ok(TicketKind::Jsapi),
+                "wx_card" => Ok(TicketKind::WxCard),
+                other => Err(format!(
+                    "unknown ticket {}; expected jsapi or wx_card",
+                    quote(other)
+                )),
+            }) {
+                Some(kind) if out.contains(&kind) => {
+                    self.report
+                        .error(item.line, format!("{path} lists {} twice", kind.as_str()));
+                    ok = false;
+                }
+                Some(kind) => out.push(kind),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     /// Exactly one of `secret` and `secret_file`.
@@ -834,6 +955,21 @@ fn non_empty(text: &str) -> Result<String, String> {
 }
 
 /// A WeChat appid: `wx` and 16 letters or digits.
+/// An account id in a client scope: a WeChat appid or a WeCom `corpid:agentid`.
+fn account_id(text: &str) -> Result<AppId, String> {
+    let t = text.trim();
+    if let Some((corp, agent)) = t.split_once(':') {
+        return match (corpid(corp), agentid(agent)) {
+            (Ok(_), Ok(_)) => AppId::parse(t).map_err(|e| e.to_string()),
+            _ => Err(format!(
+                "{} is not a WeCom app id (corpid:agentid, e.g. ww1234567890abcdef:1000002)",
+                quote(t)
+            )),
+        };
+    }
+    wechat_appid(t)
+}
+
 fn wechat_appid(text: &str) -> Result<AppId, String> {
     let t = text.trim();
     if t.is_empty() {
@@ -844,6 +980,30 @@ fn wechat_appid(text: &str) -> Result<AppId, String> {
         _ => Err(format!(
             "{} is not a WeChat appid (\"wx\" followed by 16 letters or digits, e.g. {EXAMPLE_APPID})",
             quote(t)
+        )),
+    }
+}
+
+/// A WeCom corpid: letters and digits (WeCom's look like `ww` + 16 hex digits).
+fn corpid(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if !t.is_empty() && t.len() <= 32 && t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(t.to_string())
+    } else {
+        Err(format!(
+            "{} is not a WeCom corpid (letters and digits, e.g. ww1234567890abcdef)",
+            quote(t)
+        ))
+    }
+}
+
+/// A WeCom agentid: a positive integer.
+fn agentid(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{} is not a WeCom agentid (a positive number, e.g. 1000002)",
+            quote(text.trim())
         )),
     }
 }

@@ -454,9 +454,10 @@ impl Leader {
     }
 
     async fn fetch_under_lock(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
-        let api = match req.mode {
-            Mode::Legacy => ApiName::Token,
-            Mode::Stable => ApiName::StableToken,
+        let api = match (&req.wecom_corpid, req.mode) {
+            (Some(_), _) => ApiName::WecomToken,
+            (None, Mode::Legacy) => ApiName::Token,
+            (None, Mode::Stable) => ApiName::StableToken,
         };
         let shared = &self.shared;
         let appid = req.appid.clone();
@@ -561,5 +562,15 @@ impl TokenSource for Leader {
     fn fetch(&self, req: FetchRequest) -> BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
         let this = self.clone();
         Box::pin(async move { this.fetch_under_lock(req).await })
+    }
+
+    /// Tickets are fetched by each replica itself: WeChat hands out the
+    /// current ticket of a live token, so replicas cannot break each other's.
+    fn fetch_ticket(
+        &self,
+        token: crate::domain::AccessToken,
+        kind: crate::domain::TicketKind,
+    ) -> BoxFuture<'static, Result<crate::wechat::TicketGrant, UpstreamError>> {
+        self.inner.fetch_ticket(token, kind)
     }
 }

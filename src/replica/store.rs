@@ -170,6 +170,7 @@ impl Storage for RedisStore {
                         calls_day: 0,
                         calls_today: 0,
                         forces: Vec::new(),
+                        tickets: Vec::new(),
                     },
                     None => continue,
                 },

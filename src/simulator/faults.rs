@@ -25,15 +25,18 @@ pub(crate) enum Api {
     StableToken,
     GetTicket,
     GetCallbackIp,
+    /// WeCom's `GET /cgi-bin/gettoken`.
+    WecomToken,
 }
 
 impl Api {
     /// Every API, in the order the control API lists them.
-    pub(crate) const ALL: [Api; 4] = [
+    pub(crate) const ALL: [Api; 5] = [
         Api::Token,
         Api::StableToken,
         Api::GetTicket,
         Api::GetCallbackIp,
+        Api::WecomToken,
     ];
 
     /// The name used in faults and stats.
@@ -43,6 +46,7 @@ impl Api {
             Api::StableToken => "stable_token",
             Api::GetTicket => "getticket",
             Api::GetCallbackIp => "getcallbackip",
+            Api::WecomToken => "gettoken",
         }
     }
 
@@ -112,7 +116,7 @@ impl FaultSpec {
             && Api::parse(api).is_none()
         {
             return Err(format!(
-                "unknown api {api:?}; expected one of token, stable_token, getticket, getcallbackip"
+                "unknown api {api:?}; expected one of token, stable_token, getticket, getcallbackip, gettoken"
             ));
         }
         if self.count == Some(0) {
@@ -287,7 +291,7 @@ const BAD_GATEWAY_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></
 /// The first bytes of a normal answer of `api`, cut off mid-value.
 fn truncated_json(api: Api) -> &'static str {
     match api {
-        Api::Token | Api::StableToken => r#"{"access_token":"81_Xq3vT0kP"#,
+        Api::Token | Api::StableToken | Api::WecomToken => r#"{"access_token":"81_Xq3vT0kP"#,
         Api::GetTicket => r#"{"errcode":0,"errmsg":"ok","ticket":"bxLdikRXVbTP"#,
         Api::GetCallbackIp => r#"{"ip_list":["101.226.10"#,
     }

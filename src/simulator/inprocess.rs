@@ -17,8 +17,8 @@ use super::faults::{Api, FaultSpec};
 use super::state::{AppRegistration, Credentials, SimState, TokenStatus};
 use super::{SimConfig, Stats};
 use crate::clock::Clock;
-use crate::domain::{AccessToken, Mode};
-use crate::wechat::{ApiName, FetchRequest, TokenGrant, TokenSource, UpstreamError};
+use crate::domain::{AccessToken, Mode, TicketKind};
+use crate::wechat::{ApiName, FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
 
 /// The base URL in-process errors name.
 const IN_PROCESS_URL: &str = "in-process://simulator";
@@ -81,9 +81,10 @@ impl InProcess {
     }
 
     async fn call(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
-        let (api, api_name) = match req.mode {
-            Mode::Legacy => (Api::Token, ApiName::Token),
-            Mode::Stable => (Api::StableToken, ApiName::StableToken),
+        let (api, api_name) = match (&req.wecom_corpid, req.mode) {
+            (Some(_), _) => (Api::WecomToken, ApiName::WecomToken),
+            (None, Mode::Legacy) => (Api::Token, ApiName::Token),
+            (None, Mode::Stable) => (Api::StableToken, ApiName::StableToken),
         };
         let _in_flight = self.state.enter_token_call();
         let timeout = || UpstreamError::Timeout {
@@ -109,9 +110,13 @@ impl InProcess {
             secret: Some(req.secret.expose_secret().to_string()),
         };
         let peer = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-        let answer = match req.mode {
-            Mode::Legacy => self.state.legacy_token(&creds, peer),
-            Mode::Stable => self.state.stable_token(&creds, req.force_refresh, peer),
+        let answer = match (&req.wecom_corpid, req.mode) {
+            (Some(corpid), _) => {
+                self.state
+                    .wecom_token(Some(corpid), Some(req.secret.expose_secret()), peer)
+            }
+            (None, Mode::Legacy) => self.state.legacy_token(&creds, peer),
+            (None, Mode::Stable) => self.state.stable_token(&creds, req.force_refresh, peer),
         };
         match answer {
             Ok(issued) => Ok(TokenGrant {
@@ -166,5 +171,43 @@ impl TokenSource for InProcess {
     fn fetch(&self, req: FetchRequest) -> BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
         let this = self.clone();
         Box::pin(async move { this.call(req).await })
+    }
+
+    fn fetch_ticket(
+        &self,
+        token: AccessToken,
+        kind: TicketKind,
+    ) -> BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let api = ApiName::GetTicket;
+            let appid = this.state.appid_of_token(token.expose());
+            if let Some(spec) = this.state.begin_call(Api::GetTicket, appid.as_deref()) {
+                if let Some(delay) = spec.delay() {
+                    tokio::time::sleep(delay.min(this.timeout)).await;
+                    if delay >= this.timeout {
+                        return Err(UpstreamError::Timeout {
+                            api,
+                            base_url: IN_PROCESS_URL.to_string(),
+                            timeout: this.timeout,
+                        });
+                    }
+                }
+                if let Some(err) = fault_error(&spec, api) {
+                    return Err(err);
+                }
+            }
+            match this.state.ticket(Some(token.expose()), Some(kind.as_str())) {
+                Ok(issued) => Ok(TicketGrant {
+                    ticket: AccessToken::new(issued.value),
+                    expires_in: Duration::from_secs(issued.expires_in.max(0) as u64),
+                }),
+                Err(e) => Err(UpstreamError::Api {
+                    api,
+                    errcode: e.errcode,
+                    errmsg: e.errmsg,
+                }),
+            }
+        })
     }
 }

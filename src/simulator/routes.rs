@@ -26,6 +26,7 @@ const MAX_ADVANCE_SECS: u64 = 10 * 366 * 86_400;
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/cgi-bin/token").route(web::get().to(token)))
         .service(web::resource("/cgi-bin/stable_token").route(web::post().to(stable_token)))
+        .service(web::resource("/cgi-bin/gettoken").route(web::get().to(wecom_token)))
         .service(web::resource("/cgi-bin/ticket/getticket").route(web::get().to(getticket)))
         .service(web::resource("/cgi-bin/getcallbackip").route(web::get().to(getcallbackip)))
         .service(web::resource("/sim/apps").route(web::post().to(register_app)))
@@ -110,6 +111,28 @@ async fn token(state: State, req: HttpRequest) -> HttpResponse {
     }
     match state.legacy_token(&creds, peer) {
         Ok(issued) => token_answer(issued),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// WeCom `GET /cgi-bin/gettoken?corpid=&corpsecret=`.
+async fn wecom_token(state: State, req: HttpRequest) -> HttpResponse {
+    let q = query(&req);
+    let corpid = q.get("corpid").map(String::as_str);
+    let secret = q.get("corpsecret").map(String::as_str);
+    let peer = peer_ip(&req);
+    let _in_flight = state.enter_token_call();
+    let app = corpid.and_then(|c| state.wecom_app(c, secret).ok());
+    if let Some(answer) = faulted(&state, Api::WecomToken, app.as_deref(), peer).await {
+        return answer;
+    }
+    match state.wecom_token(corpid, secret, peer) {
+        Ok(issued) => json_response(&json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "access_token": issued.value,
+            "expires_in": issued.expires_in,
+        })),
         Err(e) => e.into_response(),
     }
 }

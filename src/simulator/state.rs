@@ -458,6 +458,58 @@ impl SimState {
         })
     }
 
+    /// WeCom `GET /cgi-bin/gettoken?corpid=&corpsecret=`: the token of the
+    /// WeCom app registered as `corpid:agentid` with this secret. Like the
+    /// stable endpoint, the same token until `grace` before its expiry.
+    /// Errors: 41002 no corpid, 41004 no secret, 40013 unknown corpid,
+    /// 40001 a secret no app of that corp has, 60020 IP not allowed.
+    pub(crate) fn wecom_token(
+        &self,
+        corpid: Option<&str>,
+        secret: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<Issued, WxError> {
+        let Some(corpid) = corpid else {
+            return Err(WxError::new(41002));
+        };
+        let Some(secret) = secret else {
+            return Err(WxError::new(41004));
+        };
+        let app = self.wecom_app(corpid, Some(secret))?;
+        let creds = Credentials {
+            grant_type: Some("client_credential".to_string()),
+            appid: Some(app),
+            secret: Some(secret.to_string()),
+        };
+        self.stable_token(&creds, false, peer)
+            .map_err(|e| match e.errcode {
+                40164 => WxError::with_message(
+                    60020,
+                    format!("not allow to access from your ip, {}", e.errmsg),
+                ),
+                _ => e,
+            })
+    }
+
+    /// The registered `corpid:agentid` app of `corpid` whose secret is
+    /// `secret` (any app of the corp when `secret` is `None`).
+    pub(crate) fn wecom_app(&self, corpid: &str, secret: Option<&str>) -> Result<String, WxError> {
+        let inner = self.inner.lock();
+        let prefix = format!("{corpid}:");
+        let mut of_corp = inner
+            .apps
+            .iter()
+            .filter(|(id, _)| id.starts_with(&prefix))
+            .peekable();
+        if of_corp.peek().is_none() {
+            return Err(WxError::new(40013));
+        }
+        of_corp
+            .find(|(_, app)| secret.is_none_or(|s| app.secret == s))
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| WxError::new(40001))
+    }
+
     /// `GET /cgi-bin/getcallbackip`: succeeds for a live token; counts the outcome.
     pub(crate) fn probe(&self, token: Option<&str>) -> Result<(), WxError> {
         let now = self.clock.now_unix_ms();
@@ -656,9 +708,10 @@ mod tests {
         let s = state();
         let first = s.legacy_token(&creds(), None).unwrap().value;
         let _second = s.legacy_token(&creds(), None).unwrap();
-        s.clock.advance(Duration::from_millis(299_999));
+        // The clock is the system's: leave a second of slack for the test itself.
+        s.clock.advance(Duration::from_millis(299_000));
         assert!(matches!(s.token_status(&first), TokenStatus::Live { .. }));
-        s.clock.advance(Duration::from_millis(1));
+        s.clock.advance(Duration::from_millis(1_000));
         assert!(matches!(
             s.token_status(&first),
             TokenStatus::Superseded { .. }

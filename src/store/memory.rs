@@ -60,6 +60,7 @@ mod tests {
             calls_day: 1,
             calls_today: calls,
             forces: vec![],
+            tickets: Vec::new(),
         }
     }
 

@@ -71,6 +71,18 @@ pub struct StoredAccount {
     pub calls_today: u32,
     /// Unix ms of stable force_refresh calls made on `calls_day`.
     pub forces: Vec<i64>,
+    /// The account's JS-SDK tickets.
+    pub tickets: Vec<StoredTicket>,
+}
+
+/// One persisted JS-SDK ticket. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTicket {
+    pub kind: crate::domain::TicketKind,
+    pub ticket: AccessToken,
+    pub fetched_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub serve_until_ms: i64,
 }
 
 /// Why the token store could not do what was asked.

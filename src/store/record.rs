@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{StoredAccount, StoredToken};
+use super::{StoredAccount, StoredTicket, StoredToken};
 use crate::domain::{AccessToken, AppId, Mode};
 
 /// The record version this build writes and reads.
@@ -27,6 +27,18 @@ struct RecordV1 {
     calls_day: i64,
     calls_today: u32,
     forces: Vec<i64>,
+    /// Added after version 1 shipped; absent in older records.
+    #[serde(default)]
+    tickets: Vec<TicketV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TicketV1 {
+    kind: crate::domain::TicketKind,
+    ticket: String,
+    fetched_at_ms: i64,
+    expires_at_ms: i64,
+    serve_until_ms: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -52,6 +64,17 @@ pub(crate) fn encode(account: &StoredAccount) -> Vec<u8> {
         calls_day: account.calls_day,
         calls_today: account.calls_today,
         forces: account.forces.clone(),
+        tickets: account
+            .tickets
+            .iter()
+            .map(|t| TicketV1 {
+                kind: t.kind,
+                ticket: t.ticket.expose().to_string(),
+                fetched_at_ms: t.fetched_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                serve_until_ms: t.serve_until_ms,
+            })
+            .collect(),
     };
     // Serializing plain strings, integers and vectors into memory cannot fail.
     serde_json::to_vec(&record).unwrap_or_default()
@@ -87,6 +110,17 @@ pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<StoredAccount, String> {
         calls_day: record.calls_day,
         calls_today: record.calls_today,
         forces: record.forces,
+        tickets: record
+            .tickets
+            .into_iter()
+            .map(|t| StoredTicket {
+                kind: t.kind,
+                ticket: AccessToken::new(t.ticket),
+                fetched_at_ms: t.fetched_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                serve_until_ms: t.serve_until_ms,
+            })
+            .collect(),
     })
 }
 
@@ -124,6 +158,7 @@ mod tests {
             calls_day: 19_700,
             calls_today: 3,
             forces: vec![1_700_000_100_000, 1_700_000_200_000],
+            tickets: Vec::new(),
         }
     }
 

@@ -334,6 +334,7 @@ mod tests {
                 calls_day: 0,
                 calls_today: 0,
                 forces: vec![],
+                tickets: Vec::new(),
             },
             done,
         }

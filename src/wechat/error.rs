@@ -149,7 +149,7 @@ impl UpstreamError {
     pub fn whitelist_ip(&self) -> Option<IpAddr> {
         match self {
             UpstreamError::Api {
-                errcode: 40164,
+                errcode: 40164 | 60020,
                 errmsg,
                 ..
             } => ip_in_errmsg(errmsg),
@@ -168,13 +168,19 @@ impl UpstreamError {
             UpstreamError::Api { errcode, .. } => *errcode,
             _ => return Decision::Retry,
         };
-        let fetching = matches!(self.api(), ApiName::Token | ApiName::StableToken);
+        let fetching = matches!(
+            self.api(),
+            ApiName::Token | ApiName::StableToken | ApiName::WecomToken
+        );
         match code {
             -1 => Decision::Retry,
             // On a fetch, 40001 means the secret is wrong; on use, the token is stale.
             40001 if fetching => config,
             40001 | 40014 | 42001 => Decision::TokenRejected,
             40013 | 40125 | 40243 | 40164 | 41002 | 41004 | 40002 | 89503 | 89501 | 48001 => config,
+            // WeCom: secret invalid, IP not in the app's trusted IPs, bad
+            // agentid, API not allowed for this app.
+            40091 | 60020 | 40056 | 48002 => config,
             45009 => Decision::NotBefore {
                 unix: next_china_midnight(now_unix),
                 cause: WaitCause::DailyQuota,
@@ -198,7 +204,11 @@ impl UpstreamError {
 
 /// Finds the first IPv4 or IPv6 address after "invalid ip" in a WeChat errmsg.
 fn ip_in_errmsg(errmsg: &str) -> Option<IpAddr> {
-    let rest = &errmsg[errmsg.find("invalid ip")? + "invalid ip".len()..];
+    // WeChat: "invalid ip 1.2.3.4 ipv6 ..."; WeCom: "..., from ip: 1.2.3.4, ...".
+    let (at, marker) = ["invalid ip", "from ip:"]
+        .iter()
+        .find_map(|m| errmsg.find(m).map(|at| (at, *m)))?;
+    let rest = &errmsg[at + marker.len()..];
     rest.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|w| !w.is_empty())
         .find_map(|w| w.parse::<IpAddr>().ok())

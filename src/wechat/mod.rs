@@ -32,14 +32,17 @@ pub enum ApiName {
     StableToken,
     GetTicket,
     GetCallbackIp,
+    /// WeCom's `GET /cgi-bin/gettoken` on `qyapi.weixin.qq.com`.
+    WecomToken,
 }
 
 impl ApiName {
-    pub const ALL: [ApiName; 4] = [
+    pub const ALL: [ApiName; 5] = [
         ApiName::Token,
         ApiName::StableToken,
         ApiName::GetTicket,
         ApiName::GetCallbackIp,
+        ApiName::WecomToken,
     ];
 
     /// The metric label and the name used in messages.
@@ -49,6 +52,7 @@ impl ApiName {
             ApiName::StableToken => "stable_token",
             ApiName::GetTicket => "getticket",
             ApiName::GetCallbackIp => "getcallbackip",
+            ApiName::WecomToken => "wecom_gettoken",
         }
     }
 
@@ -58,6 +62,7 @@ impl ApiName {
             ApiName::StableToken => "cgi-bin/stable_token",
             ApiName::GetTicket => "cgi-bin/ticket/getticket",
             ApiName::GetCallbackIp => "cgi-bin/getcallbackip",
+            ApiName::WecomToken => "cgi-bin/gettoken",
         }
     }
 }
@@ -109,6 +114,7 @@ pub enum ClientBuildError {
 pub struct WechatClient {
     http: reqwest::Client,
     base_urls: Arc<Vec<Url>>,
+    wecom_base_urls: Arc<Vec<Url>>,
     timeout: Duration,
     limiter: Arc<Semaphore>,
     metrics: Metrics,
@@ -172,6 +178,11 @@ impl WechatClient {
         Ok(WechatClient {
             http,
             base_urls: Arc::new(config.base_urls.clone()),
+            wecom_base_urls: Arc::new(if config.wecom_base_urls.is_empty() {
+                config.base_urls.clone()
+            } else {
+                config.wecom_base_urls.clone()
+            }),
             timeout: config.timeout,
             limiter: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             metrics,
@@ -222,6 +233,21 @@ impl WechatClient {
             .call(ApiName::StableToken, Call::PostJson(body), Some(s))
             .await?;
         token_grant(ApiName::StableToken, answer)
+    }
+
+    /// WeCom `GET /cgi-bin/gettoken?corpid=&corpsecret=`: the token of the
+    /// WeCom application whose secret this is (one per corpid and agent).
+    ///
+    /// Errors with the classified [`UpstreamError`] of the last base URL tried.
+    pub async fn fetch_wecom_token(
+        &self,
+        corpid: &str,
+        secret: &SecretString,
+    ) -> Result<TokenGrant, UpstreamError> {
+        let s = secret.expose_secret();
+        let call = Call::Get(vec![("corpid", corpid), ("corpsecret", s)]);
+        let answer = self.call(ApiName::WecomToken, call, Some(s)).await?;
+        token_grant(ApiName::WecomToken, answer)
     }
 
     /// `GET /cgi-bin/ticket/getticket`: a JS-SDK ticket for a live token.
@@ -278,7 +304,11 @@ impl WechatClient {
             .await
             .expect("the limiter semaphore is never closed");
         let mut last = None;
-        for base in self.base_urls.iter() {
+        let bases = match api {
+            ApiName::WecomToken => &self.wecom_base_urls,
+            _ => &self.base_urls,
+        };
+        for base in bases.iter() {
             let started = Instant::now();
             let result = self.attempt(api, base, &call, sensitive).await;
             self.metrics
@@ -449,6 +479,9 @@ pub struct FetchRequest {
     /// different, newer token in the shared store returns that one instead
     /// of calling WeChat.
     pub known: Option<AccessToken>,
+    /// Set for a WeCom application: its corpid (the token comes from WeCom's
+    /// `gettoken` with this corpid and the app's secret).
+    pub wecom_corpid: Option<String>,
 }
 
 /// Where account actors get tokens from: WeChat over HTTP ([`WechatClient`])
@@ -460,6 +493,13 @@ pub trait TokenSource: Send + Sync + 'static {
         &self,
         req: FetchRequest,
     ) -> futures::future::BoxFuture<'static, Result<TokenGrant, UpstreamError>>;
+
+    /// Fetches a JS-SDK ticket of `kind` with the live `token`.
+    fn fetch_ticket(
+        &self,
+        token: AccessToken,
+        kind: TicketKind,
+    ) -> futures::future::BoxFuture<'static, Result<TicketGrant, UpstreamError>>;
 }
 
 impl TokenSource for WechatClient {
@@ -469,6 +509,9 @@ impl TokenSource for WechatClient {
     ) -> futures::future::BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
         let client = self.clone();
         Box::pin(async move {
+            if let Some(corpid) = &req.wecom_corpid {
+                return client.fetch_wecom_token(corpid, &req.secret).await;
+            }
             match req.mode {
                 crate::domain::Mode::Legacy => client.fetch_token(&req.appid, &req.secret).await,
                 crate::domain::Mode::Stable => {
@@ -478,5 +521,14 @@ impl TokenSource for WechatClient {
                 }
             }
         })
+    }
+
+    fn fetch_ticket(
+        &self,
+        token: AccessToken,
+        kind: TicketKind,
+    ) -> futures::future::BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
+        let client = self.clone();
+        Box::pin(async move { client.fetch_ticket(&token, kind).await })
     }
 }

@@ -16,7 +16,7 @@ use actix_web::dev::ServerHandle;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 use wxtoken::config::{LoadOptions, load};
-use wxtoken::domain::{AppId, KeyHash, Mode};
+use wxtoken::domain::{AppId, KeyHash, Mode, TicketKind};
 use wxtoken::reload::ReloadSource;
 use wxtoken::simulator::{AppRegistration, SimConfig, Simulator};
 use wxtoken::startup::{AppState, Application, BuildOptions};
@@ -45,6 +45,19 @@ pub struct TestAccount {
     pub configured_secret: String,
     /// Configured with a wrong secret, so it never gets a token.
     pub broken: bool,
+    /// JS-SDK tickets configured for it.
+    pub tickets: Vec<TicketKind>,
+    /// A WeCom app: its corpid and agentid (its appid is `corpid:agentid`).
+    pub wecom: Option<(String, u64)>,
+}
+
+/// What the builder is asked for, per account.
+#[derive(Debug, Clone)]
+struct AccountSpec {
+    mode: Mode,
+    broken: bool,
+    tickets: Vec<TicketKind>,
+    wecom: Option<(String, u64)>,
 }
 
 /// A running server, its simulator and an HTTP client.
@@ -70,7 +83,7 @@ pub struct TestApp {
 
 /// Builds a [`TestApp`] with chosen accounts, clients and simulator settings.
 pub struct TestAppBuilder {
-    accounts: Vec<(Mode, bool)>,
+    accounts: Vec<AccountSpec>,
     sim: SimConfig,
     clients: bool,
     refresh: Vec<String>,
@@ -106,13 +119,45 @@ impl TestAppBuilder {
 
     /// Adds a working account in `mode`.
     pub fn account(mut self, mode: Mode) -> Self {
-        self.accounts.push((mode, false));
+        self.accounts.push(AccountSpec {
+            mode,
+            broken: false,
+            tickets: Vec::new(),
+            wecom: None,
+        });
         self
     }
 
     /// Adds an account whose configured secret is wrong (WeChat answers 40125).
     pub fn broken_account(mut self, mode: Mode) -> Self {
-        self.accounts.push((mode, true));
+        self.accounts.push(AccountSpec {
+            mode,
+            broken: true,
+            tickets: Vec::new(),
+            wecom: None,
+        });
+        self
+    }
+
+    /// Adds a working account in `mode` with JS-SDK `tickets`.
+    pub fn account_with_tickets(mut self, mode: Mode, tickets: &[TicketKind]) -> Self {
+        self.accounts.push(AccountSpec {
+            mode,
+            broken: false,
+            tickets: tickets.to_vec(),
+            wecom: None,
+        });
+        self
+    }
+
+    /// Adds a WeCom app of `corpid` with `agentid`.
+    pub fn wecom_app(mut self, corpid: &str, agentid: u64) -> Self {
+        self.accounts.push(AccountSpec {
+            mode: Mode::Stable,
+            broken: false,
+            tickets: Vec::new(),
+            wecom: Some((corpid.to_string(), agentid)),
+        });
         self
     }
 
@@ -151,8 +196,14 @@ impl TestAppBuilder {
         let accounts: Vec<TestAccount> = self
             .accounts
             .iter()
-            .map(|&(mode, broken)| {
-                let appid = support::unique_appid();
+            .map(|spec| {
+                let (mode, broken) = (spec.mode, spec.broken);
+                let appid = match &spec.wecom {
+                    Some((corpid, agentid)) => {
+                        AppId::parse(&format!("{corpid}:{agentid}")).expect("a valid WeCom id")
+                    }
+                    None => support::unique_appid(),
+                };
                 let secret = format!("sim-secret-{appid}");
                 sim.register_app(AppRegistration {
                     appid: appid.to_string(),
@@ -170,6 +221,8 @@ impl TestAppBuilder {
                     secret,
                     configured_secret,
                     broken,
+                    tickets: spec.tickets.clone(),
+                    wecom: spec.wecom.clone(),
                 }
             })
             .collect();
@@ -290,9 +343,10 @@ fn config_yaml(
 ) -> String {
     let mut yaml = format!(
         "listen: 127.0.0.1:0\n\
-         upstream:\n  base_urls: [{}]\n  timeout: 2s\n\
+         upstream:\n  base_urls: [{}]\n  wecom_base_urls: [{}]\n  timeout: 2s\n\
          store:\n  path: {}\n\
          refresh:\n  backoff_initial: 200ms\n",
+        sim.base_url(),
         sim.base_url(),
         store_path.display()
     );
@@ -315,10 +369,20 @@ fn config_yaml(
     }
     yaml.push_str("accounts:\n");
     for (i, a) in accounts.iter().enumerate() {
-        yaml.push_str(&format!(
-            "  - appid: {}\n    name: Test account {i}\n    secret_file: secrets/{}\n    mode: {}\n",
-            a.appid, a.appid, a.mode
-        ));
+        match &a.wecom {
+            Some((corpid, agentid)) => yaml.push_str(&format!(
+                "  - kind: wecom\n    corpid: {corpid}\n    agentid: {agentid}\n    name: Test app {i}\n    secret_file: secrets/{}\n",
+                a.appid
+            )),
+            None => yaml.push_str(&format!(
+                "  - appid: {}\n    name: Test account {i}\n    secret_file: secrets/{}\n    mode: {}\n",
+                a.appid, a.appid, a.mode
+            )),
+        }
+        if !a.tickets.is_empty() {
+            let list: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();
+            yaml.push_str(&format!("    tickets: [{}]\n", list.join(", ")));
+        }
     }
     yaml
 }
@@ -373,6 +437,8 @@ impl TestApp {
             configured_secret: secret.clone(),
             secret,
             broken: false,
+            tickets: Vec::new(),
+            wecom: None,
         }
     }
 

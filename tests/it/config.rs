@@ -434,7 +434,7 @@ timeout: 5s
     assert_has(
         &lines,
         "test.yaml:13: ",
-        "unknown key \"colour\" in accounts[0] (known keys: appid, name, secret, secret_file, mode, enabled)",
+        "unknown key \"colour\" in accounts[0] (known keys: kind, appid, corpid, agentid, name, secret, secret_file, mode, enabled, tickets)",
     );
     assert_has(
         &lines,
@@ -706,7 +706,7 @@ accounts:
         lines,
         [
             "test.yaml:1: listen must be a single value, not a list",
-            "test.yaml:2: upstream must be a mapping of keys (base_urls, timeout, max_concurrency), not a single value",
+            "test.yaml:2: upstream must be a mapping of keys (base_urls, wecom_base_urls, timeout, max_concurrency), not a single value",
             "test.yaml:4: refresh.legacy_at: \"high\" is not a number; write e.g. 0.8",
             "test.yaml:6: accounts[0].appid must be a single value, not a mapping",
             "test.yaml:7: accounts[0].secret must be a single value, not a list",
@@ -809,4 +809,58 @@ fn load_never_panics_on_mangled_files() {
             }
         }
     }
+}
+
+#[test]
+fn tickets_and_wecom_apps_are_read_with_their_ids() {
+    let c = loaded(
+        "accounts:\n\
+         \x20 - appid: wx1111111111111111\n    secret: ${S}\n    tickets: [jsapi, wx_card]\n\
+         \x20 - kind: wecom\n    corpid: ww1234567890abcdef\n    agentid: 1000002\n    secret: ${S}\n\
+         \x20 - kind: wecom\n    corpid: ww1234567890abcdef\n    agentid: 1000003\n    secret: ${S}\n\
+         clients:\n  - name: hr\n    key: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n    appids: [ww1234567890abcdef:1000002]\n",
+        &[("S", "x")],
+    )
+    .config;
+    assert_eq!(
+        c.accounts[0].tickets,
+        vec![
+            wxtoken::domain::TicketKind::Jsapi,
+            wxtoken::domain::TicketKind::WxCard
+        ]
+    );
+    let ids: Vec<&str> = c.accounts.iter().map(|a| a.appid.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "wx1111111111111111",
+            "ww1234567890abcdef:1000002",
+            "ww1234567890abcdef:1000003"
+        ]
+    );
+    assert_eq!(
+        c.accounts[1].kind,
+        wxtoken::config::AccountKind::Wecom {
+            corpid: "ww1234567890abcdef".to_string(),
+            agentid: 1000002
+        }
+    );
+}
+
+#[test]
+fn wecom_and_ticket_mistakes_are_reported_at_their_lines() {
+    let lines = errors(
+        "accounts:\n\
+         \x20 - kind: wecom\n    appid: wx1111111111111111\n    agentid: 0\n    secret: ${S}\n\
+         \x20 - appid: wx2222222222222222\n    corpid: ww1\n    secret: ${S}\n    tickets: [jsapi, jsapi, sdk]\n\
+         \x20 - kind: qq\n    appid: wx3333333333333333\n    secret: ${S}\n",
+        &[("S", "x")],
+    );
+    assert_has(&lines, "test.yaml:3:", "not appid");
+    assert_has(&lines, "test.yaml:2:", "no corpid");
+    assert_has(&lines, "test.yaml:4:", "agentid");
+    assert_has(&lines, "test.yaml:7:", "only WeCom apps have");
+    assert_has(&lines, "test.yaml:9:", "jsapi twice");
+    assert_has(&lines, "test.yaml:9:", "unknown ticket");
+    assert_has(&lines, "test.yaml:10:", "unknown kind");
 }

@@ -12,7 +12,7 @@ use wxtoken::account::schedule::Policy;
 use wxtoken::account::slot::{State, TokenRecord};
 use wxtoken::account::{Deps, Reason};
 use wxtoken::clock::{Clock, next_china_midnight};
-use wxtoken::config::{AccountConfig, RefreshConfig};
+use wxtoken::config::{AccountConfig, AccountKind, RefreshConfig};
 use wxtoken::domain::{AppId, Mode};
 use wxtoken::metrics::Metrics;
 use wxtoken::registry::{Apply, CrashAccount, Directory, Registry, RouteRefresh};
@@ -179,6 +179,8 @@ fn make_accounts(specs: &[Spec], register: impl Fn(AppRegistration)) -> Vec<Acco
                 secret: SecretString::from(configured),
                 mode: spec.mode,
                 enabled: true,
+                kind: AccountKind::Wechat,
+                tickets: Vec::new(),
             }
         })
         .collect()

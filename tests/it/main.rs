@@ -15,4 +15,5 @@ mod simulator;
 mod soak;
 mod store;
 mod support;
+mod tickets;
 mod wechat;

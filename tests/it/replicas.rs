@@ -27,7 +27,11 @@ use crate::cli::{Running, wxtoken};
 use crate::support::{self, metric_value};
 
 const KEY: &str = "replica-test-admin-key-0123456789";
+/// The lock TTL of the take-over test (short, so the test is quick).
 const LOCK_TTL: Duration = Duration::from_secs(2);
+/// The lock TTL of the in-process replicas: long enough that a loaded test
+/// machine never lets a working holder's lock expire.
+const REPLICA_LOCK_TTL: Duration = Duration::from_secs(10);
 
 fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -175,7 +179,7 @@ async fn replica(yaml: &str, sim: &Simulator, grace: Duration) -> Replica {
             grace,
             workers: Some(1),
             replica: ReplicaOptions {
-                lock_ttl: LOCK_TTL,
+                lock_ttl: REPLICA_LOCK_TTL,
                 poll_interval: Duration::from_millis(500),
             },
             ..BuildOptions::default()

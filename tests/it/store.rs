@@ -36,6 +36,7 @@ fn legacy_with_token(id: &str, token: &str) -> StoredAccount {
         calls_day: 20_254,
         calls_today: 7,
         forces: vec![],
+        tickets: Vec::new(),
     }
 }
 
@@ -48,6 +49,7 @@ fn stable_without_token(id: &str) -> StoredAccount {
         calls_day: 20_254,
         calls_today: 2,
         forces: vec![1_750_000_100_000, 1_750_000_200_000],
+        tickets: Vec::new(),
     }
 }
 

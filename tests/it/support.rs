@@ -69,6 +69,8 @@ pub fn client_with(
 ) -> (WechatClient, Metrics) {
     let metrics = Metrics::new();
     let config = UpstreamConfig {
+        // WeCom calls go to the same (simulated) host.
+        wecom_base_urls: base_urls.clone(),
         base_urls,
         timeout,
         max_concurrency,
