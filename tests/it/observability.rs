@@ -451,6 +451,12 @@ fn every_metric_named_by_the_dashboard_and_the_alerts_exists() {
         .observe(0.001);
     m.store_write_errors.with_label_values(&["redb"]).inc();
     m.set_config_error("wx0000000000000001", Some((40125, None)));
+    m.ticket_expiry
+        .with_label_values(&["wx0000000000000001", "jsapi"])
+        .set(1.0);
+    m.ticket_refreshes
+        .with_label_values(&["wx0000000000000001", "jsapi", "ok"])
+        .inc();
     let mut known = BTreeSet::new();
     for family in m.registry.gather() {
         let name = family.name().to_string();
@@ -656,7 +662,7 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression_against_a_liv
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
+        .account_with_tickets(Mode::Stable, &[wxtoken::domain::TicketKind::Jsapi])
         .account(Mode::Legacy)
         .broken_account(Mode::Stable)
         .spawn()
