@@ -22,6 +22,9 @@ pub struct Metrics {
     pub accounts: IntGaugeVec,
     pub token_expiry: GaugeVec,
     pub token_fetched: GaugeVec,
+    /// Until when the current token is handed out (Unix seconds): its expiry,
+    /// or earlier in legacy mode (next refresh plus WeChat's grace).
+    pub token_serve_until: GaugeVec,
     pub next_refresh: GaugeVec,
     pub refreshes: IntCounterVec,
     pub upstream_requests: IntCounterVec,
@@ -234,6 +237,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            token_serve_until: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "wxtoken_token_serve_until_timestamp_seconds",
+                        "Until when the current token is handed out (its expiry, or earlier in legacy mode), Unix seconds.",
+                    ),
+                    &["appid"],
+                )
+                .expect("valid metric"),
+            ),
             account_state: reg(
                 &r,
                 IntGaugeVec::new(
@@ -394,6 +408,7 @@ impl Metrics {
         let _ = self.actor_restarts.remove_label_values(&[appid]);
         let _ = self.token_expiry.remove_label_values(&[appid]);
         let _ = self.token_fetched.remove_label_values(&[appid]);
+        let _ = self.token_serve_until.remove_label_values(&[appid]);
         let _ = self.next_refresh.remove_label_values(&[appid]);
         for state in ACCOUNT_STATES {
             let _ = self.account_state.remove_label_values(&[appid, state]);

@@ -630,6 +630,19 @@ impl AccountActor {
         m.token_fetched
             .with_label_values(&[appid])
             .set(record.fetched_at_ms as f64 / 1000.0);
+        m.token_serve_until
+            .with_label_values(&[appid])
+            .set(record.serve_until_ms as f64 / 1000.0);
+    }
+
+    /// Publishes a new serve time for the current token (same token).
+    fn republish(&self, record: &TokenRecord, serve_until_ms: i64) {
+        let record = TokenRecord {
+            serve_until_ms,
+            ..record.clone()
+        };
+        self.publish_token_metrics(&record);
+        self.slot.publish(Arc::new(record));
     }
 
     /// Schedules the next refresh for a freshly published (or restored) token.
@@ -667,10 +680,7 @@ impl AccountActor {
                 .policy
                 .serve_until(Mode::Legacy, record.expires_at_ms, at);
             if serve_until != record.serve_until_ms {
-                self.slot.publish(Arc::new(TokenRecord {
-                    serve_until_ms: serve_until,
-                    ..record.clone()
-                }));
+                self.republish(record, serve_until);
                 self.persist();
             }
         }
@@ -866,10 +876,7 @@ impl Handler<Finished> for AccountActor {
                         record.serve_until_ms
                     };
                     if serve_until != record.serve_until_ms {
-                        self.slot.publish(Arc::new(TokenRecord {
-                            serve_until_ms: serve_until,
-                            ..(*record).clone()
-                        }));
+                        self.republish(&record, serve_until);
                     }
                 }
                 self.schedule(ctx, retry_at, Reason::Retry);

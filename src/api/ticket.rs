@@ -98,7 +98,7 @@ fn usable(
 }
 
 /// True when the account is configured with tickets of `kind`.
-fn configured(_state: &AppState, slot: &AccountSlot, kind: TicketKind) -> bool {
+fn configured(slot: &AccountSlot, kind: TicketKind) -> bool {
     slot.ticket_kinds.contains(&kind)
 }
 
@@ -154,7 +154,7 @@ pub async fn get_ticket(
 ) -> Result<HttpResponse, ApiError> {
     let (slot, kind) = lookup(&req, &state)?;
     let now_ms = state.clock.now_unix_ms();
-    let record = usable(&slot, kind, configured(&state, &slot, kind), now_ms)?;
+    let record = usable(&slot, kind, configured(&slot, kind), now_ms)?;
     ticket_response(&slot, &record, now_ms, None)
 }
 
@@ -185,7 +185,7 @@ pub async fn refresh_ticket(
         )));
     }
     let now_ms = state.clock.now_unix_ms();
-    if !configured(&state, &slot, kind) {
+    if !configured(&slot, kind) {
         return Err(ApiError::unknown_ticket(slot.appid.as_str(), kind.as_str()));
     }
     if let Some(current) = slot.ticket(kind)
@@ -291,7 +291,7 @@ pub async fn signature(
     }
     let now_ms = state.clock.now_unix_ms();
     let kind = TicketKind::Jsapi;
-    let ticket = usable(&slot, kind, configured(&state, &slot, kind), now_ms)?;
+    let ticket = usable(&slot, kind, configured(&slot, kind), now_ms)?;
     let nonce: String = rand::rng()
         .sample_iter(&Alphanumeric)
         .take(16)
