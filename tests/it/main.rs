@@ -5,6 +5,7 @@ mod app;
 mod cli;
 mod config;
 mod engine;
+mod faults;
 mod observability;
 mod persist;
 mod process;

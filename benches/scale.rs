@@ -1,0 +1,1034 @@
+//! Scale benchmark: thousands of accounts on one wxtoken.
+//!
+//! `cargo bench --bench scale [-- --accounts N --idle-secs S --lifetimes L
+//! --cost-accounts M --skip-serve]` measures, in this order:
+//!
+//! 1. **Fill and restart through the library** (real HTTP upstream): a
+//!    `wxtoken simulator` child process (so that its memory is not counted
+//!    here), a [`WechatClient`] with `max_concurrency: 32`, a [`RedbStore`] behind
+//!    a [`StoreWriter`] thread and the [`Registry`], wired as `startup.rs`
+//!    wires them. Time from an empty store to every account ready; this
+//!    process's RSS and its CPU while idle; then a restart from the full store
+//!    (open, load, registry) to every account ready, with the simulator's call
+//!    counters proving zero upstream calls; then the same fill with an
+//!    in-memory store, which isolates the cost of durable writes.
+//! 2. **Fill and restart of the real binary**: `wxtoken serve` with a generated
+//!    `accounts.yaml` of N accounts against the same simulator; time to
+//!    `/readyz` 200 from process start, the server's RSS and idle CPU from
+//!    `/proc/PID`, then SIGTERM and a second start: time to `/readyz` 200 and
+//!    upstream calls.
+//! 3. **Spread of refreshes**: N accounts started at the same instant on the
+//!    in-process simulator with WeChat's lifetimes (2 h tokens, 5 min grace) on
+//!    tokio's paused clock, over L lifetimes: the most refreshes in any 10 s
+//!    window against the mean per 10 s, per lifetime.
+//! 4. **Upstream cost**: M accounts (half legacy, half stable) over one
+//!    simulated day on the paused clock: token calls per account per day in
+//!    each mode against the floor of 12 (one per 2 h lifetime).
+//!
+//! Everything talks only to loopback. The numbers are printed; nothing is
+//! asserted except that every phase completes.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use url::Url;
+use wxtoken::account::Deps;
+use wxtoken::account::schedule::Policy;
+use wxtoken::account::slot::AccountSlot;
+use wxtoken::clock::Clock;
+use wxtoken::config::{AccountConfig, LoadOptions, RefreshConfig, UpstreamConfig, load_str};
+use wxtoken::domain::{AccessToken, AppId, Mode, TicketKind};
+use wxtoken::metrics::Metrics;
+use wxtoken::registry::{Apply, Directory, Registry, StopAll};
+use wxtoken::simulator::{AppRegistration, InProcess, SimConfig, Stats};
+use wxtoken::store::{MemoryStore, RedbStore, Storage, StoreWriter};
+use wxtoken::wechat::{
+    FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError, WechatClient,
+};
+
+/// WeChat's token lifetime.
+const LIFETIME: Duration = Duration::from_secs(7200);
+/// Linux reports process CPU times in these ticks per second (USER_HZ).
+const TICKS_PER_SEC: f64 = 100.0;
+/// Upstream requests in flight, as `upstream.max_concurrency` defaults.
+const MAX_CONCURRENCY: usize = 32;
+
+/// Command-line options (cargo passes `--bench`, which is ignored).
+#[derive(Debug, Clone)]
+struct Options {
+    accounts: usize,
+    idle_secs: u64,
+    lifetimes: u64,
+    cost_accounts: usize,
+    serve: bool,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut o = Options {
+            accounts: 10_000,
+            idle_secs: 10,
+            lifetimes: 3,
+            cost_accounts: 400,
+            serve: true,
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut i = 0;
+        while i < args.len() {
+            let value = || -> u64 {
+                args.get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+            };
+            match args[i].as_str() {
+                "--accounts" => o.accounts = value() as usize,
+                "--idle-secs" => o.idle_secs = value(),
+                "--lifetimes" => o.lifetimes = value().max(1),
+                "--cost-accounts" => o.cost_accounts = (value() as usize).max(2),
+                "--skip-serve" => {
+                    o.serve = false;
+                    i += 1;
+                    continue;
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            }
+            i += 2;
+        }
+        o
+    }
+}
+
+/// One line of the final summary.
+struct Row {
+    what: String,
+    value: String,
+    target: String,
+}
+
+fn main() {
+    let options = Options::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    println!(
+        "scale benchmark: {} accounts, {} CPUs, {}",
+        options.accounts,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model()
+    );
+    let mut rows = Vec::new();
+    let sim = SimProcess::start();
+    println!("simulator (child process): {}", sim.base);
+
+    let o = options.clone();
+    let base = sim.base.clone();
+    rows.extend(in_thread(move || library_fill_and_restart(&o, &base)));
+    if options.serve {
+        let o = options.clone();
+        let base = sim.base.clone();
+        rows.extend(in_thread(move || serve_fill_and_restart(&o, &base)));
+    }
+    drop(sim);
+    let o = options.clone();
+    rows.extend(in_thread(move || refresh_spread(&o)));
+    let o = options.clone();
+    rows.extend(in_thread(move || upstream_cost(&o)));
+
+    println!();
+    println!("summary");
+    println!("{:<58} {:>22}  target", "measure", "value");
+    for row in rows {
+        println!("{:<58} {:>22}  {}", row.what, row.value, row.target);
+    }
+}
+
+/// Runs `f` on a fresh thread inside its own actix system and returns its result.
+fn in_thread<T: Send + 'static>(
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || actix_rt::System::new().block_on(f()))
+        .join()
+        .expect("the benchmark phase does not panic")
+}
+
+// ----------------------------------------------------------------------------
+// Phase 1: fill and restart through the library, over real HTTP.
+// ----------------------------------------------------------------------------
+
+fn library_fill_and_restart(
+    o: &Options,
+    base: &str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+    let o = o.clone();
+    let base = base.to_string();
+    Box::pin(async move {
+        println!();
+        println!(
+            "[1] library: fill {} accounts from an empty redb store over HTTP, max_concurrency {MAX_CONCURRENCY}",
+            o.accounts
+        );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client");
+        let accounts = make_accounts("1", o.accounts);
+        register_over_http(&http, &base, &accounts).await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("wxtoken.redb");
+        let clock = Clock::system();
+        let calls_at_start = token_calls(&sim_stats(&http, &base).await);
+
+        let started = Instant::now();
+        let engine = Engine::start(Some(&path), &base, &clock, &accounts).await;
+        let applied = started.elapsed();
+        wait_ready(&engine.slots, &clock, Duration::from_secs(600)).await;
+        let fill_total = started.elapsed();
+        engine.store.flush().await;
+        let durable = started.elapsed();
+        let stats = sim_stats(&http, &base).await;
+        let fill_calls = token_calls(&stats) - calls_at_start;
+        println!(
+            "    registry applied in {applied:.2?}; every account ready after {fill_total:.2?}; store flushed at {durable:.2?}"
+        );
+        println!(
+            "    upstream token calls {fill_calls} ({:.2} per account)",
+            fill_calls as f64 / o.accounts as f64,
+        );
+        // Writes still queued after the fill (counters) are not idle work.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let rss_filled = rss_kib(Path::new("/proc/self/status"));
+        let cpu_before = cpu_ticks(Path::new("/proc/self/stat"));
+        let idle_started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
+        let idle_cpu = (cpu_ticks(Path::new("/proc/self/stat")) - cpu_before) as f64
+            / TICKS_PER_SEC
+            / idle_started.elapsed().as_secs_f64();
+        let rss_steady = rss_kib(Path::new("/proc/self/status"));
+        println!(
+            "    RSS after the fill {:.1} MiB, after {} s idle {:.1} MiB; idle CPU {:.2}% of one core",
+            rss_filled as f64 / 1024.0,
+            o.idle_secs,
+            rss_steady as f64 / 1024.0,
+            idle_cpu * 100.0
+        );
+
+        engine.stop().await;
+        drop(engine);
+        // The account actors stop on their own arbiter turns; let them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        println!("[1] library: restart from the full store");
+        let calls_before = token_calls(&sim_stats(&http, &base).await);
+        let started = Instant::now();
+        let engine = Engine::start(Some(&path), &base, &clock, &accounts).await;
+        let loaded = engine.loaded;
+        wait_ready(&engine.slots, &clock, Duration::from_secs(120)).await;
+        let restart_total = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let restart_calls = token_calls(&sim_stats(&http, &base).await) - calls_before;
+        println!(
+            "    store opened and {} accounts loaded in {loaded:.2?}; every account ready after {restart_total:.2?}; upstream calls {restart_calls} (1 s later)",
+            engine.stored
+        );
+        engine.stop().await;
+        drop(engine);
+
+        println!(
+            "[1] library: the same fill of {} new accounts with an in-memory store (isolates the cost of durable writes)",
+            o.accounts
+        );
+        let memory_accounts = make_accounts("5", o.accounts);
+        register_over_http(&http, &base, &memory_accounts).await;
+        let started = Instant::now();
+        let engine = Engine::start(None, &base, &clock, &memory_accounts).await;
+        wait_ready(&engine.slots, &clock, Duration::from_secs(600)).await;
+        let memory_fill = started.elapsed();
+        println!("    every account ready after {memory_fill:.2?}");
+        engine.stop().await;
+        drop(engine);
+
+        vec![
+            Row {
+                what: format!("library: fill {} accounts, empty store", o.accounts),
+                value: format!("{:.2} s", fill_total.as_secs_f64()),
+                target: "(report)".to_string(),
+            },
+            Row {
+                what: "library: fill upstream calls per account".to_string(),
+                value: format!("{:.2}", fill_calls as f64 / o.accounts as f64),
+                target: "1".to_string(),
+            },
+            Row {
+                what: "library: the same fill, in-memory store".to_string(),
+                value: format!("{:.2} s", memory_fill.as_secs_f64()),
+                target: "(report)".to_string(),
+            },
+            Row {
+                what: "library: restart from full redb store".to_string(),
+                value: format!("{:.3} s", restart_total.as_secs_f64()),
+                target: verdict(restart_total.as_secs_f64() < 1.0, "< 1 s"),
+            },
+            Row {
+                what: "library: restart upstream calls".to_string(),
+                value: restart_calls.to_string(),
+                target: verdict(restart_calls == 0, "0"),
+            },
+            Row {
+                what: "library: RSS, steady state (this process)".to_string(),
+                value: format!("{:.1} MiB", rss_steady as f64 / 1024.0),
+                target: verdict(rss_steady <= 64 * 1024, "<= 64 MiB"),
+            },
+            Row {
+                what: format!("library: idle CPU over {} s", o.idle_secs),
+                value: format!("{:.2}% of a core", idle_cpu * 100.0),
+                target: "(report)".to_string(),
+            },
+        ]
+    })
+}
+
+/// The engine of one wxtoken process, wired as `startup.rs` does, without HTTP.
+struct Engine {
+    registry: actix::Addr<Registry>,
+    store: StoreWriter,
+    slots: Vec<Arc<AccountSlot>>,
+    /// Time to open the store and read it.
+    loaded: Duration,
+    /// Accounts read from the store.
+    stored: usize,
+}
+
+impl Engine {
+    /// Opens the redb store at `path` (or an in-memory one when `None`),
+    /// reads it and starts the registry with `accounts`.
+    async fn start(
+        path: Option<&Path>,
+        base: &str,
+        clock: &Clock,
+        accounts: &[AccountConfig],
+    ) -> Engine {
+        let started = Instant::now();
+        let metrics = Metrics::new();
+        let storage: Arc<dyn Storage> = match path {
+            Some(path) => Arc::new(RedbStore::open(path).expect("the store opens")),
+            None => Arc::new(MemoryStore::new()),
+        };
+        let stored = storage.load_all().expect("the store reads");
+        let loaded = started.elapsed();
+        let count = stored.len();
+        let store = StoreWriter::start(storage, metrics.clone());
+        let client = WechatClient::new(
+            &UpstreamConfig {
+                base_urls: vec![Url::parse(base).expect("a valid base url")],
+                timeout: Duration::from_secs(5),
+                max_concurrency: MAX_CONCURRENCY,
+                ..UpstreamConfig::default()
+            },
+            metrics.clone(),
+        )
+        .expect("the WeChat client builds");
+        let deps = Deps {
+            upstream: Arc::new(client),
+            policy: Policy::new(RefreshConfig::default()),
+            clock: clock.clone(),
+            metrics,
+            store: store.clone(),
+        };
+        let directory = Directory::default();
+        let registry = Registry::new(directory.clone(), deps)
+            .with_restored(stored)
+            .start();
+        registry
+            .send(Apply(accounts.to_vec()))
+            .await
+            .expect("the registry answers");
+        Engine {
+            registry,
+            store,
+            slots: directory.all(),
+            loaded,
+            stored: count,
+        }
+    }
+
+    /// Stops every actor and closes the store file (as a graceful shutdown does).
+    async fn stop(&self) {
+        let _ = self.registry.send(StopAll).await;
+        self.store.close().await;
+    }
+}
+
+/// Waits (real or virtual time) until every slot serves a token; returns how long it took.
+async fn wait_ready(slots: &[Arc<AccountSlot>], clock: &Clock, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = clock.now_unix_ms();
+        let missing = slots.iter().filter(|s| !s.is_ready(now)).count();
+        if missing == 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{missing} of {} accounts still not ready after {limit:?}",
+            slots.len()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Phase 2: the real binary.
+// ----------------------------------------------------------------------------
+
+fn serve_fill_and_restart(
+    o: &Options,
+    base: &str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+    let o = o.clone();
+    let base = base.to_string();
+    Box::pin(async move {
+        println!();
+        println!(
+            "[2] wxtoken serve: {} accounts from a generated accounts.yaml",
+            o.accounts
+        );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client");
+        let accounts = make_accounts("2", o.accounts);
+        register_over_http(&http, &base, &accounts).await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let config = dir.path().join("accounts.yaml");
+        std::fs::write(&config, config_yaml(&base, port, &accounts)).expect("write the config");
+        let readyz = format!("http://127.0.0.1:{port}/readyz");
+
+        let calls_at_start = token_calls(&sim_stats(&http, &base).await);
+        let started = Instant::now();
+        let mut server = ServeProcess::start(&config);
+        wait_readyz(&http, &readyz, &mut server, Duration::from_secs(600)).await;
+        let fill = started.elapsed();
+        let fill_calls = token_calls(&sim_stats(&http, &base).await) - calls_at_start;
+        let status = format!("/proc/{}/status", server.child.id());
+        let stat = format!("/proc/{}/stat", server.child.id());
+        let rss_filled = rss_kib(Path::new(&status));
+        // Writes still queued after the fill (counters) are not idle work.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu_before = cpu_ticks(Path::new(&stat));
+        let idle_started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
+        let idle_cpu = (cpu_ticks(Path::new(&stat)) - cpu_before) as f64
+            / TICKS_PER_SEC
+            / idle_started.elapsed().as_secs_f64();
+        let rss_steady = rss_kib(Path::new(&status));
+        let metrics_started = Instant::now();
+        let metrics_bytes = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("the server answers /metrics")
+            .bytes()
+            .await
+            .map_or(0, |b| b.len());
+        let scrape = metrics_started.elapsed();
+        println!(
+            "    ready (/readyz 200) {fill:.2?} after process start; {fill_calls} upstream calls"
+        );
+        println!(
+            "    server RSS after the fill {:.1} MiB, after {} s idle {:.1} MiB; idle CPU {:.2}% of one core; /metrics {} KiB in {scrape:.2?}",
+            rss_filled as f64 / 1024.0,
+            o.idle_secs,
+            rss_steady as f64 / 1024.0,
+            idle_cpu * 100.0,
+            metrics_bytes / 1024
+        );
+        server.terminate();
+
+        println!("[2] wxtoken serve: restart (SIGTERM, start again on the same store)");
+        let calls_before = token_calls(&sim_stats(&http, &base).await);
+        let started = Instant::now();
+        let mut server = ServeProcess::start(&config);
+        wait_readyz(&http, &readyz, &mut server, Duration::from_secs(120)).await;
+        let restart = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let restart_calls = token_calls(&sim_stats(&http, &base).await) - calls_before;
+        let rss_restarted = rss_kib(Path::new(&format!("/proc/{}/status", server.child.id())));
+        println!(
+            "    ready {restart:.2?} after process start; {restart_calls} upstream calls (1 s later); RSS {:.1} MiB",
+            rss_restarted as f64 / 1024.0
+        );
+        server.terminate();
+
+        vec![
+            Row {
+                what: format!(
+                    "serve: fill {} accounts (process start to /readyz)",
+                    o.accounts
+                ),
+                value: format!("{:.2} s", fill.as_secs_f64()),
+                target: "(report)".to_string(),
+            },
+            Row {
+                what: "serve: restart (process start to /readyz 200)".to_string(),
+                value: format!("{:.3} s", restart.as_secs_f64()),
+                target: verdict(restart.as_secs_f64() < 1.0, "< 1 s"),
+            },
+            Row {
+                what: "serve: restart upstream calls".to_string(),
+                value: restart_calls.to_string(),
+                target: verdict(restart_calls == 0, "0"),
+            },
+            Row {
+                what: "serve: RSS, steady state after the fill".to_string(),
+                value: format!("{:.1} MiB", rss_steady as f64 / 1024.0),
+                target: verdict(rss_steady <= 64 * 1024, "<= 64 MiB"),
+            },
+            Row {
+                what: "serve: RSS after a restart from the store".to_string(),
+                value: format!("{:.1} MiB", rss_restarted as f64 / 1024.0),
+                target: verdict(rss_restarted <= 64 * 1024, "<= 64 MiB"),
+            },
+            Row {
+                what: format!("serve: idle CPU over {} s", o.idle_secs),
+                value: format!("{:.2}% of a core", idle_cpu * 100.0),
+                target: "(report)".to_string(),
+            },
+        ]
+    })
+}
+
+/// A `wxtoken serve` child process.
+struct ServeProcess {
+    child: Child,
+}
+
+impl ServeProcess {
+    fn start(config: &Path) -> ServeProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wxtoken serve starts");
+        ServeProcess { child }
+    }
+
+    /// SIGTERM (graceful: flush the store), then waits for the exit.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn wait_readyz(
+    http: &reqwest::Client,
+    url: &str,
+    server: &mut ServeProcess,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http.get(url).send().await
+            && response.status() == reqwest::StatusCode::OK
+        {
+            return;
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("wxtoken serve exited with {status} before it was ready");
+        }
+        assert!(started.elapsed() < limit, "{url} not 200 within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn config_yaml(base: &str, port: u16, accounts: &[AccountConfig]) -> String {
+    use secrecy::ExposeSecret;
+    let mut yaml = format!(
+        "listen: 127.0.0.1:{port}\n\
+         upstream:\n  base_urls: [{base}]\n  timeout: 5s\n  max_concurrency: {MAX_CONCURRENCY}\n\
+         store:\n  path: data/wxtoken.redb\n\
+         accounts:\n"
+    );
+    for a in accounts {
+        yaml.push_str(&format!(
+            "  - appid: {}\n    secret: {}\n    mode: {}\n",
+            a.appid,
+            a.secret.expose_secret(),
+            a.mode
+        ));
+    }
+    yaml
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+// ----------------------------------------------------------------------------
+// Phase 3: spread of refreshes over the lifetime, virtual time.
+// ----------------------------------------------------------------------------
+
+/// One upstream call seen by [`Recording`].
+#[derive(Clone, Copy)]
+struct Call {
+    at_ms: i64,
+    account: usize,
+    mode: Mode,
+}
+
+/// A token source that remembers when each call was made, then asks the
+/// in-process simulator.
+struct Recording {
+    inner: InProcess,
+    clock: Clock,
+    index: HashMap<AppId, usize>,
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl TokenSource for Recording {
+    fn fetch(&self, req: FetchRequest) -> BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
+        let call = Call {
+            at_ms: self.clock.now_unix_ms(),
+            account: self.index.get(&req.appid).copied().unwrap_or(usize::MAX),
+            mode: req.mode,
+        };
+        self.calls.lock().expect("not poisoned").push(call);
+        self.inner.fetch(req)
+    }
+
+    fn fetch_ticket(
+        &self,
+        token: AccessToken,
+        kind: TicketKind,
+    ) -> BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
+        self.inner.fetch_ticket(token, kind)
+    }
+}
+
+/// A fleet on tokio's paused clock and the in-process simulator.
+struct VirtualFleet {
+    slots: Vec<Arc<AccountSlot>>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    clock: Clock,
+    started_ms: i64,
+    accounts: Vec<AccountConfig>,
+    _registry: actix::Addr<Registry>,
+}
+
+impl VirtualFleet {
+    async fn start(tag: &str, n: usize) -> VirtualFleet {
+        tokio::time::pause();
+        let clock = Clock::tokio();
+        let sim = InProcess::new(
+            SimConfig {
+                clock: clock.clone(),
+                ..SimConfig::default()
+            },
+            Duration::from_secs(5),
+        )
+        .expect("a valid simulator config");
+        let accounts = make_accounts(tag, n);
+        for a in &accounts {
+            use secrecy::ExposeSecret;
+            sim.try_register_app(AppRegistration {
+                appid: a.appid.to_string(),
+                secret: a.secret.expose_secret().to_string(),
+                ip_whitelist: vec![],
+            })
+            .expect("a valid registration");
+        }
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let upstream = Recording {
+            inner: sim,
+            clock: clock.clone(),
+            index: accounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.appid.clone(), i))
+                .collect(),
+            calls: calls.clone(),
+        };
+        let metrics = Metrics::new();
+        let deps = Deps {
+            upstream: Arc::new(upstream),
+            policy: Policy::new(RefreshConfig::default()),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            store: StoreWriter::inline(Arc::new(MemoryStore::new()), metrics),
+        };
+        let directory = Directory::default();
+        let registry = Registry::new(directory.clone(), deps).start();
+        let started_ms = clock.now_unix_ms();
+        registry
+            .send(Apply(accounts.clone()))
+            .await
+            .expect("the registry answers");
+        VirtualFleet {
+            slots: directory.all(),
+            calls,
+            clock,
+            started_ms,
+            accounts,
+            _registry: registry,
+        }
+    }
+
+    /// Lets `span` of virtual time pass in `step`s; returns the most accounts
+    /// seen without a servable token at any step after the first.
+    async fn run_for(&self, span: Duration, step: Duration) -> usize {
+        let mut worst = 0;
+        let steps = span.as_millis() / step.as_millis();
+        for i in 0..steps {
+            tokio::time::sleep(step).await;
+            let now = self.clock.now_unix_ms();
+            let missing = self.slots.iter().filter(|s| !s.is_ready(now)).count();
+            if i > 0 {
+                worst = worst.max(missing);
+            }
+        }
+        worst
+    }
+
+    /// Every call except each account's first (the start-up fill).
+    fn refreshes(&self) -> Vec<Call> {
+        let calls = self.calls.lock().expect("not poisoned").clone();
+        let mut seen = vec![false; self.accounts.len()];
+        calls
+            .into_iter()
+            .filter(|c| match seen.get_mut(c.account) {
+                Some(first @ false) => {
+                    *first = true;
+                    false
+                }
+                _ => true,
+            })
+            .collect()
+    }
+}
+
+fn refresh_spread(o: &Options) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+    let o = o.clone();
+    Box::pin(async move {
+        println!();
+        println!(
+            "[3] spread: {} accounts (half legacy, half stable) started at one instant, {} lifetimes of 2 h on tokio's paused clock",
+            o.accounts, o.lifetimes
+        );
+        let wall = Instant::now();
+        let fleet = VirtualFleet::start("3", o.accounts).await;
+        let worst_missing = fleet
+            .run_for(LIFETIME * o.lifetimes as u32, Duration::from_secs(10))
+            .await;
+        let refreshes = fleet.refreshes();
+        println!(
+            "    simulated {} h in {:.1?} of wall time; {} refreshes; most accounts without a token at any 10 s step: {worst_missing}",
+            2 * o.lifetimes,
+            wall.elapsed(),
+            refreshes.len()
+        );
+        let life_ms = LIFETIME.as_millis() as i64;
+        let windows_per_life = (life_ms / 10_000) as f64;
+        let mut rows = Vec::new();
+        println!(
+            "    {:<10} {:>10} {:>14} {:>14} {:>8} {:>14} {:>14}",
+            "lifetime",
+            "refreshes",
+            "mean per 10 s",
+            "peak in 10 s",
+            "peak/mean",
+            "legacy peak",
+            "stable peak"
+        );
+        for k in 0..o.lifetimes as i64 {
+            let from = fleet.started_ms + k * life_ms;
+            let to = from + life_ms;
+            let inside: Vec<&Call> = refreshes
+                .iter()
+                .filter(|c| (from..to).contains(&c.at_ms))
+                .collect();
+            let all: Vec<i64> = inside.iter().map(|c| c.at_ms).collect();
+            let legacy: Vec<i64> = inside
+                .iter()
+                .filter(|c| c.mode == Mode::Legacy)
+                .map(|c| c.at_ms)
+                .collect();
+            let stable: Vec<i64> = inside
+                .iter()
+                .filter(|c| c.mode == Mode::Stable)
+                .map(|c| c.at_ms)
+                .collect();
+            let mean = all.len() as f64 / windows_per_life;
+            let peak = densest_window(&all, 10_000);
+            println!(
+                "    {:<10} {:>10} {:>14.1} {:>14} {:>8.1} {:>14} {:>14}",
+                k + 1,
+                all.len(),
+                mean,
+                peak,
+                if mean > 0.0 { peak as f64 / mean } else { 0.0 },
+                densest_window(&legacy, 10_000),
+                densest_window(&stable, 10_000)
+            );
+            rows.push(Row {
+                what: format!("spread: lifetime {} peak 10 s window / mean", k + 1),
+                value: format!("{peak} / {mean:.1}"),
+                target: "(report)".to_string(),
+            });
+        }
+        rows.push(Row {
+            what: "spread: accounts without a token at a 10 s step".to_string(),
+            value: worst_missing.to_string(),
+            target: verdict(worst_missing == 0, "0"),
+        });
+        rows
+    })
+}
+
+/// The most samples (ms) that fall into any window of `width` ms.
+fn densest_window(samples: &[i64], width: i64) -> usize {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= width {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+// ----------------------------------------------------------------------------
+// Phase 4: upstream cost per account per day, virtual time.
+// ----------------------------------------------------------------------------
+
+fn upstream_cost(o: &Options) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+    let o = o.clone();
+    Box::pin(async move {
+        println!();
+        println!(
+            "[4] upstream cost: {} accounts (half legacy, half stable) over one simulated day (after the start-up fill)",
+            o.cost_accounts
+        );
+        let wall = Instant::now();
+        let fleet = VirtualFleet::start("4", o.cost_accounts).await;
+        let day = Duration::from_secs(86_400);
+        // One step past the day so that refreshes due at its very end are counted.
+        let worst_missing = fleet
+            .run_for(day + Duration::from_secs(10), Duration::from_secs(10))
+            .await;
+        let day_end = fleet.started_ms + day.as_millis() as i64;
+        let refreshes: Vec<Call> = fleet
+            .refreshes()
+            .into_iter()
+            .filter(|c| c.at_ms <= day_end)
+            .collect();
+        println!(
+            "    simulated 24 h in {:.1?}; most accounts without a token at any 10 s step: {worst_missing}",
+            wall.elapsed()
+        );
+        let mut rows = Vec::new();
+        for mode in [Mode::Legacy, Mode::Stable] {
+            let mut per_account: HashMap<usize, u64> = fleet
+                .accounts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.mode == mode)
+                .map(|(i, _)| (i, 0))
+                .collect();
+            for c in refreshes.iter().filter(|c| c.mode == mode) {
+                *per_account.entry(c.account).or_default() += 1;
+            }
+            let n = per_account.len().max(1) as f64;
+            let total: u64 = per_account.values().sum();
+            let min = per_account.values().min().copied().unwrap_or(0);
+            let max = per_account.values().max().copied().unwrap_or(0);
+            let mean = total as f64 / n;
+            println!(
+                "    {mode:<7} calls per account per day: mean {mean:.2}, min {min}, max {max} (floor 12; {:.0}% above it), +1 for the start-up fill",
+                (mean / 12.0 - 1.0) * 100.0
+            );
+            rows.push(Row {
+                what: format!("cost: {mode} calls per account per day"),
+                value: format!("{mean:.2} (min {min}, max {max})"),
+                target: "floor 12".to_string(),
+            });
+        }
+        rows
+    })
+}
+
+// ----------------------------------------------------------------------------
+// Helpers.
+// ----------------------------------------------------------------------------
+
+/// `n` accounts, alternating legacy and stable, with appids unique to `tag`,
+/// read from a generated `accounts.yaml` by the real loader.
+fn make_accounts(tag: &str, n: usize) -> Vec<AccountConfig> {
+    let tag = u64::from_str_radix(tag, 16).expect("a hex tag");
+    let mut yaml = String::from("accounts:\n");
+    for i in 0..n {
+        let appid = format!("wx{tag:04x}{i:012x}");
+        let mode = if i % 2 == 0 { "legacy" } else { "stable" };
+        yaml.push_str(&format!(
+            "  - appid: {appid}\n    name: scale {i}\n    secret: scale-secret-{appid}\n    mode: {mode}\n"
+        ));
+    }
+    load_str(&yaml, Path::new("scale.yaml"), &LoadOptions::from_pairs([]))
+        .unwrap_or_else(|problems| panic!("the generated accounts are invalid: {problems}"))
+        .config
+        .accounts
+}
+
+/// Registers every account with the simulator's `POST /sim/apps`.
+async fn register_over_http(http: &reqwest::Client, base: &str, accounts: &[AccountConfig]) {
+    use secrecy::ExposeSecret;
+    let started = Instant::now();
+    let url = format!("{base}/sim/apps");
+    let results: Vec<bool> = futures::stream::iter(accounts.iter().map(|a| {
+        let body = serde_json::json!({
+            "appid": a.appid.as_str(),
+            "secret": a.secret.expose_secret(),
+        });
+        let request = http.post(&url).json(&body).send();
+        async move { request.await.is_ok_and(|r| r.status().is_success()) }
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    assert!(
+        results.iter().all(|ok| *ok),
+        "the simulator refused a registration"
+    );
+    println!(
+        "    registered {} apps with the simulator in {:.2?}",
+        accounts.len(),
+        started.elapsed()
+    );
+}
+
+async fn sim_stats(http: &reqwest::Client, base: &str) -> Stats {
+    http.get(format!("{base}/sim/stats"))
+        .send()
+        .await
+        .expect("the simulator answers")
+        .json()
+        .await
+        .expect("the simulator's stats are JSON")
+}
+
+/// Token calls (`token` and `stable_token`) the simulator received.
+fn token_calls(stats: &Stats) -> u64 {
+    stats.total_calls("token") + stats.total_calls("stable_token")
+}
+
+/// `VmRSS` of a `/proc/PID/status` file, in KiB.
+fn rss_kib(status: &Path) -> u64 {
+    std::fs::read_to_string(status)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a `/proc/PID/stat` file, in clock ticks.
+fn cpu_ticks(stat: &Path) -> u64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // The command name (field 2) may contain spaces; count fields after its ')'.
+    let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line are 12 and 13 after the ')'.
+    let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    utime + stime
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+fn verdict(met: bool, target: &str) -> String {
+    format!("{target}: {}", if met { "met" } else { "NOT met" })
+}
+
+/// A `wxtoken simulator` child process on a free loopback port.
+struct SimProcess {
+    child: Child,
+    base: String,
+}
+
+impl SimProcess {
+    fn start() -> SimProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
+            .args(["simulator", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wxtoken simulator starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("wxtoken simulator listening on ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => panic!("the simulator printed no address"),
+            }
+        };
+        // Keep reading so that the simulator never writes into a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
+        SimProcess { child, base }
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
