@@ -19,6 +19,9 @@ use crate::wechat::Decision;
 /// WeChat keeps a superseded token working this long (legacy refresh, forced stable refresh).
 pub const WECHAT_GRACE: Duration = Duration::from_secs(300);
 
+/// The most a stable refresh waits after its window opens (see `planned_refresh`).
+const STABLE_MARGIN_MS: f64 = 5_000.0;
+
 /// In stable mode, when WeChat still returned the same token inside the window,
 /// ask again after this long (bounded by the expiry).
 pub const STABLE_RECHECK: Duration = Duration::from_secs(15);
@@ -57,8 +60,12 @@ impl Policy {
             Mode::Stable => {
                 let window = self.refresh.stable_window.as_millis() as f64;
                 let window = window.min(life);
+                // Not at the very start of the window: our expiry is counted
+                // from the request, WeChat's from its answer, so at exactly
+                // `window` before it WeChat may still return the old token.
+                let margin = (window / 10.0).min(STABLE_MARGIN_MS);
                 let spread = (self.refresh.jitter * life).min(window / 2.0);
-                expires_ms - window as i64 + (draw * spread) as i64
+                expires_ms - window as i64 + margin as i64 + (draw * spread) as i64
             }
         };
         at.clamp(fetched_ms, expires_ms)
@@ -140,8 +147,8 @@ mod tests {
         let p = policy();
         let earliest = p.planned_refresh(Mode::Stable, 0, H2, 0.0);
         let latest = p.planned_refresh(Mode::Stable, 0, H2, 0.999_999);
-        assert_eq!(earliest, H2 - 300_000);
-        assert!(latest <= H2 - 150_000 && latest > earliest);
+        assert_eq!(earliest, H2 - 295_000);
+        assert!(latest <= H2 - 145_000 && latest > earliest);
     }
 
     #[test]
