@@ -207,7 +207,7 @@ impl Registry {
 
     /// A fresh slot for `config`, filled from the store when it holds this account.
     fn new_slot(&mut self, config: &AccountConfig) -> Arc<AccountSlot> {
-        let slot = Arc::new(AccountSlot::with_tickets(
+        let slot = Arc::new(AccountSlot::new(
             config.appid.clone(),
             config.name.clone(),
             config.mode,
@@ -384,7 +384,7 @@ impl Handler<Apply> for Registry {
                 Some(member) if same_account(&member.config, config) => summary.unchanged += 1,
                 Some(member) => {
                     member.addr.do_send(Shutdown);
-                    let slot = Arc::new(AccountSlot::with_tickets(
+                    let slot = Arc::new(AccountSlot::new(
                         config.appid.clone(),
                         config.name.clone(),
                         config.mode,

@@ -443,21 +443,7 @@ impl AccountActor {
                 may_rotate,
             }
         };
-        let handle = actix_rt::spawn(task);
-        let shared: SharedRefresh = async move {
-            match handle.await {
-                Ok(finished) => {
-                    let result = finished.result.clone();
-                    addr.do_send(finished);
-                    result
-                }
-                Err(_) => Err(RefreshError::Unavailable),
-            }
-        }
-        .boxed_local()
-        .shared();
-        // Drive the shared future even when no caller waits on it.
-        actix_rt::spawn(shared.clone().map(|_| ()));
+        let shared: SharedRefresh = spawn_shared(addr, task, |f: &Finished| f.result.clone());
         self.inflight = Some(shared.clone());
         shared
     }
@@ -502,20 +488,7 @@ impl AccountActor {
             };
             TicketFinished { kind, result }
         };
-        let handle = actix_rt::spawn(task);
-        let shared: SharedTicket = async move {
-            match handle.await {
-                Ok(finished) => {
-                    let result = finished.result.clone();
-                    addr.do_send(finished);
-                    result
-                }
-                Err(_) => Err(RefreshError::Unavailable),
-            }
-        }
-        .boxed_local()
-        .shared();
-        actix_rt::spawn(shared.clone().map(|_| ()));
+        let shared: SharedTicket = spawn_shared(addr, task, |f: &TicketFinished| f.result.clone());
         self.ticket_inflight.insert(kind, shared.clone());
         shared
     }
@@ -1153,4 +1126,35 @@ fn reached_wechat(result: &Result<crate::wechat::TokenGrant, UpstreamError>) -> 
         Err(UpstreamError::Coordination { .. }) => false,
         Err(_) => true,
     }
+}
+
+/// Spawns `task`, whose message goes back to the actor when it ends, and
+/// returns a shared handle on its result (`result` picks it from the
+/// message). The handle is driven even when nobody awaits it; a task that
+/// died answers [`RefreshError::Unavailable`].
+fn spawn_shared<M, T>(
+    addr: Addr<AccountActor>,
+    task: impl std::future::Future<Output = M> + 'static,
+    result: fn(&M) -> Result<T, RefreshError>,
+) -> Shared<LocalBoxFuture<'static, Result<T, RefreshError>>>
+where
+    M: Message<Result = ()> + Send + 'static,
+    AccountActor: Handler<M>,
+    T: Clone + 'static,
+{
+    let handle = actix_rt::spawn(task);
+    let shared = async move {
+        match handle.await {
+            Ok(finished) => {
+                let answer = result(&finished);
+                addr.do_send(finished);
+                answer
+            }
+            Err(_) => Err(RefreshError::Unavailable),
+        }
+    }
+    .boxed_local()
+    .shared();
+    actix_rt::spawn(shared.clone().map(|_| ()));
+    shared
 }

@@ -148,12 +148,8 @@ pub struct AccountSlot {
 }
 
 impl AccountSlot {
-    pub fn new(appid: AppId, name: String, mode: Mode, enabled: bool) -> Self {
-        Self::with_tickets(appid, name, mode, enabled, Vec::new())
-    }
-
-    /// A slot for an account configured with JS-SDK tickets of `ticket_kinds`.
-    pub fn with_tickets(
+    /// A slot for an account, configured with JS-SDK tickets of `ticket_kinds`.
+    pub fn new(
         appid: AppId,
         name: String,
         mode: Mode,

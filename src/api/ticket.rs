@@ -11,6 +11,8 @@
 //! handed out past its serve time (never past its token's); the read path
 //! never waits for an actor.
 
+use std::sync::Arc;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use rand::Rng;
@@ -27,7 +29,7 @@ use crate::startup::AppState;
 use super::body::read_json;
 use super::error::ApiError;
 use super::path_appid;
-use super::token::{MAX_CACHE_SECS, disabled};
+use super::token::{cache_control, disabled};
 
 /// The longest page URL the signature helper accepts.
 const MAX_URL_LEN: usize = 2048;
@@ -56,21 +58,22 @@ fn path_kind(req: &HttpRequest) -> Result<TicketKind, ApiError> {
     }
 }
 
-/// Authenticates, checks the scope and finds the account and ticket kind.
-fn lookup(
-    req: &HttpRequest,
-    state: &AppState,
-) -> Result<(std::sync::Arc<AccountSlot>, TicketKind), ApiError> {
+/// Authenticates, checks the scope and finds the account.
+fn lookup_account(req: &HttpRequest, state: &AppState) -> Result<Arc<AccountSlot>, ApiError> {
     let auth = state.auth.load();
     let caller = auth.authenticate(req)?;
     let appid = path_appid(req)?;
     caller.check_scope(&appid)?;
-    let kind = path_kind(req)?;
-    let slot = state
+    state
         .directory
         .get(&appid)
-        .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
-    Ok((slot, kind))
+        .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))
+}
+
+/// [`lookup_account`] plus the ticket kind of the path.
+fn lookup(req: &HttpRequest, state: &AppState) -> Result<(Arc<AccountSlot>, TicketKind), ApiError> {
+    let slot = lookup_account(req, state)?;
+    Ok((slot, path_kind(req)?))
 }
 
 /// The current, usable ticket of `kind`, or the error to answer.
@@ -79,7 +82,7 @@ fn usable(
     kind: TicketKind,
     configured: bool,
     now_ms: i64,
-) -> Result<std::sync::Arc<TicketRecord>, ApiError> {
+) -> Result<Arc<TicketRecord>, ApiError> {
     if !slot.enabled {
         return Err(disabled(&slot.appid));
     }
@@ -130,11 +133,7 @@ fn ticket_response(
     };
     let bytes = serde_json::to_vec(&body)
         .map_err(|_| ApiError::internal("the ticket answer could not be encoded"))?;
-    let cache = HeaderValue::from_str(&format!(
-        "private, max-age={}",
-        expires_in.min(MAX_CACHE_SECS)
-    ))
-    .unwrap_or(HeaderValue::from_static("private, max-age=0"));
+    let cache = cache_control(expires_in);
     Ok(HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,
@@ -264,15 +263,7 @@ pub async fn signature(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let auth = state.auth.load();
-    let caller = auth.authenticate(&req)?;
-    let appid = path_appid(&req)?;
-    caller.check_scope(&appid)?;
-    let slot = state
-        .directory
-        .get(&appid)
-        .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
-    drop(auth);
+    let slot = lookup_account(&req, &state)?;
     let body: SignatureRequest =
         read_json(&req, payload, "{\"url\": \"https://example.com/page?x=1\"}").await?;
     let url = body.url.trim();

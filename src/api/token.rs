@@ -99,11 +99,7 @@ pub(crate) fn token_response(
     let mut buf = Vec::with_capacity(128 + record.token.expose().len());
     serde_json::to_writer(&mut buf, &body)
         .map_err(|_| ApiError::internal("the token answer could not be encoded"))?;
-    let max_age = expires_in.min(MAX_CACHE_SECS) as usize;
-    let cache_control = CACHE_CONTROL
-        .get(max_age)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("private, max-age=0"));
+    let cache_control = cache_control(expires_in);
     Ok(HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,
@@ -111,6 +107,14 @@ pub(crate) fn token_response(
         ))
         .insert_header((header::CACHE_CONTROL, cache_control))
         .body(buf))
+}
+
+/// `Cache-Control: private, max-age=min(expires_in, 60)` (contract §3), prebuilt.
+pub(crate) fn cache_control(expires_in: u64) -> HeaderValue {
+    CACHE_CONTROL
+        .get(expires_in.min(MAX_CACHE_SECS) as usize)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("private, max-age=0"))
 }
 
 /// The 503 `token_unavailable` answer for an account without a usable token
