@@ -82,6 +82,7 @@ pub enum Command {
 
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
+    crate::panics::install_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Check(arg) => ExitCode::from(crate::config::run_check(&arg.config)),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod metrics;
+pub mod panics;
 pub mod registry;
 pub mod reload;
 pub mod replica;
