@@ -113,6 +113,18 @@ pub fn from_unix_ms(ms: i64) -> SystemTime {
     }
 }
 
+/// `ms` (Unix milliseconds) plus `d`, saturating instead of overflowing: the
+/// one way to add a duration to an instant, so that no upstream value can
+/// wrap a time around.
+pub fn add_ms(ms: i64, d: Duration) -> i64 {
+    ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How long from `from_ms` until `to_ms` (zero when `to_ms` is not later).
+pub fn until_ms(from_ms: i64, to_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(to_ms.saturating_sub(from_ms)).unwrap_or(0))
+}
+
 /// The China-time (UTC+8) calendar day of a Unix time, as days since 1970-01-01.
 /// WeChat's daily quotas reset when this number changes.
 pub fn china_day(unix_secs: i64) -> i64 {

@@ -112,8 +112,33 @@ impl fmt::Display for Mode {
 pub struct AccessToken(String);
 
 impl AccessToken {
+    /// How long a token or ticket from WeChat may be, in characters (WeChat
+    /// tells storage to reserve 512; contract §9 allows up to 2048).
+    pub const UPSTREAM_LEN: std::ops::RangeInclusive<usize> = 16..=2048;
+
     pub fn new(value: impl Into<String>) -> Self {
         AccessToken(value.into())
+    }
+
+    /// Checks a token or ticket that WeChat sent: 16 to 2048 visible ASCII
+    /// characters (no space, no control character, nothing outside ASCII).
+    ///
+    /// Errors with a sentence saying what is wrong that never quotes the value.
+    pub fn from_upstream(value: String) -> Result<AccessToken, String> {
+        let len = value.chars().count();
+        if !Self::UPSTREAM_LEN.contains(&len) {
+            return Err(format!(
+                "it is {len} characters long, not {} to {}",
+                Self::UPSTREAM_LEN.start(),
+                Self::UPSTREAM_LEN.end()
+            ));
+        }
+        if let Some(at) = value.bytes().position(|b| !b.is_ascii_graphic()) {
+            return Err(format!(
+                "it holds a space, control or non-ASCII character at byte {at}"
+            ));
+        }
+        Ok(AccessToken(value))
     }
 
     /// The token itself, for the HTTP response body and upstream calls only.

@@ -53,7 +53,14 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// 1 when the last configuration reload succeeded (or none was tried), else 0.
     pub config_last_reload_successful: IntGauge,
+    /// Panics caught inside background tasks, by task ([`PANIC_TASKS`]);
+    /// each is also a failed attempt that is retried.
+    pub task_panics: IntCounterVec,
 }
+
+/// The tasks whose panics are caught and counted, the `task` label of
+/// `wxtoken_task_panics_total`.
+pub const PANIC_TASKS: [&str; 2] = ["refresh", "ticket"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -316,8 +323,22 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            task_panics: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_task_panics_total",
+                        "Panics caught inside background tasks (a bug); each is a failed attempt that is retried.",
+                    ),
+                    &["task"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
+        for task in PANIC_TASKS {
+            m.task_panics.with_label_values(&[task]);
+        }
         m.config_last_reload_successful.set(1);
         m.redis_up.set(1);
         for result in ["ok", "error"] {

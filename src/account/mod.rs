@@ -25,7 +25,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::{LocalBoxFuture, Shared};
 
-use crate::clock::{Clock, china_day};
+use crate::clock::{Clock, add_ms, china_day, until_ms};
 use crate::config::AccountConfig;
 use crate::domain::{AccessToken, Mode, TicketKind};
 use crate::metrics::Metrics;
@@ -79,6 +79,10 @@ pub enum RefreshError {
     Unavailable,
     #[error("the account has no {} ticket configured", .0.as_str())]
     UnknownTicket(TicketKind),
+    /// A bug: the refresh task panicked. It counts as a failed attempt and is
+    /// retried with backoff.
+    #[error("an internal error interrupted the refresh ({detail}); it is retried")]
+    Internal { detail: String },
 }
 
 /// The answer to a refresh request.
@@ -113,6 +117,11 @@ struct Finished {
     /// The refresh may have rotated the token at WeChat (a legacy fetch or a
     /// stable force), so an unknown outcome may have killed the old one.
     may_rotate: bool,
+    /// The attempt may have rotated the token and its outcome is unknown
+    /// (a timeout, a panic, ...): WeChat may still process it.
+    outcome_unknown: bool,
+    /// The late window after this attempt (`AccountStatus::late_until_ms`).
+    late_until_ms: Option<i64>,
 }
 
 /// Stops the actor (the account left the registry or is being replaced).
@@ -294,7 +303,7 @@ impl AccountActor {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        let delay = Duration::from_millis((at_ms - self.now_ms()).max(0) as u64);
+        let delay = until_ms(self.now_ms(), at_ms);
         self.update_status(|s| s.next_refresh_at_ms = Some(at_ms));
         self.timer = Some(ctx.run_later(delay, move |act, ctx| {
             act.timer = None;
@@ -352,7 +361,23 @@ impl AccountActor {
         if may_rotate {
             self.update_status(|s| s.pending_fetch_ms = Some(started));
         }
+        let late_before = self.slot.status().late_until_ms;
         let base = self.stored();
+        let on_panic = {
+            let policy = self.deps.policy.clone();
+            move |detail: String| Finished {
+                generation,
+                reason,
+                calls: 0,
+                forced: false,
+                same_token: false,
+                result: Err(RefreshError::Internal { detail }),
+                started_ms: started,
+                may_rotate,
+                outcome_unknown: may_rotate,
+                late_until_ms: policy.late_after(late_before, started, may_rotate, true),
+            }
+        };
         let task = async move {
             let mut calls = 1;
             let mut forced = request.force_refresh;
@@ -375,7 +400,13 @@ impl AccountActor {
                     matches!((&result, &current), (Ok(g), Some(c)) if g.access_token == c.token);
                 if same {
                     if !force_allowed {
-                        return Finished::throttled(generation, reason, calls, started);
+                        return Finished::throttled(
+                            generation,
+                            reason,
+                            calls,
+                            started,
+                            late_before,
+                        );
                     }
                     calls += 1;
                     forced = true;
@@ -393,13 +424,19 @@ impl AccountActor {
                 }
             }
             let mut same_token = false;
+            let outcome_unknown = may_rotate
+                && match &result {
+                    Ok(grant) => grant.after_unknown,
+                    Err(e) => e.outcome_unknown(),
+                };
+            let late = deps
+                .policy
+                .late_after(late_before, started, may_rotate, outcome_unknown);
             let result = match result {
                 Ok(grant) => {
                     let expires = grant
                         .shared
-                        .map_or(started + grant.expires_in.as_millis() as i64, |o| {
-                            o.expires_at_ms
-                        });
+                        .map_or(add_ms(started, grant.expires_in), |o| o.expires_at_ms);
                     let previous = slot.token();
                     same_token = previous
                         .as_ref()
@@ -412,12 +449,16 @@ impl AccountActor {
                     let next =
                         deps.policy
                             .planned_refresh(mode, fetched_at, expires, schedule::draw());
+                    let serve_until = deps.policy.serve_until(mode, expires, next);
+                    let (_, serve_until) =
+                        deps.policy
+                            .guard_late(mode, fetched_at, next, serve_until, late);
                     let record = Arc::new(TokenRecord {
                         token: grant.access_token,
                         mode,
                         fetched_at_ms: fetched_at,
                         expires_at_ms: expires,
-                        serve_until_ms: deps.policy.serve_until(mode, expires, next),
+                        serve_until_ms: serve_until,
                     });
                     // Durable before served: a crash after this point cannot
                     // lose a token that clients already hold.
@@ -441,9 +482,18 @@ impl AccountActor {
                 result,
                 started_ms: started,
                 may_rotate,
+                outcome_unknown,
+                late_until_ms: late,
             }
         };
-        let shared: SharedRefresh = spawn_shared(addr, task, |f: &Finished| f.result.clone());
+        let shared: SharedRefresh = spawn_shared(
+            addr,
+            &self.deps.metrics,
+            "refresh",
+            task,
+            on_panic,
+            |f: &Finished| f.result.clone(),
+        );
         self.inflight = Some(shared.clone());
         shared
     }
@@ -472,7 +522,7 @@ impl AccountActor {
             let started = deps.clock.now_unix_ms();
             let result = match deps.upstream.fetch_ticket(token.token.clone(), kind).await {
                 Ok(grant) => {
-                    let expires = started + grant.expires_in.as_millis() as i64;
+                    let expires = add_ms(started, grant.expires_in);
                     let record = Arc::new(TicketRecord {
                         kind,
                         ticket: grant.ticket,
@@ -488,7 +538,18 @@ impl AccountActor {
             };
             TicketFinished { kind, result }
         };
-        let shared: SharedTicket = spawn_shared(addr, task, |f: &TicketFinished| f.result.clone());
+        let on_panic = move |detail: String| TicketFinished {
+            kind,
+            result: Err(RefreshError::Internal { detail }),
+        };
+        let shared: SharedTicket = spawn_shared(
+            addr,
+            &self.deps.metrics,
+            "ticket",
+            task,
+            on_panic,
+            |f: &TicketFinished| f.result.clone(),
+        );
         self.ticket_inflight.insert(kind, shared.clone());
         shared
     }
@@ -498,7 +559,7 @@ impl AccountActor {
         if let Some(handle) = self.ticket_timers.remove(&kind) {
             ctx.cancel_future(handle);
         }
-        let delay = Duration::from_millis((at_ms - self.now_ms()).max(0) as u64);
+        let delay = until_ms(self.now_ms(), at_ms);
         let handle = ctx.run_later(delay, move |act, ctx| {
             act.ticket_timers.remove(&kind);
             drop(act.start_ticket(ctx, kind));
@@ -509,9 +570,14 @@ impl AccountActor {
     /// When to refetch a ticket: after 80% of its life, and 30 s before it
     /// stops being served (its token's serve time may have moved).
     fn ticket_plan(record: &TicketRecord, now: i64) -> i64 {
-        let life = record.expires_at_ms - record.fetched_at_ms;
-        let planned = record.fetched_at_ms + life * 4 / 5;
-        planned.min(record.serve_until_ms - 30_000).max(now + 1_000)
+        let life = record
+            .expires_at_ms
+            .saturating_sub(record.fetched_at_ms)
+            .max(0);
+        let planned = record.fetched_at_ms.saturating_add(life / 5 * 4);
+        planned
+            .min(record.serve_until_ms.saturating_sub(30_000))
+            .max(now.saturating_add(1_000))
     }
 
     /// Makes every configured ticket current: all of them when the token
@@ -626,14 +692,13 @@ impl AccountActor {
         previous_same: bool,
     ) {
         let now = self.now_ms();
-        let at = if self.config.mode == Mode::Stable
-            && previous_same
-            && now
-                >= record.expires_at_ms - self.deps.policy.refresh.stable_window.as_millis() as i64
-        {
+        let window_start = record
+            .expires_at_ms
+            .saturating_sub(self.deps.policy.refresh.stable_window.as_millis() as i64);
+        let at = if self.config.mode == Mode::Stable && previous_same && now >= window_start {
             // WeChat has not rotated yet although we are inside the window: ask again soon.
-            (now + schedule::STABLE_RECHECK.as_millis() as i64)
-                .min(record.expires_at_ms - 1000)
+            add_ms(now, schedule::STABLE_RECHECK)
+                .min(record.expires_at_ms.saturating_sub(1000))
                 .max(now)
         } else {
             self.deps
@@ -646,29 +711,43 @@ impl AccountActor {
                 )
                 .max(now)
         };
-        if self.config.mode == Mode::Legacy {
+        let policy = &self.deps.policy;
+        let serve_until = policy.serve_until(self.config.mode, record.expires_at_ms, at);
+        let late = self.slot.status().late_until_ms;
+        let (at, serve_until) = policy.guard_late(
+            self.config.mode,
+            record.fetched_at_ms,
+            at,
+            serve_until,
+            late,
+        );
+        let at = at.max(now);
+        if self.config.mode == Mode::Legacy && serve_until != record.serve_until_ms {
             // Keep serve_until consistent with the plan actually armed.
-            let serve_until = self
-                .deps
-                .policy
-                .serve_until(Mode::Legacy, record.expires_at_ms, at);
-            if serve_until != record.serve_until_ms {
-                self.republish(record, serve_until);
-                self.persist();
-            }
+            self.republish(record, serve_until);
+            self.persist();
         }
         self.schedule(ctx, at, Reason::Scheduled);
     }
 }
 
 impl Finished {
-    fn throttled(generation: u64, reason: Reason, calls: u32, started_ms: i64) -> Finished {
+    fn throttled(
+        generation: u64,
+        reason: Reason,
+        calls: u32,
+        started_ms: i64,
+        late_until: Option<i64>,
+    ) -> Finished {
         Finished {
             generation,
             reason,
             calls,
             started_ms,
             may_rotate: false,
+            outcome_unknown: false,
+            // Nothing was sent that could rotate; the window stays as it was.
+            late_until_ms: late_until,
             forced: false,
             same_token: true,
             result: Err(RefreshError::Throttled {
@@ -694,14 +773,23 @@ impl Actor for AccountActor {
             Some(record) if record.usable_secs(now).is_some() => {
                 self.publish_token_metrics(&record);
                 let status = self.slot.status();
-                if status
+                if let Some(pending) = status
                     .pending_fetch_ms
-                    .is_some_and(|p| p >= record.fetched_at_ms)
+                    .filter(|&p| p >= record.fetched_at_ms)
                 {
                     // A fetch that may have rotated the token was cut off (a
-                    // crash): the served token may die soon; replace it now.
-                    self.set_state(State::Ready);
-                    drop(self.start_refresh(ctx, Reason::Startup, false));
+                    // crash): the served token may die soon; replace it as
+                    // soon as WeChat can no longer process the lost fetch.
+                    let late = self.deps.policy.late_until(pending);
+                    self.update_status(|s| {
+                        s.state = State::Ready;
+                        s.late_until_ms = Some(late);
+                    });
+                    if late > now {
+                        self.schedule(ctx, late, Reason::Startup);
+                    } else {
+                        drop(self.start_refresh(ctx, Reason::Startup, false));
+                    }
                     return;
                 }
                 // A restart after a crash keeps the plan the dead actor armed.
@@ -742,6 +830,11 @@ impl Handler<Finished> for AccountActor {
         self.inflight = None;
         let now = self.now_ms();
         self.count_calls(msg.calls);
+        let late = match &msg.result {
+            Ok(record) if Policy::clear_of_late(record.fetched_at_ms, msg.late_until_ms) => None,
+            _ => msg.late_until_ms,
+        };
+        self.update_status(|s| s.late_until_ms = late);
         if msg.forced {
             let today = china_day(now.div_euclid(1000));
             self.update_status(|s| {
@@ -817,27 +910,21 @@ impl Handler<Finished> for AccountActor {
                         at: now.div_euclid(1000),
                     });
                 });
-                let retry_at = now + delay.as_millis() as i64;
+                let retry_at = add_ms(now, delay);
                 // Did WeChat perhaps rotate the token although we saw no
                 // answer? Then the old one dies `grace` after the attempt.
-                let unknown_outcome = msg.may_rotate
-                    && matches!(
-                        &err,
-                        RefreshError::Upstream(
-                            UpstreamError::Timeout { .. }
-                                | UpstreamError::Connect { .. }
-                                | UpstreamError::Decode { .. }
-                        ) | RefreshError::Unavailable
-                    );
+                let unknown_outcome = msg.outcome_unknown
+                    || (msg.may_rotate && matches!(err, RefreshError::Unavailable));
                 if !unknown_outcome {
                     self.update_status(|s| s.pending_fetch_ms = None);
                 }
                 if let Some(record) = self.slot.token()
                     && record.is_live(now)
                 {
-                    let grace = self.deps.policy.grace.as_millis() as i64;
                     let serve_until = if unknown_outcome {
-                        record.serve_until_ms.min(msg.started_ms + grace)
+                        record
+                            .serve_until_ms
+                            .min(add_ms(msg.started_ms, self.deps.policy.grace))
                     } else if record.mode == Mode::Legacy {
                         // Nothing was rotated: the old token lives until the
                         // next fetch plus grace.
@@ -972,7 +1059,7 @@ impl Handler<TicketFinished> for AccountActor {
                     _ => None,
                 };
                 tracing::warn!(appid = %appid, ticket = kind.as_str(), outcome = "error", errcode, error = %err, retry_in_ms = delay.as_millis() as u64, "ticket refresh failed");
-                self.schedule_ticket(ctx, kind, now + delay.as_millis() as i64);
+                self.schedule_ticket(ctx, kind, add_ms(now, delay));
             }
         }
     }
@@ -1130,11 +1217,16 @@ fn reached_wechat(result: &Result<crate::wechat::TokenGrant, UpstreamError>) -> 
 
 /// Spawns `task`, whose message goes back to the actor when it ends, and
 /// returns a shared handle on its result (`result` picks it from the
-/// message). The handle is driven even when nobody awaits it; a task that
-/// died answers [`RefreshError::Unavailable`].
+/// message). The handle is driven even when nobody awaits it. A task that
+/// panics is counted in `wxtoken_task_panics_total{task}` and answers the
+/// message `on_panic` builds, so the actor sees a failed attempt (and retries)
+/// instead of a refresh that never ends.
 fn spawn_shared<M, T>(
     addr: Addr<AccountActor>,
+    metrics: &Metrics,
+    task_label: &'static str,
     task: impl std::future::Future<Output = M> + 'static,
+    on_panic: impl FnOnce(String) -> M + 'static,
     result: fn(&M) -> Result<T, RefreshError>,
 ) -> Shared<LocalBoxFuture<'static, Result<T, RefreshError>>>
 where
@@ -1142,7 +1234,16 @@ where
     AccountActor: Handler<M>,
     T: Clone + 'static,
 {
-    let handle = actix_rt::spawn(task);
+    let metrics = metrics.clone();
+    let handle = actix_rt::spawn(async move {
+        match crate::panics::catch_future(task).await {
+            Ok(finished) => finished,
+            Err(detail) => {
+                metrics.task_panics.with_label_values(&[task_label]).inc();
+                on_panic(detail)
+            }
+        }
+    });
     let shared = async move {
         match handle.await {
             Ok(finished) => {
@@ -1150,6 +1251,7 @@ where
                 addr.do_send(finished);
                 answer
             }
+            // The runtime is shutting down and cancelled the task.
             Err(_) => Err(RefreshError::Unavailable),
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::clock::add_ms;
 use crate::config::RefreshConfig;
 use crate::domain::Mode;
 use crate::wechat::Decision;
@@ -33,13 +34,27 @@ pub struct Policy {
     /// How long WeChat keeps a superseded token alive. [`WECHAT_GRACE`] in
     /// production; tests against a simulator with a short grace set it lower.
     pub grace: Duration,
+    /// How long after an attempt with unknown outcome (a timeout, say) WeChat
+    /// may still process it: twice the upstream timeout
+    /// ([`late_answer_bound`]). A token fetched before that instant may be
+    /// superseded by the late one.
+    pub late_answer_bound: Duration,
+}
+
+/// The late-answer bound for an upstream `timeout`: twice the timeout. A
+/// request WeChat has not processed by then is taken as never processed.
+pub fn late_answer_bound(timeout: Duration) -> Duration {
+    timeout.saturating_mul(2)
 }
 
 impl Policy {
+    /// The policy for `refresh` with WeChat's grace and the late-answer bound
+    /// of the default 5 s upstream timeout.
     pub fn new(refresh: RefreshConfig) -> Self {
         Policy {
             refresh,
             grace: WECHAT_GRACE,
+            late_answer_bound: late_answer_bound(Duration::from_secs(5)),
         }
     }
 
@@ -50,12 +65,15 @@ impl Policy {
     /// last `stable_window`, spread over its first half by `jitter` of the
     /// lifetime, so that WeChat has already rotated the token when we ask.
     pub fn planned_refresh(&self, mode: Mode, fetched_ms: i64, expires_ms: i64, draw: f64) -> i64 {
-        let life = (expires_ms - fetched_ms).max(0) as f64;
+        // Times saturate and the result is clamped into [fetched, expires]
+        // without `clamp` (which panics when an absurd expiry precedes the fetch).
+        let expires_ms = expires_ms.max(fetched_ms);
+        let life = expires_ms.saturating_sub(fetched_ms) as f64;
         let at = match mode {
             Mode::Legacy => {
                 let j = self.refresh.jitter;
                 let fraction = (self.refresh.legacy_at + (2.0 * draw - 1.0) * j).clamp(0.05, 0.99);
-                fetched_ms + (life * fraction) as i64
+                fetched_ms.saturating_add((life * fraction) as i64)
             }
             Mode::Stable => {
                 let window = self.refresh.stable_window.as_millis() as f64;
@@ -65,10 +83,13 @@ impl Policy {
                 // `window` before it WeChat may still return the old token.
                 let margin = (window / 10.0).min(STABLE_MARGIN_MS);
                 let spread = (self.refresh.jitter * life).min(window / 2.0);
-                expires_ms - window as i64 + margin as i64 + (draw * spread) as i64
+                expires_ms
+                    .saturating_sub(window as i64)
+                    .saturating_add(margin as i64)
+                    .saturating_add((draw * spread) as i64)
             }
         };
-        at.clamp(fetched_ms, expires_ms)
+        at.max(fetched_ms).min(expires_ms)
     }
 
     /// Until when clients may use a token, given the next planned refresh:
@@ -77,8 +98,67 @@ impl Policy {
     pub fn serve_until(&self, mode: Mode, expires_ms: i64, next_refresh_ms: i64) -> i64 {
         match mode {
             Mode::Stable => expires_ms,
-            Mode::Legacy => expires_ms.min(next_refresh_ms + self.grace.as_millis() as i64),
+            Mode::Legacy => expires_ms.min(add_ms(next_refresh_ms, self.grace)),
         }
+    }
+
+    /// Until when WeChat may still process an attempt with unknown outcome
+    /// that started at `started_ms` (see [`Policy::late_answer_bound`]).
+    pub fn late_until(&self, started_ms: i64) -> i64 {
+        add_ms(started_ms, self.late_answer_bound)
+    }
+
+    /// The late window after an attempt that started at `started_ms`:
+    /// `late_before` extended to [`Policy::late_until`] when the attempt may
+    /// rotate and its outcome (or an earlier failed-over attempt's) is unknown,
+    /// else `late_before` as it was.
+    pub fn late_after(
+        &self,
+        late_before: Option<i64>,
+        started_ms: i64,
+        may_rotate: bool,
+        outcome_unknown: bool,
+    ) -> Option<i64> {
+        if may_rotate && outcome_unknown {
+            let until = self.late_until(started_ms);
+            Some(late_before.map_or(until, |l| l.max(until)))
+        } else {
+            late_before
+        }
+    }
+
+    /// The refresh instant and serve time of a token fetched at `fetched_ms`
+    /// while an attempt with unknown outcome may still be processed until
+    /// `late_until`: such a late attempt supersedes the token no earlier than
+    /// `fetched_ms + grace` (it is processed after the token was minted), so a
+    /// legacy token is served at most until then, and the token is replaced
+    /// once the late window has passed. Tokens fetched after the window (or
+    /// with none) keep `(refresh_at, serve_until)`.
+    pub fn guard_late(
+        &self,
+        mode: Mode,
+        fetched_ms: i64,
+        refresh_at: i64,
+        serve_until: i64,
+        late_until: Option<i64>,
+    ) -> (i64, i64) {
+        match late_until {
+            Some(late) if fetched_ms < late => {
+                let serve_until = match mode {
+                    Mode::Legacy => serve_until.min(add_ms(fetched_ms, self.grace)),
+                    // A late forced rotation kills a stable token at once:
+                    // nothing to cap, but ask again when the window closes.
+                    Mode::Stable => serve_until,
+                };
+                (refresh_at.min(late), serve_until)
+            }
+            _ => (refresh_at, serve_until),
+        }
+    }
+
+    /// True when a token fetched at `fetched_ms` is clear of the late window.
+    pub fn clear_of_late(fetched_ms: i64, late_until: Option<i64>) -> bool {
+        late_until.is_none_or(|late| fetched_ms >= late)
     }
 
     /// The delay before retry number `attempt` (0 for the first retry) after a
@@ -103,8 +183,8 @@ impl Policy {
             }
             Decision::ConfigError { retry_after } => (*retry_after).max(exp),
             Decision::NotBefore { unix, .. } => {
-                let wait_ms = (unix * 1000 - now_ms).max(0) as u64;
-                Duration::from_millis(wait_ms) + Duration::from_millis((draw * 5000.0) as u64)
+                crate::clock::until_ms(now_ms, unix.saturating_mul(1000))
+                    + Duration::from_millis((draw * 5000.0) as u64)
             }
         }
     }
@@ -158,6 +238,62 @@ mod tests {
             let at = p.planned_refresh(mode, 1_000, 61_000, 0.99);
             assert!((1_000..=61_000).contains(&at), "{mode}: {at}");
         }
+    }
+
+    #[test]
+    fn absurd_times_never_panic_or_wrap() {
+        let p = policy();
+        for mode in [Mode::Stable, Mode::Legacy] {
+            for (fetched, expires) in [
+                (1_000, i64::MAX),
+                (1_000, i64::MIN),
+                (i64::MAX - 5, i64::MAX),
+                (5_000, 1_000),
+            ] {
+                let at = p.planned_refresh(mode, fetched, expires, 0.7);
+                assert!(at >= fetched, "{mode}: {at} before {fetched}");
+                let serve = p.serve_until(mode, expires, at);
+                assert!(serve <= expires.max(fetched), "{mode}: {serve}");
+            }
+        }
+        let quota = Decision::NotBefore {
+            unix: i64::MAX,
+            cause: crate::wechat::WaitCause::DailyQuota,
+        };
+        assert!(p.retry_delay(&quota, 0, 0, 0.5) > Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_legacy_token_fetched_inside_the_late_window_is_capped_and_replaced_after_it() {
+        let p = policy();
+        let started = 1_000_000;
+        let late = p.late_after(None, started, true, true);
+        assert_eq!(late, Some(started + 10_000));
+        assert_eq!(p.late_after(None, started, true, false), None);
+        assert_eq!(p.late_after(None, started, false, true), None);
+        // The retry's token, fetched 2 s later.
+        let fetched = started + 2_000;
+        let (at, serve) = p.guard_late(
+            Mode::Legacy,
+            fetched,
+            fetched + 5_760_000,
+            fetched + 6_060_000,
+            late,
+        );
+        assert_eq!(at, started + 10_000, "refetched when the window closes");
+        assert_eq!(
+            serve,
+            fetched + 300_000,
+            "served at most one grace past its fetch"
+        );
+        // A token fetched after the window is not touched.
+        let after = started + 10_000;
+        assert_eq!(
+            p.guard_late(Mode::Legacy, after, after + 5, after + 6, late),
+            (after + 5, after + 6)
+        );
+        assert!(Policy::clear_of_late(after, late));
+        assert!(!Policy::clear_of_late(fetched, late));
     }
 
     #[test]

@@ -117,6 +117,11 @@ pub struct AccountStatus {
     /// at this Unix ms and its outcome is unknown: the previous token may die
     /// WeChat's grace after it.
     pub pending_fetch_ms: Option<i64>,
+    /// An attempt that may rotate the token ended with an unknown outcome:
+    /// WeChat may still process it until this Unix ms (see
+    /// `schedule::Policy::guard_late`). `None` once a token fetched after it
+    /// is current.
+    pub late_until_ms: Option<i64>,
 }
 
 impl Default for AccountStatus {
@@ -129,6 +134,7 @@ impl Default for AccountStatus {
             calls_day: 0,
             forces: Vec::new(),
             pending_fetch_ms: None,
+            late_until_ms: None,
         }
     }
 }

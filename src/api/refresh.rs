@@ -134,6 +134,10 @@ fn refresh_error(slot: &AccountSlot, err: RefreshError, now_ms: i64) -> ApiError
             ),
             RESTART_RETRY_SECS,
         ),
+        RefreshError::Internal { .. } => ApiError::token_unavailable(
+            format!("an internal error interrupted the refresh of {appid}; it is retried"),
+            RESTART_RETRY_SECS,
+        ),
         RefreshError::UnknownTicket(kind) => {
             ApiError::unknown_ticket(appid.as_str(), kind.as_str())
         }

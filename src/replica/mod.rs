@@ -450,6 +450,7 @@ impl Leader {
                 fetched_at_ms: shared.fetched_at_ms,
                 expires_at_ms: shared.expires_at_ms,
             }),
+            after_unknown: false,
         })
     }
 

@@ -65,9 +65,9 @@ impl Api {
 /// faults stay until they run out or `DELETE /sim/faults`.
 ///
 /// Effect: `delay_ms` waits first. Then the first of these that is set decides
-/// the answer: `drop_connection`, `html`, `malformed`, `errcode`,
-/// `http_status` (which also sets the status of the others). A delay with no
-/// other effect answers normally.
+/// the answer: `drop_connection`, `html`, `malformed`, `body`, `body_bytes`,
+/// `errcode`, `http_status` (which also sets the status of the others). A
+/// delay with no other effect answers normally.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
@@ -104,7 +104,18 @@ pub struct FaultSpec {
     /// Answer with an HTML error page (status 200, `text/html`), as a broken proxy does.
     #[serde(default)]
     pub html: bool,
+    /// Answer with exactly this body (WeChat's JSON content type), e.g. a
+    /// token answer with absurd values: `{"access_token":"T","expires_in":9e15}`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Answer with a JSON body of this many bytes (at most 1 GiB), streamed
+    /// rather than held in memory: an upstream that never stops talking.
+    #[serde(default)]
+    pub body_bytes: Option<u64>,
 }
+
+/// The largest `body_bytes` a fault may ask for (1 GiB).
+const MAX_BODY_BYTES: u64 = 1 << 30;
 
 /// The longest delay a fault may ask for (10 minutes).
 const MAX_DELAY_MS: u64 = 600_000;
@@ -146,15 +157,22 @@ impl FaultSpec {
         if self.errcode == Some(0) {
             return Err("errcode 0 means success; pick an error code".to_string());
         }
+        if let Some(n) = self.body_bytes
+            && n > MAX_BODY_BYTES
+        {
+            return Err(format!("body_bytes {n} is larger than {MAX_BODY_BYTES}"));
+        }
         let has_effect = self.errcode.is_some()
             || self.http_status.is_some()
             || self.delay_ms.is_some()
             || self.drop_connection
             || self.malformed
-            || self.html;
+            || self.html
+            || self.body.is_some()
+            || self.body_bytes.is_some();
         if !has_effect {
             return Err(
-                "the fault does nothing; set errcode, http_status, delay_ms, drop_connection, malformed or html"
+                "the fault does nothing; set errcode, http_status, delay_ms, drop_connection, malformed, html, body or body_bytes"
                     .to_string(),
             );
         }
@@ -176,6 +194,8 @@ impl FaultSpec {
         self.drop_connection
             || self.html
             || self.malformed
+            || self.body.is_some()
+            || self.body_bytes.is_some()
             || self.errcode.is_some()
             || self.http_status.is_some()
     }
@@ -264,6 +284,20 @@ pub(crate) fn render(spec: &FaultSpec, api: Api, peer: Option<IpAddr>) -> Option
                 .body(truncated_json(api)),
         );
     }
+    if let Some(body) = &spec.body {
+        return Some(
+            HttpResponse::build(status)
+                .content_type(WECHAT_JSON)
+                .body(body.clone()),
+        );
+    }
+    if let Some(n) = spec.body_bytes {
+        return Some(
+            HttpResponse::build(status)
+                .content_type(WECHAT_JSON)
+                .streaming(endless_json(n)),
+        );
+    }
     if let Some(errcode) = spec.errcode {
         let errmsg = match (&spec.errmsg, errcode) {
             (Some(m), _) => m.clone(),
@@ -295,6 +329,29 @@ fn truncated_json(api: Api) -> &'static str {
         Api::GetTicket => r#"{"errcode":0,"errmsg":"ok","ticket":"bxLdikRXVbTP"#,
         Api::GetCallbackIp => r#"{"ip_list":["101.226.10"#,
     }
+}
+
+/// `n` bytes of one JSON object (`{"pad":"xxxx...`), produced in chunks so
+/// that a huge body costs the simulator no memory.
+fn endless_json(n: u64) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    const CHUNK: usize = 64 * 1024;
+    let head = Bytes::from_static(br#"{"pad":""#);
+    let filler = Bytes::from(vec![b'x'; CHUNK]);
+    let mut left = n;
+    let mut first = true;
+    futures::stream::iter(std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let chunk = if first {
+            first = false;
+            head.slice(..head.len().min(left as usize))
+        } else {
+            filler.slice(..CHUNK.min(left as usize))
+        };
+        left -= chunk.len() as u64;
+        Some(Ok(chunk))
+    }))
 }
 
 /// A response whose body fails before its first byte. actix-web then closes

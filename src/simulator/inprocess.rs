@@ -103,6 +103,9 @@ impl InProcess {
             if let Some(err) = fault_error(&spec, api_name) {
                 return Err(err);
             }
+            if let Some(body) = fault_body(&spec) {
+                return crate::wechat::decode_token_answer(api_name, &body);
+            }
         }
         let creds = Credentials {
             grant_type: Some("client_credential".to_string()),
@@ -119,11 +122,13 @@ impl InProcess {
             (None, Mode::Stable) => self.state.stable_token(&creds, req.force_refresh, peer),
         };
         match answer {
-            Ok(issued) => Ok(TokenGrant {
-                access_token: AccessToken::new(issued.value),
-                expires_in: Duration::from_secs(issued.expires_in.max(0) as u64),
-                shared: None,
-            }),
+            Ok(issued) => {
+                let body = serde_json::json!({
+                    "access_token": issued.value,
+                    "expires_in": issued.expires_in,
+                });
+                crate::wechat::decode_token_answer(api_name, body.to_string().as_bytes())
+            }
             Err(e) => Err(UpstreamError::Api {
                 api: api_name,
                 errcode: e.errcode,
@@ -131,6 +136,23 @@ impl InProcess {
             }),
         }
     }
+}
+
+/// The body a `body` or `body_bytes` fault answers with, as the HTTP
+/// simulator would send it (a `body_bytes` body only as far as a client
+/// reads it: one byte past its limit).
+fn fault_body(spec: &FaultSpec) -> Option<Vec<u8>> {
+    if let Some(body) = &spec.body {
+        return Some(body.clone().into_bytes());
+    }
+    let n = spec.body_bytes?;
+    let n = usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .min(crate::wechat::MAX_ANSWER_BYTES + 1);
+    let mut body = br#"{"pad":""#.to_vec();
+    body.resize(n.max(body.len()), b'x');
+    body.truncate(n);
+    Some(body)
 }
 
 /// The error the HTTP client would report for a fault's answer, or `None`
@@ -142,6 +164,7 @@ fn fault_error(spec: &FaultSpec, api: ApiName) -> Option<UpstreamError> {
             api,
             base_url,
             detail: "connection closed without an answer".to_string(),
+            sent: true,
         });
     }
     if let Some(status) = spec.http_status.filter(|s| *s != 200) {
@@ -196,12 +219,19 @@ impl TokenSource for InProcess {
                 if let Some(err) = fault_error(&spec, api) {
                     return Err(err);
                 }
+                if let Some(body) = fault_body(&spec) {
+                    return crate::wechat::decode_ticket_answer(api, &body);
+                }
             }
             match this.state.ticket(Some(token.expose()), Some(kind.as_str())) {
-                Ok(issued) => Ok(TicketGrant {
-                    ticket: AccessToken::new(issued.value),
-                    expires_in: Duration::from_secs(issued.expires_in.max(0) as u64),
-                }),
+                Ok(issued) => {
+                    let body = serde_json::json!({
+                        "errcode": 0,
+                        "ticket": issued.value,
+                        "expires_in": issued.expires_in,
+                    });
+                    crate::wechat::decode_ticket_answer(api, body.to_string().as_bytes())
+                }
                 Err(e) => Err(UpstreamError::Api {
                     api,
                     errcode: e.errcode,

@@ -16,6 +16,15 @@ use crate::clock::{next_china_midnight, next_minute};
 /// How long a config-class failure waits before the next try.
 pub const CONFIG_ERROR_RETRY: Duration = Duration::from_secs(300);
 
+/// The errcodes that get a label of their own in
+/// `wxtoken_upstream_requests_total` (the ones [`UpstreamError::decide`] and
+/// the compare-and-refresh path know); any other is `errcode_other`, so an
+/// upstream cannot create unbounded label values.
+pub const KNOWN_ERRCODES: &[i64] = &[
+    -1, 40001, 40002, 40013, 40014, 40056, 40091, 40125, 40164, 40243, 41002, 41004, 42001, 45009,
+    45011, 48001, 48002, 60020, 89501, 89503, 89506, 89507,
+];
+
 /// A failed call to WeChat.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
@@ -39,6 +48,9 @@ pub enum UpstreamError {
         api: ApiName,
         base_url: String,
         detail: String,
+        /// The request may have reached WeChat (the connection broke after it
+        /// was sent), so WeChat may have processed it.
+        sent: bool,
     },
     /// An HTTP status other than 200.
     #[error("wechat {api} at {base_url} answered HTTP {status}")]
@@ -123,10 +135,31 @@ impl UpstreamError {
         }
     }
 
-    /// The `outcome` label of `wxtoken_upstream_requests_total`.
+    /// True when WeChat may have processed the request although no usable
+    /// answer came back (a timeout, a connection that broke after sending,
+    /// an HTTP 5xx from a gateway, a garbled answer): a legacy fetch or a
+    /// forced rotation may then have minted a token nobody knows of.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            UpstreamError::Timeout { .. } | UpstreamError::Decode { .. } => true,
+            UpstreamError::Connect { sent, .. } => *sent,
+            UpstreamError::Http { status, .. } => *status >= 500,
+            UpstreamError::Api { .. } | UpstreamError::Coordination { .. } => false,
+        }
+    }
+
+    /// The `outcome` label of `wxtoken_upstream_requests_total`: bounded, so
+    /// an errcode outside [`KNOWN_ERRCODES`] is `errcode_other`, an HTTP status
+    /// outside 100..=599 `http_other`.
     pub fn outcome_label(&self) -> String {
         match self {
-            UpstreamError::Api { errcode, .. } => format!("errcode_{errcode}"),
+            UpstreamError::Api { errcode, .. } if KNOWN_ERRCODES.contains(errcode) => {
+                format!("errcode_{errcode}")
+            }
+            UpstreamError::Api { .. } => "errcode_other".to_string(),
+            UpstreamError::Http { status, .. } if !(100..=599).contains(status) => {
+                "http_other".to_string()
+            }
             UpstreamError::Timeout { .. } => "timeout".to_string(),
             UpstreamError::Connect { .. } => "connect".to_string(),
             UpstreamError::Http { status, .. } => format!("http_{status}"),
@@ -214,12 +247,30 @@ fn ip_in_errmsg(errmsg: &str) -> Option<IpAddr> {
         .find_map(|w| w.parse::<IpAddr>().ok())
 }
 
-/// Removes every occurrence of `secret` from `text` and caps its length.
+/// Makes upstream text safe to show and log: percent-escapes are decoded,
+/// every occurrence of `secret` (in any letter case) and every word that
+/// looks like a credential (16 or more letters, digits, `_`, `-`, `+`, `/`
+/// or `=`, with at least one letter and one digit; a WeChat `rid` excepted)
+/// becomes `[REDACTED]`, control characters are escaped (`\n`, `\u{1b}`),
+/// and the result is capped at 300 bytes.
 pub(crate) fn scrub(text: &str, secret: Option<&str>) -> String {
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
     let mut out = match secret {
-        Some(s) if !s.is_empty() => text.replace(s, "[REDACTED]"),
-        _ => text.to_string(),
+        Some(s) if !s.is_empty() => replace_ignoring_case(&decoded, s, REDACTED),
+        _ => decoded.into_owned(),
     };
+    out = redact_credential_words(&out);
+    out = out
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
     if out.len() > 300 {
         let mut cut = 300;
         while !out.is_char_boundary(cut) {
@@ -229,6 +280,55 @@ pub(crate) fn scrub(text: &str, secret: Option<&str>) -> String {
         out.push_str("...");
     }
     out
+}
+
+const REDACTED: &str = "[REDACTED]";
+
+/// `text` with every occurrence of `needle` replaced, comparing ASCII letters
+/// without regard to case.
+fn replace_ignoring_case(text: &str, needle: &str, with: &str) -> String {
+    let (hay, pat) = (text.to_ascii_lowercase(), needle.to_ascii_lowercase());
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    // Lower-casing ASCII keeps byte offsets, so offsets in `hay` are offsets in `text`.
+    while let Some(found) = hay[at..].find(&pat) {
+        out.push_str(&text[at..at + found]);
+        out.push_str(with);
+        at += found + pat.len();
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// `text` with every word that could be a secret or a token redacted (see [`scrub`]).
+fn redact_credential_words(text: &str) -> String {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '/' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_word) {
+        out.push_str(&rest[..start]);
+        let word_len = rest[start..]
+            .find(|c: char| !is_word(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        let credential_like = word.len() >= 16
+            && word.chars().any(|c| c.is_ascii_alphabetic())
+            && word.chars().any(|c| c.is_ascii_digit())
+            && !is_rid(word);
+        out.push_str(if credential_like { REDACTED } else { word });
+        rest = &rest[start + word_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// True for a WeChat request id (`6571c6b9-5d3b3ea0-7a5c6d54`), kept for support tickets.
+fn is_rid(word: &str) -> bool {
+    let groups: Vec<&str> = word.split('-').collect();
+    groups.len() >= 2
+        && groups
+            .iter()
+            .all(|g| g.len() == 8 && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -263,6 +363,54 @@ mod tests {
         assert_eq!(
             api(ApiName::GetTicket, 40001).decide(0),
             Decision::TokenRejected
+        );
+    }
+
+    #[test]
+    fn scrub_redacts_the_secret_in_any_case_and_percent_encoded() {
+        let secret = "SECRETAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for text in [
+            "invalid appsecret secretaaaaaaaaaaaaaaaaaaaaaaaaaa here",
+            "invalid appsecret SECRETAAAAAAAAAAAAAAAAAAAAAAAAA%41 here",
+            "invalid appsecret %53%45%43%52%45%54AAAAAAAAAAAAAAAAAAAAAAAAAA here",
+        ] {
+            let out = scrub(text, Some(secret));
+            assert!(!out.to_ascii_lowercase().contains("secretaaaa"), "{out}");
+            assert!(out.contains("[REDACTED]") && out.contains("here"), "{out}");
+        }
+    }
+
+    #[test]
+    fn scrub_redacts_credential_like_words_but_keeps_the_rid_and_words() {
+        // Another account's secret, a secret one character short, a token.
+        let text = "bad 0123456789abcdef0123456789abcde and \
+                    81_Xq3vT0kPa9b8c7d6e5f4g3h2i1j0kLmNoPqRsT-uvwxyz \
+                    could get access_token by getStableAccessToken rid: 6571c6b9-5d3b3ea0-7a5c6d54";
+        let out = scrub(text, None);
+        assert!(!out.contains("0123456789abcdef"), "{out}");
+        assert!(!out.contains("Xq3vT0kP"), "{out}");
+        assert!(out.contains("getStableAccessToken"), "{out}");
+        assert!(out.contains("access_token"), "{out}");
+        assert!(out.contains("rid: 6571c6b9-5d3b3ea0-7a5c6d54"), "{out}");
+    }
+
+    #[test]
+    fn scrub_escapes_control_characters() {
+        let out = scrub("line one\nINFO fake line \u{1b}[31mred\r", None);
+        assert!(!out.chars().any(char::is_control), "{out:?}");
+        assert!(out.contains("\\n") && out.contains("\\u{1b}"), "{out}");
+    }
+
+    #[test]
+    fn unknown_errcodes_share_one_label() {
+        assert_eq!(api(ApiName::Token, 45009).outcome_label(), "errcode_45009");
+        assert_eq!(
+            api(ApiName::Token, 4_242_424).outcome_label(),
+            "errcode_other"
+        );
+        assert_eq!(
+            api(ApiName::Token, i64::MIN).outcome_label(),
+            "errcode_other"
         );
     }
 

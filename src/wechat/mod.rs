@@ -83,6 +83,10 @@ pub struct TokenGrant {
     /// shared store (another replica fetched it): its real fetch time and
     /// expiry, Unix ms.
     pub shared: Option<SharedOrigin>,
+    /// An earlier attempt of the same call (at a base URL that failed over)
+    /// ended with an unknown outcome: WeChat may still process it and, for a
+    /// legacy fetch or a forced rotation, mint a token that supersedes this one.
+    pub after_unknown: bool,
 }
 
 /// When a token taken from the shared store was fetched and expires (Unix ms).
@@ -144,6 +148,10 @@ struct Answer {
     expires_in: Option<i64>,
     #[serde(default)]
     ip_list: Option<Vec<String>>,
+    /// Not WeChat's: set by [`WechatClient::call`] when an earlier attempt
+    /// of the call failed over with an unknown outcome.
+    #[serde(skip)]
+    after_unknown: bool,
 }
 
 /// One request to make against each base URL in turn.
@@ -173,6 +181,8 @@ impl WechatClient {
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(config.max_concurrency.max(1))
             .user_agent(concat!("wxtoken/", env!("CARGO_PKG_VERSION")))
+            // Only the configured base URLs are ever contacted.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ClientBuildError::Http(e.without_url().to_string()))?;
         Ok(WechatClient {
@@ -265,15 +275,7 @@ impl WechatClient {
         let answer = self
             .call(ApiName::GetTicket, call, Some(token.expose()))
             .await?;
-        let api = ApiName::GetTicket;
-        let ticket = answer
-            .ticket
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| decode(api, "the answer has no ticket"))?;
-        Ok(TicketGrant {
-            ticket: AccessToken::new(ticket),
-            expires_in: positive_expiry(api, answer.expires_in)?,
-        })
+        ticket_grant(ApiName::GetTicket, answer)
     }
 
     /// `GET /cgi-bin/getcallbackip`: the cheapest call that proves a token is
@@ -304,6 +306,7 @@ impl WechatClient {
             .await
             .expect("the limiter semaphore is never closed");
         let mut last = None;
+        let mut unknown = false;
         let bases = match api {
             ApiName::WecomToken => &self.wecom_base_urls,
             _ => &self.base_urls,
@@ -326,9 +329,14 @@ impl WechatClient {
             match result {
                 Err(e) if e.fails_over() => {
                     tracing::debug!(api = api.as_str(), base_url = %base, error = %e, "upstream attempt failed, trying the next base url");
+                    unknown |= e.outcome_unknown();
                     last = Some(e);
                 }
-                other => return other,
+                Ok(mut answer) => {
+                    answer.after_unknown = unknown;
+                    return Ok(answer);
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(last.expect("base_urls is never empty"))
@@ -361,6 +369,7 @@ impl WechatClient {
                     api,
                     base_url: base_url.clone(),
                     detail: error::scrub(&error_chain(&e), sensitive),
+                    sent: !e.is_connect(),
                 }
             }
         };
@@ -379,26 +388,116 @@ impl WechatClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no content type")
             .to_string();
-        let body = response.bytes().await.map_err(transport)?;
-        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
-            decode(
-                api,
-                &format!(
-                    "expected JSON, got {} bytes of {content_type} ({})",
-                    body.len(),
-                    e.classify_name()
-                ),
-            )
-        })?;
-        match answer.errcode {
-            Some(code) if code != 0 => Err(UpstreamError::Api {
-                api,
-                errcode: code,
-                errmsg: error::scrub(answer.errmsg.as_deref().unwrap_or(""), sensitive),
-            }),
-            _ => Ok(answer),
+        let body = read_limited(api, response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| e.map_transport(transport))?;
+        decode_answer(api, &body, &content_type, sensitive)
+    }
+}
+
+/// The most bytes of a WeChat answer that are read (contract §9); a longer
+/// answer is a decode error, and the rest of it is never downloaded.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The `expires_in` values (seconds) a token or ticket answer may carry
+/// (contract §9); anything else is a decode error.
+pub const EXPIRES_IN_SECS: std::ops::RangeInclusive<i64> = 1..=86_400;
+
+/// Why a body could not be read whole.
+enum ReadError {
+    Transport(reqwest::Error),
+    TooLarge(UpstreamError),
+}
+
+impl ReadError {
+    fn map_transport(
+        self,
+        transport: impl FnOnce(reqwest::Error) -> UpstreamError,
+    ) -> UpstreamError {
+        match self {
+            ReadError::Transport(e) => transport(e),
+            ReadError::TooLarge(e) => e,
         }
     }
+}
+
+/// Reads at most `limit` bytes of `response`'s body: a longer one (by its
+/// `Content-Length` or as it streams in) stops the read with a decode error.
+async fn read_limited(
+    api: ApiName,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, ReadError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ReadError::TooLarge(answer_too_large(api)));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge(answer_too_large(api)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The error for an answer longer than [`MAX_ANSWER_BYTES`].
+pub fn answer_too_large(api: ApiName) -> UpstreamError {
+    decode(
+        api,
+        &format!("the answer is larger than {MAX_ANSWER_BYTES} bytes; it was not read"),
+    )
+}
+
+/// Decodes one WeChat answer body (`content_type` only for the message):
+/// WeChat's JSON with errcode 0 or none, else the classified error. The
+/// `errmsg` is scrubbed of `sensitive`.
+fn decode_answer(
+    api: ApiName,
+    body: &[u8],
+    content_type: &str,
+    sensitive: Option<&str>,
+) -> Result<Answer, UpstreamError> {
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| {
+        decode(
+            api,
+            &format!(
+                "expected JSON, got {} bytes of {content_type} ({})",
+                body.len(),
+                e.classify_name()
+            ),
+        )
+    })?;
+    match answer.errcode {
+        Some(code) if code != 0 => Err(UpstreamError::Api {
+            api,
+            errcode: code,
+            errmsg: error::scrub(answer.errmsg.as_deref().unwrap_or(""), sensitive),
+        }),
+        _ => Ok(answer),
+    }
+}
+
+/// Decodes a token answer body of `api` as [`WechatClient`] does for an HTTP
+/// answer: for callers that hold a body without HTTP (the in-process simulator).
+///
+/// Errors like the client: a decode error for anything but a valid token
+/// answer, [`UpstreamError::Api`] for an errcode.
+pub fn decode_token_answer(api: ApiName, body: &[u8]) -> Result<TokenGrant, UpstreamError> {
+    if body.len() > MAX_ANSWER_BYTES {
+        return Err(answer_too_large(api));
+    }
+    token_grant(api, decode_answer(api, body, "application/json", None)?)
+}
+
+/// Decodes a ticket answer body as [`WechatClient::fetch_ticket`] does.
+///
+/// Errors like [`decode_token_answer`].
+pub fn decode_ticket_answer(api: ApiName, body: &[u8]) -> Result<TicketGrant, UpstreamError> {
+    if body.len() > MAX_ANSWER_BYTES {
+        return Err(answer_too_large(api));
+    }
+    ticket_grant(api, decode_answer(api, body, "application/json", None)?)
 }
 
 fn endpoint(base: &Url, api: ApiName) -> Url {
@@ -411,23 +510,43 @@ fn endpoint(base: &Url, api: ApiName) -> Url {
 }
 
 fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError> {
-    let token = answer
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| decode(api, "the answer has no access_token"))?;
     Ok(TokenGrant {
-        access_token: AccessToken::new(token),
-        expires_in: positive_expiry(api, answer.expires_in)?,
+        access_token: credential(api, "access_token", answer.access_token)?,
+        expires_in: expiry(api, answer.expires_in)?,
         shared: None,
+        after_unknown: answer.after_unknown,
     })
 }
 
-fn positive_expiry(api: ApiName, expires_in: Option<i64>) -> Result<Duration, UpstreamError> {
+fn ticket_grant(api: ApiName, answer: Answer) -> Result<TicketGrant, UpstreamError> {
+    Ok(TicketGrant {
+        ticket: credential(api, "ticket", answer.ticket)?,
+        expires_in: expiry(api, answer.expires_in)?,
+    })
+}
+
+/// A token or ticket field, checked by [`AccessToken::from_upstream`].
+fn credential(
+    api: ApiName,
+    field: &str,
+    value: Option<String>,
+) -> Result<AccessToken, UpstreamError> {
+    let value = value.ok_or_else(|| decode(api, &format!("the answer has no {field}")))?;
+    AccessToken::from_upstream(value)
+        .map_err(|why| decode(api, &format!("the {field} is not a plausible token: {why}")))
+}
+
+/// `expires_in`, which must lie in [`EXPIRES_IN_SECS`].
+fn expiry(api: ApiName, expires_in: Option<i64>) -> Result<Duration, UpstreamError> {
     match expires_in {
-        Some(s) if s > 0 => Ok(Duration::from_secs(s as u64)),
+        Some(s) if EXPIRES_IN_SECS.contains(&s) => Ok(Duration::from_secs(s.unsigned_abs())),
         Some(s) => Err(decode(
             api,
-            &format!("expires_in is {s}, not a positive number"),
+            &format!(
+                "expires_in is {s}, not {} to {} seconds",
+                EXPIRES_IN_SECS.start(),
+                EXPIRES_IN_SECS.end()
+            ),
         )),
         None => Err(decode(api, "the answer has no expires_in")),
     }

@@ -612,3 +612,124 @@ async fn a_thousand_accounts_fill_without_exceeding_max_concurrency() {
     assert_eq!(issued, ACCOUNTS as u64, "one token per account");
     sim.stop().await;
 }
+
+/// A token source that panics on its first `token_panics` token fetches and
+/// first `ticket_panics` ticket fetches, then asks the simulator.
+struct Panicky {
+    sim: InProcess,
+    token_panics: std::sync::atomic::AtomicU32,
+    ticket_panics: std::sync::atomic::AtomicU32,
+}
+
+impl TokenSource for Panicky {
+    fn fetch(
+        &self,
+        req: wxtoken::wechat::FetchRequest,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<wxtoken::wechat::TokenGrant, wxtoken::wechat::UpstreamError>,
+    > {
+        let panic = self
+            .token_panics
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        let inner = self.sim.fetch(req);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if panic {
+                panic!("a bug inside a token fetch");
+            }
+            inner.await
+        })
+    }
+
+    fn fetch_ticket(
+        &self,
+        token: wxtoken::domain::AccessToken,
+        kind: wxtoken::domain::TicketKind,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<wxtoken::wechat::TicketGrant, wxtoken::wechat::UpstreamError>,
+    > {
+        let panic = self
+            .ticket_panics
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        let inner = self.sim.fetch_ticket(token, kind);
+        Box::pin(async move {
+            if panic {
+                panic!("a bug inside a ticket fetch");
+            }
+            inner.await
+        })
+    }
+}
+
+#[actix_web::test]
+async fn a_panicking_refresh_task_is_a_counted_failure_that_is_retried() {
+    tokio::time::pause();
+    let clock = Clock::tokio();
+    let sim = InProcess::new(
+        SimConfig {
+            clock: clock.clone(),
+            ..SimConfig::default()
+        },
+        Duration::from_secs(5),
+    )
+    .expect("valid simulator config");
+    let mut accounts = make_accounts(&[working(Mode::Legacy), working(Mode::Stable)], |reg| {
+        sim.try_register_app(reg).expect("valid registration")
+    });
+    accounts[1].tickets = vec![wxtoken::domain::TicketKind::Jsapi];
+    let upstream: Arc<dyn TokenSource> = Arc::new(Panicky {
+        sim: sim.clone(),
+        // The first fetch of each account panics, and the first ticket fetch.
+        token_panics: std::sync::atomic::AtomicU32::new(2),
+        ticket_panics: std::sync::atomic::AtomicU32::new(1),
+    });
+    let fleet = Fleet::launch(clock, sim, accounts, upstream).await;
+    fleet
+        .wait_for(Duration::from_secs(30), "both accounts recover", |f| {
+            f.accounts.iter().all(|a| f.state(&a.appid) == State::Ready)
+        })
+        .await;
+    let ticketed = &fleet.accounts[1].appid;
+    fleet
+        .wait_for(Duration::from_secs(30), "the ticket is fetched", |f| {
+            f.directory
+                .get(ticketed)
+                .and_then(|s| s.ticket(wxtoken::domain::TicketKind::Jsapi))
+                .is_some_and(|t| t.usable_secs(f.now_ms()).is_some())
+        })
+        .await;
+    fleet.assert_served_tokens_are_valid();
+    let text = fleet.metrics.encode();
+    for account in &fleet.accounts {
+        let appid = account.appid.as_str();
+        assert_eq!(
+            metric_value(
+                &text,
+                "wxtoken_refreshes_total",
+                &[("appid", appid), ("result", "error")]
+            ),
+            1.0,
+            "{appid}: the panic counts as one failed attempt"
+        );
+    }
+    assert_eq!(
+        metric_value(&text, "wxtoken_task_panics_total", &[("task", "refresh")]),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&text, "wxtoken_task_panics_total", &[("task", "ticket")]),
+        1.0
+    );
+}

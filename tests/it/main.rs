@@ -17,4 +17,5 @@ mod soak;
 mod store;
 mod support;
 mod tickets;
+mod upstream;
 mod wechat;

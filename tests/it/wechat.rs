@@ -477,3 +477,151 @@ async fn upstream_requests_in_flight_never_exceed_max_concurrency() {
         started.elapsed()
     );
 }
+
+/// A fault answering `body` to the next call of `api` for `appid`.
+fn body_fault(api: &str, appid: &str, body: String) -> FaultSpec {
+    FaultSpec {
+        api: Some(api.to_string()),
+        appid: Some(appid.to_string()),
+        count: Some(1),
+        body: Some(body),
+        ..Default::default()
+    }
+}
+
+#[actix_web::test]
+async fn absurd_token_answers_are_decode_errors() {
+    let sim = simulator(SimConfig::default()).await;
+    let appid = register(&sim, SECRET);
+    let (client, _) = client_for(&sim);
+    let good = "A".repeat(16);
+    let absurd = [
+        format!(r#"{{"access_token":"{good}","expires_in":9223372036854775}}"#),
+        format!(r#"{{"access_token":"{good}","expires_in":1000000000000}}"#),
+        format!(r#"{{"access_token":"{good}","expires_in":86401}}"#),
+        format!(r#"{{"access_token":"{good}","expires_in":0}}"#),
+        format!(r#"{{"access_token":"{good}","expires_in":-5}}"#),
+        r#"{"access_token":" ","expires_in":7200}"#.to_string(),
+        r#"{"access_token":"CTRL\u0000\n\r\u001b[31mXXXXXXXXXXXXXXX","expires_in":7200}"#
+            .to_string(),
+        r#"{"access_token":"ünïcødé 🙂 ünïcødé 🙂","expires_in":7200}"#.to_string(),
+        r#"{"access_token":"has a space inside it","expires_in":7200}"#.to_string(),
+        format!(
+            r#"{{"access_token":"{}","expires_in":7200}}"#,
+            "A".repeat(15)
+        ),
+        format!(
+            r#"{{"access_token":"{}","expires_in":7200}}"#,
+            "A".repeat(2049)
+        ),
+    ];
+    for body in absurd {
+        sim.inject_fault(body_fault("token", appid.as_str(), body.clone()));
+        let err = client
+            .fetch_token(&appid, &secret(SECRET))
+            .await
+            .expect_err(&format!("{body:.60} is refused"));
+        assert!(
+            matches!(err, UpstreamError::Decode { .. }),
+            "{body:.60}: {err:?}"
+        );
+        assert_eq!(err.decide(0), Decision::Retry, "retried with backoff");
+    }
+    // The limits themselves are fine.
+    for body in [
+        format!(r#"{{"access_token":"{good}","expires_in":86400}}"#),
+        format!(
+            r#"{{"access_token":"{}","expires_in":1}}"#,
+            "A".repeat(2048)
+        ),
+    ] {
+        sim.inject_fault(body_fault("token", appid.as_str(), body.clone()));
+        client
+            .fetch_token(&appid, &secret(SECRET))
+            .await
+            .unwrap_or_else(|e| panic!("{body:.60} is accepted: {e}"));
+    }
+}
+
+#[actix_web::test]
+async fn absurd_ticket_answers_are_decode_errors() {
+    let sim = simulator(SimConfig::default()).await;
+    let appid = register(&sim, SECRET);
+    let (client, _) = client_for(&sim);
+    let token = client
+        .fetch_stable_token(&appid, &secret(SECRET), false)
+        .await
+        .expect("token")
+        .access_token;
+    for body in [
+        r#"{"errcode":0,"errmsg":"ok","ticket":"TTTTTTTTTTTTTTTTTTTT","expires_in":9223372036854774}"#,
+        r#"{"errcode":0,"errmsg":"ok","ticket":"\u001b[31m","expires_in":7200}"#,
+    ] {
+        sim.inject_fault(body_fault("getticket", appid.as_str(), body.to_string()));
+        let err = client
+            .fetch_ticket(&token, TicketKind::Jsapi)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, UpstreamError::Decode { .. }), "{err:?}");
+    }
+}
+
+#[actix_web::test]
+async fn an_endless_answer_is_cut_off_at_64_kib() {
+    let sim = simulator(SimConfig::default()).await;
+    let appid = register(&sim, SECRET);
+    let (client, _) = client_for(&sim);
+    sim.inject_fault(FaultSpec {
+        api: Some("stable_token".to_string()),
+        count: Some(1),
+        body_bytes: Some(150 * 1024 * 1024),
+        ..Default::default()
+    });
+    let err = client
+        .fetch_stable_token(&appid, &secret(SECRET), false)
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, UpstreamError::Decode { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than 65536 bytes"), "{err}");
+}
+
+#[actix_web::test]
+async fn redirects_are_never_followed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Somewhere a redirect would lead: it must never be contacted.
+    let elsewhere = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let target = elsewhere.local_addr().unwrap();
+    let contacted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = contacted.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = elsewhere.accept().await {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // An upstream that answers every request with a redirect.
+    let upstream = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let base = url::Url::parse(&format!("http://{}", upstream.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = upstream.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://{target}/cgi-bin/token\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let (client, _) = client_with(vec![base], Duration::from_secs(2), 4);
+    let err = client
+        .fetch_token(&unique_appid(), &secret(SECRET))
+        .await
+        .expect_err("a redirect is an error");
+    assert!(
+        matches!(err, UpstreamError::Http { status: 302, .. }),
+        "{err:?}"
+    );
+    assert!(
+        !contacted.load(std::sync::atomic::Ordering::SeqCst),
+        "the redirect target was contacted"
+    );
+}
