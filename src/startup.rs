@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::account::Deps;
-use crate::account::schedule::{Policy, WECHAT_GRACE};
+use crate::account::schedule::{Policy, WECHAT_GRACE, late_answer_bound};
 use crate::api::{self, Auth, HttpMetrics};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -207,6 +207,7 @@ impl Application {
         );
         let mut policy = Policy::new(config.refresh.clone());
         policy.grace = options.grace;
+        policy.late_answer_bound = late_answer_bound(config.upstream.timeout);
         let deps = Deps {
             upstream,
             policy,

@@ -95,6 +95,17 @@ impl InProcess {
         if let Some(spec) = self.state.begin_call(api, Some(req.appid.as_str())) {
             if let Some(delay) = spec.delay() {
                 if delay >= self.timeout {
+                    if !spec.replaces_answer() {
+                        // As at WeChat: the caller gave up, but the request
+                        // is still processed when its delay is over (a late
+                        // answer that mints a token nobody receives).
+                        let this = self.clone();
+                        let late = req.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = this.answer(&late, api_name);
+                        });
+                    }
                     tokio::time::sleep(self.timeout).await;
                     return Err(timeout());
                 }
@@ -107,6 +118,11 @@ impl InProcess {
                 return crate::wechat::decode_token_answer(api_name, &body);
             }
         }
+        self.answer(&req, api_name)
+    }
+
+    /// Answers a token request the way the token state decides.
+    fn answer(&self, req: &FetchRequest, api_name: ApiName) -> Result<TokenGrant, UpstreamError> {
         let creds = Credentials {
             grant_type: Some("client_credential".to_string()),
             appid: Some(req.appid.as_str().to_string()),

@@ -733,3 +733,54 @@ async fn a_panicking_refresh_task_is_a_counted_failure_that_is_retried() {
         1.0
     );
 }
+
+#[actix_web::test]
+async fn a_late_processed_legacy_fetch_never_leaves_a_superseded_token_served() {
+    // WeChat's real lifetimes and grace, a 5 s upstream timeout. A legacy
+    // fetch times out at wxtoken but WeChat processes it 8 s after it was
+    // sent: the token it mints (that nobody receives) kills whatever wxtoken
+    // fetched before it, 5 minutes later.
+    let fleet = Fleet::virtual_time(&[working(Mode::Legacy), working(Mode::Legacy)]).await;
+    let victim = fleet.accounts[0].appid.clone();
+    fleet
+        .sim
+        .try_inject_fault(FaultSpec {
+            api: Some("token".to_string()),
+            appid: Some(victim.to_string()),
+            count: Some(1),
+            delay_ms: Some(8_000),
+            ..FaultSpec::default()
+        })
+        .expect("valid fault");
+    let answer = fleet
+        .registry
+        .send(RouteRefresh {
+            appid: victim.clone(),
+            reason: Reason::Admin,
+            stale: None,
+        })
+        .await
+        .expect("the registry answers");
+    assert!(answer.is_err(), "the fetch timed out");
+    // Watch every second for one whole token lifetime: no served token is
+    // ever one WeChat has killed, and the account keeps a token.
+    let mut gaps = 0;
+    for _ in 0..7_200 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fleet.assert_served_tokens_are_valid();
+        if !fleet
+            .directory
+            .get(&victim)
+            .expect("slot")
+            .is_ready(fleet.now_ms())
+        {
+            gaps += 1;
+        }
+    }
+    assert_eq!(gaps, 0, "seconds without a token to serve");
+    let issued = fleet.sim.stats().tokens_issued_to(victim.as_str());
+    assert!(
+        issued <= 6,
+        "{issued} tokens: the late answer costs one extra fetch, not a storm"
+    );
+}
