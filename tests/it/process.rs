@@ -329,7 +329,7 @@ async fn sigterm_flushes_the_store_and_a_restart_makes_no_upstream_call_and_sigh
 
 /// A compare-and-refresh whose body is half sent when `signal` arrives: the
 /// server stops accepting connections, answers it 200 once the rest of the
-/// body comes, and exits 0.
+/// body comes, flushes the store and exits 0.
 async fn a_signal_lets_a_slow_in_flight_request_finish_then_exits_0(signal: &str) {
     let setup = Setup::new(&[Mode::Stable]).await;
     let mut server = setup.serve(&[]);
@@ -374,6 +374,14 @@ async fn a_signal_lets_a_slow_in_flight_request_finish_then_exits_0(signal: &str
 
     let code = exit_code(&mut server.child, Duration::from_secs(40)).await;
     assert_eq!(code, Some(0), "SIG{signal} exits 0");
+
+    // The store was flushed: a restart serves the same token without a fetch.
+    let calls = setup.calls();
+    let _restarted = setup.serve(&[]);
+    setup.ready().await;
+    let (_, after) = setup.token(&appid).await;
+    assert_eq!(after["access_token"], current["access_token"]);
+    assert_eq!(setup.calls(), calls, "no upstream call after the restart");
 }
 
 #[actix_web::test]
