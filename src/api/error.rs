@@ -73,6 +73,19 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 408 `request_timeout`: the request body did not fully arrive within
+    /// `limit` (a slow or stalled client).
+    pub fn body_timeout(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {}s; send the whole body at once, without pauses",
+                limit.as_secs()
+            ),
+        )
+    }
+
     /// 401 `unauthorized`: no API key was presented.
     pub fn missing_key() -> Self {
         ApiError {
