@@ -16,6 +16,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
@@ -113,6 +114,10 @@ pub struct AppState {
     pub store: StoreWriter,
     /// The shared Redis of replicas (`store.redis`), if configured.
     pub shared: Option<Shared>,
+    /// Set for good the first time `/readyz` sees every enabled account past
+    /// its first token fetch; from then on the load-balancer check answers
+    /// 200, whatever accounts fail or are added later.
+    pub tokens_loaded: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -254,6 +259,7 @@ impl Application {
             reloader,
             store,
             shared,
+            tokens_loaded: Arc::new(AtomicBool::new(false)),
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -320,14 +326,16 @@ async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (mut interrupt, mut terminate) =
-            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-                (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!(error = %e, "could not listen for SIGINT and SIGTERM; stop the server with SIGKILL");
-                    return std::future::pending().await;
-                }
-            };
+        let (mut interrupt, mut terminate) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "could not listen for SIGINT and SIGTERM; stop the server with SIGKILL");
+                return std::future::pending().await;
+            }
+        };
         let name = tokio::select! {
             _ = interrupt.recv() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",

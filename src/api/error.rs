@@ -225,16 +225,22 @@ impl ApiError {
         &self.message
     }
 
-    /// The JSON body (without headers), for answers that extend it.
-    pub(crate) fn body_json(&self, extra: Option<(&str, serde_json::Value)>) -> Vec<u8> {
+    /// The JSON body (without headers), for answers that extend it with
+    /// `extra` fields.
+    pub(crate) fn body_json<'a>(
+        &self,
+        extra: impl IntoIterator<Item = (&'a str, serde_json::Value)>,
+    ) -> Vec<u8> {
         let body = Body {
             error: self.code,
             message: &self.message,
             errcode: self.errcode,
         };
         let mut value = serde_json::to_value(&body).unwrap_or_default();
-        if let (Some((key, extra)), Some(map)) = (extra, value.as_object_mut()) {
-            map.insert(key.to_string(), extra);
+        if let Some(map) = value.as_object_mut() {
+            for (key, extra) in extra {
+                map.insert(key.to_string(), extra);
+            }
         }
         serde_json::to_vec(&value).unwrap_or_default()
     }

@@ -708,7 +708,11 @@ async fn readyz_with_an_unknown_strict_value_is_a_bad_request() {
     assert_error(&body, "bad_request");
     for off in ["/readyz?strict=0", "/readyz?strict=false"] {
         let response = app.request(Method::GET, off, None).send().await;
-        assert_eq!(response.expect("an answer").status(), StatusCode::OK, "{off}");
+        assert_eq!(
+            response.expect("an answer").status(),
+            StatusCode::OK,
+            "{off}"
+        );
     }
 }
 
@@ -787,7 +791,10 @@ async fn a_refresh_body_trickled_byte_by_byte_is_cut_off_with_408_request_timeou
         app.addr,
         body.len()
     );
-    writer.write_all(head.as_bytes()).await.expect("send the head");
+    writer
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
     let started = std::time::Instant::now();
     let trickle = actix_web::rt::spawn(async move {
         for byte in body {
@@ -811,8 +818,7 @@ async fn a_refresh_body_trickled_byte_by_byte_is_cut_off_with_408_request_timeou
     assert!(answer.head.contains("connection: close"), "{answer:?}");
     // ...and the connection is closed, although the client keeps sending.
     let mut rest = Vec::new();
-    let closed =
-        tokio::time::timeout(Duration::from_secs(3), reader.read_to_end(&mut rest)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(3), reader.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the connection stays open after the 408");
     trickle.abort();
 

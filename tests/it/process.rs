@@ -346,7 +346,10 @@ async fn a_signal_lets_a_slow_in_flight_request_finish_then_exits_0(signal: &str
         setup.listen,
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.expect("send the head");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
     stream.write_all(&body[..10]).await.expect("send a part");
     // The handler is now waiting for the rest of the body.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -487,7 +490,9 @@ async fn malformed_and_oversized_request_heads_are_refused_without_an_error_log_
             "120 headers",
             format!(
                 "GET /healthz HTTP/1.1\r\nHost: {host}\r\n{}\r\n",
-                (0..120).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+                (0..120)
+                    .map(|i| format!("X-H{i}: v\r\n"))
+                    .collect::<String>()
             )
             .into_bytes(),
             431,
@@ -513,7 +518,13 @@ async fn malformed_and_oversized_request_heads_are_refused_without_an_error_log_
                 assert_eq!(answer.status, *status, "{what}: {answer:?}");
             }
             assert_eq!(
-                setup.http.get(setup.url("/healthz")).send().await.expect("healthz").status(),
+                setup
+                    .http
+                    .get(setup.url("/healthz"))
+                    .send()
+                    .await
+                    .expect("healthz")
+                    .status(),
                 StatusCode::OK
             );
             send_signal(&server.0, "TERM");
@@ -526,7 +537,10 @@ async fn malformed_and_oversized_request_heads_are_refused_without_an_error_log_
     let log = run(None, "default.log").await;
     assert!(log.contains("wxtoken serving"), "{log}");
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
-    assert!(errors.is_empty(), "client mistakes logged as errors: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "client mistakes logged as errors: {errors:#?}"
+    );
 
     // Asked for, actix's own account of them is still there.
     let log = run(Some("info,actix_http::h1::dispatcher=debug"), "debug.log").await;
