@@ -43,7 +43,8 @@ pub struct Metrics {
     /// secret, IP not whitelisted, frozen secret, ...), with WeChat's errcode
     /// and, for 40164, the IP WeChat saw.
     pub account_config_error: IntGaugeVec,
-    /// 1 when every enabled account has a usable token (what `/readyz` says).
+    /// 1 when every enabled account has a usable token (the accounts part of
+    /// `/readyz?strict=1`; the load-balancer check `/readyz` stays 200 when some fail).
     pub ready: IntGauge,
     /// With `store.redis`: 1 while Redis answers, 0 while it does not.
     pub redis_up: IntGauge,

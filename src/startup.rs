@@ -6,14 +6,17 @@
 //!
 //! Invariants: nothing fetches a token before the listener is bound, so a busy
 //! port fails fast without touching WeChat; the directory holds every
-//! configured account before the first request is served; when the server
-//! stops, every account actor is told to stop.
+//! configured account before the first request is served; SIGINT and SIGTERM
+//! both stop the server gracefully (no new connections, in-flight requests
+//! finished); when the server stops, every account actor is told to stop and
+//! the store is flushed.
 //!
 //! Must run inside an actix system (`#[actix_web::main]`,
 //! `actix_web::rt::System`, `#[actix_web::test]`): the registry is an actor.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
@@ -111,6 +114,10 @@ pub struct AppState {
     pub store: StoreWriter,
     /// The shared Redis of replicas (`store.redis`), if configured.
     pub shared: Option<Shared>,
+    /// Set for good the first time `/readyz` sees every enabled account past
+    /// its first token fetch; from then on the load-balancer check answers
+    /// 200, whatever accounts fail or are added later.
+    pub tokens_loaded: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -253,6 +260,7 @@ impl Application {
             reloader,
             store,
             shared,
+            tokens_loaded: Arc::new(AtomicBool::new(false)),
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -268,6 +276,9 @@ impl Application {
                 .configure(api::configure)
         })
         .workers(workers.max(1))
+        // actix-web's own handling treats SIGINT as a forced stop that drops
+        // requests in flight; Ctrl-C must be as gentle as SIGTERM.
+        .shutdown_signal(stop_signal())
         .listen(listener)
         .with_context(|| format!("could not serve on {addr}"))?
         .run();
@@ -305,6 +316,45 @@ impl Application {
         self.state.store.close().await;
         tracing::info!("wxtoken stopped serving; the token store is flushed and closed");
         result
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM (Ctrl-C where there are no Unix
+/// signals), which [`HttpServer::shutdown_signal`] turns into a graceful stop.
+/// When the signal handlers cannot be installed it logs why and never
+/// resolves: the server then stops only through its handle.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut interrupt, mut terminate) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "could not listen for SIGINT and SIGTERM; stop the server with SIGKILL");
+                return std::future::pending().await;
+            }
+        };
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(
+            signal = name,
+            "stopping: no new connections; finishing the requests in flight, then flushing the token store"
+        );
+    }
+    #[cfg(not(unix))]
+    {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "could not listen for Ctrl-C");
+            return std::future::pending().await;
+        }
+        tracing::info!(
+            "stopping: no new connections; finishing the requests in flight, then flushing the token store"
+        );
     }
 }
 

@@ -1,9 +1,19 @@
 //! Logging set-up through `tracing`.
 //!
-//! Invariant: nothing logged anywhere carries a secret or a token value:
+//! Invariants: nothing logged anywhere carries a secret or a token value:
 //! secrets are `SecretString`, tokens print as a fingerprint, and upstream
 //! errors are scrubbed (see `wechat::error`). The secret-grep test in
-//! `tests/it/secrets.rs` checks a whole run's output.
+//! `tests/it/secrets.rs` checks a whole run's output. A client's mistake
+//! (a malformed or oversized request head, a dropped connection) is never
+//! logged as an ERROR: actix-http's connection dispatcher reports those as
+//! `ERROR actix_http::h1::dispatcher: stream error ...`, so its lines are
+//! treated as debug output (see `DISPATCHER`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -15,20 +25,50 @@ pub enum LogFormat {
     Json,
 }
 
+/// The target of actix-http's HTTP/1 connection dispatcher. It logs at ERROR
+/// what a client did wrong (a bad header, a head over its buffer, a reset
+/// connection), and answers those itself with no hook for us. Its lines are
+/// shown only when the filter enables DEBUG for this target (e.g.
+/// `RUST_LOG=debug` or `RUST_LOG=info,actix_http::h1::dispatcher=debug`).
+const DISPATCHER: &str = "actix_http::h1::dispatcher";
+
+/// Whether the installed filter asked for the dispatcher's debug output.
+static DISPATCHER_VERBOSE: AtomicBool = AtomicBool::new(false);
+
 /// Installs the global subscriber writing to stderr in `format`, filtered by
-/// `RUST_LOG` (default `info`). Calling it twice is harmless.
+/// `RUST_LOG` (default `info`), with `DISPATCHER`'s lines demoted to debug.
+/// Calling it twice is harmless.
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let demote = tracing_subscriber::filter::filter_fn(shown);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
+    let installed = match format {
+        LogFormat::Text => builder.finish().with(demote).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(demote)
             .try_init(),
     };
+    if installed.is_ok() {
+        // Asked through the subscriber just installed: a debug-level callsite
+        // of the dispatcher's target passes `shown`, so the env filter decides.
+        let verbose = tracing::enabled!(target: DISPATCHER, Level::DEBUG);
+        DISPATCHER_VERBOSE.store(verbose, Ordering::Relaxed);
+        tracing::callsite::rebuild_interest_cache();
+    }
+}
+
+/// The demotion filter: a `DISPATCHER` event above DEBUG passes only when
+/// the filter enables that target's debug output; everything else passes
+/// (the env filter decides).
+fn shown(meta: &Metadata<'_>) -> bool {
+    !meta.target().starts_with(DISPATCHER)
+        || *meta.level() >= Level::DEBUG
+        || DISPATCHER_VERBOSE.load(Ordering::Relaxed)
 }

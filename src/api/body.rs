@@ -1,8 +1,13 @@
 //! Reading small JSON request bodies.
 //!
-//! Owns the body limit of the API ([`MAX_BODY_BYTES`]) and the translation of
-//! every body problem (too large, unreadable, not JSON, wrong shape) into a
-//! 400 `bad_request` whose message never quotes the body: it may hold a token.
+//! Owns the body limits of the API ([`MAX_BODY_BYTES`], [`BODY_TIMEOUT`]) and
+//! the translation of every body problem (too large, unreadable, not JSON,
+//! wrong shape) into a 400 `bad_request`, and of a body that does not arrive
+//! in time into a 408 `request_timeout`. Messages never quote the body: it
+//! may hold a token. Invariant: no client holds a handler (and its
+//! connection) longer than [`BODY_TIMEOUT`] by sending its body slowly.
+
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
@@ -14,13 +19,19 @@ use super::error::ApiError;
 /// The largest request body accepted, in bytes (contract §3: 8 KiB).
 pub const MAX_BODY_BYTES: usize = 8192;
 
+/// How long a client may take to send a whole request body, counted from
+/// when the handler starts reading it. 8 KiB take milliseconds on any real
+/// link; actix-web bounds only the request head (5 s), not the body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads the whole body of `req` (at most [`MAX_BODY_BYTES`]) and decodes it
 /// as JSON into `T`. `shape` shows the expected body in messages, e.g.
 /// `{"stale_token": "..."}`.
 ///
 /// Errors with 400 when the body is larger than the limit, cannot be read, is
-/// empty, is not JSON or does not have the expected fields. Any content type
-/// is accepted, so `curl -d` works without `-H content-type:`.
+/// empty, is not JSON or does not have the expected fields, and with 408 when
+/// it has not fully arrived within [`BODY_TIMEOUT`]. Any content type is
+/// accepted, so `curl -d` works without `-H content-type:`.
 pub async fn read_json<T: DeserializeOwned>(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -39,15 +50,21 @@ pub async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::with_capacity(declared.map_or(256, |len| len as usize));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large());
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.map_or(256, |len| len as usize));
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = actix_web::rt::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| ApiError::body_timeout(BODY_TIMEOUT))??;
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => {
             return Err(ApiError::bad_request(format!(

@@ -73,6 +73,19 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 408 `request_timeout`: the request body did not fully arrive within
+    /// `limit` (a slow or stalled client).
+    pub fn body_timeout(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {}s; send the whole body at once, without pauses",
+                limit.as_secs()
+            ),
+        )
+    }
+
     /// 401 `unauthorized`: no API key was presented.
     pub fn missing_key() -> Self {
         ApiError {
@@ -212,16 +225,22 @@ impl ApiError {
         &self.message
     }
 
-    /// The JSON body (without headers), for answers that extend it.
-    pub(crate) fn body_json(&self, extra: Option<(&str, serde_json::Value)>) -> Vec<u8> {
+    /// The JSON body (without headers), for answers that extend it with
+    /// `extra` fields.
+    pub(crate) fn body_json<'a>(
+        &self,
+        extra: impl IntoIterator<Item = (&'a str, serde_json::Value)>,
+    ) -> Vec<u8> {
         let body = Body {
             error: self.code,
             message: &self.message,
             errcode: self.errcode,
         };
         let mut value = serde_json::to_value(&body).unwrap_or_default();
-        if let (Some((key, extra)), Some(map)) = (extra, value.as_object_mut()) {
-            map.insert(key.to_string(), extra);
+        if let Some(map) = value.as_object_mut() {
+            for (key, extra) in extra {
+                map.insert(key.to_string(), extra);
+            }
         }
         serde_json::to_vec(&value).unwrap_or_default()
     }

@@ -1,5 +1,7 @@
 //! Request metrics: `wxtoken_http_requests_total{route,status}` and
-//! `wxtoken_http_request_duration_seconds{route}` for every request.
+//! `wxtoken_http_request_duration_seconds{route}` for every request that
+//! reaches the app (not the ones actix-http refuses while parsing the head;
+//! see the `api` module).
 //!
 //! Owns [`HttpMetrics`], an actix-web middleware wrapped around the whole app.
 //! Invariant: the `route` label is the matched resource pattern (each resource

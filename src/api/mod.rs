@@ -6,6 +6,14 @@
 //! own 404/405, is JSON of the contract's error shape; the token read path
 //! ([`token::get_token`]) never waits for an actor; every resource is named
 //! after its pattern so the metrics middleware labels requests by route.
+//!
+//! The one exception: a request whose head actix-http cannot parse (a
+//! malformed header: 400; a head over its 128 KiB buffer or more than 96 headers:
+//! 431; a head not complete within 5 s: 408) is answered by actix-http's
+//! connection dispatcher itself, with an empty body, before any service or
+//! middleware of ours runs: actix-web offers no hook there, so those answers
+//! are neither JSON nor counted in `wxtoken_http_requests_total`. They are
+//! not logged as errors either (see `telemetry`).
 
 mod accounts;
 mod admin;

@@ -574,8 +574,18 @@ async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret
     }
 }
 
+/// The `appid`s of a `/readyz` list (`failing` or `not_ready`), in order.
+fn listed<'a>(body: &'a Value, list: &str) -> Vec<&'a str> {
+    body[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("a {list} list: {body}"))
+        .iter()
+        .filter_map(|r| r["appid"].as_str())
+        .collect()
+}
+
 #[actix_web::test]
-async fn readyz_names_a_failing_account_while_the_others_keep_serving_tokens() {
+async fn strict_readyz_names_a_failing_account_while_the_others_keep_serving_tokens() {
     let app = TestAppBuilder::new()
         .account(Mode::Stable)
         .account(Mode::Legacy)
@@ -584,15 +594,10 @@ async fn readyz_names_a_failing_account_while_the_others_keep_serving_tokens() {
         .await;
     let broken = app.broken().next().expect("a broken account").clone();
 
-    let body = json(app.readyz().await, StatusCode::SERVICE_UNAVAILABLE).await;
+    let body = json(app.readyz_strict().await, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_error(&body, "not_ready");
-    let listed: Vec<&str> = body["not_ready"]
-        .as_array()
-        .expect("a not_ready list")
-        .iter()
-        .filter_map(|r| r["appid"].as_str())
-        .collect();
-    assert_eq!(listed, vec![broken.appid.as_str()]);
+    assert_eq!(listed(&body, "not_ready"), vec![broken.appid.as_str()]);
+    assert_eq!(body["not_ready"][0]["errcode"], 40125, "{body}");
     assert!(
         body["message"]
             .as_str()
@@ -624,11 +629,209 @@ async fn readyz_names_a_failing_account_while_the_others_keep_serving_tokens() {
 }
 
 #[actix_web::test]
+async fn readyz_stays_ok_for_the_load_balancer_when_one_account_fails_and_lists_it() {
+    let app = TestAppBuilder::new()
+        .account(Mode::Stable)
+        .account(Mode::Legacy)
+        .broken_account(Mode::Legacy)
+        .spawn()
+        .await;
+    let broken = app.broken().next().expect("a broken account").clone();
+
+    let response = app.readyz().await;
+    let cache = header_str(&response, header::CACHE_CONTROL);
+    let body = json(response, StatusCode::OK).await;
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["accounts"], 3, "{body}");
+    assert_eq!(listed(&body, "failing"), vec![broken.appid.as_str()]);
+    assert_eq!(body["failing"][0]["state"], "failing", "{body}");
+    assert_eq!(body["failing"][0]["errcode"], 40125, "{body}");
+    assert_eq!(body["store"], "ok", "{body}");
+    assert!(body.get("redis").is_none(), "no Redis configured: {body}");
+    assert_eq!(cache.as_deref(), Some("no-store"));
+
+    // HEAD, as some load balancers send it, gets the same status.
+    let head = app
+        .request(Method::HEAD, "/readyz", None)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(head.status(), StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn readyz_stays_ok_while_an_account_added_by_reload_fetches_its_first_token() {
+    let app = spawn_app().await;
+    let added = app.new_account(Mode::Stable);
+    app.sim.inject_fault(FaultSpec {
+        appid: Some(added.appid.to_string()),
+        count: Some(1),
+        delay_ms: Some(2_000),
+        ..FaultSpec::default()
+    });
+    let mut accounts = app.accounts.clone();
+    accounts.push(added.clone());
+    app.write_config(&accounts);
+    json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::OK).await;
+
+    // Its first fetch hangs at WeChat: the replica stays in the load balancer.
+    let body = json(app.readyz().await, StatusCode::OK).await;
+    assert_eq!(listed(&body, "failing"), vec![added.appid.as_str()]);
+    assert_eq!(body["failing"][0]["state"], "fetching", "{body}");
+    let strict = json(app.readyz_strict().await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(listed(&strict, "not_ready"), vec![added.appid.as_str()]);
+}
+
+#[actix_web::test]
 async fn readyz_is_ok_when_every_account_has_a_token() {
     let app = spawn_app().await;
-    let body = json(app.readyz().await, StatusCode::OK).await;
-    assert_eq!(body["status"], "ready");
-    assert_eq!(body["accounts"], 2);
+    for response in [app.readyz().await, app.readyz_strict().await] {
+        let body = json(response, StatusCode::OK).await;
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["accounts"], 2);
+        assert_eq!(body["failing"], serde_json::json!([]), "{body}");
+        assert_eq!(body["store"], "ok", "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn readyz_with_an_unknown_strict_value_is_a_bad_request() {
+    let app = spawn_app().await;
+    let body = json(
+        app.request(Method::GET, "/readyz?strict=yes-please", None)
+            .send()
+            .await
+            .expect("an answer"),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_error(&body, "bad_request");
+    for off in ["/readyz?strict=0", "/readyz?strict=false"] {
+        let response = app.request(Method::GET, off, None).send().await;
+        assert_eq!(
+            response.expect("an answer").status(),
+            StatusCode::OK,
+            "{off}"
+        );
+    }
+}
+
+/// One HTTP/1.1 answer read off a raw connection.
+#[derive(Debug)]
+pub(crate) struct RawAnswer {
+    pub(crate) status: u16,
+    /// The status line and headers, lower-cased.
+    pub(crate) head: String,
+    pub(crate) body: String,
+}
+
+impl RawAnswer {
+    /// The body as JSON; panics with the answer when it is not.
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Reads one answer from `stream`: until its `Content-Length` is complete
+/// or the server closes. `None` when nothing complete came within `within`.
+pub(crate) async fn read_answer(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> Option<RawAnswer> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(answer) = parse_answer(&buf, false) {
+            return Some(answer);
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return parse_answer(&buf, true),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+fn parse_answer(buf: &[u8], closed: bool) -> Option<RawAnswer> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let head = head.to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match length {
+        Some(n) if body.len() >= n => {}
+        None if closed => {}
+        _ => return None,
+    }
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(RawAnswer {
+        status,
+        head: head.clone(),
+        body: body.to_string(),
+    })
+}
+
+#[actix_web::test]
+async fn a_refresh_body_trickled_byte_by_byte_is_cut_off_with_408_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let appid = app.account(Mode::Stable).appid.to_string();
+    let body = br#"{"stale_token": "a-token-sent-one-byte-per-second-by-a-hostile-client"}"#;
+    let stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /v1/token/{appid}/refresh HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {READER_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.addr,
+        body.len()
+    );
+    writer
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    let started = std::time::Instant::now();
+    let trickle = actix_web::rt::spawn(async move {
+        for byte in body {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+
+    let answer = read_answer(&mut reader, Duration::from_secs(13))
+        .await
+        .expect("an answer while the body is still trickling");
+    let elapsed = started.elapsed();
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(
+        elapsed >= Duration::from_secs(9) && elapsed < Duration::from_secs(12),
+        "answered after {elapsed:?}"
+    );
+    assert_error(&answer.json(), "request_timeout");
+    assert!(answer.head.contains("connection: close"), "{answer:?}");
+    // ...and the connection is closed, although the client keeps sending.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection stays open after the 408");
+    trickle.abort();
+
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "wxtoken_http_requests_total",
+            &[("route", "/v1/token/{appid}/refresh"), ("status", "408")]
+        ),
+        1.0,
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]

@@ -388,13 +388,13 @@ fn config_yaml(
 }
 
 impl TestApp {
-    /// Polls `/readyz` (bounded) until every working account is ready and
+    /// Polls `/readyz?strict=1` (bounded) until every working account is ready and
     /// every broken one has recorded a failure.
     async fn wait_until_settled(&self) {
         let broken: Vec<AppId> = self.broken().map(|a| a.appid.clone()).collect();
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
-            let status = self.readyz().await.status();
+            let status = self.readyz_strict().await.status();
             let now = self.state.clock.now_unix_ms();
             let mut missing = self.state.directory.not_ready(now);
             missing.sort();
@@ -583,9 +583,15 @@ impl TestApp {
         self.send(self.request(Method::GET, "/healthz", None)).await
     }
 
-    /// `GET /readyz`.
+    /// `GET /readyz`: the load-balancer check.
     pub async fn readyz(&self) -> Response {
         self.send(self.request(Method::GET, "/readyz", None)).await
+    }
+
+    /// `GET /readyz?strict=1`: ready only when every enabled account has a usable token.
+    pub async fn readyz_strict(&self) -> Response {
+        self.send(self.request(Method::GET, "/readyz?strict=1", None))
+            .await
     }
 
     /// `GET /metrics`, as text.

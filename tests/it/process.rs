@@ -1,15 +1,20 @@
 //! `wxtoken serve` as a real process against the simulator (hosted by the
-//! test): crashes with `kill -9`, restarts on the same store, signals, and an
-//! unreadable store file.
+//! test): crashes with `kill -9`, restarts on the same store, signals (SIGINT
+//! and SIGTERM finish in-flight requests), readiness while starting, hostile
+//! request heads, and an unreadable store file.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use wxtoken::domain::{AppId, KeyHash, Mode};
-use wxtoken::simulator::{AppRegistration, SimConfig, Simulator};
+use wxtoken::simulator::{AppRegistration, FaultSpec, SimConfig, Simulator};
 
+use crate::api::read_answer;
 use crate::cli::{Running, wxtoken};
 use crate::support::{self, metric_value};
 
@@ -100,10 +105,11 @@ impl Setup {
         format!("http://{}{path}", self.listen)
     }
 
+    /// Waits until every account has a usable token (`/readyz?strict=1`).
     async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+            if let Ok(r) = self.http.get(self.url("/readyz?strict=1")).send().await
                 && r.status() == StatusCode::OK
             {
                 return;
@@ -128,6 +134,67 @@ impl Setup {
     fn calls(&self) -> u64 {
         let s = self.sim.stats();
         s.total_calls("token") + s.total_calls("stable_token")
+    }
+
+    /// `GET path` as status and JSON body, or `None` while nothing listens.
+    async fn get_json(&self, path: &str) -> Option<(StatusCode, Value)> {
+        let r = self.http.get(self.url(path)).send().await.ok()?;
+        let status = r.status();
+        Some((status, r.json().await.expect("JSON")))
+    }
+
+    /// `wxtoken serve` with its stderr written to `log`, and `RUST_LOG` set
+    /// to `rust_log` (or removed).
+    fn serve_logging(&self, log: &Path, rust_log: Option<&str>) -> Logged {
+        let grace = GRACE_SECS.to_string();
+        let mut cmd = wxtoken(&[
+            "serve",
+            "--config",
+            self.config.to_str().expect("utf-8 path"),
+            "--wechat-grace",
+            &grace,
+        ]);
+        match rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let file = File::create(log).expect("a log file");
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(file));
+        Logged(cmd.spawn().expect("wxtoken starts"))
+    }
+}
+
+/// A `wxtoken serve` child whose output goes to a file; killed on drop.
+struct Logged(Child);
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `signal` (`INT`, `TERM`, ...) to `child`.
+fn send_signal(child: &Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// Waits (bounded) until `child` exits and returns its exit code.
+async fn exit_code(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for wxtoken") {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wxtoken did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -258,6 +325,226 @@ async fn sigterm_flushes_the_store_and_a_restart_makes_no_upstream_call_and_sigh
     }
     assert_eq!(setup.calls(), calls, "the reload touched no account");
     assert_eq!(server.terminate(), Some(0));
+}
+
+/// A compare-and-refresh whose body is half sent when `signal` arrives: the
+/// server stops accepting connections, answers it 200 once the rest of the
+/// body comes, flushes the store and exits 0.
+async fn a_signal_lets_a_slow_in_flight_request_finish_then_exits_0(signal: &str) {
+    let setup = Setup::new(&[Mode::Stable]).await;
+    let mut server = setup.serve(&[]);
+    setup.ready().await;
+    let appid = setup.accounts[0].0.clone();
+    let (_, current) = setup.token(&appid).await;
+
+    let body = br#"{"stale_token": "an-older-token-of-this-account"}"#;
+    let mut stream = tokio::net::TcpStream::connect(&setup.listen)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/token/{appid}/refresh HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        setup.listen,
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    stream.write_all(&body[..10]).await.expect("send a part");
+    // The handler is now waiting for the rest of the body.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_signal(&server.child, signal);
+
+    // The server stops accepting new connections...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(&setup.listen).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting connections after SIG{signal}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...but the request in flight is answered in full.
+    stream.write_all(&body[10..]).await.expect("send the rest");
+    let answer = read_answer(&mut stream, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the in-flight request got no answer after SIG{signal}"));
+    drop(stream);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let answer = answer.json();
+    assert_eq!(answer["access_token"], current["access_token"], "{answer}");
+    assert_eq!(answer["refreshed"], false, "{answer}");
+
+    let code = exit_code(&mut server.child, Duration::from_secs(40)).await;
+    assert_eq!(code, Some(0), "SIG{signal} exits 0");
+
+    // The store was flushed: a restart serves the same token without a fetch.
+    let calls = setup.calls();
+    let _restarted = setup.serve(&[]);
+    setup.ready().await;
+    let (_, after) = setup.token(&appid).await;
+    assert_eq!(after["access_token"], current["access_token"]);
+    assert_eq!(setup.calls(), calls, "no upstream call after the restart");
+}
+
+#[actix_web::test]
+async fn sigint_lets_a_slow_in_flight_request_finish_then_exits_0() {
+    a_signal_lets_a_slow_in_flight_request_finish_then_exits_0("INT").await;
+}
+
+#[actix_web::test]
+async fn sigterm_lets_a_slow_in_flight_request_finish_then_exits_0() {
+    a_signal_lets_a_slow_in_flight_request_finish_then_exits_0("TERM").await;
+}
+
+#[actix_web::test]
+async fn readyz_answers_starting_until_every_first_fetch_ended_then_200_despite_a_wrong_secret() {
+    let setup = Setup::new(&[Mode::Stable, Mode::Legacy, Mode::Stable]).await;
+    let slow = setup.accounts[1].0.clone();
+    let broken = setup.accounts[2].0.clone();
+    std::fs::write(
+        setup.dir.path().join("secrets").join(broken.as_str()),
+        "a-wrong-secret",
+    )
+    .expect("secret file");
+    // The slow account's first fetch takes 1.5 s (under the 2 s timeout).
+    setup.sim.inject_fault(FaultSpec {
+        appid: Some(slow.to_string()),
+        count: Some(1),
+        delay_ms: Some(1_500),
+        ..FaultSpec::default()
+    });
+    let started = Instant::now();
+    let _server = setup.serve(&[]);
+
+    // Starting: 503 naming the accounts whose first fetch has not ended.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut starting_seen = false;
+    let ready = loop {
+        assert!(Instant::now() < deadline, "wxtoken did not become ready");
+        let Some((status, body)) = setup.get_json("/readyz").await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if status == StatusCode::OK {
+            break body;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "not_ready", "{body}");
+        assert_eq!(body["status"], "starting", "{body}");
+        let waiting: Vec<&str> = body["not_ready"]
+            .as_array()
+            .expect("a not_ready list")
+            .iter()
+            .filter_map(|a| a["appid"].as_str())
+            .collect();
+        assert!(waiting.contains(&slow.as_str()), "{body}");
+        starting_seen = true;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(starting_seen, "no 503 while the first fetch was slow");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "ready before the slow first fetch ended: {ready}"
+    );
+    // Ready for the load balancer, with the wrong secret listed.
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let failing: Vec<&str> = ready["failing"]
+        .as_array()
+        .expect("a failing list")
+        .iter()
+        .filter_map(|a| a["appid"].as_str())
+        .collect();
+    assert_eq!(failing, vec![broken.as_str()], "{ready}");
+    assert_eq!(ready["failing"][0]["errcode"], 40125, "{ready}");
+    assert_eq!(ready["store"], "ok", "{ready}");
+    for (appid, _) in &setup.accounts[..2] {
+        assert_eq!(setup.token(appid).await.0, StatusCode::OK, "{appid}");
+    }
+    let (status, strict) = setup.get_json("/readyz?strict=1").await.expect("an answer");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{strict}");
+    assert_eq!(strict["not_ready"][0]["appid"], broken.as_str(), "{strict}");
+}
+
+#[actix_web::test]
+async fn malformed_and_oversized_request_heads_are_refused_without_an_error_log_line() {
+    let setup = Setup::new(&[Mode::Stable]).await;
+    let host = setup.listen.clone();
+    let hostile: [(&str, Vec<u8>, u16); 3] = [
+        (
+            "a header line without a colon",
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nthis line has no colon\r\n\r\n")
+                .into_bytes(),
+            400,
+        ),
+        (
+            "a 1 MiB request head",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(1 << 20)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "120 headers",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: {host}\r\n{}\r\n",
+                (0..120)
+                    .map(|i| format!("X-H{i}: v\r\n"))
+                    .collect::<String>()
+            )
+            .into_bytes(),
+            431,
+        ),
+    ];
+
+    let run = |rust_log: Option<&'static str>, name: &'static str| {
+        let setup = &setup;
+        let hostile = &hostile;
+        async move {
+            let log_path = setup.dir.path().join(name);
+            let mut server = setup.serve_logging(&log_path, rust_log);
+            setup.ready().await;
+            for (what, request, status) in hostile {
+                let mut stream = tokio::net::TcpStream::connect(&setup.listen)
+                    .await
+                    .expect("connect");
+                // The server may answer before the whole head is written.
+                let _ = stream.write_all(request).await;
+                let answer = read_answer(&mut stream, Duration::from_secs(10))
+                    .await
+                    .unwrap_or_else(|| panic!("no answer to {what}"));
+                assert_eq!(answer.status, *status, "{what}: {answer:?}");
+            }
+            assert_eq!(
+                setup
+                    .http
+                    .get(setup.url("/healthz"))
+                    .send()
+                    .await
+                    .expect("healthz")
+                    .status(),
+                StatusCode::OK
+            );
+            send_signal(&server.0, "TERM");
+            let code = exit_code(&mut server.0, Duration::from_secs(40)).await;
+            assert_eq!(code, Some(0));
+            std::fs::read_to_string(&log_path).expect("the log")
+        }
+    };
+
+    let log = run(None, "default.log").await;
+    assert!(log.contains("wxtoken serving"), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "client mistakes logged as errors: {errors:#?}"
+    );
+
+    // Asked for, actix's own account of them is still there.
+    let log = run(Some("info,actix_http::h1::dispatcher=debug"), "debug.log").await;
+    assert!(log.contains("stream error"), "{log}");
 }
 
 fn files_in(dir: &Path) -> Vec<String> {

@@ -405,16 +405,17 @@ async fn a_redis_outage_keeps_held_tokens_served_and_never_refreshes_without_the
     redis.stop();
     let outage = Instant::now();
     let calls_at_outage: u64 = accounts.0.iter().map(|(id, _, _)| calls(&sim, id)).sum();
-    // Not ready within a few health checks, but the held tokens are served.
+    // Not strictly ready within a few health checks, but the held tokens are
+    // served, so the load-balancer check stays 200 and says Redis is down.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let statuses = [
-            http.get(format!("http://{}/readyz", a.addr))
+            http.get(format!("http://{}/readyz?strict=1", a.addr))
                 .send()
                 .await
                 .expect("answer")
                 .status(),
-            http.get(format!("http://{}/readyz", b.addr))
+            http.get(format!("http://{}/readyz?strict=1", b.addr))
                 .send()
                 .await
                 .expect("answer")
@@ -431,6 +432,16 @@ async fn a_redis_outage_keeps_held_tokens_served_and_never_refreshes_without_the
             "replicas still ready without Redis"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in [&a, &b] {
+        let lb = http
+            .get(format!("http://{}/readyz", r.addr))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(lb.status(), StatusCode::OK);
+        let body: Value = lb.json().await.expect("JSON");
+        assert_eq!(body["redis"], "down", "{body}");
     }
     let text = a.state.metrics.encode();
     assert_eq!(metric_value(&text, "wxtoken_redis_up", &[]), 0.0);
@@ -458,14 +469,14 @@ async fn a_redis_outage_keeps_held_tokens_served_and_never_refreshes_without_the
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ok = http
-            .get(format!("http://{}/readyz", a.addr))
+            .get(format!("http://{}/readyz?strict=1", a.addr))
             .send()
             .await
             .expect("answer")
             .status()
             == StatusCode::OK
             && http
-                .get(format!("http://{}/readyz", b.addr))
+                .get(format!("http://{}/readyz?strict=1", b.addr))
                 .send()
                 .await
                 .expect("answer")
@@ -529,7 +540,7 @@ async fn when_the_lock_holder_dies_mid_refresh_another_replica_takes_over_within
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .get(format!("http://127.0.0.1:{port}/readyz?strict=1"))
                 .send()
                 .await
                 && r.status() == StatusCode::OK
