@@ -115,6 +115,8 @@ pub struct RouteRefresh {
     pub reason: Reason,
     /// Set for compare-and-refresh, unset for a forced admin refresh.
     pub stale: Option<AccessToken>,
+    /// The API client asking (see [`Refresh::client`]).
+    pub client: Option<Arc<str>>,
 }
 
 /// Make the registry match this account list: start added accounts, stop
@@ -445,6 +447,7 @@ impl Handler<RouteRefresh> for Registry {
         let request = member.addr.send(Refresh {
             reason: msg.reason,
             stale: msg.stale,
+            client: msg.client,
         });
         Box::pin(async move { request.await.unwrap_or(Err(RefreshError::Unavailable)) })
     }

@@ -34,11 +34,7 @@ use crate::wechat::{Decision, FetchRequest, TokenSource, UpstreamError};
 use schedule::Policy;
 use slot::{AccountSlot, AccountStatus, LastError, State, TicketRecord, TokenRecord};
 
-/// WeChat allows this many stable `force_refresh` calls per China-time day.
-pub const FORCE_DAILY_LIMIT: usize = 20;
-/// ... and at least this long apart. Stale-report refreshes in legacy mode
-/// keep the same distance, so a misbehaving client cannot burn the quota.
-pub const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(30);
+pub use schedule::{FORCE_DAILY_LIMIT, FORCE_MIN_INTERVAL};
 
 /// Why a refresh happens (the `reason` label of `wxtoken_refreshes_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +95,9 @@ pub struct RefreshOutcome {
 pub struct Refresh {
     pub reason: Reason,
     pub stale: Option<AccessToken>,
+    /// The API client asking (its configured name), for the per-client
+    /// limit; `None` when no clients are configured or nobody asked.
+    pub client: Option<Arc<str>>,
 }
 
 /// A refresh this actor spawned has finished (internal).
@@ -203,6 +202,13 @@ pub struct AccountActor {
     failures: u32,
     timer: Option<SpawnHandle>,
     last_stale_fetch_ms: Option<i64>,
+    /// When a stale report last forced a stable rotation (Unix ms).
+    last_stale_force_ms: Option<i64>,
+    /// When an admin refresh last rotated a legacy or WeCom token (Unix ms).
+    last_admin_refresh_ms: Option<i64>,
+    /// When each client last made this account refresh (Unix ms); one entry
+    /// per configured client at most.
+    client_refreshes: HashMap<Arc<str>, i64>,
     /// Told when this actor ends without a [`Shutdown`].
     supervisor: Option<(Recipient<Exited>, u64)>,
     ticket_inflight: HashMap<TicketKind, SharedTicket>,
@@ -224,6 +230,9 @@ impl AccountActor {
             failures: 0,
             timer: None,
             last_stale_fetch_ms: None,
+            last_stale_force_ms: None,
+            last_admin_refresh_ms: None,
+            client_refreshes: HashMap::new(),
             supervisor: None,
             ticket_inflight: HashMap::new(),
             ticket_timers: HashMap::new(),
@@ -355,7 +364,7 @@ impl AccountActor {
             && mode == Mode::Stable
             && !force
             && request.wecom_corpid.is_none();
-        let force_allowed = self.force_budget().is_ok();
+        let force_allowed = self.force_budget(true).is_ok();
         let may_rotate = mode == Mode::Legacy || request.force_refresh || stale_retry;
         let started = self.now_ms();
         if may_rotate {
@@ -606,41 +615,48 @@ impl AccountActor {
         }
     }
 
-    /// Ok when a stable `force_refresh` is allowed now; else how long to wait.
-    fn force_budget(&self) -> Result<(), Duration> {
-        let now = self.now_ms();
-        let today = china_day(now.div_euclid(1000));
-        let status = self.slot.status();
-        let forces: Vec<i64> = status
-            .forces
-            .iter()
-            .copied()
-            .filter(|&t| china_day(t.div_euclid(1000)) == today)
-            .collect();
-        if forces.len() >= FORCE_DAILY_LIMIT {
-            let midnight = crate::clock::next_china_midnight(now.div_euclid(1000));
-            return Err(Duration::from_secs((midnight - now / 1000).max(1) as u64));
-        }
-        if let Some(&last) = forces.last() {
-            let ready_at = last + FORCE_MIN_INTERVAL.as_millis() as i64;
-            if now < ready_at {
-                return Err(
-                    Duration::from_millis((ready_at - now) as u64).max(Duration::from_secs(1))
-                );
-            }
-        }
-        Ok(())
+    /// Ok when a stable `force_refresh` is allowed now (`stale`: asked by a
+    /// stale report, which has a smaller share); else how long to wait.
+    fn force_budget(&self, stale: bool) -> Result<(), Duration> {
+        schedule::force_budget(
+            &self.slot.status().forces,
+            self.last_stale_force_ms,
+            stale,
+            self.now_ms(),
+        )
     }
 
     /// Ok when a legacy stale-report fetch is allowed now; else how long to wait.
     fn stale_budget(&self) -> Result<(), Duration> {
         let now = self.now_ms();
-        match self.last_stale_fetch_ms {
-            Some(last) if now < last + FORCE_MIN_INTERVAL.as_millis() as i64 => Err(
-                Duration::from_millis((last + FORCE_MIN_INTERVAL.as_millis() as i64 - now) as u64)
-                    .max(Duration::from_secs(1)),
-            ),
-            _ => Ok(()),
+        let status = self.slot.status();
+        let today = china_day(now.div_euclid(1000));
+        let calls = if status.calls_day == today {
+            status.calls_today
+        } else {
+            0
+        };
+        schedule::stale_fetch_budget(self.last_stale_fetch_ms, calls, now)
+    }
+
+    /// Ok when a request for a new refresh (a stale report, `reason`
+    /// `StaleReport`, or an admin refresh) may start one now: the asking
+    /// client's own spacing, then the account's rotation budgets. Else how
+    /// long to wait.
+    fn request_budget(&self, reason: Reason, client: Option<&Arc<str>>) -> Result<(), Duration> {
+        let now = self.now_ms();
+        if let Some(client) = client {
+            schedule::spaced(
+                self.client_refreshes.get(client).copied(),
+                schedule::CLIENT_REFRESH_MIN_INTERVAL,
+                now,
+            )?;
+        }
+        match (reason, self.config.mode, &self.config.kind) {
+            (Reason::StaleReport, Mode::Legacy, _) => self.stale_budget(),
+            (Reason::StaleReport, Mode::Stable, _) => Ok(()),
+            (_, Mode::Stable, crate::config::AccountKind::Wechat) => self.force_budget(false),
+            _ => schedule::spaced(self.last_admin_refresh_ms, FORCE_MIN_INTERVAL, now),
         }
     }
 
@@ -845,6 +861,12 @@ impl Handler<Finished> for AccountActor {
         if msg.reason == Reason::StaleReport && self.config.mode == Mode::Legacy && msg.calls > 0 {
             self.last_stale_fetch_ms = Some(now);
         }
+        if msg.reason == Reason::StaleReport && msg.forced {
+            self.last_stale_force_ms = Some(now);
+        }
+        if msg.reason == Reason::Admin && msg.calls > 0 {
+            self.last_admin_refresh_ms = Some(now);
+        }
         let appid = self.config.appid.clone();
         let result_label = if msg.result.is_ok() { "ok" } else { "error" };
         self.deps
@@ -955,50 +977,36 @@ impl Handler<Refresh> for AccountActor {
         }
         let current = self.slot.token();
         let stale = msg.stale.clone();
-        let shared = match (&msg.stale, msg.reason) {
-            (Some(stale), _) => {
-                match &current {
-                    Some(c) if &c.token == stale => {}
-                    Some(c) => {
-                        // Not the current token: hand out the current one, no upstream call.
-                        let record = c.clone();
-                        return Box::pin(async move {
-                            Ok(RefreshOutcome {
-                                record,
-                                refreshed: false,
-                            })
-                        });
-                    }
-                    None => return Box::pin(async { Err(RefreshError::NoToken) }),
+        if let Some(stale) = &msg.stale {
+            match &current {
+                Some(c) if &c.token == stale => {}
+                Some(c) => {
+                    // Not the current token: hand out the current one, no upstream call.
+                    let record = c.clone();
+                    return Box::pin(async move {
+                        Ok(RefreshOutcome {
+                            record,
+                            refreshed: false,
+                        })
+                    });
                 }
-                if let Some(inflight) = &self.inflight {
-                    inflight.clone()
-                } else {
-                    let budget = match self.config.mode {
-                        Mode::Legacy => self.stale_budget(),
-                        Mode::Stable => Ok(()),
-                    };
-                    if let Err(retry_after) = budget {
-                        return Box::pin(
-                            async move { Err(RefreshError::Throttled { retry_after }) },
-                        );
-                    }
-                    self.start_refresh(ctx, Reason::StaleReport, false)
-                }
+                None => return Box::pin(async { Err(RefreshError::NoToken) }),
             }
-            (None, reason) => {
-                if let Some(inflight) = &self.inflight {
-                    inflight.clone()
-                } else {
-                    let force = self.config.mode == Mode::Stable
-                        && self.config.kind == crate::config::AccountKind::Wechat;
-                    if force && let Err(retry_after) = self.force_budget() {
-                        return Box::pin(
-                            async move { Err(RefreshError::Throttled { retry_after }) },
-                        );
-                    }
-                    self.start_refresh(ctx, reason, force)
+        }
+        let shared = match &self.inflight {
+            // Joining a refresh in flight costs nothing: never limited.
+            Some(inflight) => inflight.clone(),
+            None => {
+                if let Err(retry_after) = self.request_budget(msg.reason, msg.client.as_ref()) {
+                    return Box::pin(async move { Err(RefreshError::Throttled { retry_after }) });
                 }
+                if let Some(client) = msg.client {
+                    self.client_refreshes.insert(client, self.now_ms());
+                }
+                let force = msg.stale.is_none()
+                    && self.config.mode == Mode::Stable
+                    && self.config.kind == crate::config::AccountKind::Wechat;
+                self.start_refresh(ctx, msg.reason, force)
             }
         };
         let before = current.map(|c| c.token.clone());

@@ -199,6 +199,95 @@ impl Policy {
     }
 }
 
+/// WeChat allows this many stable `force_refresh` calls per China-time day.
+pub const FORCE_DAILY_LIMIT: usize = 20;
+/// ... and at least this long apart. Every other rotation wxtoken makes on
+/// request (a legacy stale report, an admin refresh) keeps the same distance
+/// per account.
+pub const FORCE_MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// Of the daily forces, this many are kept for admin refreshes: stale
+/// reports (any reader can send one) may spend only the rest.
+pub const ADMIN_RESERVED_FORCES: usize = 5;
+/// Stale reports force a stable rotation at most this often per account, so
+/// that their share of the daily forces lasts.
+pub const STALE_FORCE_MIN_INTERVAL: Duration = Duration::from_secs(600);
+/// Legacy stale reports fetch no more once the account's calls today reach
+/// this (half of WeChat's default quota of 2000): the rest of the quota is
+/// kept for scheduled refreshes and admins.
+pub const STALE_FETCH_CALL_CEILING: u32 = 1000;
+/// One client makes an account refresh on its request (a stale report or an
+/// admin refresh) at most this often; concurrent reports that join a
+/// refresh in flight are never limited.
+pub const CLIENT_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Ok when something last done at `last_ms` may be done again at `now_ms`,
+/// `min` later; else how long to wait (at least one second).
+pub fn spaced(last_ms: Option<i64>, min: Duration, now_ms: i64) -> Result<(), Duration> {
+    match last_ms {
+        Some(last) if now_ms < add_ms(last, min) => {
+            Err(crate::clock::until_ms(now_ms, add_ms(last, min)).max(Duration::from_secs(1)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Ok when a stable `force_refresh` is allowed at `now_ms`; else how long to
+/// wait. `forces` are the Unix ms of the forces made (any day), `stale` says
+/// whether a stale report asks (then only the non-reserved share and at most
+/// one per [`STALE_FORCE_MIN_INTERVAL`] since `last_stale_force_ms`).
+pub fn force_budget(
+    forces: &[i64],
+    last_stale_force_ms: Option<i64>,
+    stale: bool,
+    now_ms: i64,
+) -> Result<(), Duration> {
+    let today = crate::clock::china_day(now_ms.div_euclid(1000));
+    let today_forces: Vec<i64> = forces
+        .iter()
+        .copied()
+        .filter(|&t| crate::clock::china_day(t.div_euclid(1000)) == today)
+        .collect();
+    let limit = if stale {
+        FORCE_DAILY_LIMIT - ADMIN_RESERVED_FORCES
+    } else {
+        FORCE_DAILY_LIMIT
+    };
+    if today_forces.len() >= limit {
+        let midnight = crate::clock::next_china_midnight(now_ms.div_euclid(1000));
+        return Err(
+            crate::clock::until_ms(now_ms, midnight.saturating_mul(1000))
+                .max(Duration::from_secs(1)),
+        );
+    }
+    spaced(
+        today_forces.iter().max().copied(),
+        FORCE_MIN_INTERVAL,
+        now_ms,
+    )?;
+    if stale {
+        spaced(last_stale_force_ms, STALE_FORCE_MIN_INTERVAL, now_ms)?;
+    }
+    Ok(())
+}
+
+/// Ok when a legacy stale report may fetch a new token at `now_ms`: the
+/// previous one is [`FORCE_MIN_INTERVAL`] ago and the account's calls today
+/// are below [`STALE_FETCH_CALL_CEILING`]; else how long to wait.
+pub fn stale_fetch_budget(
+    last_stale_fetch_ms: Option<i64>,
+    calls_today: u32,
+    now_ms: i64,
+) -> Result<(), Duration> {
+    if calls_today >= STALE_FETCH_CALL_CEILING {
+        let midnight = crate::clock::next_china_midnight(now_ms.div_euclid(1000));
+        return Err(
+            crate::clock::until_ms(now_ms, midnight.saturating_mul(1000))
+                .max(Duration::from_secs(1)),
+        );
+    }
+    spaced(last_stale_fetch_ms, FORCE_MIN_INTERVAL, now_ms)
+}
+
 /// A uniform draw in [0, 1) from the thread's random generator.
 pub fn draw() -> f64 {
     rand::rng().random::<f64>()
@@ -294,6 +383,42 @@ mod tests {
         );
         assert!(Policy::clear_of_late(after, late));
         assert!(!Policy::clear_of_late(fetched, late));
+    }
+
+    #[test]
+    fn stale_reports_spend_only_their_share_of_forces_spaced_out() {
+        let now = 1_796_000_000_000;
+        // Admins may force while 19 were made today, at least 30 s apart.
+        let forces: Vec<i64> = (0..19).map(|i| now - 3_600_000 + i * 60_000).collect();
+        assert!(force_budget(&forces, None, false, now).is_ok());
+        assert!(
+            force_budget(&forces[..15], None, true, now).is_err(),
+            "15 spent"
+        );
+        assert!(force_budget(&forces[..14], None, true, now).is_ok());
+        // A stale-report force waits 10 minutes after the previous one.
+        let wait = force_budget(&forces[..3], Some(now - 60_000), true, now).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(540));
+        // Every force waits 30 s after the last one.
+        assert_eq!(
+            force_budget(&[now - 10_000], None, false, now).unwrap_err(),
+            Duration::from_secs(20)
+        );
+        // Forces of earlier days do not count.
+        let yesterday: Vec<i64> = (0..20).map(|i| now - 86_400_000 - i).collect();
+        assert!(force_budget(&yesterday, None, true, now).is_ok());
+    }
+
+    #[test]
+    fn legacy_stale_fetches_are_spaced_and_capped_per_day() {
+        let now = 1_796_000_000_000;
+        assert!(stale_fetch_budget(None, 0, now).is_ok());
+        assert_eq!(
+            stale_fetch_budget(Some(now - 29_000), 5, now).unwrap_err(),
+            Duration::from_secs(1)
+        );
+        let wait = stale_fetch_budget(None, STALE_FETCH_CALL_CEILING, now).unwrap_err();
+        assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(86_400));
     }
 
     #[test]

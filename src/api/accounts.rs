@@ -106,7 +106,7 @@ pub async fn force_refresh(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (appid, slot) = {
+    let (appid, slot, client) = {
         let auth = state.auth.load();
         let caller = auth.authenticate(&req)?;
         caller.check_admin()?;
@@ -116,7 +116,7 @@ pub async fn force_refresh(
             .directory
             .get(&appid)
             .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
-        (appid, slot)
+        (appid, slot, caller.name().map(std::sync::Arc::from))
     };
     tracing::info!(appid = %appid, "forced refresh requested by an admin client");
     let result = state
@@ -125,6 +125,7 @@ pub async fn force_refresh(
             appid,
             reason: Reason::Admin,
             stale: None,
+            client,
         })
         .await;
     respond(&slot, result, &state.clock)

@@ -11,6 +11,8 @@
 //! handed to the account actor, which shares one upstream call among every
 //! concurrent reporter.
 
+use std::sync::Arc;
+
 use actix::MailboxError;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
@@ -50,7 +52,7 @@ pub async fn compare_and_refresh(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (appid, slot) = {
+    let (appid, slot, client) = {
         let auth = state.auth.load();
         let caller = auth.authenticate(&req)?;
         let appid = path_appid(&req)?;
@@ -59,7 +61,7 @@ pub async fn compare_and_refresh(
             .directory
             .get(&appid)
             .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
-        (appid, slot)
+        (appid, slot, caller.name().map(Arc::from))
     };
     let report: StaleReport = read_json(&req, payload, SHAPE).await?;
     if report.stale_token.trim().is_empty() {
@@ -81,6 +83,7 @@ pub async fn compare_and_refresh(
             appid,
             reason: Reason::StaleReport,
             stale: Some(AccessToken::new(report.stale_token)),
+            client,
         })
         .await;
     respond(&slot, result, &state.clock)

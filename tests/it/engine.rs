@@ -345,6 +345,7 @@ async fn failures_wait_as_the_taxonomy_decides() {
                 appid: appid.clone(),
                 reason: Reason::Admin,
                 stale: None,
+                client: None,
             })
             .await
             .expect("the registry answers");
@@ -492,6 +493,7 @@ async fn a_panicking_account_actor_is_restarted_with_its_token_and_nobody_else_n
             appid: victim.clone(),
             reason: Reason::Admin,
             stale: None,
+            client: None,
         })
         .await
         .expect("the registry answers")
@@ -523,6 +525,7 @@ async fn concurrent_stale_reports_through_the_registry_cost_one_upstream_call() 
                 appid: account.appid.clone(),
                 reason: Reason::StaleReport,
                 stale: Some(stale.clone()),
+                client: None,
             })
         });
         let outcomes = futures::future::join_all(reports).await;
@@ -758,6 +761,7 @@ async fn a_late_processed_legacy_fetch_never_leaves_a_superseded_token_served() 
             appid: victim.clone(),
             reason: Reason::Admin,
             stale: None,
+            client: None,
         })
         .await
         .expect("the registry answers");
@@ -783,4 +787,129 @@ async fn a_late_processed_legacy_fetch_never_leaves_a_superseded_token_served() 
         issued <= 6,
         "{issued} tokens: the late answer costs one extra fetch, not a storm"
     );
+}
+
+/// Reports the current token of `appid` as stale on behalf of `client`.
+async fn report_current(
+    fleet: &Fleet,
+    appid: &AppId,
+    client: &str,
+) -> Result<wxtoken::account::RefreshOutcome, wxtoken::account::RefreshError> {
+    let current = fleet.token(appid).expect("a token").token.clone();
+    fleet
+        .registry
+        .send(RouteRefresh {
+            appid: appid.clone(),
+            reason: Reason::StaleReport,
+            stale: Some(current),
+            client: Some(Arc::from(client)),
+        })
+        .await
+        .expect("the registry answers")
+}
+
+/// An admin refresh of `appid` on behalf of `client`.
+async fn admin_refresh(
+    fleet: &Fleet,
+    appid: &AppId,
+    client: &str,
+) -> Result<wxtoken::account::RefreshOutcome, wxtoken::account::RefreshError> {
+    fleet
+        .registry
+        .send(RouteRefresh {
+            appid: appid.clone(),
+            reason: Reason::Admin,
+            stale: None,
+            client: Some(Arc::from(client)),
+        })
+        .await
+        .expect("the registry answers")
+}
+
+#[actix_web::test]
+async fn a_reader_reporting_the_current_token_cannot_spend_the_forces_kept_for_admins() {
+    let fleet = Fleet::virtual_time(&[working(Mode::Stable)]).await;
+    let appid = fleet.accounts[0].appid.clone();
+    // Two readers report the current stable token every 31 s for an hour:
+    // each report that gets through would force a rotation.
+    let mut throttled = 0;
+    for i in 0..116 {
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let client = if i % 2 == 0 { "reader-a" } else { "reader-b" };
+        match report_current(&fleet, &appid, client).await {
+            Ok(_) => {}
+            Err(wxtoken::account::RefreshError::Throttled { retry_after }) => {
+                assert!(retry_after >= Duration::from_secs(1));
+                throttled += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    let forced = fleet.sim.stats().force_refreshes_of(appid.as_str());
+    assert!(
+        forced <= 7,
+        "{forced} forced rotations in an hour from stale reports"
+    );
+    assert!(throttled > 100, "{throttled} reports throttled");
+    // The admin still has forces left.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    admin_refresh(&fleet, &appid, "admin")
+        .await
+        .expect("the admin's forced refresh is allowed");
+    assert_eq!(
+        fleet.sim.stats().force_refreshes_of(appid.as_str()),
+        forced + 1
+    );
+}
+
+#[actix_web::test]
+async fn one_client_makes_an_account_refresh_at_most_once_a_minute_and_admins_every_30_s() {
+    let fleet = Fleet::virtual_time(&[working(Mode::Legacy), working(Mode::Legacy)]).await;
+    let (reported, administered) = (
+        fleet.accounts[0].appid.clone(),
+        fleet.accounts[1].appid.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Legacy: a stale report of the current token fetches a new one...
+    let first = report_current(&fleet, &reported, "reader-a")
+        .await
+        .expect("refreshed");
+    assert!(first.refreshed);
+    // ...the same client again 31 s later is throttled (once a minute)...
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let again = report_current(&fleet, &reported, "reader-a").await;
+    assert!(
+        matches!(again, Err(wxtoken::account::RefreshError::Throttled { retry_after }) if retry_after <= Duration::from_secs(29)),
+        "{again:?}"
+    );
+    // ...while another client may (the account's own spacing is 30 s).
+    let other = report_current(&fleet, &reported, "reader-b")
+        .await
+        .expect("refreshed");
+    assert!(other.refreshed);
+
+    // Admin refreshes of a legacy account: at most one every 30 s.
+    admin_refresh(&fleet, &administered, "admin")
+        .await
+        .expect("the first admin refresh");
+    let calls = fleet.calls(&administered);
+    for _ in 0..30 {
+        let throttled = admin_refresh(&fleet, &administered, "admin-2").await;
+        assert!(
+            matches!(
+                throttled,
+                Err(wxtoken::account::RefreshError::Throttled { .. })
+            ),
+            "{throttled:?}"
+        );
+    }
+    assert_eq!(
+        fleet.calls(&administered),
+        calls,
+        "no rotation while throttled"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    admin_refresh(&fleet, &administered, "admin-2")
+        .await
+        .expect("allowed again after 30 s");
 }

@@ -199,7 +199,7 @@ async fn exit_code(child: &mut Child, within: Duration) -> Option<i32> {
 }
 
 #[actix_web::test]
-async fn kill_9_during_a_refresh_burst_then_the_restart_serves_only_valid_tokens() {
+async fn kill_9_with_fetches_in_flight_then_the_restart_serves_only_valid_tokens() {
     let setup = Setup::new(&[
         Mode::Legacy,
         Mode::Legacy,
@@ -211,41 +211,43 @@ async fn kill_9_during_a_refresh_burst_then_the_restart_serves_only_valid_tokens
     let server = setup.serve(&[]);
     setup.ready().await;
 
-    // Admin refreshes of the legacy accounts, as fast as they come back:
-    // every one is a token fetch that kills the previous token 2 s later.
+    // WeChat holds every legacy fetch for 1 s before it processes and answers
+    // it. One admin refresh per legacy account (admin rotations are throttled
+    // to one per 30 s, so each account gets one): four fetches in flight.
     let legacy: Vec<AppId> = setup
         .accounts
         .iter()
         .filter(|(_, m)| *m == Mode::Legacy)
         .map(|(a, _)| a.clone())
         .collect();
-    let burst = {
-        let http = setup.http.clone();
-        let urls: Vec<String> = legacy
-            .iter()
-            .map(|a| setup.url(&format!("/v1/accounts/{a}/refresh")))
-            .collect();
-        actix_web::rt::spawn(async move {
-            let mut answered = 0u32;
-            loop {
-                let requests = urls
-                    .iter()
-                    .map(|u| http.post(u).bearer_auth(ADMIN_KEY).send());
-                let results = futures::future::join_all(requests).await;
-                if results.iter().any(|r| r.is_err()) {
-                    return answered;
-                }
-                answered += 1;
-            }
+    setup.sim.inject_fault(FaultSpec {
+        api: Some("token".to_string()),
+        delay_ms: Some(1_000),
+        ..FaultSpec::default()
+    });
+    let calls_before = setup.calls();
+    let refreshes: Vec<_> = legacy
+        .iter()
+        .map(|a| {
+            let request = setup
+                .http
+                .post(setup.url(&format!("/v1/accounts/{a}/refresh")))
+                .bearer_auth(ADMIN_KEY)
+                .send();
+            actix_web::rt::spawn(request)
         })
-    };
-    let calls_before_burst = setup.calls();
-    while setup.calls() < calls_before_burst + 40 {
+        .collect();
+    while setup.calls() < calls_before + legacy.len() as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    drop(server); // SIGKILL, mid-burst
-    let rounds = burst.await.expect("the burst task ends");
-    assert!(rounds > 0, "the burst made refreshes before the kill");
+    drop(server); // SIGKILL, with every legacy fetch in flight at WeChat
+    for refresh in refreshes {
+        let answer = refresh.await.expect("the request task ends");
+        assert!(answer.is_err(), "a refresh was answered before the kill");
+    }
+    // WeChat still processes the four fetches when their delay is over: four
+    // tokens nobody received, each killing the token wxtoken held 2 s later.
+    setup.sim.clear_faults();
 
     // Long enough for every token superseded by an unrecorded fetch to die.
     tokio::time::sleep(Duration::from_secs(GRACE_SECS + 1)).await;

@@ -357,6 +357,7 @@ async fn a_stale_report_storm_over_three_replicas_makes_one_upstream_call() {
                     appid: appid.clone(),
                     reason: Reason::StaleReport,
                     stale: Some(stale.clone()),
+                    client: None,
                 })
             })
         });
