@@ -191,6 +191,18 @@ async fn failed_store_writes_are_counted_and_tokens_keep_being_served() {
         ) >= 3.0,
         "{metrics}"
     );
+    // The store says it is failing (what /readyz shows), and the gauge is 0.
+    let reason = app
+        .state
+        .store
+        .failing()
+        .expect("the store reports the failure");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert_eq!(
+        metric_value(&metrics, "wxtoken_store_up", &[("store", "full-disk")]),
+        0.0,
+        "{metrics}"
+    );
     assert_eq!(app.readyz().await.status(), StatusCode::OK);
 }
 

@@ -742,6 +742,11 @@ async fn a_full_disk_recovers_without_a_restart_and_the_file_holds_the_newest_st
     writer.remove_later(big(2).appid);
     writer.flush().await;
     assert!(writer.failing().is_some());
+    // Closing and reopening the database after the errors never unlocked the file.
+    let err = RedbStore::open(&path)
+        .err()
+        .expect("the file is still in use");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
 
     tmpfs.resize("16m");
     // Without a restart, a new write works again...
