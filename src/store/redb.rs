@@ -38,7 +38,7 @@ const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// with immediate durability (fsync) before it returns.
 pub struct RedbStore {
     /// `None` when reopening after a failed write failed too; the next call
-    /// reopens.
+    /// reopens. Declared before `file`, so it is closed before the lock goes.
     db: Mutex<Option<Database>>,
     /// The open store file, locked for the store's whole life.
     file: File,

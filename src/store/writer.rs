@@ -264,7 +264,11 @@ impl StoreWriter {
             store: self.kind,
             appid: appid.to_string(),
         };
-        report(self.kind, &self.metrics, appid, &error);
+        tracing::error!(appid = %appid, store = self.kind, error = %error, "token store write lost: the store writer has stopped");
+        self.metrics
+            .store_write_errors
+            .with_label_values(&[self.kind])
+            .inc();
         error
     }
 }
@@ -305,7 +309,7 @@ struct Core {
     dirty: BTreeMap<AppId, Dirty>,
     /// When the dirty accounts are retried next; `None` while none is dirty.
     retry_at: Option<Instant>,
-    /// The wait after the next failed retry round.
+    /// The wait before the next retry round; doubled after each failed one.
     backoff: Duration,
     /// No retry failure is logged before this instant.
     quiet_until: Option<Instant>,
