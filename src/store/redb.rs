@@ -114,7 +114,7 @@ impl RedbStore {
             }
             txn.commit().map_err(|e| self.open_err(e.to_string()))
         });
-        outcome.unwrap_or_else(|panic| Err(self.corrupt(panic_reason(&panic))))
+        outcome.unwrap_or_else(|panic| Err(self.corrupt(redb_panic(&panic))))
     }
 
     fn corrupt(&self, reason: String) -> StoreError {
@@ -149,7 +149,7 @@ impl RedbStore {
                     guard.insert(db)
                 }
             };
-            match catch_quietly(|| call(db)).unwrap_or_else(|panic| Err(panic_reason(&panic))) {
+            match catch_quietly(|| call(db)).unwrap_or_else(|panic| Err(redb_panic(&panic))) {
                 Ok(value) => return Ok(value),
                 Err(reason) => {
                     // Close it before anything else: a poisoned database
@@ -211,7 +211,7 @@ impl RedbStore {
 
 /// The reason of an error for a panic caught inside redb (the message of
 /// one of its internal checks; it never holds record contents).
-fn panic_reason(message: &str) -> String {
+fn redb_panic(message: &str) -> String {
     format!("redb stopped on an internal check: {message}")
 }
 
@@ -244,7 +244,7 @@ fn open_database(file: &File, path: &Path, repair: Repair) -> Result<Database, S
     catch_quietly(|| builder.create_with_backend(LockedFile(backend)))
         .map_err(|panic| StoreError::Corrupt {
             path: path.to_path_buf(),
-            reason: panic_reason(&panic),
+            reason: redb_panic(&panic),
         })?
         .map_err(|e| open_error(path, e))
 }
