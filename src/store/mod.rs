@@ -42,7 +42,8 @@
 //!   meanwhile. [`RedbStore`] reopens its database after a failed write, since
 //!   redb refuses every write after an I/O error until then.
 //! - **Writes never reorder.** Every write goes through one [`StoreWriter`]
-//!   thread, in submission order, off the async runtime.
+//!   thread, in submission order, off the async runtime; a retry writes an
+//!   account's newest state, never an older one over a newer one.
 //! - **Nothing stored is ever dropped silently.** A corrupt or foreign file is
 //!   an error at open (never deleted or replaced); an undecodable record is
 //!   skipped with a warning and kept; only `--reset-store` moves a file aside
@@ -50,9 +51,10 @@
 //! - **A corrupt file is one sentence.** A panic inside redb (it asserts on
 //!   some malformed files) is caught quietly and becomes
 //!   [`StoreError::Corrupt`]; no panic message or backtrace is printed.
-//! - **Only wxtoken's user can read the store.** The file is 0600 and its
-//!   directory 0700; looser ones that are ours are tightened at open, others
-//!   are warned about.
+//! - **Only wxtoken's user can read the store.** The file is created 0600
+//!   and a missing directory 0700. At open, a looser file of ours is set to
+//!   0600, and a looser directory to 0700 when it is ours and holds only the
+//!   store's files; anything else is warned about, never chmod-ed.
 //! - **The token value never appears in a log line or an error message.**
 
 mod file;
