@@ -50,6 +50,9 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     /// Token store writes that failed (disk full, I/O error, Redis down).
     pub store_write_errors: IntCounterVec,
+    /// 1 while every write the store accepted is durable, 0 while some wait
+    /// to be retried (see [`crate::store::StoreWriter::failing`]).
+    pub store_up: IntGaugeVec,
     /// Configuration reloads by result (`ok`, `error`).
     pub config_reloads: IntCounterVec,
     /// 1 when the last configuration reload succeeded (or none was tried), else 0.
@@ -300,6 +303,17 @@ impl Metrics {
                     Opts::new(
                         "wxtoken_store_write_errors_total",
                         "Token store writes that failed; the in-memory token keeps being served.",
+                    ),
+                    &["store"],
+                )
+                .expect("valid metric"),
+            ),
+            store_up: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wxtoken_store_up",
+                        "1 while every accepted token store write is durable, 0 while failed writes wait to be retried.",
                     ),
                     &["store"],
                 )

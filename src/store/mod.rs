@@ -2,12 +2,17 @@
 //!
 //! It owns each account's persisted state ([`StoredAccount`]: the current
 //! token and its times, the write-ahead intent of a legacy fetch, the daily
-//! call counter and the stable force-refresh log), the [`Storage`] interface
-//! with its two implementations ([`RedbStore`], a single-file redb database,
-//! and [`MemoryStore`]), and the [`StoreWriter`] that applies every write on one
-//! dedicated thread.
+//! call counter, the stable force-refresh log and the JS-SDK tickets), the
+//! [`Storage`] interface with its two implementations ([`RedbStore`], a
+//! single-file redb database, and [`MemoryStore`]), and the [`StoreWriter`]
+//! that applies every write on one dedicated thread and retries the ones that
+//! failed.
 //!
 //! # Layout of the redb file
+//!
+//! One file (`store.path`, 0600) in a data directory of its own (0700); both
+//! modes are set whatever the umask. The file is locked exclusively while a
+//! store has it open.
 //!
 //! One table, `accounts`: key `&str` (the appid), value `&[u8]` (a JSON
 //! object). Version 1 of the value is
@@ -15,26 +20,44 @@
 //! ```json
 //! {"v": 1, "mode": "legacy" | "stable",
 //!  "token": null | {"token": "...", "fetched_at_ms": 0, "expires_at_ms": 0, "serve_until_ms": 0},
-//!  "pending_fetch_ms": null | 0, "calls_day": 0, "calls_today": 0, "forces": [0]}
+//!  "pending_fetch_ms": null | 0, "calls_day": 0, "calls_today": 0, "forces": [0],
+//!  "tickets": [{"kind": "jsapi" | "wx_card", "ticket": "...", "fetched_at_ms": 0, "expires_at_ms": 0, "serve_until_ms": 0}]}
 //! ```
 //!
-//! All times are Unix milliseconds; `calls_day` is a [`crate::clock::china_day`].
+//! All times are Unix milliseconds; `calls_day` is a [`crate::clock::china_day`];
+//! `tickets` may be absent (records written before tickets existed).
 //! A record with another `v`, or one that does not decode, is skipped with a
 //! warning when loading and left in the file untouched.
 //!
 //! # Invariants
 //!
-//! - **A write acknowledged is durable.** [`Storage::put`] returns only after
-//!   its redb transaction committed with immediate durability, and
-//!   [`StoreWriter::put`] resolves only after that.
+//! - **A write acknowledged is durable.** [`Storage::put`] returns `Ok` only
+//!   after its redb transaction committed with immediate durability, and
+//!   [`StoreWriter::put`] resolves `Ok` only after that.
+//! - **Failed writes are retried until durable.** A write that fails (a full
+//!   disk, an I/O error, Redis down) leaves its account dirty in the
+//!   [`StoreWriter`], which keeps the account's newest state (a put or a
+//!   removal) and retries it on its thread with backoff until it is written,
+//!   without a restart; [`StoreWriter::failing`] and `wxtoken_store_up` say so
+//!   meanwhile. [`RedbStore`] reopens its database after a failed write, since
+//!   redb refuses every write after an I/O error until then.
 //! - **Writes never reorder.** Every write goes through one [`StoreWriter`]
-//!   thread, in submission order, off the async runtime.
+//!   thread, in submission order, off the async runtime; a retry writes an
+//!   account's newest state, never an older one over a newer one.
 //! - **Nothing stored is ever dropped silently.** A corrupt or foreign file is
 //!   an error at open (never deleted or replaced); an undecodable record is
 //!   skipped with a warning and kept; only `--reset-store` moves a file aside
-//!   ([`move_aside`]).
+//!   ([`move_aside`]); state that could not be written by shutdown is logged.
+//! - **A corrupt file is one sentence.** A panic inside redb (it asserts on
+//!   some malformed files) is caught quietly and becomes
+//!   [`StoreError::Corrupt`]; no panic message or backtrace is printed.
+//! - **Only wxtoken's user can read the store.** The file is created 0600
+//!   and a missing directory 0700. At open, a looser file of ours is set to
+//!   0600, and a looser directory to 0700 when it is ours and holds only the
+//!   store's files; anything else is warned about, never chmod-ed.
 //! - **The token value never appears in a log line or an error message.**
 
+mod file;
 mod memory;
 pub(crate) mod record;
 mod redb;
@@ -183,18 +206,6 @@ pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
     }
     std::fs::rename(path, &target)?;
     Ok(target)
-}
-
-/// A best-effort text for a caught panic payload (which never holds a token:
-/// the store code formats no token into anything).
-fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        format!("internal panic: {s}")
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        format!("internal panic: {s}")
-    } else {
-        "internal panic".to_string()
-    }
 }
 
 #[cfg(test)]

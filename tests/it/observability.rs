@@ -450,6 +450,7 @@ fn every_metric_named_by_the_dashboard_and_the_alerts_exists() {
         .with_label_values(&["/v1/token/{appid}"])
         .observe(0.001);
     m.store_write_errors.with_label_values(&["redb"]).inc();
+    m.store_up.with_label_values(&["redb"]).set(1);
     m.set_config_error("wx0000000000000001", Some((40125, None)));
     m.ticket_expiry
         .with_label_values(&["wx0000000000000001", "jsapi"])

@@ -191,5 +191,91 @@ async fn failed_store_writes_are_counted_and_tokens_keep_being_served() {
         ) >= 3.0,
         "{metrics}"
     );
+    // The store says it is failing (what /readyz shows), and the gauge is 0.
+    let reason = app
+        .state
+        .store
+        .failing()
+        .expect("the store reports the failure");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert_eq!(
+        metric_value(&metrics, "wxtoken_store_up", &[("store", "full-disk")]),
+        0.0,
+        "{metrics}"
+    );
     assert_eq!(app.readyz().await.status(), StatusCode::OK);
+}
+
+/// Runs `wxtoken serve` on a config whose store is `store` (with a client, so
+/// that no warning is logged) and `RUST_BACKTRACE=1`; returns (exit code, stderr).
+fn serve_on_store(dir: &std::path::Path, store: &std::path::Path) -> (Option<i32>, String) {
+    let config = dir.join("accounts.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nupstream:\n  base_urls: [{}]\nstore:\n  path: {}\nclients:\n  - name: reader\n    key: {}\n    appids: [\"*\"]\naccounts:\n  - appid: wx1111111111111111\n    secret: corrupt-store-test-secret\n",
+            crate::support::closed_port_url(),
+            store.display(),
+            wxtoken::domain::KeyHash::of_key(READER_KEY),
+        ),
+    )
+    .expect("write the config");
+    let out = crate::cli::wxtoken(&["serve", "--config", config.to_str().expect("utf-8")])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("wxtoken runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_corrupt_store_stops_serve_with_one_sentence_and_no_panic_dump() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = dir.path().join("data").join("wxtoken.redb");
+    let account = StoredAccount {
+        appid: AppId::parse("wx1111111111111111").expect("appid"),
+        mode: Mode::Stable,
+        token: None,
+        pending_fetch_ms: None,
+        calls_day: 1,
+        calls_today: 1,
+        forces: vec![],
+        tickets: Vec::new(),
+    };
+    let opened = RedbStore::open(&store).expect("a new store");
+    opened.put(&account).expect("write");
+    drop(opened);
+    let full = std::fs::read(&store).expect("the store file");
+    // 700 bytes: redb asserts on it (page_manager.rs) instead of answering an
+    // error; half the file and a flipped header are refused without a panic.
+    let mut flipped = full.clone();
+    for byte in &mut flipped[..64] {
+        *byte ^= 0x5a;
+    }
+    for (what, bytes) in [
+        ("truncated to 700 bytes", full[..700].to_vec()),
+        ("truncated to half", full[..full.len() / 2].to_vec()),
+        ("with a scrambled header", flipped),
+    ] {
+        std::fs::write(&store, &bytes).expect("corrupt the store");
+        let (code, stderr) = serve_on_store(dir.path(), &store);
+        assert_eq!(code, Some(1), "{what}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: not one line:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{what}: {stderr}");
+        assert!(
+            lines[0].contains(store.to_str().expect("utf-8")),
+            "{what}: {stderr}"
+        );
+        assert!(lines[0].contains("--reset-store"), "{what}: {stderr}");
+        assert_eq!(
+            std::fs::read(&store).expect("the file is still there"),
+            bytes,
+            "{what}: the refused file was changed"
+        );
+    }
 }

@@ -460,3 +460,391 @@ async fn the_writer_works_under_a_paused_clock() {
     writer.flush().await;
     assert_eq!(store.load_all().unwrap(), vec![with_calls(a, 9)]);
 }
+
+// ------------------------------------------------------------ failed writes recover
+
+/// A storage on a disk that can be "full" (every write fails) or refuse
+/// writes for some accounts only; otherwise it writes to a [`MemoryStore`].
+#[derive(Default)]
+struct Disk {
+    stored: MemoryStore,
+    full: std::sync::atomic::AtomicBool,
+    refused: parking_lot::Mutex<Vec<AppId>>,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl Disk {
+    fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn refuse(&self, ids: &[&AppId]) {
+        *self.refused.lock() = ids.iter().map(|&id| id.clone()).collect();
+    }
+
+    fn check(&self, appid: &AppId) -> Result<(), StoreError> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.full.load(std::sync::atomic::Ordering::SeqCst)
+            || self.refused.lock().contains(appid)
+        {
+            return Err(StoreError::Write {
+                store: self.describe(),
+                appid: appid.to_string(),
+                reason: "No space left on device (os error 28)".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Storage for Disk {
+    fn kind(&self) -> &'static str {
+        "disk"
+    }
+    fn describe(&self) -> String {
+        "test disk store".to_string()
+    }
+    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
+        self.stored.load_all()
+    }
+    fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
+        self.check(&account.appid)?;
+        self.stored.put(account)
+    }
+    fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
+        self.check(appid)?;
+        self.stored.remove(appid)
+    }
+}
+
+fn store_up(metrics: &Metrics, store: &str) -> f64 {
+    metric_value(&metrics.encode(), "wxtoken_store_up", &[("store", store)])
+}
+
+/// Polls `done` every 20 ms until it holds, failing after 15 s.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn failed_writes_are_retried_in_the_background_until_durable() {
+    let disk = Arc::new(Disk::default());
+    let metrics = Metrics::new();
+    let writer = StoreWriter::start(disk.clone(), metrics.clone());
+    assert_eq!(writer.failing(), None);
+    assert_eq!(store_up(&metrics, "disk"), 1.0);
+
+    disk.set_full(true);
+    let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
+    let b = stable_without_token("wx2222222222222222");
+    // An awaited put still answers at once, with the error of its first attempt.
+    let err = writer.put(a.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Write { .. }), "{err:?}");
+    writer.put_later(b.clone());
+    writer.put_later(with_calls(a.clone(), 8));
+    writer.flush().await;
+    let reason = writer
+        .failing()
+        .expect("the store reports that it is failing");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(!reason.contains("TOKEN-A"), "{reason}");
+    assert_eq!(store_up(&metrics, "disk"), 0.0);
+    assert!(write_errors(&metrics, "disk") >= 3.0);
+
+    // Space returns: with no new write at all, the writer gets everything
+    // acknowledged to memory onto the disk, the newest state of each account.
+    disk.set_full(false);
+    eventually("every dirty account is written", || {
+        writer.failing().is_none()
+    })
+    .await;
+    assert_eq!(disk.load_all().unwrap(), vec![with_calls(a, 8), b.clone()]);
+    assert_eq!(store_up(&metrics, "disk"), 1.0);
+}
+
+#[tokio::test]
+async fn a_later_successful_write_of_another_account_does_not_forget_a_dirty_one() {
+    let disk = Arc::new(Disk::default());
+    let metrics = Metrics::new();
+    let writer = StoreWriter::start(disk.clone(), metrics.clone());
+    let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
+    let b = stable_without_token("wx2222222222222222");
+    disk.refuse(&[&a.appid]);
+    assert!(writer.put(a.clone()).await.is_err());
+    writer.put(b.clone()).await.unwrap();
+    writer.put(with_calls(b.clone(), 3)).await.unwrap();
+    writer.flush().await;
+    let reason = writer.failing().expect("a is still not written");
+    assert!(reason.contains("wx1111111111111111"), "{reason}");
+    assert_eq!(store_up(&metrics, "disk"), 0.0);
+    assert_eq!(disk.load_all().unwrap(), vec![with_calls(b.clone(), 3)]);
+
+    disk.refuse(&[]);
+    // A flush tries the dirty ones once more, whatever the backoff.
+    writer.flush().await;
+    assert_eq!(writer.failing(), None);
+    assert_eq!(disk.load_all().unwrap(), vec![a, with_calls(b, 3)]);
+    assert_eq!(store_up(&metrics, "disk"), 1.0);
+}
+
+#[tokio::test]
+async fn a_removed_account_is_never_resurrected_by_a_retry() {
+    let disk = Arc::new(Disk::default());
+    let writer = StoreWriter::start(disk.clone(), Metrics::new());
+    let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
+    let b = stable_without_token("wx2222222222222222");
+    writer.put(b.clone()).await.unwrap();
+
+    // The removal fails too: it is the newest state of `a`, and what is retried.
+    disk.set_full(true);
+    assert!(writer.put(a.clone()).await.is_err());
+    writer.remove_later(a.appid.clone());
+    writer.remove_later(b.appid.clone());
+    writer.flush().await;
+    assert!(writer.failing().is_some());
+    disk.set_full(false);
+    writer.flush().await;
+    assert_eq!(writer.failing(), None);
+    assert!(disk.load_all().unwrap().is_empty());
+
+    // The removal succeeds at once: the failed put before it is not retried.
+    disk.refuse(&[&a.appid]);
+    assert!(writer.put(a.clone()).await.is_err());
+    disk.refuse(&[]);
+    writer.remove_later(a.appid.clone());
+    writer.flush().await;
+    assert_eq!(writer.failing(), None);
+    writer.flush().await;
+    assert!(disk.load_all().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn close_writes_the_dirty_accounts_once_more() {
+    let disk = Arc::new(Disk::default());
+    let writer = StoreWriter::start(disk.clone(), Metrics::new());
+    let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
+    let b = stable_without_token("wx2222222222222222");
+    disk.refuse(&[&a.appid, &b.appid]);
+    assert!(writer.put(a.clone()).await.is_err());
+    assert!(writer.put(b.clone()).await.is_err());
+    disk.refuse(&[&b.appid]);
+    writer.close().await;
+    // `a` made it at shutdown; `b` could not be written (and is logged).
+    assert_eq!(disk.load_all().unwrap(), vec![a]);
+    assert!(writer.failing().is_some());
+}
+
+/// A tmpfs mounted on a temporary directory (we run as root in the test
+/// sandbox; `mount` refuses otherwise), unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`), or says why it cannot.
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    /// Grows (or shrinks) the mounted tmpfs to `size`: space returns.
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount to {size} failed");
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_recovers_without_a_restart_and_the_file_holds_the_newest_state() {
+    let tmpfs = match Tmpfs::mount("4m") {
+        Ok(tmpfs) => tmpfs,
+        Err(why) => {
+            eprintln!(
+                "!!!!!!!! SKIPPED a_full_disk_recovers_without_a_restart_and_the_file_holds_the_newest_state: \
+                 cannot mount a tmpfs ({why}); this test needs root. The dirty-retry logic is still \
+                 covered by the tests with the `Disk` double. !!!!!!!!"
+            );
+            return;
+        }
+    };
+    let path = tmpfs.path().join("data").join("wxtoken.redb");
+    let metrics = Metrics::new();
+    let writer = StoreWriter::start(Arc::new(RedbStore::open(&path).unwrap()), metrics.clone());
+    // Large tokens so that a few dozen accounts fill 4 MiB.
+    let big = |i: u32| {
+        let mut account = legacy_with_token(
+            &format!("wx{i:016}"),
+            &format!("{i}-{}", "T".repeat(100_000)),
+        );
+        account.calls_today = i;
+        account
+    };
+    let mut newest = std::collections::BTreeMap::new();
+    let mut first_error = None;
+    for i in 1..=60 {
+        let account = big(i);
+        newest.insert(account.appid.clone(), account.clone());
+        if let Err(e) = writer.put(account).await {
+            first_error = Some(e);
+            break;
+        }
+    }
+    let first_error = first_error.expect("the 4 MiB disk fills up");
+    assert!(
+        first_error.to_string().contains("No space left on device"),
+        "{first_error}"
+    );
+    let failed_at = newest.len() as u32;
+    assert!(failed_at > 2, "the disk was full from the start");
+    assert!(writer.failing().is_some());
+    assert_eq!(store_up(&metrics, "redb"), 0.0);
+
+    // While the disk is full: more accepted state (an update, a new account,
+    // a removal), all of which must end up in the file.
+    let updated = with_calls(big(1), 1_000);
+    newest.insert(updated.appid.clone(), updated.clone());
+    writer.put_later(updated);
+    let added = big(failed_at + 1);
+    newest.insert(added.appid.clone(), added.clone());
+    assert!(writer.put(added).await.is_err(), "the disk is still full");
+    newest.remove(&big(2).appid);
+    writer.remove_later(big(2).appid);
+    writer.flush().await;
+    assert!(writer.failing().is_some());
+    // Closing and reopening the database after the errors never unlocked the file.
+    let err = RedbStore::open(&path)
+        .err()
+        .expect("the file is still in use");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+
+    tmpfs.resize("16m");
+    // Without a restart, a new write works again...
+    let last = with_calls(big(3), 2_000);
+    newest.insert(last.appid.clone(), last.clone());
+    writer
+        .put(last)
+        .await
+        .expect("the store writes again once space returns");
+    // ...and the writer writes everything still dirty on its own.
+    eventually("the store is healthy again", || writer.failing().is_none()).await;
+    assert_eq!(store_up(&metrics, "redb"), 1.0);
+    writer.close().await;
+
+    let reopened = RedbStore::open(&path).unwrap();
+    let stored = reopened.load_all().unwrap();
+    let stored_ids: Vec<&AppId> = stored.iter().map(|a| &a.appid).collect();
+    let newest: Vec<StoredAccount> = newest.into_values().collect();
+    let newest_ids: Vec<&AppId> = newest.iter().map(|a| &a.appid).collect();
+    assert_eq!(stored_ids, newest_ids);
+    // Compare without printing 100 KB tokens on failure.
+    for (stored, newest) in stored.iter().zip(&newest) {
+        assert!(stored == newest, "{} is not its newest state", stored.appid);
+    }
+}
+
+/// Sets the process umask for the life of the guard.
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Umask {
+        // SAFETY: umask has no memory-safety preconditions.
+        Umask(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::umask(self.0) };
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_new_store_is_a_0600_file_in_a_0700_directory_whatever_the_umask() {
+    let _umask = Umask::set(0o022);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var/lib/wxtoken");
+    let path = data.join("wxtoken.redb");
+    let store = RedbStore::open(&path).unwrap();
+    store
+        .put(&legacy_with_token("wx1111111111111111", "TOKEN-A"))
+        .unwrap();
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&path), 0o600, "the store file");
+}
+
+#[test]
+fn an_existing_store_left_readable_by_others_is_tightened() {
+    let _umask = Umask::set(0o022);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = data.join("wxtoken.redb");
+    drop(RedbStore::open(&path).unwrap());
+    // What an older wxtoken left behind.
+    chmod(&data, 0o755);
+    chmod(&path, 0o644);
+    let store = RedbStore::open(&path).unwrap();
+    assert!(store.load_all().unwrap().is_empty());
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&path), 0o600, "the store file");
+}
+
+#[test]
+fn a_directory_shared_with_other_files_keeps_its_mode_but_the_store_file_is_0600() {
+    let _umask = Umask::set(0o022);
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("srv");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("accounts.yaml"), "accounts: []\n").unwrap();
+    chmod(&shared, 0o755);
+    let path = shared.join("wxtoken.redb");
+    let store = RedbStore::open(&path).unwrap();
+    store
+        .put(&legacy_with_token("wx1111111111111111", "TOKEN-A"))
+        .unwrap();
+    // Not only the store's: tightening it could break whatever else lives
+    // there, so wxtoken warns instead.
+    assert_eq!(mode(&shared), 0o755);
+    assert_eq!(mode(&path), 0o600, "the store file");
+}
