@@ -640,23 +640,30 @@ impl AccountActor {
     }
 
     /// Ok when a request for a new refresh (a stale report, `reason`
-    /// `StaleReport`, or an admin refresh) may start one now: the asking
-    /// client's own spacing, then the account's rotation budgets. Else how
-    /// long to wait.
+    /// `StaleReport`, or an admin refresh) may start one now: a reporting
+    /// client's own spacing and the account's rotation budgets. Else how long
+    /// to wait until all of them allow it.
     fn request_budget(&self, reason: Reason, client: Option<&Arc<str>>) -> Result<(), Duration> {
         let now = self.now_ms();
-        if let Some(client) = client {
-            schedule::spaced(
+        // Stale reports come from any reader; admins are limited per account only.
+        let by_client = match client.filter(|_| reason == Reason::StaleReport) {
+            Some(client) => schedule::spaced(
                 self.client_refreshes.get(client).copied(),
                 schedule::CLIENT_REFRESH_MIN_INTERVAL,
                 now,
-            )?;
-        }
-        match (reason, self.config.mode, &self.config.kind) {
+            ),
+            None => Ok(()),
+        };
+        let by_account = match (reason, self.config.mode, &self.config.kind) {
             (Reason::StaleReport, Mode::Legacy, _) => self.stale_budget(),
             (Reason::StaleReport, Mode::Stable, _) => Ok(()),
             (_, Mode::Stable, crate::config::AccountKind::Wechat) => self.force_budget(false),
             _ => schedule::spaced(self.last_admin_refresh_ms, FORCE_MIN_INTERVAL, now),
+        };
+        // The caller may go again once every limit allows it.
+        match (by_client, by_account) {
+            (Ok(()), Ok(())) => Ok(()),
+            (a, b) => Err(a.err().max(b.err()).unwrap_or_default()),
         }
     }
 
@@ -1000,7 +1007,7 @@ impl Handler<Refresh> for AccountActor {
                 if let Err(retry_after) = self.request_budget(msg.reason, msg.client.as_ref()) {
                     return Box::pin(async move { Err(RefreshError::Throttled { retry_after }) });
                 }
-                if let Some(client) = msg.client {
+                if let Some(client) = msg.client.filter(|_| msg.reason == Reason::StaleReport) {
                     self.client_refreshes.insert(client, self.now_ms());
                 }
                 let force = msg.stale.is_none()

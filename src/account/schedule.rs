@@ -215,9 +215,9 @@ pub const STALE_FORCE_MIN_INTERVAL: Duration = Duration::from_secs(600);
 /// this (half of WeChat's default quota of 2000): the rest of the quota is
 /// kept for scheduled refreshes and admins.
 pub const STALE_FETCH_CALL_CEILING: u32 = 1000;
-/// One client makes an account refresh on its request (a stale report or an
-/// admin refresh) at most this often; concurrent reports that join a
-/// refresh in flight are never limited.
+/// One client's stale reports make an account refresh at most this often;
+/// reports that join a refresh in flight are never limited (admins are
+/// limited per account, by [`FORCE_MIN_INTERVAL`] and the force budget).
 pub const CLIENT_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Ok when something last done at `last_ms` may be done again at `now_ms`,

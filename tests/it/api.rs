@@ -517,6 +517,29 @@ async fn admin_refresh_rotates_and_a_second_forced_stable_refresh_within_30s_is_
 }
 
 #[actix_web::test]
+async fn a_second_admin_refresh_of_a_legacy_account_within_30s_is_throttled_with_retry_after() {
+    let app = spawn_app().await;
+    let appid = app.account(Mode::Legacy).appid.clone();
+    let first = app.admin_refresh(appid.as_str(), Some(ADMIN_KEY)).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let token = app.current_token(&appid);
+    let calls = app.sim.stats().calls_to(appid.as_str(), "token");
+    for _ in 0..5 {
+        let response = app.admin_refresh(appid.as_str(), Some(ADMIN_KEY)).await;
+        let wait = retry_after(&response);
+        let body = json(response, StatusCode::TOO_MANY_REQUESTS).await;
+        assert_error(&body, "refresh_throttled");
+        assert!((1..=30).contains(&wait), "Retry-After {wait}");
+    }
+    assert_eq!(app.sim.stats().calls_to(appid.as_str(), "token"), calls);
+    assert_eq!(
+        app.current_token(&appid),
+        token,
+        "no rotation while throttled"
+    );
+}
+
+#[actix_web::test]
 async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret() {
     let app = TestAppBuilder::new()
         .account(Mode::Stable)
