@@ -1004,12 +1004,12 @@ accounts:
         warnings,
         [
             format!(
-                "4: accounts[0].secret_file: {:?} can be read by other users (mode 0644); run `chmod 600 {}`",
+                "4: accounts[0].secret_file: {:?} is open to other users (mode 0644); run `chmod 600 {}`",
                 file("open"),
                 file("open")
             ),
             format!(
-                "6: accounts[1].secret_file: {:?} can be read by other users (mode 0640); run `chmod 600 {}`",
+                "6: accounts[1].secret_file: {:?} is open to other users (mode 0640); run `chmod 600 {}`",
                 file("group"),
                 file("group")
             ),
@@ -1047,13 +1047,16 @@ fn base_urls_with_credentials_are_refused_without_showing_the_password() {
     assert_eq!(
         lines,
         [
-            "test.yaml:4: upstream.base_urls[1]: \"http://***@127.0.0.1:19199/\" has a user name or password; wxtoken sends no credentials to WeChat: remove the `user:password@` part",
-            "test.yaml:6: upstream.wecom_base_urls[0]: \"https://***@qyapi.weixin.qq.com/\" has a user name or password; wxtoken sends no credentials to WeChat: remove the `user:password@` part",
+            "test.yaml:4: upstream.base_urls[1]: \"http://***@127.0.0.1:19199\" has a user name or password; wxtoken sends no credentials to WeChat: remove the `user:password@` part",
+            "test.yaml:6: upstream.wecom_base_urls[0]: \"https://***@qyapi.weixin.qq.com\" has a user name or password; wxtoken sends no credentials to WeChat: remove the `user:password@` part",
             "test.yaml:7: upstream.wecom_base_urls[1]: \"https://***@bad host\" is not a URL (invalid international domain name); write e.g. https://api.weixin.qq.com",
         ]
     );
     for line in &lines {
-        assert!(!line.contains("PASSW0RD") && !line.contains("proxyuser"), "{line}");
+        assert!(
+            !line.contains("PASSW0RD") && !line.contains("proxyuser"),
+            "{line}"
+        );
     }
 }
 

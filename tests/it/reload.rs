@@ -272,8 +272,11 @@ async fn the_file_watch_reloads_once_per_edit_and_never_for_a_read() {
 
     // What `cat accounts.yaml` and `wxtoken check` do: open and read it.
     std::fs::read_to_string(&app.config_path).expect("the config");
-    wxtoken::config::load(&app.config_path, &wxtoken::config::LoadOptions::from_pairs([]))
-        .expect("the config is valid");
+    wxtoken::config::load(
+        &app.config_path,
+        &wxtoken::config::LoadOptions::from_pairs([]),
+    )
+    .expect("the config is valid");
     // Written again with the same content (an editor's save without changes).
     app.write_config(std::slice::from_ref(&kept));
     a_few_debounce_periods().await;
@@ -308,7 +311,10 @@ async fn a_broken_edit_is_rejected_once_not_in_a_loop() {
     let original = std::fs::read_to_string(&app.config_path).expect("the config");
 
     app.write_config_text("accounts: [");
-    eventually("the broken edit is rejected", || reloads(&app, "error") == 1).await;
+    eventually("the broken edit is rejected", || {
+        reloads(&app, "error") == 1
+    })
+    .await;
     assert_eq!(app.state.metrics.config_last_reload_successful.get(), 0);
     a_few_debounce_periods().await;
     assert_eq!(
@@ -376,14 +382,20 @@ async fn a_reload_with_a_fifo_secret_file_does_not_stall_the_server() {
                 .expect("an HTTP client");
             let stale = serde_json::json!({ "stale_token": "an-old-token-0123456789" });
             let report = http
-                .post(format!("{}/v1/token/{}/refresh", app.base_url, legacy.appid))
+                .post(format!(
+                    "{}/v1/token/{}/refresh",
+                    app.base_url, legacy.appid
+                ))
                 .bearer_auth(READER_KEY)
                 .json(&stale)
                 .send()
                 .await
                 .map(|r| r.status());
             let admin = http
-                .post(format!("{}/v1/accounts/{}/refresh", app.base_url, stable.appid))
+                .post(format!(
+                    "{}/v1/accounts/{}/refresh",
+                    app.base_url, stable.appid
+                ))
                 .bearer_auth(ADMIN_KEY)
                 .send()
                 .await
@@ -428,7 +440,11 @@ async fn a_reload_that_needs_a_new_variable_says_the_environment_is_read_at_star
         "secret: ${WX_SECRET_ADDED_LATER}",
     );
     app.write_config_text(&text);
-    let body = json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::BAD_REQUEST).await;
+    let body = json(
+        app.admin_reload(Some(ADMIN_KEY)).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     let problems: Vec<&str> = body["problems"]
         .as_array()
         .expect("problems is a list")
@@ -457,7 +473,11 @@ async fn a_reload_of_an_alias_bomb_is_rejected_and_the_server_keeps_serving() {
         vec!["*big"; 3_000].join(", ")
     );
     app.write_config_text(&bomb);
-    let body = json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::BAD_REQUEST).await;
+    let body = json(
+        app.admin_reload(Some(ADMIN_KEY)).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     let problems = body["problems"].as_array().expect("problems is a list");
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(problems[0].to_string().contains("aliases"), "{problems:#?}");
