@@ -71,8 +71,8 @@ pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded,
 /// than 64 MiB or is not UTF-8.
 pub fn read(path: &Path) -> Result<String, Problems> {
     let fail = |message: String| Problems::single(path, message);
-    let file = match open_regular(path) {
-        Ok((file, _)) => file,
+    let (file, meta) = match open_regular(path) {
+        Ok(opened) => opened,
         Err(OpenError::Io(e)) => return Err(fail(describe_io(&e))),
         Err(OpenError::Directory) => return Err(fail(IS_A_DIRECTORY.to_string())),
         Err(OpenError::NotRegular(what)) => {
@@ -81,15 +81,23 @@ pub fn read(path: &Path) -> Result<String, Problems> {
             )));
         }
     };
-    let mut bytes = Vec::new();
+    let too_large = || {
+        fail(format!(
+            "the config file is larger than {} MiB; is this the right file?",
+            MAX_FILE_BYTES / 1024 / 1024
+        ))
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    // Sized once: growing by doubling would hold up to twice the file.
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+    // The file may grow while it is read: never read more than the limit.
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| fail(describe_io(&e)))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "the config file is larger than {} MiB; is this the right file?",
-            MAX_FILE_BYTES / 1024 / 1024
-        )));
+        return Err(too_large());
     }
     String::from_utf8(bytes).map_err(|e| {
         fail(format!(

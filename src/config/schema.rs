@@ -861,7 +861,7 @@ impl Walk<'_> {
 
     /// Every appid is configured once; warns when every account is disabled.
     fn check_accounts(&mut self, seen: &[AccountSeen]) {
-        let mut first_lines: HashMap<&AppId, usize> = HashMap::new();
+        let mut first_lines: HashMap<&AppId, usize> = HashMap::with_capacity(seen.len());
         for account in seen {
             let Some((id, line)) = &account.appid else {
                 continue;
@@ -921,6 +921,9 @@ impl Walk<'_> {
                     }
                 }
             }
+        }
+        if clients.iter().all(|c| c.scope.is_empty()) {
+            return;
         }
         let configured: HashSet<&AppId> = accounts
             .iter()

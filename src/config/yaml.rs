@@ -230,10 +230,11 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                 let kind = if plain && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
                     Kind::Null
                 } else {
-                    Kind::Scalar {
-                        text: text.into_owned(),
-                        plain,
-                    }
+                    let mut text = text.into_owned();
+                    // The scanner reserves 128 bytes for every plain scalar;
+                    // kept, that is most of a large file's tree.
+                    text.shrink_to_fit();
+                    Kind::Scalar { text, plain }
                 };
                 let node = Node { line, kind };
                 if anchor > 0 {
