@@ -107,6 +107,7 @@ pub fn read(path: &Path) -> Result<String, Problems> {
     })
 }
 
+/// The problem of a config path that names a directory.
 const IS_A_DIRECTORY: &str = "this is a directory, not a config file";
 
 /// A lowercase sentence for an error opening or reading the config file.
