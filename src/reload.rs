@@ -10,6 +10,14 @@
 //!   and returned, `wxtoken_config_last_reload_successful` drops to 0, and the
 //!   registry and clients in force stay as they are.
 //! - Reloads run one at a time, in the order they were asked for.
+//! - A reload never blocks the runtime: files are read on tokio's blocking
+//!   pool, and a read that takes longer than [`LOAD_TIMEOUT`] (a hung network
+//!   mount) is a failed reload; until that read ends, later reloads fail at
+//!   once instead of piling up threads.
+//! - The file watch reloads only when the file's content changed since the
+//!   last reload read it: opening or reading the file (which notify reports,
+//!   and which every reload does itself) is not a change. `SIGHUP` and
+//!   `POST /v1/admin/reload` always re-read.
 //! - Untouched accounts keep their actor, token and schedule (the registry's
 //!   [`Apply`] guarantees it); settings that only take effect at start
 //!   (`listen`, `upstream`, `refresh`, `store`) are reported, not applied.
@@ -22,14 +30,20 @@ use actix::Addr;
 use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
 
+use notify_debouncer_mini::notify;
+
 use crate::api::Auth;
-use crate::config::{Config, LoadOptions, Problems};
+use crate::config::{Config, Digest, LoadOptions, Loaded, Problems};
 use crate::metrics::Metrics;
 use crate::registry::{Apply, ApplySummary, Registry};
 
 /// How long the file watcher waits for a burst of file events to settle
 /// (editors write a temporary file and rename it over the original).
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// The longest a reload may spend reading the configuration file, or its
+/// secret files, before it fails and changes nothing.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a reload reads the configuration from.
 #[derive(Debug, Clone)]
@@ -51,6 +65,15 @@ pub enum ReloadError {
     Registry,
 }
 
+/// What the configuration file held when a reload last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OnDisk {
+    /// Text with this digest.
+    Text(Digest),
+    /// Nothing readable, for this reason.
+    Unreadable(String),
+}
+
 struct Inner {
     source: ReloadSource,
     registry: Addr<Registry>,
@@ -58,8 +81,13 @@ struct Inner {
     metrics: Metrics,
     /// The configuration in force (for the settings that need a restart).
     current: parking_lot::Mutex<Config>,
+    /// What the last reload (or the start) read from the file.
+    on_disk: parking_lot::Mutex<OnDisk>,
     /// Serializes reloads.
     turn: tokio::sync::Mutex<()>,
+    /// Held by the blocking thread that reads files, until it returns (which
+    /// may be after its reload gave up waiting).
+    reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Re-reads and applies the configuration. Clones share one state.
@@ -83,13 +111,19 @@ impl Reloader {
         auth: Arc<ArcSwap<Auth>>,
         metrics: Metrics,
     ) -> Reloader {
+        let source = ReloadSource {
+            options: source.options.for_reload(),
+            ..source
+        };
         Reloader(Arc::new(Inner {
             source,
             registry,
             auth,
             metrics,
+            on_disk: parking_lot::Mutex::new(OnDisk::Text(current.digest)),
             current: parking_lot::Mutex::new(current),
             turn: tokio::sync::Mutex::new(()),
+            reading: Arc::new(tokio::sync::Mutex::new(())),
         }))
     }
 
@@ -101,12 +135,88 @@ impl Reloader {
     /// Re-reads the file and applies it. `trigger` names the cause in the log
     /// (`sighup`, `admin`, `file_change`).
     ///
-    /// Errors when the new configuration is invalid (with every problem) or
-    /// the registry does not answer; then nothing changed.
+    /// Errors when the new configuration is invalid or could not be read in
+    /// [`LOAD_TIMEOUT`] (with every problem), or the registry does not
+    /// answer; then nothing changed.
     pub async fn reload(&self, trigger: &'static str) -> Result<ApplySummary, ReloadError> {
+        let _turn = self.0.turn.lock().await;
+        let read = self.read_file().await;
+        self.load_and_apply(trigger, read).await
+    }
+
+    /// Like [`reload`](Self::reload), but only when the file's content
+    /// differs from what the last reload read (or the server started with).
+    async fn reload_if_changed(&self, trigger: &'static str) {
+        let _turn = self.0.turn.lock().await;
+        let read = self.read_file().await;
+        if read.0 == *self.0.on_disk.lock() {
+            tracing::debug!(trigger, "the config file is unchanged; not reloading");
+            return;
+        }
+        let _ = self.load_and_apply(trigger, read).await;
+    }
+
+    /// The configuration file's text, read off the runtime.
+    async fn read_file(&self) -> (OnDisk, Result<String, Problems>) {
+        let path = self.0.source.path.clone();
+        let text = self
+            .off_runtime(move || crate::config::read(&path))
+            .await
+            .and_then(|text| text);
+        let on_disk = match &text {
+            Ok(text) => OnDisk::Text(Digest::of(text)),
+            Err(problems) => OnDisk::Unreadable(problems.to_string()),
+        };
+        (on_disk, text)
+    }
+
+    /// Validates what [`read_file`](Self::read_file) found (off the runtime:
+    /// secret files are read too) and applies it.
+    async fn load_and_apply(
+        &self,
+        trigger: &'static str,
+        (on_disk, text): (OnDisk, Result<String, Problems>),
+    ) -> Result<ApplySummary, ReloadError> {
         let inner = &self.0;
-        let _turn = inner.turn.lock().await;
-        let loaded = match crate::config::load(&inner.source.path, &inner.source.options) {
+        *inner.on_disk.lock() = on_disk;
+        let loaded = match text {
+            Ok(text) => {
+                let source = inner.source.clone();
+                self.off_runtime(move || {
+                    crate::config::load_str(&text, &source.path, &source.options)
+                })
+                .await
+                .and_then(|loaded| loaded)
+            }
+            Err(problems) => Err(problems),
+        };
+        self.apply(trigger, loaded).await
+    }
+
+    /// Runs `job` on tokio's blocking pool; a problem when it did not finish
+    /// in [`LOAD_TIMEOUT`], when an earlier one is still running, or when it panicked.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Problems> {
+        off_runtime(&self.0.reading, LOAD_TIMEOUT, job)
+            .await
+            .map_err(|stuck| {
+                Problems::single(
+                    &self.0.source.path,
+                    format!("{stuck}; the old configuration stays in force"),
+                )
+            })
+    }
+
+    /// Applies a loaded configuration, or logs and counts why there is none.
+    async fn apply(
+        &self,
+        trigger: &'static str,
+        loaded: Result<Loaded, Problems>,
+    ) -> Result<ApplySummary, ReloadError> {
+        let inner = &self.0;
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(problems) => {
                 for problem in problems.iter() {
@@ -196,13 +306,13 @@ impl Reloader {
     /// when dropped; `None` (logged) when the directory cannot be watched.
     pub fn watch_file(&self) -> Option<ConfigWatcher> {
         use notify_debouncer_mini::notify::RecursiveMode;
-        use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
+        use notify_debouncer_mini::{DebounceEventResult, new_debouncer_opt};
 
         let path = absolute(&self.0.source.path);
         let dir = path.parent().map(Path::to_path_buf)?;
         let name = path.file_name()?.to_os_string();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut debouncer = match new_debouncer(WATCH_DEBOUNCE, move |res: DebounceEventResult| {
+        let on_event = move |res: DebounceEventResult| {
             if let Ok(events) = res
                 && events
                     .iter()
@@ -210,7 +320,9 @@ impl Reloader {
             {
                 let _ = tx.send(());
             }
-        }) {
+        };
+        let config = notify_debouncer_mini::Config::default().with_timeout(WATCH_DEBOUNCE);
+        let mut debouncer = match new_debouncer_opt::<_, ChangesOnly>(config, on_event) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!("config file watching is unavailable: {e}");
@@ -225,7 +337,7 @@ impl Reloader {
         actix_rt::spawn(async move {
             while rx.recv().await.is_some() {
                 while rx.try_recv().is_ok() {}
-                let _ = this.reload("file_change").await;
+                this.reload_if_changed("file_change").await;
             }
         });
         tracing::debug!(dir = %dir.display(), "watching the config file for changes");
@@ -243,6 +355,89 @@ pub struct ConfigWatcher {
 impl std::fmt::Debug for ConfigWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ConfigWatcher")
+    }
+}
+
+/// The platform's file watcher without the events a read causes: on Linux
+/// notify reports every open of a watched file, and each reload opens the
+/// file, so without this filter every reload would trigger the next.
+struct ChangesOnly(notify::RecommendedWatcher);
+
+/// Passes every event but reads on to the debouncer.
+struct SkipReads<H>(H);
+
+impl<H: notify::EventHandler> notify::EventHandler for SkipReads<H> {
+    fn handle_event(&mut self, event: notify::Result<notify::Event>) {
+        if let Ok(e) = &event
+            && is_a_read(&e.kind)
+        {
+            return;
+        }
+        self.0.handle_event(event);
+    }
+}
+
+/// True for an open, a read or a close without writing.
+fn is_a_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
+}
+
+impl notify::Watcher for ChangesOnly {
+    fn new<F: notify::EventHandler>(handler: F, config: notify::Config) -> notify::Result<Self> {
+        notify::RecommendedWatcher::new(SkipReads(handler), config).map(ChangesOnly)
+    }
+
+    fn watch(&mut self, path: &Path, mode: notify::RecursiveMode) -> notify::Result<()> {
+        self.0.watch(path, mode)
+    }
+
+    fn unwatch(&mut self, path: &Path) -> notify::Result<()> {
+        self.0.unwatch(path)
+    }
+
+    fn configure(&mut self, option: notify::Config) -> notify::Result<bool> {
+        self.0.configure(option)
+    }
+
+    fn kind() -> notify::WatcherKind {
+        notify::RecommendedWatcher::kind()
+    }
+}
+
+/// Why a job for the blocking pool gave no result.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum Stuck {
+    /// An earlier job still holds the gate (it outlived its own timeout).
+    #[error(
+        "an earlier reload is still reading the configuration or a secret file (a hung mount?)"
+    )]
+    Busy,
+    /// The job did not finish in time; it goes on, holding the gate.
+    #[error("reading the configuration and its secret files took longer than {}s (a hung mount?)", .0.as_secs())]
+    TimedOut(Duration),
+    /// The job panicked (logged by the panic hook) or the runtime is stopping.
+    #[error("reading the configuration failed with an internal error (logged)")]
+    Failed,
+}
+
+/// Runs `job` on tokio's blocking pool and waits at most `limit` for it. A
+/// blocking job cannot be cancelled: one that times out keeps `gate` until it
+/// returns, and while it does every other job is refused at once.
+async fn off_runtime<T: Send + 'static>(
+    gate: &Arc<tokio::sync::Mutex<()>>,
+    limit: Duration,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Stuck> {
+    let held = gate.clone().try_lock_owned().map_err(|_| Stuck::Busy)?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _held = held;
+        crate::panics::catch(job)
+    });
+    match tokio::time::timeout(limit, task).await {
+        Err(_) => Err(Stuck::TimedOut(limit)),
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(_))) | Ok(Err(_)) => Err(Stuck::Failed),
     }
 }
 
@@ -273,4 +468,57 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         changed.push("store");
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_read_times_out_and_refuses_the_next_until_it_returns() {
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let hung = tokio::spawn({
+            let gate = gate.clone();
+            async move { off_runtime(&gate, LIMIT, move || released.recv().is_ok()).await }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(LIMIT + Duration::from_millis(1)).await;
+        assert_eq!(hung.await.unwrap(), Err(Stuck::TimedOut(LIMIT)));
+
+        // The hung read still runs: the next one is refused without waiting.
+        assert_eq!(off_runtime(&gate, LIMIT, || 1).await, Err(Stuck::Busy));
+
+        release.send(()).unwrap();
+        drop(gate.lock().await);
+        assert_eq!(off_runtime(&gate, LIMIT, || 2).await, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_read_is_a_failure_not_a_crash() {
+        crate::panics::install_hook();
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let failed = off_runtime(&gate, LIMIT, || -> u8 { panic!("the loader broke") }).await;
+        assert_eq!(failed, Err(Stuck::Failed));
+        assert_eq!(off_runtime(&gate, LIMIT, || 3).await, Ok(3));
+    }
+
+    #[test]
+    fn reads_are_not_changes_but_writes_are() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        assert!(is_a_read(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_a_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!is_a_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_a_read(&EventKind::Modify(ModifyKind::Any)));
+        assert!(!is_a_read(&EventKind::Create(CreateKind::File)));
+    }
 }

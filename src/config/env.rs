@@ -22,6 +22,9 @@ pub struct LoadOptions {
     /// variable or unreadable file in an account's `secret`/`secret_file` is not
     /// an error: that account gets a generated placeholder secret.
     pub require_secrets: bool,
+    /// True when a running server reloads: a missing variable's problem then
+    /// says that the environment was read at start.
+    pub reloading: bool,
 }
 
 impl LoadOptions {
@@ -30,6 +33,7 @@ impl LoadOptions {
         LoadOptions {
             env: Arc::new(|name| std::env::var(name).ok()),
             require_secrets: true,
+            reloading: false,
         }
     }
 
@@ -38,6 +42,7 @@ impl LoadOptions {
         LoadOptions {
             env: Arc::new(move |name| vars.get(name).cloned()),
             require_secrets: true,
+            reloading: false,
         }
     }
 
@@ -53,6 +58,12 @@ impl LoadOptions {
     /// The same options, but account secrets may be missing (placeholders are made up).
     pub fn secrets_optional(mut self) -> Self {
         self.require_secrets = false;
+        self
+    }
+
+    /// The same options, for a reload of a running server.
+    pub fn for_reload(mut self) -> Self {
+        self.reloading = true;
         self
     }
 
@@ -73,6 +84,7 @@ impl fmt::Debug for LoadOptions {
         f.debug_struct("LoadOptions")
             .field("env", &"<lookup>")
             .field("require_secrets", &self.require_secrets)
+            .field("reloading", &self.reloading)
             .finish()
     }
 }

@@ -10,14 +10,15 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::Config;
 use super::env::{LoadOptions, expand};
+use super::files::{OpenError, open_regular};
 use super::problems::{Problem, Problems, Report};
 use super::values::{closest, quote};
 use super::yaml::{self, Entry, Kind, Node};
+use super::{Config, Digest};
 
-/// The largest configuration file accepted.
-const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// The largest configuration file accepted: room for 300,000 accounts.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A successfully loaded configuration and the warnings found on the way.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub struct Loaded {
 /// invalid YAML, unknown keys, wrong types, values that break a rule of
 /// contract §2, missing environment variables and unreadable secret files.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, Problems> {
-    let text = read_config(path)?;
+    let text = read(path)?;
     load_str(&text, path, opts)
 }
 
@@ -43,12 +44,13 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, Problems> {
 ///
 /// Errors like [`load`], except that it never reads `source` itself.
 pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded, Problems> {
+    let digest = Digest::of(text);
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => return Err(Problems(vec![Problem::new(source, e.line, e.message)])),
     };
-    let mut walk = Walk::new(source, opts);
+    let mut walk = Walk::new(source, opts, digest);
     let config = walk.config(root.as_ref());
     let (errors, warnings) = walk.report.finish();
     match config {
@@ -61,19 +63,41 @@ pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded,
     }
 }
 
-/// Reads the whole file as UTF-8, or explains in one line why not.
-fn read_config(path: &Path) -> Result<String, Problems> {
+/// Reads the configuration file at `path` as UTF-8 text, without parsing it
+/// (what [`load`] does first; [`load_str`] does the rest).
+///
+/// Errors, as one problem, when the file cannot be opened, is not a regular
+/// file (a FIFO or a device is refused at once, never waited on), is larger
+/// than 64 MiB or is not UTF-8.
+pub fn read(path: &Path) -> Result<String, Problems> {
     let fail = |message: String| Problems::single(path, message);
-    let file = std::fs::File::open(path).map_err(|e| fail(describe_io(&e)))?;
-    let mut bytes = Vec::new();
+    let (file, meta) = match open_regular(path) {
+        Ok(opened) => opened,
+        Err(OpenError::Io(e)) => return Err(fail(describe_io(&e))),
+        Err(OpenError::Directory) => return Err(fail(IS_A_DIRECTORY.to_string())),
+        Err(OpenError::NotRegular(what)) => {
+            return Err(fail(format!(
+                "the config file is not a regular file ({what}); give the path of the YAML file"
+            )));
+        }
+    };
+    let too_large = || {
+        fail(format!(
+            "the config file is larger than {} MiB; is this the right file?",
+            MAX_FILE_BYTES / 1024 / 1024
+        ))
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    // Sized once: growing by doubling would hold up to twice the file.
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+    // The file may grow while it is read: never read more than the limit.
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| fail(describe_io(&e)))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "the config file is larger than {} MiB; is this the right file?",
-            MAX_FILE_BYTES / 1024 / 1024
-        )));
+        return Err(too_large());
     }
     String::from_utf8(bytes).map_err(|e| {
         fail(format!(
@@ -83,6 +107,9 @@ fn read_config(path: &Path) -> Result<String, Problems> {
     })
 }
 
+/// The problem of a config path that names a directory.
+const IS_A_DIRECTORY: &str = "this is a directory, not a config file";
+
 /// A lowercase sentence for an error opening or reading the config file.
 fn describe_io(e: &std::io::Error) -> String {
     use std::io::ErrorKind;
@@ -91,7 +118,7 @@ fn describe_io(e: &std::io::Error) -> String {
             "config file not found (give its path with --config PATH or WXTOKEN_CONFIG)".to_string()
         }
         ErrorKind::PermissionDenied => "permission denied reading the config file".to_string(),
-        ErrorKind::IsADirectory => "this is a directory, not a config file".to_string(),
+        ErrorKind::IsADirectory => IS_A_DIRECTORY.to_string(),
         _ => format!(
             "cannot read the config file: {}",
             lowercase_first(&e.to_string())
@@ -197,11 +224,13 @@ pub(crate) struct Walk<'o> {
     pub opts: &'o LoadOptions,
     /// The directory relative `secret_file` paths are resolved against.
     pub base_dir: PathBuf,
+    /// The digest of the text being walked, for the `Config` it makes.
+    pub digest: Digest,
     pub report: Report,
 }
 
 impl<'o> Walk<'o> {
-    fn new(source: &Path, opts: &'o LoadOptions) -> Self {
+    fn new(source: &Path, opts: &'o LoadOptions, digest: Digest) -> Self {
         let base_dir = match source.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -209,6 +238,7 @@ impl<'o> Walk<'o> {
         Walk {
             opts,
             base_dir,
+            digest,
             report: Report::new(source),
         }
     }
@@ -308,10 +338,16 @@ impl<'o> Walk<'o> {
             bad = true;
         }
         if !expanded.missing.is_empty() && missing_is_error {
+            // A running server cannot see variables exported after it started.
+            let hint = if self.opts.reloading {
+                "; the environment is read at start: use secret_file for accounts added by reload, or restart"
+            } else {
+                ""
+            };
             for var in &expanded.missing {
                 self.report.error(
                     node.line,
-                    format!("{path}: environment variable {var} is not set"),
+                    format!("{path}: environment variable {var} is not set{hint}"),
                 );
             }
             bad = true;

@@ -9,7 +9,8 @@
 //! holds [`LoadOptions`] and `${VAR}` expansion; `load` has the entry points
 //! and the typed getters that report problems; `schema` knows every key, default
 //! and rule of contract §2; `values` parses durations, numbers and URLs;
-//! `problems` formats `file:line: message`; `check` is `wxtoken check`.
+//! `files` opens the config and secret files (regular files only, never
+//! blocking); `problems` formats `file:line: message`; `check` is `wxtoken check`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::domain::{AppId, KeyHash, Mode};
 
 mod check;
 mod env;
+mod files;
 mod load;
 mod problems;
 mod schema;
@@ -30,7 +32,7 @@ mod yaml;
 
 pub use check::{CHECK_INVALID, CHECK_OK, run_check, summary};
 pub use env::{EnvLookup, LoadOptions};
-pub use load::{Loaded, load, load_str};
+pub use load::{Loaded, load, load_str, read};
 pub use problems::{Problem, Problems};
 
 /// The whole validated configuration.
@@ -50,6 +52,27 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// The WeChat accounts whose tokens are kept fresh (at least one).
     pub accounts: Vec<AccountConfig>,
+    /// The digest of the text this configuration was read from, so a reload
+    /// can tell whether the file changed since.
+    pub digest: Digest,
+}
+
+/// The SHA-256 of a configuration file's text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The digest of `text` (the file's bytes, byte-order mark included).
+    pub fn of(text: &str) -> Digest {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(text.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({}…)", hex::encode(&self.0[..6]))
+    }
 }
 
 /// `upstream:`: how wxtoken reaches WeChat.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
+use super::files::{OpenError, mode, open_regular};
 use super::load::{Fields, Got, Text, Walk, lowercase_first};
 use super::values::{self, quote, show_duration};
 use super::yaml::{Kind, Node};
@@ -124,6 +125,7 @@ impl Walk<'_> {
             refresh: refresh?,
             clients: clients.valid?,
             accounts: accounts?,
+            digest: self.digest,
         })
     }
 
@@ -804,14 +806,36 @@ impl Walk<'_> {
         let file = self.base_dir.join(&name);
         let shown = quote(&file.display().to_string());
         match read_secret_file(&file) {
-            Ok(secret) if secret.trim().is_empty() => {
+            Ok(read) if read.secret.trim().is_empty() => {
                 self.report
                     .error(node.line, format!("{path}: {shown} is empty"));
                 None
             }
-            Ok(secret) => Some(SecretString::from(secret)),
+            Ok(read) => {
+                if let Some(mode) = read.mode
+                    && mode & 0o077 != 0
+                {
+                    self.report.warn(
+                        node.line,
+                        format!(
+                            "{path}: {shown} is open to other users (mode {mode:04o}); run `chmod 600 {}`",
+                            file.display()
+                        ),
+                    );
+                }
+                Some(SecretString::from(read.secret))
+            }
             Err(_) if !require => Some(placeholder_secret()),
-            Err(reason) => {
+            Err(SecretFileError::NotRegular(what)) => {
+                self.report.error(
+                    node.line,
+                    format!(
+                        "{path}: {shown} is not a regular file ({what}); point it at a file that holds only the secret"
+                    ),
+                );
+                None
+            }
+            Err(SecretFileError::Unreadable(reason)) => {
                 self.report
                     .error(node.line, format!("{path}: cannot read {shown}: {reason}"));
                 None
@@ -837,7 +861,7 @@ impl Walk<'_> {
 
     /// Every appid is configured once; warns when every account is disabled.
     fn check_accounts(&mut self, seen: &[AccountSeen]) {
-        let mut first_lines: HashMap<&AppId, usize> = HashMap::new();
+        let mut first_lines: HashMap<&AppId, usize> = HashMap::with_capacity(seen.len());
         for account in seen {
             let Some((id, line)) = &account.appid else {
                 continue;
@@ -897,6 +921,9 @@ impl Walk<'_> {
                     }
                 }
             }
+        }
+        if clients.iter().all(|c| c.scope.is_empty()) {
+            return;
         }
         let configured: HashSet<&AppId> = accounts
             .iter()
@@ -1046,25 +1073,54 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Reads a secret file: at most 64 KiB of UTF-8, trailing newlines removed.
-fn read_secret_file(path: &Path) -> Result<String, String> {
+/// A secret file's text and permission bits.
+struct SecretRead {
+    /// The text, trailing newlines removed.
+    secret: String,
+    /// The file's permission bits (`None` where there are none).
+    mode: Option<u32>,
+}
+
+/// Why a secret file was not read.
+enum SecretFileError {
+    /// It is a FIFO, a device or a socket (the text says which).
+    NotRegular(&'static str),
+    /// Anything else, as a lowercase reason.
+    Unreadable(String),
+}
+
+/// Reads a secret file: a regular file of at most 64 KiB of UTF-8. Never
+/// blocks on a FIFO and never reads a device.
+fn read_secret_file(path: &Path) -> Result<SecretRead, SecretFileError> {
     use std::io::ErrorKind;
-    let describe = |e: std::io::Error| match e.kind() {
-        ErrorKind::NotFound => "no such file".to_string(),
-        ErrorKind::PermissionDenied => "permission denied".to_string(),
-        ErrorKind::IsADirectory => "it is a directory".to_string(),
-        _ => lowercase_first(&e.to_string()),
+    let describe = |e: std::io::Error| {
+        SecretFileError::Unreadable(match e.kind() {
+            ErrorKind::NotFound => "no such file".to_string(),
+            ErrorKind::PermissionDenied => "permission denied".to_string(),
+            ErrorKind::IsADirectory => "it is a directory".to_string(),
+            _ => lowercase_first(&e.to_string()),
+        })
     };
-    let file = std::fs::File::open(path).map_err(describe)?;
+    let (file, meta) = open_regular(path).map_err(|e| match e {
+        OpenError::Io(e) => describe(e),
+        OpenError::Directory => SecretFileError::Unreadable("it is a directory".to_string()),
+        OpenError::NotRegular(what) => SecretFileError::NotRegular(what),
+    })?;
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(describe)?;
     if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err("it is larger than 64 KiB; is this the right file?".to_string());
+        return Err(SecretFileError::Unreadable(
+            "it is larger than 64 KiB; is this the right file?".to_string(),
+        ));
     }
-    let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    let text = String::from_utf8(bytes)
+        .map_err(|_| SecretFileError::Unreadable("it is not UTF-8 text".to_string()))?;
+    Ok(SecretRead {
+        secret: text.trim_end_matches(['\r', '\n']).to_string(),
+        mode: mode(&meta),
+    })
 }
 
 /// A made-up secret for an account whose real one is not needed (`demo`).

@@ -82,30 +82,33 @@ pub(crate) fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
-/// Shows a URL with any password replaced by `***`.
-pub(crate) fn show_url(url: &Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Only fails for URLs that cannot have a password, which this one has.
-        let _ = shown.set_password(Some("***"));
+/// Quotes a URL as written, with any `user:password@` replaced by `***@`,
+/// whether or not the rest of it parses.
+pub(crate) fn show_url(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return quote(text);
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &text[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => quote(&format!("{}***{}", &text[..authority_start], &rest[at..])),
+        None => quote(text),
     }
-    quote(shown.as_str())
 }
 
-/// Parses an upstream base URL: `https://`, or `http://` to a loopback host only.
+/// Parses an upstream base URL: `https://`, or `http://` to a loopback host
+/// only, and never with credentials in it (they would reach logs and answers).
 pub(crate) fn base_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim()).map_err(|e| {
-        format!(
-            "{} is not a URL ({e}); write e.g. https://api.weixin.qq.com",
-            quote(text)
-        )
-    })?;
-    // Quote what was written, unless it holds a password.
-    let shown = if url.password().is_some() {
-        show_url(&url)
-    } else {
-        quote(text.trim())
-    };
+    let text = text.trim();
+    let shown = show_url(text);
+    let url = Url::parse(text)
+        .map_err(|e| format!("{shown} is not a URL ({e}); write e.g. https://api.weixin.qq.com"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{shown} has a user name or password; wxtoken sends no credentials to WeChat: remove the `user:password@` part"
+        ));
+    }
     match url.scheme() {
         "https" if url.host().is_some() => Ok(url),
         "http" if is_loopback_host(&url) => Ok(url),
@@ -214,8 +217,24 @@ mod tests {
                 .unwrap_err()
                 .contains("not a URL")
         );
-        let e = base_url("ftp://user:hunter2@x").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
+        for url in [
+            "ftp://user:hunter2@x",
+            "https://user:hunter2@api.weixin.qq.com",
+            "https://user:hunter2@bad host/",
+            "http://user:hunter2@127.0.0.1:9090",
+        ] {
+            let e = base_url(url).unwrap_err();
+            assert!(!e.contains("hunter2") && !e.contains("//user"), "{e}");
+            assert!(e.contains("***@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn shown_urls_lose_their_userinfo_only() {
+        assert_eq!(show_url("https://a:b@h:1/p@q"), "\"https://***@h:1/p@q\"");
+        assert_eq!(show_url("https://h/p@q"), "\"https://h/p@q\"");
+        assert_eq!(show_url("h@x"), "\"h@x\"");
+        assert_eq!(show_url("https://a@b@h"), "\"https://***@h\"");
     }
 
     #[test]

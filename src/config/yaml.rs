@@ -4,8 +4,10 @@
 //! built from `saphyr-parser` events (which carry positions), so later checks can
 //! point at `file:line` for any value, not just for syntax errors.
 //! Invariants: a tree is at most [`MAX_DEPTH`] levels deep and at most
-//! [`MAX_NODES`] nodes large (aliases included), so no input can exhaust the
-//! stack or memory; a syntax error is returned, never a panic.
+//! [`MAX_NODES`] nodes large, and aliases add at most [`MAX_ALIAS_NODES`]
+//! nodes and [`MAX_ALIAS_BYTES`] of text to it (every use counted), so no
+//! input can exhaust the stack or memory; a syntax error is returned, never a
+//! panic.
 
 use std::collections::HashMap;
 
@@ -13,8 +15,16 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 /// Deepest nesting accepted (the schema itself needs four levels).
 pub(crate) const MAX_DEPTH: usize = 64;
-/// Most nodes accepted in one file, counting every use of an alias.
-pub(crate) const MAX_NODES: usize = 100_000;
+/// Most nodes accepted in one file, counting every use of an alias: room for
+/// 300,000 accounts of nine keys each.
+pub(crate) const MAX_NODES: usize = 6_000_000;
+/// Most nodes that aliases may add to the tree, each use counted. An alias is
+/// the only way a small file becomes a large tree; real files alias a few
+/// short values.
+pub(crate) const MAX_ALIAS_NODES: usize = 1_000_000;
+/// Most bytes of text (keys and values) that aliases may add, each use
+/// counted: a long value used many times is counted as often as it is used.
+pub(crate) const MAX_ALIAS_BYTES: usize = 16 * 1024 * 1024;
 
 /// One YAML value and the (1-based) line it starts on.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,11 +67,25 @@ impl Node {
         }
     }
 
+    /// How many nodes the tree under this one has, itself and keys included.
     fn size(&self) -> usize {
         1 + match &self.kind {
             Kind::Null | Kind::Scalar { .. } => 0,
             Kind::Seq(items) => items.iter().map(Node::size).sum(),
             Kind::Map(entries) => entries.iter().map(|e| 1 + e.value.size()).sum(),
+        }
+    }
+
+    /// How many bytes of text (keys and scalar values) the tree under this one holds.
+    fn text_bytes(&self) -> usize {
+        match &self.kind {
+            Kind::Null => 0,
+            Kind::Scalar { text, .. } => text.len(),
+            Kind::Seq(items) => items.iter().map(Node::text_bytes).sum(),
+            Kind::Map(entries) => entries
+                .iter()
+                .map(|e| e.key.len() + e.value.text_bytes())
+                .sum(),
         }
     }
 }
@@ -101,7 +125,9 @@ enum Frame {
 /// only comments).
 ///
 /// Errors on invalid YAML, on more than one document, on non-scalar mapping
-/// keys and on files deeper than [`MAX_DEPTH`] or larger than [`MAX_NODES`].
+/// keys, on files deeper than [`MAX_DEPTH`] or larger than [`MAX_NODES`], and
+/// on aliases that would add more than [`MAX_ALIAS_NODES`] nodes or
+/// [`MAX_ALIAS_BYTES`] of text.
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
@@ -109,6 +135,8 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     let mut nodes = 0usize;
+    let mut alias_nodes = 0usize;
+    let mut alias_bytes = 0usize;
 
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| {
@@ -202,10 +230,11 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                 let kind = if plain && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
                     Kind::Null
                 } else {
-                    Kind::Scalar {
-                        text: text.into_owned(),
-                        plain,
-                    }
+                    let mut text = text.into_owned();
+                    // The scanner reserves 128 bytes for every plain scalar;
+                    // kept, that is most of a large file's tree.
+                    text.shrink_to_fit();
+                    Kind::Scalar { text, plain }
                 };
                 let node = Node { line, kind };
                 if anchor > 0 {
@@ -215,7 +244,29 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
             }
             Event::Alias(id) => match anchors.get(&id) {
                 Some(node) => {
-                    nodes += node.size();
+                    // Checked before the copy is made, so a bomb allocates nothing.
+                    let size = node.size();
+                    alias_nodes += size;
+                    alias_bytes += node.text_bytes();
+                    if alias_nodes > MAX_ALIAS_NODES {
+                        return Err(SyntaxError::at(
+                            span,
+                            format!(
+                                "aliases (`*name`) expand to more than {MAX_ALIAS_NODES} values, each use counted; it is not a wxtoken config"
+                            ),
+                        ));
+                    }
+                    if alias_bytes > MAX_ALIAS_BYTES {
+                        return Err(SyntaxError::at(
+                            span,
+                            format!(
+                                "aliases (`*name`) expand to more than {} MiB of text, each use counted; use fewer or shorter aliases",
+                                MAX_ALIAS_BYTES / 1024 / 1024
+                            ),
+                        ));
+                    }
+                    // The alias itself is counted below, like every node.
+                    nodes += size - 1;
                     if nodes > MAX_NODES {
                         return Err(too_large(span));
                     }
@@ -362,6 +413,26 @@ mod tests {
             bomb.push_str(&format!("{next}: &{next} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
         let err = parse(&bomb).unwrap_err();
-        assert!(err.message.contains("more than"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("aliases (`*name`) expand to more than 1000000 values"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_long_value_used_many_times_is_refused_by_its_bytes_before_it_is_copied() {
+        let big = "x".repeat(1 << 20);
+        let uses = vec!["*a"; 100].join(", ");
+        let err = parse(&format!("a: &a {big}\nb: [{uses}]\n")).unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert_eq!(
+            err.message,
+            "aliases (`*name`) expand to more than 16 MiB of text, each use counted; use fewer or shorter aliases"
+        );
+        // A few uses are fine.
+        let few = ["*a"; 3].join(", ");
+        assert!(parse(&format!("a: &a {big}\nb: [{few}]\n")).is_ok());
     }
 }

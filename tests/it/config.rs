@@ -864,3 +864,234 @@ fn wecom_and_ticket_mistakes_are_reported_at_their_lines() {
     assert_has(&lines, "test.yaml:9:", "unknown ticket");
     assert_has(&lines, "test.yaml:10:", "unknown kind");
 }
+
+/// Makes a named pipe at `path`: a reader that opens it blocks until a writer comes.
+fn fifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Runs `f` on its own thread and fails the test when it has not returned
+/// within `limit` (it hangs); the hung thread is left behind.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+#[test]
+fn a_secret_file_that_is_a_fifo_or_a_device_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    fifo(&dir.path().join("pipe"));
+    let path = dir.path().join("accounts.yaml");
+    std::fs::write(
+        &path,
+        "accounts:
+  - appid: wx1111111111111111
+    secret_file: pipe
+  - appid: wx2222222222222222
+    secret_file: /dev/zero
+",
+    )
+    .unwrap();
+    let problems = within(Duration::from_secs(5), "loading a FIFO secret_file", {
+        let path = path.clone();
+        move || load(&path, &env(&[]))
+    })
+    .unwrap_err();
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let shown = path.display().to_string();
+    let pipe = dir.path().join("pipe").display().to_string();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{shown}:3: accounts[0].secret_file: {pipe:?} is not a regular file (a FIFO); point it at a file that holds only the secret"
+            ),
+            format!(
+                "{shown}:5: accounts[1].secret_file: \"/dev/zero\" is not a regular file (a character device); point it at a file that holds only the secret"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn check_refuses_a_fifo_config_or_secret_file_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    fifo(&dir.path().join("pipe.yaml"));
+    fifo(&dir.path().join("secret.pipe"));
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "accounts:\n  - appid: wx1111111111111111\n    secret_file: secret.pipe\n",
+    )
+    .unwrap();
+    let expected = [
+        (
+            "pipe.yaml",
+            "pipe.yaml: the config file is not a regular file (a FIFO); give the path of the YAML file\n",
+        ),
+        (
+            "a.yaml",
+            "a.yaml:3: accounts[0].secret_file: \"./secret.pipe\" is not a regular file (a FIFO); point it at a file that holds only the secret\n",
+        ),
+        (
+            "/dev/zero",
+            "/dev/zero: the config file is not a regular file (a character device); give the path of the YAML file\n",
+        ),
+    ];
+    for (config, stderr) in expected {
+        let started = std::time::Instant::now();
+        let out = wxtoken()
+            .current_dir(dir.path())
+            .args(["check", "--config", config])
+            .timeout(Duration::from_secs(10))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "check --config {config} (killed after {:?}?): {}",
+            started.elapsed(),
+            stderr_of(&out)
+        );
+        assert_eq!(stderr_of(&out), stderr, "check --config {config}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_group_or_world_readable_secret_file_is_a_warning_that_suggests_chmod_600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, mode) in [("open", 0o644), ("group", 0o640), ("private", 0o600)] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, "a-secret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let path = dir.path().join("accounts.yaml");
+    std::fs::write(
+        &path,
+        "clients: []
+accounts:
+  - appid: wx1111111111111111
+    secret_file: open
+  - appid: wx2222222222222222
+    secret_file: group
+  - appid: wx3333333333333333
+    secret_file: private
+",
+    )
+    .unwrap();
+    let loaded = load(&path, &env(&[])).unwrap();
+    let warnings: Vec<String> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("secret_file"))
+        .map(|w| format!("{}: {}", w.line.unwrap_or(0), w.message))
+        .collect();
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "4: accounts[0].secret_file: {:?} is open to other users (mode 0644); run `chmod 600 {}`",
+                file("open"),
+                file("open")
+            ),
+            format!(
+                "6: accounts[1].secret_file: {:?} is open to other users (mode 0640); run `chmod 600 {}`",
+                file("group"),
+                file("group")
+            ),
+        ]
+    );
+
+    // `check` prints it and still succeeds.
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .args(["check", "--config", "accounts.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("accounts.yaml:4: warning: accounts[0].secret_file: "),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!stderr_of(&out).contains("a-secret"));
+}
+
+#[test]
+fn base_urls_with_credentials_are_refused_without_showing_the_password() {
+    let yaml = format!(
+        "upstream:
+  base_urls:
+    - https://api.weixin.qq.com
+    - http://proxyuser:PROXYPASSW0RD@127.0.0.1:19199
+  wecom_base_urls:
+    - https://onlyuser@qyapi.weixin.qq.com
+    - https://u:PASSW0RD-TWO@bad host
+{MINIMAL}"
+    );
+    let lines = errors(&yaml, &[("S", "x")]);
+    assert_eq!(
+        lines,
+        [
+            "test.yaml:4: upstream.base_urls[1]: \"http://***@127.0.0.1:19199\" has a user name or password; wxtoken sends no credentials to WeChat: remove the `user:password@` part",
+            "test.yaml:6: upstream.wecom_base_urls[0]: \"https://***@qyapi.weixin.qq.com\" has a user name or password; wxtoken sends no credentials to WeChat: remove the `user:password@` part",
+            "test.yaml:7: upstream.wecom_base_urls[1]: \"https://***@bad host\" is not a URL (invalid international domain name); write e.g. https://api.weixin.qq.com",
+        ]
+    );
+    for line in &lines {
+        assert!(
+            !line.contains("PASSW0RD") && !line.contains("proxyuser"),
+            "{line}"
+        );
+    }
+}
+
+/// `n` accounts with one shared secret from `$S`, as one YAML file.
+fn many_accounts(n: usize) -> String {
+    let mut yaml = String::with_capacity(n * 80 + 64);
+    yaml.push_str("clients: []\naccounts:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - appid: wx{i:016}\n    secret: ${{S}}\n    mode: legacy\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn a_hundred_thousand_accounts_load() {
+    let c = loaded(&many_accounts(100_000), &[("S", "shared-secret")]).config;
+    assert_eq!(c.accounts.len(), 100_000);
+    assert_eq!(c.accounts[99_999].appid.as_str(), "wx0000000000099999");
+}
+
+#[test]
+fn an_alias_of_a_large_scalar_used_many_times_is_refused_not_expanded() {
+    // 4 MiB behind one anchor, used 3,000 times: 12 GB if expanded.
+    let big = "x".repeat(4 << 20);
+    let uses = vec!["*a"; 3_000].join(", ");
+    let yaml = format!("a: &a {big}\nb: [{uses}]\n{MINIMAL}");
+    let lines = errors(&yaml, &[("S", "x")]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("test.yaml:2: ")
+            && lines[0].contains("aliases")
+            && lines[0].contains("MiB"),
+        "{}",
+        lines[0]
+    );
+}
