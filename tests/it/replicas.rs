@@ -35,12 +35,15 @@ const LOCK_TTL: Duration = Duration::from_secs(2);
 /// machine never lets a working holder's lock expire.
 const REPLICA_LOCK_TTL: Duration = Duration::from_secs(10);
 
+/// A key prefix no other run uses: the machine's Redis keeps earlier runs'
+/// keys, and process ids come round again.
 fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
-        "wxtoken-test-{}-{}",
+        "wxtoken-test-{}-{}-{:08x}",
         std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
+        N.fetch_add(1, Ordering::SeqCst),
+        rand::random::<u32>()
     )
 }
 
