@@ -7,7 +7,10 @@
 //!
 //! Invariants:
 //! - At most one upstream refresh per account is in flight; every caller that
-//!   arrives meanwhile (compare-and-refresh, admin) shares its result.
+//!   arrives meanwhile (compare-and-refresh, admin) shares its result, unless
+//!   that result is the very token the caller wants replaced (the refresh
+//!   began before that token was adopted from another replica): then the
+//!   caller asks again once it has finished.
 //! - A token is published to the slot before any caller receives it.
 //! - The current token keeps being served while valid, whatever fails.
 //! - A refresh is never started for a token that is not the current one.
@@ -403,10 +406,12 @@ impl AccountActor {
             }
             // Stable compare-and-refresh: the normal call may already bring the
             // newer token; force a rotation only if WeChat returned the reported one.
+            // Compared with the reported token, not the slot's: a token adopted
+            // from another replica meanwhile must not make WeChat's unchanged
+            // answer look new.
             if stale_retry {
-                let current = slot.token();
                 let same =
-                    matches!((&result, &current), (Ok(g), Some(c)) if g.access_token == c.token);
+                    matches!((&result, &request.known), (Ok(g), Some(k)) if &g.access_token == k);
                 if same {
                     if !force_allowed {
                         return Finished::throttled(
@@ -984,6 +989,7 @@ impl Handler<Refresh> for AccountActor {
         }
         let current = self.slot.token();
         let stale = msg.stale.clone();
+        let joined = self.inflight.is_some();
         if let Some(stale) = &msg.stale {
             match &current {
                 Some(c) if &c.token == stale => {}
@@ -1007,7 +1013,11 @@ impl Handler<Refresh> for AccountActor {
                 if let Err(retry_after) = self.request_budget(msg.reason, msg.client.as_ref()) {
                     return Box::pin(async move { Err(RefreshError::Throttled { retry_after }) });
                 }
-                if let Some(client) = msg.client.filter(|_| msg.reason == Reason::StaleReport) {
+                if let Some(client) = msg
+                    .client
+                    .clone()
+                    .filter(|_| msg.reason == Reason::StaleReport)
+                {
                     self.client_refreshes.insert(client, self.now_ms());
                 }
                 let force = msg.stale.is_none()
@@ -1017,9 +1027,27 @@ impl Handler<Refresh> for AccountActor {
             }
         };
         let before = current.map(|c| c.token.clone());
+        let addr = ctx.address();
+        let (reason, client) = (msg.reason, msg.client);
         Box::pin(async move {
             let record = shared.await?;
-            let compared = stale.or(before);
+            let compared = stale.clone().or(before);
+            if joined && compared.as_ref() == Some(&record.token) {
+                // The refresh we joined began for an older token and brought
+                // back the one this caller wants replaced (adopted from another
+                // replica meanwhile, or WeChat's unchanged stable answer). Ask
+                // again: that refresh's `Finished` is ahead of this message in
+                // the mailbox, so this one starts (or joins) a refresh of the
+                // caller's token.
+                return addr
+                    .send(Refresh {
+                        reason,
+                        stale,
+                        client,
+                    })
+                    .await
+                    .unwrap_or(Err(RefreshError::Unavailable));
+            }
             let refreshed = compared.is_none_or(|t| t != record.token);
             Ok(RefreshOutcome { record, refreshed })
         })

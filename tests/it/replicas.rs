@@ -291,6 +291,7 @@ fn refresh(
         appid: appid.clone(),
         reason,
         stale,
+        client: None,
     });
     actix_web::rt::spawn(async move { request.await.expect("the registry answers") })
 }
