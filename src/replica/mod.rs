@@ -22,7 +22,8 @@
 //! Invariants: no replica calls WeChat for an account without holding its
 //! lock (an unreachable Redis means no call, [`UpstreamError::Coordination`]);
 //! a stored token only moves forward; tokens held in memory keep being served
-//! while Redis is down, but `/readyz` says not ready.
+//! while Redis is down (`/readyz` stays 200 and says `"redis": "down"`;
+//! `/readyz?strict=1` answers 503).
 
 mod store;
 
