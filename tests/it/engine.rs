@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use actix::{Actor, Addr};
@@ -90,16 +91,7 @@ impl Fleet {
 
     /// A fleet on tokio's paused clock with WeChat's real lifetimes.
     async fn virtual_time(specs: &[Spec]) -> Fleet {
-        tokio::time::pause();
-        let clock = Clock::tokio();
-        let sim = InProcess::new(
-            SimConfig {
-                clock: clock.clone(),
-                ..SimConfig::default()
-            },
-            Duration::from_secs(5),
-        )
-        .expect("valid simulator config");
+        let (clock, sim) = virtual_simulator();
         Fleet::start(clock, sim, specs).await
     }
 
@@ -153,6 +145,22 @@ impl Fleet {
             }
         }
     }
+}
+
+/// Pauses tokio's clock and returns it with an in-process simulator on it
+/// (WeChat's real lifetimes, a 5 s upstream timeout).
+fn virtual_simulator() -> (Clock, InProcess) {
+    tokio::time::pause();
+    let clock = Clock::tokio();
+    let sim = InProcess::new(
+        SimConfig {
+            clock: clock.clone(),
+            ..SimConfig::default()
+        },
+        Duration::from_secs(5),
+    )
+    .expect("valid simulator config");
+    (clock, sim)
 }
 
 /// Accounts for `specs`, each registered through `register` with its real
@@ -620,8 +628,14 @@ async fn a_thousand_accounts_fill_without_exceeding_max_concurrency() {
 /// first `ticket_panics` ticket fetches, then asks the simulator.
 struct Panicky {
     sim: InProcess,
-    token_panics: std::sync::atomic::AtomicU32,
-    ticket_panics: std::sync::atomic::AtomicU32,
+    token_panics: AtomicU32,
+    ticket_panics: AtomicU32,
+}
+
+/// Takes one from `left` unless it is 0; true when it did.
+fn take_one(left: &AtomicU32) -> bool {
+    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 impl TokenSource for Panicky {
@@ -632,14 +646,7 @@ impl TokenSource for Panicky {
         'static,
         Result<wxtoken::wechat::TokenGrant, wxtoken::wechat::UpstreamError>,
     > {
-        let panic = self
-            .token_panics
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |n| n.checked_sub(1),
-            )
-            .is_ok();
+        let panic = take_one(&self.token_panics);
         let inner = self.sim.fetch(req);
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -658,14 +665,7 @@ impl TokenSource for Panicky {
         'static,
         Result<wxtoken::wechat::TicketGrant, wxtoken::wechat::UpstreamError>,
     > {
-        let panic = self
-            .ticket_panics
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |n| n.checked_sub(1),
-            )
-            .is_ok();
+        let panic = take_one(&self.ticket_panics);
         let inner = self.sim.fetch_ticket(token, kind);
         Box::pin(async move {
             if panic {
@@ -678,16 +678,7 @@ impl TokenSource for Panicky {
 
 #[actix_web::test]
 async fn a_panicking_refresh_task_is_a_counted_failure_that_is_retried() {
-    tokio::time::pause();
-    let clock = Clock::tokio();
-    let sim = InProcess::new(
-        SimConfig {
-            clock: clock.clone(),
-            ..SimConfig::default()
-        },
-        Duration::from_secs(5),
-    )
-    .expect("valid simulator config");
+    let (clock, sim) = virtual_simulator();
     let mut accounts = make_accounts(&[working(Mode::Legacy), working(Mode::Stable)], |reg| {
         sim.try_register_app(reg).expect("valid registration")
     });
@@ -695,8 +686,8 @@ async fn a_panicking_refresh_task_is_a_counted_failure_that_is_retried() {
     let upstream: Arc<dyn TokenSource> = Arc::new(Panicky {
         sim: sim.clone(),
         // The first fetch of each account panics, and the first ticket fetch.
-        token_panics: std::sync::atomic::AtomicU32::new(2),
-        ticket_panics: std::sync::atomic::AtomicU32::new(1),
+        token_panics: AtomicU32::new(2),
+        ticket_panics: AtomicU32::new(1),
     });
     let fleet = Fleet::launch(clock, sim, accounts, upstream).await;
     fleet
