@@ -129,11 +129,11 @@ impl Policy {
 
     /// The refresh instant and serve time of a token fetched at `fetched_ms`
     /// while an attempt with unknown outcome may still be processed until
-    /// `late_until`: such a late attempt supersedes the token no earlier than
-    /// `fetched_ms + grace` (it is processed after the token was minted), so a
-    /// legacy token is served at most until then, and the token is replaced
-    /// once the late window has passed. Tokens fetched after the window (or
-    /// with none) keep `(refresh_at, serve_until)`.
+    /// `late_until`: a late mint supersedes the token no earlier than `grace`
+    /// after both the token's fetch and the attempt's start (it happens after
+    /// both), so a legacy token is served at most until then, and the token
+    /// is replaced once the late window has passed. Tokens fetched after the
+    /// window (or with none) keep `(refresh_at, serve_until)`.
     pub fn guard_late(
         &self,
         mode: Mode,
@@ -144,8 +144,11 @@ impl Policy {
     ) -> (i64, i64) {
         match late_until {
             Some(late) if fetched_ms < late => {
+                let attempt = late.saturating_sub(
+                    i64::try_from(self.late_answer_bound.as_millis()).unwrap_or(i64::MAX),
+                );
                 let serve_until = match mode {
-                    Mode::Legacy => serve_until.min(add_ms(fetched_ms, self.grace)),
+                    Mode::Legacy => serve_until.min(add_ms(fetched_ms.max(attempt), self.grace)),
                     // A late forced rotation kills a stable token at once:
                     // nothing to cap, but ask again when the window closes.
                     Mode::Stable => serve_until,
@@ -375,6 +378,16 @@ mod tests {
             fetched + 300_000,
             "served at most one grace past its fetch"
         );
+        // The token held before the attempt: at most one grace past the attempt.
+        let older = started - 60_000;
+        let (_, serve) = p.guard_late(
+            Mode::Legacy,
+            older,
+            older + 5_760_000,
+            older + 6_060_000,
+            late,
+        );
+        assert_eq!(serve, started + 300_000);
         // A token fetched after the window is not touched.
         let after = started + 10_000;
         assert_eq!(
