@@ -308,7 +308,7 @@ fn restore(slot: &AccountSlot, stored: StoredAccount, grace: Duration) {
         if let Some(pending) = stored.pending_fetch_ms
             && pending >= t.fetched_at_ms
         {
-            serve_until = serve_until.min(pending + grace.as_millis() as i64);
+            serve_until = serve_until.min(crate::clock::add_ms(pending, grace));
         }
         slot.publish(Arc::new(TokenRecord {
             token: t.token,

@@ -37,7 +37,7 @@ use crate::wechat::{Decision, FetchRequest, TokenSource, UpstreamError};
 use schedule::Policy;
 use slot::{AccountSlot, AccountStatus, LastError, State, TicketRecord, TokenRecord};
 
-pub use schedule::{FORCE_DAILY_LIMIT, FORCE_MIN_INTERVAL};
+pub use schedule::{FORCE_DAILY_LIMIT, FORCE_MIN_INTERVAL, TICKET_STALE_MIN_INTERVAL};
 
 /// Why a refresh happens (the `reason` label of `wxtoken_refreshes_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,9 +180,6 @@ pub struct TicketOutcome {
     /// True when the caller gets a different ticket than the one it reported.
     pub refreshed: bool,
 }
-
-/// A ticket reported stale is refetched at most this often.
-pub const TICKET_STALE_MIN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What an account actor needs from the rest of the process.
 #[derive(Clone)]
@@ -720,9 +717,9 @@ impl AccountActor {
         previous_same: bool,
     ) {
         let now = self.now_ms();
-        let window_start = record
-            .expires_at_ms
-            .saturating_sub(self.deps.policy.refresh.stable_window.as_millis() as i64);
+        let window_start = record.expires_at_ms.saturating_sub(
+            i64::try_from(self.deps.policy.refresh.stable_window.as_millis()).unwrap_or(i64::MAX),
+        );
         let at = if self.config.mode == Mode::Stable && previous_same && now >= window_start {
             // WeChat has not rotated yet although we are inside the window: ask again soon.
             add_ms(now, schedule::STABLE_RECHECK)
@@ -1131,10 +1128,10 @@ impl Handler<TicketRefresh> for AccountActor {
                     })
                 });
             }
-            let ready_at = current.fetched_at_ms + TICKET_STALE_MIN_INTERVAL.as_millis() as i64;
-            if now < ready_at && !self.ticket_inflight.contains_key(&kind) {
-                let retry_after =
-                    Duration::from_millis((ready_at - now) as u64).max(Duration::from_secs(1));
+            if !self.ticket_inflight.contains_key(&kind)
+                && let Err(retry_after) =
+                    schedule::spaced(Some(current.fetched_at_ms), TICKET_STALE_MIN_INTERVAL, now)
+            {
                 return Box::pin(async move { Err(RefreshError::Throttled { retry_after }) });
             }
         }

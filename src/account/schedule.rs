@@ -223,6 +223,9 @@ pub const STALE_FETCH_CALL_CEILING: u32 = 1000;
 /// limited per account, by [`FORCE_MIN_INTERVAL`] and the force budget).
 pub const CLIENT_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(60);
 
+/// A ticket reported stale is refetched at most this often after it was fetched.
+pub const TICKET_STALE_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Ok when something last done at `last_ms` may be done again at `now_ms`,
 /// `min` later; else how long to wait (at least one second).
 pub fn spaced(last_ms: Option<i64>, min: Duration, now_ms: i64) -> Result<(), Duration> {

@@ -23,6 +23,9 @@ use wxtoken::wechat::TokenSource;
 
 use crate::support::{self, metric_value};
 
+/// What a routed refresh answers.
+type RefreshResult = Result<wxtoken::account::RefreshOutcome, wxtoken::account::RefreshError>;
+
 /// A registry of accounts fetching from an in-process simulator.
 struct Fleet {
     sim: InProcess,
@@ -97,6 +100,37 @@ impl Fleet {
 
     fn now_ms(&self) -> i64 {
         self.clock.now_unix_ms()
+    }
+
+    /// An admin refresh of `appid` on behalf of `client`.
+    async fn admin_refresh(&self, appid: &AppId, client: Option<&str>) -> RefreshResult {
+        self.route(appid, Reason::Admin, None, client).await
+    }
+
+    /// Reports the current token of `appid` as stale on behalf of `client`.
+    async fn report_current(&self, appid: &AppId, client: Option<&str>) -> RefreshResult {
+        let current = self.token(appid).expect("a token").token.clone();
+        self.route(appid, Reason::StaleReport, Some(current), client)
+            .await
+    }
+
+    /// Routes a refresh of `appid` through the registry, as the API does.
+    async fn route(
+        &self,
+        appid: &AppId,
+        reason: Reason,
+        stale: Option<wxtoken::domain::AccessToken>,
+        client: Option<&str>,
+    ) -> RefreshResult {
+        self.registry
+            .send(RouteRefresh {
+                appid: appid.clone(),
+                reason,
+                stale,
+                client: client.map(Arc::from),
+            })
+            .await
+            .expect("the registry answers")
     }
 
     fn token(&self, appid: &AppId) -> Option<Arc<TokenRecord>> {
@@ -347,16 +381,7 @@ async fn failures_wait_as_the_taxonomy_decides() {
             .expect("valid fault");
     }
     for appid in [busy, minute, quota] {
-        let response = fleet
-            .registry
-            .send(RouteRefresh {
-                appid: appid.clone(),
-                reason: Reason::Admin,
-                stale: None,
-                client: None,
-            })
-            .await
-            .expect("the registry answers");
+        let response = fleet.admin_refresh(appid, None).await;
         assert!(response.is_err(), "{appid}: the fault should fail it");
     }
     let started = fleet.now_ms();
@@ -496,15 +521,8 @@ async fn a_panicking_account_actor_is_restarted_with_its_token_and_nobody_else_n
 
     // The new actor works: it refreshes on request and keeps its schedule.
     let outcome = fleet
-        .registry
-        .send(RouteRefresh {
-            appid: victim.clone(),
-            reason: Reason::Admin,
-            stale: None,
-            client: None,
-        })
+        .admin_refresh(&victim, None)
         .await
-        .expect("the registry answers")
         .expect("the restarted actor refreshes");
     assert!(outcome.refreshed);
     assert_eq!(fleet.calls(&victim), calls_before[0] + 1);
@@ -529,18 +547,18 @@ async fn concurrent_stale_reports_through_the_registry_cost_one_upstream_call() 
         let issued_before = fleet.sim.stats().tokens_issued_to(account.appid.as_str());
         let calls_before = fleet.calls(&account.appid);
         let reports = (0..50).map(|_| {
-            fleet.registry.send(RouteRefresh {
-                appid: account.appid.clone(),
-                reason: Reason::StaleReport,
-                stale: Some(stale.clone()),
-                client: None,
-            })
+            fleet.route(
+                &account.appid,
+                Reason::StaleReport,
+                Some(stale.clone()),
+                None,
+            )
         });
         let outcomes = futures::future::join_all(reports).await;
         let fresh = fleet.token(&account.appid).expect("a token");
         assert_ne!(fresh.token, stale);
         for outcome in outcomes {
-            let outcome = outcome.expect("answered").expect("refreshed");
+            let outcome = outcome.expect("refreshed");
             assert_eq!(
                 outcome.record.token, fresh.token,
                 "everyone gets the new token"
@@ -746,16 +764,7 @@ async fn a_late_processed_legacy_fetch_never_leaves_a_superseded_token_served() 
             ..FaultSpec::default()
         })
         .expect("valid fault");
-    let answer = fleet
-        .registry
-        .send(RouteRefresh {
-            appid: victim.clone(),
-            reason: Reason::Admin,
-            stale: None,
-            client: None,
-        })
-        .await
-        .expect("the registry answers");
+    let answer = fleet.admin_refresh(&victim, None).await;
     assert!(answer.is_err(), "the fetch timed out");
     // Watch every second for one whole token lifetime: no served token is
     // ever one WeChat has killed, and the account keeps a token.
@@ -780,43 +789,6 @@ async fn a_late_processed_legacy_fetch_never_leaves_a_superseded_token_served() 
     );
 }
 
-/// Reports the current token of `appid` as stale on behalf of `client`.
-async fn report_current(
-    fleet: &Fleet,
-    appid: &AppId,
-    client: &str,
-) -> Result<wxtoken::account::RefreshOutcome, wxtoken::account::RefreshError> {
-    let current = fleet.token(appid).expect("a token").token.clone();
-    fleet
-        .registry
-        .send(RouteRefresh {
-            appid: appid.clone(),
-            reason: Reason::StaleReport,
-            stale: Some(current),
-            client: Some(Arc::from(client)),
-        })
-        .await
-        .expect("the registry answers")
-}
-
-/// An admin refresh of `appid` on behalf of `client`.
-async fn admin_refresh(
-    fleet: &Fleet,
-    appid: &AppId,
-    client: &str,
-) -> Result<wxtoken::account::RefreshOutcome, wxtoken::account::RefreshError> {
-    fleet
-        .registry
-        .send(RouteRefresh {
-            appid: appid.clone(),
-            reason: Reason::Admin,
-            stale: None,
-            client: Some(Arc::from(client)),
-        })
-        .await
-        .expect("the registry answers")
-}
-
 #[actix_web::test]
 async fn a_reader_reporting_the_current_token_cannot_spend_the_forces_kept_for_admins() {
     let fleet = Fleet::virtual_time(&[working(Mode::Stable)]).await;
@@ -827,7 +799,7 @@ async fn a_reader_reporting_the_current_token_cannot_spend_the_forces_kept_for_a
     for i in 0..116 {
         tokio::time::sleep(Duration::from_secs(31)).await;
         let client = if i % 2 == 0 { "reader-a" } else { "reader-b" };
-        match report_current(&fleet, &appid, client).await {
+        match fleet.report_current(&appid, Some(client)).await {
             Ok(_) => {}
             Err(wxtoken::account::RefreshError::Throttled { retry_after }) => {
                 assert!(retry_after >= Duration::from_secs(1));
@@ -844,7 +816,8 @@ async fn a_reader_reporting_the_current_token_cannot_spend_the_forces_kept_for_a
     assert!(throttled > 100, "{throttled} reports throttled");
     // The admin still has forces left.
     tokio::time::sleep(Duration::from_secs(31)).await;
-    admin_refresh(&fleet, &appid, "admin")
+    fleet
+        .admin_refresh(&appid, Some("admin"))
         .await
         .expect("the admin's forced refresh is allowed");
     assert_eq!(
@@ -862,30 +835,33 @@ async fn one_client_makes_an_account_refresh_at_most_once_a_minute_and_admins_ev
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Legacy: a stale report of the current token fetches a new one...
-    let first = report_current(&fleet, &reported, "reader-a")
+    let first = fleet
+        .report_current(&reported, Some("reader-a"))
         .await
         .expect("refreshed");
     assert!(first.refreshed);
     // ...the same client again 31 s later is throttled (once a minute)...
     tokio::time::sleep(Duration::from_secs(31)).await;
-    let again = report_current(&fleet, &reported, "reader-a").await;
+    let again = fleet.report_current(&reported, Some("reader-a")).await;
     assert!(
         matches!(again, Err(wxtoken::account::RefreshError::Throttled { retry_after }) if retry_after <= Duration::from_secs(29)),
         "{again:?}"
     );
     // ...while another client may (the account's own spacing is 30 s).
-    let other = report_current(&fleet, &reported, "reader-b")
+    let other = fleet
+        .report_current(&reported, Some("reader-b"))
         .await
         .expect("refreshed");
     assert!(other.refreshed);
 
     // Admin refreshes of a legacy account: at most one every 30 s.
-    admin_refresh(&fleet, &administered, "admin")
+    fleet
+        .admin_refresh(&administered, Some("admin"))
         .await
         .expect("the first admin refresh");
     let calls = fleet.calls(&administered);
     for _ in 0..30 {
-        let throttled = admin_refresh(&fleet, &administered, "admin-2").await;
+        let throttled = fleet.admin_refresh(&administered, Some("admin-2")).await;
         assert!(
             matches!(
                 throttled,
@@ -900,7 +876,8 @@ async fn one_client_makes_an_account_refresh_at_most_once_a_minute_and_admins_ev
         "no rotation while throttled"
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
-    admin_refresh(&fleet, &administered, "admin-2")
+    fleet
+        .admin_refresh(&administered, Some("admin-2"))
         .await
         .expect("allowed again after 30 s");
 }
