@@ -35,23 +35,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::Actor;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use url::Url;
-use wxtoken::account::Deps;
-use wxtoken::account::schedule::Policy;
-use wxtoken::account::slot::AccountSlot;
 use wxtoken::clock::Clock;
-use wxtoken::config::{AccountConfig, LoadOptions, RefreshConfig, UpstreamConfig, load_str};
+use wxtoken::config::{AccountConfig, LoadOptions, UpstreamConfig, load_str};
 use wxtoken::domain::{AccessToken, AppId, Mode, TicketKind};
-use wxtoken::metrics::Metrics;
-use wxtoken::registry::{Apply, Directory, Registry, StopAll};
+use wxtoken::engine::{self, EngineConfig, EngineOptions};
+use wxtoken::registry::Registry;
 use wxtoken::simulator::{AppRegistration, InProcess, SimConfig, Stats};
-use wxtoken::store::{MemoryStore, RedbStore, Storage, StoreWriter};
-use wxtoken::wechat::{
-    FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError, WechatClient,
-};
+use wxtoken::snapshot::AccountSlot;
+use wxtoken::store::{MemoryStore, RedbStore, Storage};
+use wxtoken::wechat::{FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
 
 /// WeChat's token lifetime.
 const LIFETIME: Duration = Duration::from_secs(7200);
@@ -191,7 +186,7 @@ fn library_fill_and_restart(
         let applied = started.elapsed();
         wait_ready(&engine.slots, &clock, Duration::from_secs(600)).await;
         let fill_total = started.elapsed();
-        engine.store.flush().await;
+        engine.engine.store.flush().await;
         let durable = started.elapsed();
         let stats = sim_stats(&http, &base).await;
         let fill_calls = token_calls(&stats) - calls_at_start;
@@ -298,8 +293,7 @@ fn library_fill_and_restart(
 
 /// The engine of one wxtoken process, wired as `startup.rs` does, without HTTP.
 struct Engine {
-    registry: actix::Addr<Registry>,
-    store: StoreWriter,
+    engine: engine::Engine,
     slots: Vec<Arc<AccountSlot>>,
     /// Time to open the store and read it.
     loaded: Duration,
@@ -308,8 +302,8 @@ struct Engine {
 }
 
 impl Engine {
-    /// Opens the redb store at `path` (or an in-memory one when `None`),
-    /// reads it and starts the registry with `accounts`.
+    /// Opens the redb store at `path` (or an in-memory one when `None`) and
+    /// starts the library's engine on it with `accounts`, fetching from `base`.
     async fn start(
         path: Option<&Path>,
         base: &str,
@@ -317,53 +311,41 @@ impl Engine {
         accounts: &[AccountConfig],
     ) -> Engine {
         let started = Instant::now();
-        let metrics = Metrics::new();
         let storage: Arc<dyn Storage> = match path {
             Some(path) => Arc::new(RedbStore::open(path).expect("the store opens")),
             None => Arc::new(MemoryStore::new()),
         };
-        let stored = storage.load_all().expect("the store reads");
-        let loaded = started.elapsed();
-        let count = stored.len();
-        let store = StoreWriter::start(storage, metrics.clone());
-        let client = WechatClient::new(
-            &UpstreamConfig {
+        let opened = started.elapsed();
+        let config = EngineConfig {
+            upstream: UpstreamConfig {
                 base_urls: vec![Url::parse(base).expect("a valid base url")],
                 timeout: Duration::from_secs(5),
                 max_concurrency: MAX_CONCURRENCY,
                 ..UpstreamConfig::default()
             },
-            metrics.clone(),
-        )
-        .expect("the WeChat client builds");
-        let deps = Deps {
-            upstream: Arc::new(client),
-            policy: Policy::new(RefreshConfig::default()),
-            clock: clock.clone(),
-            metrics,
-            store: store.clone(),
+            ..EngineConfig::new(accounts.to_vec())
         };
-        let directory = Directory::default();
-        let registry = Registry::new(directory.clone(), deps)
-            .with_restored(stored)
-            .start();
-        registry
-            .send(Apply(accounts.to_vec()))
-            .await
-            .expect("the registry answers");
+        let engine = engine::Engine::start(
+            &config,
+            EngineOptions {
+                clock: clock.clone(),
+                store: Some(storage),
+                ..EngineOptions::default()
+            },
+        )
+        .await
+        .expect("the engine starts");
         Engine {
-            registry,
-            store,
-            slots: directory.all(),
-            loaded,
-            stored: count,
+            slots: engine.directory.all(),
+            loaded: opened + engine.load_time,
+            stored: engine.restored,
+            engine,
         }
     }
 
     /// Stops every actor and closes the store file (as a graceful shutdown does).
     async fn stop(&self) {
-        let _ = self.registry.send(StopAll).await;
-        self.store.close().await;
+        self.engine.stop().await;
     }
 }
 
@@ -619,7 +601,11 @@ impl TokenSource for Recording {
         let call = Call {
             at_ms: self.clock.now_unix_ms(),
             account: self.index.get(&req.appid).copied().unwrap_or(usize::MAX),
-            mode: req.mode,
+            mode: if req.endpoint.rotates_on_fetch() {
+                Mode::Legacy
+            } else {
+                Mode::Stable
+            },
         };
         self.calls.lock().expect("not poisoned").push(call);
         self.inner.fetch(req)
@@ -677,28 +663,26 @@ impl VirtualFleet {
                 .collect(),
             calls: calls.clone(),
         };
-        let metrics = Metrics::new();
-        let deps = Deps {
-            upstream: Arc::new(upstream),
-            policy: Policy::new(RefreshConfig::default()),
-            clock: clock.clone(),
-            metrics: metrics.clone(),
-            store: StoreWriter::inline(Arc::new(MemoryStore::new()), metrics),
-        };
-        let directory = Directory::default();
-        let registry = Registry::new(directory.clone(), deps).start();
         let started_ms = clock.now_unix_ms();
-        registry
-            .send(Apply(accounts.clone()))
-            .await
-            .expect("the registry answers");
+        let engine = engine::Engine::start(
+            &EngineConfig::new(accounts.clone()),
+            EngineOptions {
+                clock: clock.clone(),
+                upstream: Some(Arc::new(upstream)),
+                store: Some(Arc::new(MemoryStore::new())),
+                inline_store: true,
+                ..EngineOptions::default()
+            },
+        )
+        .await
+        .expect("the engine starts");
         VirtualFleet {
-            slots: directory.all(),
+            slots: engine.directory.all(),
             calls,
             clock,
             started_ms,
             accounts,
-            _registry: registry,
+            _registry: engine.registry,
         }
     }
 

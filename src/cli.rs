@@ -114,7 +114,7 @@ pub fn main() -> ExitCode {
                 reset_store: args.reset_store,
                 grace: args
                     .wechat_grace
-                    .map_or(crate::account::schedule::WECHAT_GRACE, Duration::from_secs),
+                    .map_or(crate::account::plan::WECHAT_GRACE, Duration::from_secs),
                 replica: crate::replica::ReplicaOptions {
                     lock_ttl: args
                         .redis_lock_ttl

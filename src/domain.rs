@@ -236,6 +236,44 @@ impl fmt::Debug for KeyHash {
     }
 }
 
+/// The WeChat APIs wxtoken calls, the `api` label of upstream metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiName {
+    Token,
+    StableToken,
+    GetTicket,
+    GetCallbackIp,
+    /// WeCom's `GET /cgi-bin/gettoken` on `qyapi.weixin.qq.com`.
+    WecomToken,
+}
+
+impl ApiName {
+    pub const ALL: [ApiName; 5] = [
+        ApiName::Token,
+        ApiName::StableToken,
+        ApiName::GetTicket,
+        ApiName::GetCallbackIp,
+        ApiName::WecomToken,
+    ];
+
+    /// The metric label and the name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiName::Token => "token",
+            ApiName::StableToken => "stable_token",
+            ApiName::GetTicket => "getticket",
+            ApiName::GetCallbackIp => "getcallbackip",
+            ApiName::WecomToken => "wecom_gettoken",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -365,7 +365,7 @@ impl Metrics {
         for s in ACCOUNT_STATES {
             m.accounts.with_label_values(&[s]).set(0);
         }
-        for api in crate::wechat::ApiName::ALL {
+        for api in crate::domain::ApiName::ALL {
             m.upstream_duration.with_label_values(&[api.as_str()]);
             m.upstream_requests.with_label_values(&[api.as_str(), "ok"]);
         }

@@ -1,6 +1,6 @@
 //! The registry actor: owns one account actor per appid, routes control
-//! messages to them, supervises them, and publishes the [`Directory`] that the
-//! HTTP read path loads from.
+//! messages to them, supervises them, and publishes which slots exist in the
+//! [`Directory`] that the HTTP read path loads from.
 //!
 //! Invariants:
 //! - Every configured account has exactly one live actor; an actor that
@@ -8,7 +8,8 @@
 //!   ([`WATCHDOG_TICK`]) from its slot (its last token), without a fetch
 //!   unless the token is gone.
 //! - The registry never looks inside an account actor: it knows its address,
-//!   its config and its slot.
+//!   its config and its slot, and never writes into a slot (account code
+//!   seeds it: [`crate::account::seeded_slot`]).
 //! - The directory changes only when accounts are added or removed; token
 //!   updates go through the slots, so reads never contend with refreshes.
 
@@ -17,95 +18,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::account::slot::{AccountSlot, TicketRecord, TokenRecord};
 use crate::account::{
-    AccountActor, Crash, Deps, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown,
+    AccountActor, Adopt, Crash, Deps, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Seed,
+    Shutdown, TicketOutcome, TicketRefresh, seeded_slot,
 };
 use crate::config::AccountConfig;
-use crate::domain::{AccessToken, AppId};
-use crate::metrics::{ACCOUNT_STATES, Metrics};
-use crate::store::StoredAccount;
+use crate::domain::{AccessToken, AppId, TicketKind};
+use crate::snapshot::{AccountSlot, Directory};
+use crate::store::{StoredAccount, StoredToken};
 
 /// How often the registry checks that every account actor is alive and
 /// updates the fleet gauges. Restarts normally happen at once, on the
 /// [`Exited`] notice a dying actor sends; this tick is the backstop.
 pub const WATCHDOG_TICK: Duration = Duration::from_secs(1);
-
-type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
-
-/// The published, immutable map of account slots. Cloning is cheap; clones
-/// see every later publication.
-#[derive(Clone, Default)]
-pub struct Directory(Arc<ArcSwap<SlotMap>>);
-
-impl std::fmt::Debug for Directory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Directory({} accounts)", self.0.load().len())
-    }
-}
-
-impl Directory {
-    /// The slot of `appid`, if configured.
-    pub fn get(&self, appid: &AppId) -> Option<Arc<AccountSlot>> {
-        self.0.load().get(appid).cloned()
-    }
-
-    /// All slots, sorted by appid.
-    pub fn all(&self) -> Vec<Arc<AccountSlot>> {
-        let map = self.0.load();
-        let mut slots: Vec<_> = map.values().cloned().collect();
-        slots.sort_by(|a, b| a.appid.cmp(&b.appid));
-        slots
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The enabled accounts without a usable token at `now_ms`, sorted.
-    pub fn not_ready(&self, now_ms: i64) -> Vec<AppId> {
-        let map = self.0.load();
-        let mut ids: Vec<AppId> = map
-            .values()
-            .filter(|s| !s.is_ready(now_ms))
-            .map(|s| s.appid.clone())
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    fn publish(&self, map: SlotMap) {
-        self.0.store(Arc::new(map));
-    }
-
-    /// Sets `wxtoken_accounts{state}` from the accounts' current states. The
-    /// registry does it every watchdog tick and `/metrics` before each scrape.
-    pub fn update_state_gauge(&self, metrics: &Metrics, now_ms: i64) {
-        let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        for slot in self.0.load().values() {
-            *counts
-                .entry(slot.status().state.metric_label())
-                .or_default() += 1;
-        }
-        for state in ACCOUNT_STATES {
-            metrics
-                .accounts
-                .with_label_values(&[state])
-                .set(counts.get(state).copied().unwrap_or(0));
-        }
-        metrics
-            .ready
-            .set(i64::from(self.not_ready(now_ms).is_empty()));
-    }
-}
 
 /// Route a compare-and-refresh or admin refresh to the account's actor.
 #[derive(Debug, Message)]
@@ -136,10 +64,10 @@ pub struct ApplySummary {
 
 /// Route a ticket compare-and-refresh to the account's actor.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<crate::account::TicketOutcome, RefreshError>")]
+#[rtype(result = "Result<TicketOutcome, RefreshError>")]
 pub struct RouteTicketRefresh {
     pub appid: AppId,
-    pub kind: crate::domain::TicketKind,
+    pub kind: TicketKind,
     pub stale: Option<AccessToken>,
 }
 
@@ -148,7 +76,7 @@ pub struct RouteTicketRefresh {
 #[rtype(result = "()")]
 pub struct RouteAdopt {
     pub appid: AppId,
-    pub token: crate::store::StoredToken,
+    pub token: StoredToken,
 }
 
 /// Stop every account actor (shutdown).
@@ -207,22 +135,13 @@ impl Registry {
         self
     }
 
-    /// A fresh slot for `config`, filled from the store when it holds this account.
+    /// A fresh slot for `config`, seeded from the store when it holds this account.
     fn new_slot(&mut self, config: &AccountConfig) -> Arc<AccountSlot> {
-        let slot = Arc::new(AccountSlot::new(
-            config.appid.clone(),
-            config.name.clone(),
-            config.mode,
-            config.enabled,
-            config.tickets.clone(),
-        ));
-        if let Some(stored) = self.restored.remove(&config.appid)
-            && stored.mode == config.mode
-            && config.enabled
-        {
-            restore(&slot, stored, self.deps.policy.grace);
-        }
-        slot
+        let seed = self
+            .restored
+            .remove(&config.appid)
+            .map_or(Seed::Empty, Seed::Stored);
+        seeded_slot(config, seed, self.deps.policy.grace)
     }
 
     /// Starts an account actor that reports its end to this registry.
@@ -299,42 +218,6 @@ impl Registry {
     }
 }
 
-/// Fills `slot` from the store. A token whose fetch may have been followed by
-/// an unrecorded rotation (a crash mid-refresh) is served at most until the
-/// rotation's grace runs out; its actor refreshes it at once.
-fn restore(slot: &AccountSlot, stored: StoredAccount, grace: Duration) {
-    if let Some(t) = stored.token {
-        let mut serve_until = t.serve_until_ms;
-        if let Some(pending) = stored.pending_fetch_ms
-            && pending >= t.fetched_at_ms
-        {
-            serve_until = serve_until.min(crate::clock::add_ms(pending, grace));
-        }
-        slot.publish(Arc::new(TokenRecord {
-            token: t.token,
-            mode: stored.mode,
-            fetched_at_ms: t.fetched_at_ms,
-            expires_at_ms: t.expires_at_ms,
-            serve_until_ms: serve_until,
-        }));
-    }
-    for t in stored.tickets {
-        slot.publish_ticket(Arc::new(TicketRecord {
-            kind: t.kind,
-            ticket: t.ticket,
-            fetched_at_ms: t.fetched_at_ms,
-            expires_at_ms: t.expires_at_ms,
-            serve_until_ms: t.serve_until_ms,
-        }));
-    }
-    let mut status = (*slot.status()).clone();
-    status.calls_day = stored.calls_day;
-    status.calls_today = stored.calls_today;
-    status.forces = stored.forces;
-    status.pending_fetch_ms = stored.pending_fetch_ms;
-    slot.set_status(status);
-}
-
 /// True when two account configs would run the same actor.
 fn same_account(a: &AccountConfig, b: &AccountConfig) -> bool {
     a.appid == b.appid
@@ -371,8 +254,7 @@ impl Handler<Apply> for Registry {
             .collect();
         for appid in gone {
             if let Some(member) = self.members.remove(&appid) {
-                member.addr.do_send(Shutdown);
-                member.slot.clear();
+                member.addr.do_send(Shutdown { forget: true });
                 self.deps.store.remove_later(appid.clone());
                 self.deps.metrics.remove_account(appid.as_str());
                 summary.removed.push(appid);
@@ -385,17 +267,9 @@ impl Handler<Apply> for Registry {
             match self.members.get(appid) {
                 Some(member) if same_account(&member.config, config) => summary.unchanged += 1,
                 Some(member) => {
-                    member.addr.do_send(Shutdown);
-                    let slot = Arc::new(AccountSlot::new(
-                        config.appid.clone(),
-                        config.name.clone(),
-                        config.mode,
-                        config.enabled,
-                        config.tickets.clone(),
-                    ));
-                    if let Some(token) = member.slot.token().filter(|t| t.mode == config.mode) {
-                        slot.publish(token);
-                    }
+                    member.addr.do_send(Shutdown { forget: false });
+                    let seed = member.slot.token().map_or(Seed::Empty, Seed::Carried);
+                    let slot = seeded_slot(config, seed, self.deps.policy.grace);
                     let (addr, incarnation) = self.spawn(config, &slot);
                     self.members.insert(
                         appid.clone(),
@@ -468,13 +342,13 @@ impl Handler<Exited> for Registry {
 }
 
 impl Handler<RouteTicketRefresh> for Registry {
-    type Result = ResponseFuture<Result<crate::account::TicketOutcome, RefreshError>>;
+    type Result = ResponseFuture<Result<TicketOutcome, RefreshError>>;
 
     fn handle(&mut self, msg: RouteTicketRefresh, _: &mut Self::Context) -> Self::Result {
         let Some(member) = self.members.get(&msg.appid) else {
             return Box::pin(async { Err(RefreshError::UnknownAccount) });
         };
-        let request = member.addr.send(crate::account::TicketRefresh {
+        let request = member.addr.send(TicketRefresh {
             kind: msg.kind,
             stale: msg.stale,
         });
@@ -487,7 +361,7 @@ impl Handler<RouteAdopt> for Registry {
 
     fn handle(&mut self, msg: RouteAdopt, _: &mut Self::Context) {
         if let Some(member) = self.members.get(&msg.appid) {
-            member.addr.do_send(crate::account::Adopt(msg.token));
+            member.addr.do_send(Adopt(msg.token));
         }
     }
 }
@@ -498,7 +372,7 @@ impl Handler<StopAll> for Registry {
     fn handle(&mut self, _: StopAll, _: &mut Self::Context) {
         self.stopping = true;
         for member in self.members.values() {
-            member.addr.do_send(Shutdown);
+            member.addr.do_send(Shutdown { forget: false });
         }
     }
 }

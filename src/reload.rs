@@ -1,8 +1,9 @@
 //! Live reload of `accounts.yaml`: on `SIGHUP`, on `POST /v1/admin/reload`,
 //! and when the file changes on disk.
 //!
-//! Owns [`Reloader`] (re-read, validate, apply to the registry, swap the API
-//! clients) and the two background triggers ([`Reloader::watch_signals`],
+//! Owns [`Reloader`] (re-read, validate, apply to the registry, report the
+//! applied configuration to an [`OnApplied`] hook: the API swaps its clients
+//! there) and the two background triggers ([`Reloader::watch_signals`],
 //! [`Reloader::watch_file`]).
 //!
 //! Invariants:
@@ -27,12 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use arc_swap::ArcSwap;
 use secrecy::ExposeSecret;
 
 use notify_debouncer_mini::notify;
 
-use crate::api::Auth;
 use crate::config::{Config, Digest, LoadOptions, Loaded, Problems};
 use crate::metrics::Metrics;
 use crate::registry::{Apply, ApplySummary, Registry};
@@ -44,6 +43,11 @@ pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 /// The longest a reload may spend reading the configuration file, or its
 /// secret files, before it fails and changes nothing.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Told of every configuration a reload applied (after the registry took
+/// its accounts), so that other parts can follow it: the API rebuilds its
+/// clients there.
+pub type OnApplied = Arc<dyn Fn(&Config) + Send + Sync>;
 
 /// Where a reload reads the configuration from.
 #[derive(Debug, Clone)]
@@ -77,7 +81,7 @@ enum OnDisk {
 struct Inner {
     source: ReloadSource,
     registry: Addr<Registry>,
-    auth: Arc<ArcSwap<Auth>>,
+    on_applied: OnApplied,
     metrics: Metrics,
     /// The configuration in force (for the settings that need a restart).
     current: parking_lot::Mutex<Config>,
@@ -103,12 +107,13 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    /// A reloader for the configuration `current`, read from `source`.
+    /// A reloader for the configuration `current`, read from `source`,
+    /// applying accounts to `registry` and then telling `on_applied`.
     pub fn new(
         source: ReloadSource,
         current: Config,
         registry: Addr<Registry>,
-        auth: Arc<ArcSwap<Auth>>,
+        on_applied: OnApplied,
         metrics: Metrics,
     ) -> Reloader {
         let source = ReloadSource {
@@ -118,7 +123,7 @@ impl Reloader {
         Reloader(Arc::new(Inner {
             source,
             registry,
-            auth,
+            on_applied,
             metrics,
             on_disk: parking_lot::Mutex::new(OnDisk::Text(current.digest)),
             current: parking_lot::Mutex::new(current),
@@ -243,7 +248,7 @@ impl Reloader {
                 return Err(ReloadError::Registry);
             }
         };
-        inner.auth.store(Arc::new(Auth::new(&new.clients)));
+        (inner.on_applied)(&new);
         let needs_restart = {
             let mut current = inner.current.lock();
             let changed = restart_only_changes(&current, &new);

@@ -1,8 +1,9 @@
 //! Application wiring: from a validated [`Config`] to a running server.
 //!
-//! Owns [`Application`] (bind the listener, create the metrics, the WeChat
-//! client, the registry actor and its accounts, and the actix-web server) and
-//! [`AppState`], the shared read-only view every request handler gets.
+//! Owns [`Application`]: bind the listener, start the [`Engine`] (metrics,
+//! the WeChat client, the store, the registry actor and its accounts), the
+//! API clients and the reloader, and the actix-web server with the
+//! [`AppState`] every request handler gets.
 //!
 //! Invariants: nothing fetches a token before the listener is bound, so a busy
 //! port fails fast without touching WeChat; the directory holds every
@@ -19,23 +20,20 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
-use crate::account::Deps;
-use crate::account::schedule::{Policy, WECHAT_GRACE, late_answer_bound};
-use crate::api::{self, Auth, HttpMetrics};
+use crate::account::plan::WECHAT_GRACE;
+use crate::api::{self, AppState, Auth, HttpMetrics};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::registry::{Apply, Directory, Registry, StopAll};
-use crate::reload::{ReloadSource, Reloader};
-use crate::replica::{ReplicaOptions, Shared};
-use crate::store::{RedbStore, Storage, StoreError, StoreWriter, move_aside};
-use crate::wechat::{TokenSource, WechatClient};
+use crate::engine::{Engine, EngineConfig, EngineOptions};
+use crate::reload::{OnApplied, ReloadSource, Reloader};
+use crate::replica::ReplicaOptions;
+use crate::store::Storage;
+use crate::wechat::TokenSource;
 
 /// The most HTTP workers started by default: token reads take microseconds,
 /// so a few threads saturate a network card.
@@ -94,45 +92,12 @@ impl std::fmt::Debug for BuildOptions {
     }
 }
 
-/// What every request handler shares: the published snapshots and the
-/// registry's address. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// The account slots the read path loads tokens from.
-    pub directory: Directory,
-    /// The registry actor, for refreshes and reloads.
-    pub registry: Addr<Registry>,
-    /// The API clients; swapped whole when the configuration is reloaded.
-    pub auth: Arc<ArcSwap<Auth>>,
-    /// Every metric of the process.
-    pub metrics: Metrics,
-    /// The one clock.
-    pub clock: Clock,
-    /// Re-reads the configuration; `None` when the server was not started from a file.
-    pub reloader: Option<Reloader>,
-    /// Writes account state to the token store.
-    pub store: StoreWriter,
-    /// The shared Redis of replicas (`store.redis`), if configured.
-    pub shared: Option<Shared>,
-    /// Set for good the first time `/readyz` sees every enabled account past
-    /// its first token fetch; from then on the load-balancer check answers
-    /// 200, whatever accounts fail or are added later.
-    pub tokens_loaded: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("directory", &self.directory)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A built, not yet awaited, wxtoken server.
 pub struct Application {
     addr: SocketAddr,
     server: Server,
     state: AppState,
+    engine: Engine,
 }
 
 impl std::fmt::Debug for Application {
@@ -157,109 +122,48 @@ impl Application {
             .local_addr()
             .with_context(|| format!("could not read the address bound for {}", config.listen))?;
 
-        let metrics = Metrics::new();
-        let upstream: Arc<dyn TokenSource> = match options.upstream {
-            Some(upstream) => upstream,
-            None => Arc::new(
-                WechatClient::new(&config.upstream, metrics.clone())
-                    .context("could not set up the WeChat client")?,
-            ),
-        };
-        let shared = match &config.store.redis {
-            Some(url) => Some(
-                Shared::connect(
-                    url,
-                    &config.store.redis_prefix,
-                    options.replica.clone(),
-                    metrics.clone(),
-                    options.clock.clone(),
-                )
-                .await?,
-            ),
-            None => None,
-        };
-        let upstream: Arc<dyn TokenSource> = match &shared {
-            Some(shared) => Arc::new(shared.leader(upstream)),
-            None => upstream,
-        };
-        let storage: Arc<dyn Storage> = match (options.store, &shared) {
-            (Some(storage), _) => storage,
-            (None, Some(shared)) => Arc::new(shared.store()),
-            (None, None) => Arc::new(open_store(&config, options.reset_store)?),
-        };
-        let stored = storage
-            .load_all()
-            .with_context(|| format!("could not read the {}", storage.describe()))?;
-        let store = StoreWriter::start(storage.clone(), metrics.clone());
-        for gone in stored
-            .iter()
-            .filter(|s| !config.accounts.iter().any(|a| a.appid == s.appid))
-        {
-            tracing::info!(appid = %gone.appid, "removing a stored account that is no longer configured");
-            store.remove_later(gone.appid.clone());
-        }
-        let restorable = stored
-            .iter()
-            .filter(|s| {
-                s.token
-                    .as_ref()
-                    .is_some_and(|t| t.expires_at_ms > options.clock.now_unix_ms())
-            })
-            .count();
-        tracing::info!(
-            store = %storage.describe(),
-            stored = stored.len(),
-            with_live_token = restorable,
-            "token store opened"
-        );
-        let mut policy = Policy::new(config.refresh.clone());
-        policy.grace = options.grace;
-        policy.late_answer_bound = late_answer_bound(config.upstream.timeout);
-        let deps = Deps {
-            upstream,
-            policy,
-            clock: options.clock.clone(),
-            metrics: metrics.clone(),
-            store: store.clone(),
-        };
+        let engine = Engine::start(
+            &EngineConfig::from(&config),
+            EngineOptions {
+                clock: options.clock.clone(),
+                upstream: options.upstream,
+                grace: options.grace,
+                store: options.store,
+                reset_store: options.reset_store,
+                replica: options.replica,
+                inline_store: false,
+            },
+        )
+        .await?;
 
         if config.clients.is_empty() {
             tracing::warn!(listen = %addr, "no clients configured: API open to loopback callers only");
         }
         let auth = Arc::new(ArcSwap::from_pointee(Auth::new(&config.clients)));
-
-        let directory = Directory::default();
-        let registry = Registry::new(directory.clone(), deps)
-            .with_restored(stored)
-            .start();
-        let summary = registry
-            .send(Apply(config.accounts.clone()))
-            .await
-            .context("the account registry did not start")?;
-        if let Some(shared) = &shared {
-            shared.spawn_tasks(registry.clone(), directory.clone());
-            tracing::info!(redis = %shared.address(), prefix = %config.store.redis_prefix, "sharing tokens and refresh leadership through Redis");
-        }
         let reloader = options.reload.map(|source| {
+            let clients = auth.clone();
+            let on_applied: OnApplied = Arc::new(move |applied: &Config| {
+                clients.store(Arc::new(Auth::new(&applied.clients)))
+            });
             Reloader::new(
                 source,
                 config.clone(),
-                registry.clone(),
-                auth.clone(),
-                metrics.clone(),
+                engine.registry.clone(),
+                on_applied,
+                engine.metrics.clone(),
             )
         });
-        tracing::info!(accounts = summary.added.len(), listen = %addr, "starting wxtoken");
+        tracing::info!(accounts = engine.started.added.len(), listen = %addr, "starting wxtoken");
 
         let state = AppState {
-            directory,
-            registry,
+            directory: engine.directory.clone(),
+            registry: engine.registry.clone(),
             auth,
-            metrics,
+            metrics: engine.metrics.clone(),
             clock: options.clock,
             reloader,
-            store,
-            shared,
+            store: engine.store.clone(),
+            shared: engine.shared.clone(),
             tokens_loaded: Arc::new(AtomicBool::new(false)),
         };
         let workers = options.workers.unwrap_or_else(|| {
@@ -287,6 +191,7 @@ impl Application {
             addr,
             server,
             state,
+            engine,
         })
     }
 
@@ -312,8 +217,7 @@ impl Application {
     /// Errors when the server fails while running.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        let _ = self.state.registry.send(StopAll).await;
-        self.state.store.close().await;
+        self.engine.stop().await;
         tracing::info!("wxtoken stopped serving; the token store is flushed and closed");
         result
     }
@@ -355,26 +259,5 @@ async fn stop_signal() {
         tracing::info!(
             "stopping: no new connections; finishing the requests in flight, then flushing the token store"
         );
-    }
-}
-
-/// Opens the redb store at `store.path`; with `reset`, a corrupt file is
-/// moved aside first and an empty store created.
-fn open_store(config: &Config, reset: bool) -> anyhow::Result<RedbStore> {
-    let path = &config.store.path;
-    match RedbStore::open(path) {
-        Ok(store) => Ok(store),
-        Err(StoreError::Corrupt { .. }) if reset => {
-            let moved = move_aside(path).with_context(|| {
-                format!("could not move the token store {} aside", path.display())
-            })?;
-            tracing::warn!(
-                store = %path.display(),
-                moved_to = %moved.display(),
-                "the token store was unreadable; it was moved aside and an empty one started"
-            );
-            Ok(RedbStore::open(path)?)
-        }
-        Err(e) => Err(e.into()),
     }
 }

@@ -12,12 +12,12 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
+use super::state::AppState;
 use crate::account::Reason;
-use crate::account::slot::{AccountStatus, LastError, State};
 use crate::clock::china_day;
 use crate::domain::Mode;
 use crate::registry::RouteRefresh;
-use crate::startup::AppState;
+use crate::snapshot::{AccountStatus, LastError, State};
 
 use super::error::ApiError;
 use super::path_appid;

@@ -8,8 +8,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use super::state::AppState;
 use crate::reload::ReloadError;
-use crate::startup::AppState;
 
 use super::error::ApiError;
 

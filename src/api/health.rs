@@ -23,8 +23,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::account::slot::State;
-use crate::startup::AppState;
+use super::state::AppState;
+use crate::snapshot::State;
 
 use super::error::ApiError;
 

@@ -24,6 +24,7 @@ mod health;
 mod metrics;
 mod middleware;
 mod refresh;
+mod state;
 mod ticket;
 mod token;
 
@@ -33,6 +34,7 @@ pub use auth::{Auth, Caller};
 pub use body::MAX_BODY_BYTES;
 pub use error::ApiError;
 pub use middleware::{HttpMetrics, UNMATCHED};
+pub use state::AppState;
 
 use crate::domain::AppId;
 

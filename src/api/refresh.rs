@@ -17,13 +17,12 @@ use actix::MailboxError;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use crate::account::slot::AccountSlot;
+use super::state::AppState;
 use crate::account::{Reason, RefreshError, RefreshOutcome};
 use crate::clock::Clock;
 use crate::domain::AccessToken;
 use crate::registry::RouteRefresh;
-use crate::startup::AppState;
-use crate::wechat::{Decision, UpstreamError};
+use crate::snapshot::AccountSlot;
 
 use super::body::read_json;
 use super::error::ApiError;
@@ -106,25 +105,22 @@ pub(crate) fn respond(
     }
 }
 
-/// When to try again after a failed refresh, from the same decision the
-/// account actor takes (the actor's own plan may not be published yet).
-fn upstream_retry_secs(e: &UpstreamError, now_ms: i64) -> u64 {
-    match e.decide(now_ms.div_euclid(1000)) {
-        Decision::NotBefore { unix, .. } => (unix - now_ms.div_euclid(1000)).max(1) as u64,
-        Decision::ConfigError { retry_after } => retry_after.as_secs().max(1),
-        Decision::Retry | Decision::TokenRejected => RESTART_RETRY_SECS,
-    }
-}
-
 /// Maps a [`RefreshError`] of `slot`'s account to its answer.
 fn refresh_error(slot: &AccountSlot, err: RefreshError, now_ms: i64) -> ApiError {
     let appid = &slot.appid;
+    let errcode = err.errcode();
     match err {
-        RefreshError::Upstream(e) => ApiError::token_unavailable(
-            format!("could not refresh the token of {appid}: {e}"),
-            upstream_retry_secs(&e, now_ms),
+        RefreshError::Upstream {
+            error, retry_after, ..
+        } => ApiError::token_unavailable(
+            format!("could not refresh the token of {appid}: {error}"),
+            retry_after.as_secs().max(1),
         )
-        .with_errcode(e.errcode()),
+        .with_errcode(errcode),
+        RefreshError::Coordination(e) => ApiError::token_unavailable(
+            format!("could not refresh the token of {appid}: {e}"),
+            RESTART_RETRY_SECS,
+        ),
         RefreshError::Throttled { retry_after } => {
             ApiError::refresh_throttled(appid.as_str(), retry_after)
         }

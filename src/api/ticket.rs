@@ -20,11 +20,11 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+use super::state::AppState;
 use crate::account::RefreshError;
-use crate::account::slot::{AccountSlot, TicketRecord};
 use crate::domain::{AccessToken, TicketKind};
 use crate::registry::RouteTicketRefresh;
-use crate::startup::AppState;
+use crate::snapshot::{AccountSlot, TicketRecord};
 
 use super::body::read_json;
 use super::error::ApiError;
@@ -219,10 +219,7 @@ pub async fn refresh_ticket(
             ),
             1,
         )
-        .with_errcode(match &e {
-            RefreshError::Upstream(u) => u.errcode(),
-            _ => None,
-        })),
+        .with_errcode(e.errcode())),
         Err(_) => Err(ApiError::ticket_unavailable(
             "the account registry is not running; retry in a second",
             1,

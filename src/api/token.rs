@@ -16,9 +16,9 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use crate::account::slot::{AccountSlot, State, TokenRecord};
+use super::state::AppState;
 use crate::domain::AppId;
-use crate::startup::AppState;
+use crate::snapshot::{AccountSlot, State, TokenRecord};
 
 use super::error::ApiError;
 use super::path_appid;

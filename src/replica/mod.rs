@@ -1,10 +1,11 @@
 //! Several replicas, one refresher: the shared Redis store and per-account
 //! refresh leadership.
 //!
-//! Owns: the key layout ([`Keys`]), the [`Leader`] token source (wraps the
-//! WeChat client: lock, re-read, fetch, fenced write, release), the follower
-//! task (pub/sub plus polling: adopt tokens other replicas fetched) and the
-//! health task (`wxtoken_redis_up`, readiness).
+//! Owns: the key layout ([`Keys`]), the account actors' [`Source`] port and
+//! the answers only replicas give ([`source`]), the [`Leader`] source (wraps
+//! the WeChat client: lock, re-read, fetch, fenced write, release), the
+//! follower task (pub/sub plus polling: hand tokens other replicas fetched to
+//! an adopt hook) and the health task (`wxtoken_redis_up`, readiness).
 //!
 //! Protocol for one refresh of account A by replica R:
 //! 1. If the shared token of A differs from the one R holds, take it: no call.
@@ -20,32 +21,47 @@
 //! 6. Release with compare-and-delete.
 //!
 //! Invariants: no replica calls WeChat for an account without holding its
-//! lock (an unreachable Redis means no call, [`UpstreamError::Coordination`]);
+//! lock (an unreachable Redis means no call, [`Coordination`]);
 //! a stored token only moves forward; tokens held in memory keep being served
 //! while Redis is down (`/readyz` stays 200 and says `"redis": "down"`;
 //! `/readyz?strict=1` answers 503).
 
+pub mod source;
 mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix::Addr;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
 
+pub use source::{Ask, Coordination, Direct, SharedOrigin, Source, SourceError, Sourced};
 pub use store::RedisStore;
 use store::{SharedToken, describe};
 
 use crate::clock::Clock;
-use crate::domain::{AppId, Mode};
+use crate::domain::{AccessToken, ApiName, AppId, TicketKind};
 use crate::metrics::Metrics;
-use crate::registry::{Directory, Registry, RouteAdopt};
-use crate::wechat::{ApiName, FetchRequest, SharedOrigin, TokenGrant, TokenSource, UpstreamError};
+use crate::snapshot::Directory;
+use crate::store::StoredToken;
+use crate::wechat::{TicketGrant, TokenSource, UpstreamError};
+
+/// Why the shared store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("store.redis is not a valid Redis URL: {0}")]
+    InvalidUrl(String),
+    #[error("cannot reach the shared store at {address}: {detail}; start Redis or fix store.redis")]
+    Unreachable { address: String, detail: String },
+}
+
+/// Where the follower hands a token another replica fetched (in production:
+/// to the registry, which routes it to the account's actor).
+pub type AdoptHook = Arc<dyn Fn(AppId, StoredToken) + Send + Sync>;
 
 /// How long a refresh lock lives unless extended.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
@@ -174,10 +190,9 @@ impl Shared {
         options: ReplicaOptions,
         metrics: Metrics,
         clock: Clock,
-    ) -> anyhow::Result<Shared> {
-        let client = redis::Client::open(url.expose_secret()).map_err(|e| {
-            anyhow::anyhow!("store.redis is not a valid Redis URL: {}", describe(&e))
-        })?;
+    ) -> Result<Shared, ReplicaError> {
+        let client = redis::Client::open(url.expose_secret())
+            .map_err(|e| ReplicaError::InvalidUrl(describe(&e)))?;
         let info = client.get_connection_info();
         let address = format!("{}", info.addr());
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -188,11 +203,9 @@ impl Shared {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot reach the shared store at {address}: {}; start Redis or fix store.redis",
-                    describe(&e)
-                )
+            .map_err(|e| ReplicaError::Unreachable {
+                address: address.clone(),
+                detail: describe(&e),
             })?;
         let replica_id: Arc<str> = format!(
             "{}-{}-{:08x}",
@@ -324,9 +337,10 @@ impl Shared {
     }
 
     /// Starts the health task (pings, `wxtoken_redis_up`, log on change) and
-    /// the follower task (pub/sub with polling fallback) on the current
-    /// actix runtime. They end when the runtime stops.
-    pub fn spawn_tasks(&self, registry: Addr<Registry>, directory: Directory) {
+    /// the follower task (pub/sub with polling fallback; newer tokens of the
+    /// accounts in `directory` go to `adopt`) on the current actix runtime.
+    /// They end when the runtime stops.
+    pub fn spawn_tasks(&self, adopt: AdoptHook, directory: Directory) {
         let health = self.clone();
         actix_rt::spawn(async move {
             let mut tick = tokio::time::interval(HEALTH_INTERVAL);
@@ -341,17 +355,17 @@ impl Shared {
             }
         });
         let follower = self.clone();
-        actix_rt::spawn(async move { follower.follow(registry, directory).await });
+        actix_rt::spawn(async move { follower.follow(adopt, directory).await });
     }
 
-    async fn follow(self, registry: Addr<Registry>, directory: Directory) {
+    async fn follow(self, adopt: AdoptHook, directory: Directory) {
         let channel = self.keys.updates();
         loop {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(&channel).await.is_ok() {
                         // Catch up on what was missed while not subscribed.
-                        self.poll_all(&registry, &directory).await;
+                        self.poll_all(&adopt, &directory).await;
                         let mut messages = pubsub.on_message();
                         let mut poll = tokio::time::interval(self.options.poll_interval);
                         poll.tick().await;
@@ -362,12 +376,12 @@ impl Shared {
                                         if let Ok(id) = msg.get_payload::<String>()
                                             && let Ok(appid) = AppId::parse(&id)
                                         {
-                                            self.adopt(&registry, &directory, &appid).await;
+                                            self.adopt(&adopt, &directory, &appid).await;
                                         }
                                     }
                                     None => break,
                                 },
-                                _ = poll.tick() => self.poll_all(&registry, &directory).await,
+                                _ = poll.tick() => self.poll_all(&adopt, &directory).await,
                             }
                         }
                     }
@@ -380,15 +394,15 @@ impl Shared {
         }
     }
 
-    async fn poll_all(&self, registry: &Addr<Registry>, directory: &Directory) {
+    async fn poll_all(&self, adopt: &AdoptHook, directory: &Directory) {
         for slot in directory.all() {
-            self.adopt(registry, directory, &slot.appid).await;
+            self.adopt(adopt, directory, &slot.appid).await;
         }
     }
 
-    /// Reads the shared token of `appid` and hands it to the account's actor
-    /// when it differs from the one served.
-    async fn adopt(&self, registry: &Addr<Registry>, directory: &Directory, appid: &AppId) {
+    /// Reads the shared token of `appid` and hands it to `hook` when it
+    /// differs from the one served.
+    async fn adopt(&self, hook: &AdoptHook, directory: &Directory, appid: &AppId) {
         let Some(slot) = directory.get(appid) else {
             return;
         };
@@ -404,10 +418,7 @@ impl Shared {
         if shared.expires_at_ms <= self.clock.now_unix_ms() {
             return;
         }
-        registry.do_send(RouteAdopt {
-            appid: appid.clone(),
-            token: shared.stored(),
-        });
+        hook(appid.clone(), shared.stored());
     }
 }
 
@@ -426,43 +437,35 @@ pub struct Leader {
 }
 
 impl Leader {
-    fn coordination(api: ApiName, detail: String) -> UpstreamError {
-        UpstreamError::Coordination { api, detail }
+    fn coordination(api: ApiName, detail: String) -> SourceError {
+        SourceError::Coordination(Coordination { api, detail })
     }
 
-    /// The shared token as a grant, when it is not the one the caller holds.
-    fn newer(&self, shared: Option<SharedToken>, req: &FetchRequest) -> Option<TokenGrant> {
+    /// The shared token, when it is not the one the caller holds.
+    fn newer(&self, shared: Option<SharedToken>, ask: &Ask) -> Option<Sourced> {
         let shared = shared?;
         let now = self.shared.clock.now_unix_ms();
         if shared.expires_at_ms - now < 1_000 {
             return None;
         }
-        if req
+        if ask
             .known
             .as_ref()
             .is_some_and(|k| k.expose() == shared.token)
         {
             return None;
         }
-        Some(TokenGrant {
-            access_token: crate::domain::AccessToken::new(shared.token),
-            expires_in: Duration::from_millis((shared.expires_at_ms - now).max(0) as u64),
-            shared: Some(SharedOrigin {
-                fetched_at_ms: shared.fetched_at_ms,
-                expires_at_ms: shared.expires_at_ms,
-            }),
-            after_unknown: false,
-        })
+        Some(Sourced::Shared(SharedOrigin {
+            token: AccessToken::new(shared.token),
+            fetched_at_ms: shared.fetched_at_ms,
+            expires_at_ms: shared.expires_at_ms,
+        }))
     }
 
-    async fn fetch_under_lock(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
-        let api = match (&req.wecom_corpid, req.mode) {
-            (Some(_), _) => ApiName::WecomToken,
-            (None, Mode::Legacy) => ApiName::Token,
-            (None, Mode::Stable) => ApiName::StableToken,
-        };
+    async fn fetch_under_lock(&self, ask: Ask) -> Result<Sourced, SourceError> {
+        let api = ask.request.endpoint.api();
         let shared = &self.shared;
-        let appid = req.appid.clone();
+        let appid = ask.request.appid.clone();
         let holder = format!(
             "{}:{}",
             shared.replica_id,
@@ -479,7 +482,7 @@ impl Leader {
                     format!("the shared store is unreachable ({e}); no refresh without the lock"),
                 )
             })?;
-            if let Some(grant) = self.newer(current, &req) {
+            if let Some(grant) = self.newer(current, &ask) {
                 return Ok(grant);
             }
             match shared.try_lock(&appid, &holder).await {
@@ -506,7 +509,7 @@ impl Leader {
         // Holding the lock: another replica may just have refreshed.
         match shared.read_token(&appid).await {
             Ok(current) => {
-                if let Some(grant) = self.newer(current, &req) {
+                if let Some(grant) = self.newer(current, &ask) {
                     shared.release(&appid, &holder).await;
                     return Ok(grant);
                 }
@@ -536,12 +539,12 @@ impl Leader {
             })
         };
         let started = shared.clock.now_unix_ms();
-        let result = self.inner.fetch(req.clone()).await;
+        let result = self.inner.fetch(ask.request.clone()).await;
         keeper.abort();
         if let Ok(grant) = &result {
             let token = SharedToken {
                 token: grant.access_token.expose().to_string(),
-                mode: req.mode.as_str().to_string(),
+                mode: shared_mode(&ask.request.endpoint).to_string(),
                 fetched_at_ms: started,
                 expires_at_ms: started + grant.expires_in.as_millis() as i64,
             };
@@ -556,23 +559,33 @@ impl Leader {
             }
         }
         shared.release(&appid, &holder).await;
-        result
+        result.map(Sourced::Fetched).map_err(SourceError::Upstream)
     }
 }
 
-impl TokenSource for Leader {
-    fn fetch(&self, req: FetchRequest) -> BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
+/// The `mode` field of a shared token record (kept for replicas of older
+/// versions, which read it): `legacy` for rotating tokens, else `stable`.
+fn shared_mode(endpoint: &crate::wechat::Endpoint) -> &'static str {
+    if endpoint.rotates_on_fetch() {
+        "legacy"
+    } else {
+        "stable"
+    }
+}
+
+impl Source for Leader {
+    fn fetch(&self, ask: Ask) -> BoxFuture<'static, Result<Sourced, SourceError>> {
         let this = self.clone();
-        Box::pin(async move { this.fetch_under_lock(req).await })
+        Box::pin(async move { this.fetch_under_lock(ask).await })
     }
 
     /// Tickets are fetched by each replica itself: WeChat hands out the
     /// current ticket of a live token, so replicas cannot break each other's.
     fn fetch_ticket(
         &self,
-        token: crate::domain::AccessToken,
-        kind: crate::domain::TicketKind,
-    ) -> BoxFuture<'static, Result<crate::wechat::TicketGrant, UpstreamError>> {
+        token: AccessToken,
+        kind: TicketKind,
+    ) -> BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
         self.inner.fetch_ticket(token, kind)
     }
 }

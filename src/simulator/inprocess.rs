@@ -17,8 +17,8 @@ use super::faults::{Api, FaultSpec};
 use super::state::{AppRegistration, Credentials, SimState, TokenStatus};
 use super::{SimConfig, Stats};
 use crate::clock::Clock;
-use crate::domain::{AccessToken, Mode, TicketKind};
-use crate::wechat::{ApiName, FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
+use crate::domain::{AccessToken, ApiName, TicketKind};
+use crate::wechat::{Endpoint, FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
 
 /// The base URL in-process errors name.
 const IN_PROCESS_URL: &str = "in-process://simulator";
@@ -81,10 +81,11 @@ impl InProcess {
     }
 
     async fn call(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
-        let (api, api_name) = match (&req.wecom_corpid, req.mode) {
-            (Some(_), _) => (Api::WecomToken, ApiName::WecomToken),
-            (None, Mode::Legacy) => (Api::Token, ApiName::Token),
-            (None, Mode::Stable) => (Api::StableToken, ApiName::StableToken),
+        let api_name = req.endpoint.api();
+        let api = match &req.endpoint {
+            Endpoint::Legacy => Api::Token,
+            Endpoint::Stable => Api::StableToken,
+            Endpoint::Wecom { .. } => Api::WecomToken,
         };
         let _in_flight = self.state.enter_token_call();
         let timeout = || UpstreamError::Timeout {
@@ -129,13 +130,13 @@ impl InProcess {
             secret: Some(req.secret.expose_secret().to_string()),
         };
         let peer = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-        let answer = match (&req.wecom_corpid, req.mode) {
-            (Some(corpid), _) => {
+        let answer = match &req.endpoint {
+            Endpoint::Wecom { corpid } => {
                 self.state
                     .wecom_token(Some(corpid), Some(req.secret.expose_secret()), peer)
             }
-            (None, Mode::Legacy) => self.state.legacy_token(&creds, peer),
-            (None, Mode::Stable) => self.state.stable_token(&creds, req.force_refresh, peer),
+            Endpoint::Legacy => self.state.legacy_token(&creds, peer),
+            Endpoint::Stable => self.state.stable_token(&creds, req.force_refresh, peer),
         };
         match answer {
             Ok(issued) => {

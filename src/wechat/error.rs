@@ -10,8 +10,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::ApiName;
 use crate::clock::{next_china_midnight, next_minute};
+use crate::domain::ApiName;
 
 /// How long a config-class failure waits before the next try.
 pub const CONFIG_ERROR_RETRY: Duration = Duration::from_secs(300);
@@ -62,10 +62,6 @@ pub enum UpstreamError {
     /// A 200 answer that is not the JSON WeChat documents.
     #[error("wechat {api} sent an answer that could not be understood: {detail}")]
     Decode { api: ApiName, detail: String },
-    /// WeChat was not called: the shared store that decides which replica
-    /// refreshes (Redis) could not be used. Never a reason to call anyway.
-    #[error("wechat {api} was not called: {detail}")]
-    Coordination { api: ApiName, detail: String },
 }
 
 /// What the caller should do after an [`UpstreamError`].
@@ -114,8 +110,7 @@ impl UpstreamError {
             | UpstreamError::Timeout { api, .. }
             | UpstreamError::Connect { api, .. }
             | UpstreamError::Http { api, .. }
-            | UpstreamError::Decode { api, .. }
-            | UpstreamError::Coordination { api, .. } => *api,
+            | UpstreamError::Decode { api, .. } => *api,
         }
     }
 
@@ -144,7 +139,7 @@ impl UpstreamError {
             UpstreamError::Timeout { .. } | UpstreamError::Decode { .. } => true,
             UpstreamError::Connect { sent, .. } => *sent,
             UpstreamError::Http { status, .. } => *status >= 500,
-            UpstreamError::Api { .. } | UpstreamError::Coordination { .. } => false,
+            UpstreamError::Api { .. } => false,
         }
     }
 
@@ -164,7 +159,6 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect".to_string(),
             UpstreamError::Http { status, .. } => format!("http_{status}"),
             UpstreamError::Decode { .. } => "decode".to_string(),
-            UpstreamError::Coordination { .. } => "coordination".to_string(),
         }
     }
 

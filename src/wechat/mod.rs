@@ -22,54 +22,56 @@ use url::Url;
 pub use error::{Decision, UpstreamError, WaitCause};
 
 use crate::config::UpstreamConfig;
-use crate::domain::{AccessToken, AppId, TicketKind};
+use crate::domain::{AccessToken, ApiName, AppId, TicketKind};
 use crate::metrics::Metrics;
 
-/// The WeChat APIs wxtoken calls, the `api` label of upstream metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ApiName {
-    Token,
-    StableToken,
-    GetTicket,
-    GetCallbackIp,
-    /// WeCom's `GET /cgi-bin/gettoken` on `qyapi.weixin.qq.com`.
-    WecomToken,
-}
-
-impl ApiName {
-    pub const ALL: [ApiName; 5] = [
-        ApiName::Token,
-        ApiName::StableToken,
-        ApiName::GetTicket,
-        ApiName::GetCallbackIp,
-        ApiName::WecomToken,
-    ];
-
-    /// The metric label and the name used in messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiName::Token => "token",
-            ApiName::StableToken => "stable_token",
-            ApiName::GetTicket => "getticket",
-            ApiName::GetCallbackIp => "getcallbackip",
-            ApiName::WecomToken => "wecom_gettoken",
-        }
-    }
-
-    fn path(self) -> &'static str {
-        match self {
-            ApiName::Token => "cgi-bin/token",
-            ApiName::StableToken => "cgi-bin/stable_token",
-            ApiName::GetTicket => "cgi-bin/ticket/getticket",
-            ApiName::GetCallbackIp => "cgi-bin/getcallbackip",
-            ApiName::WecomToken => "cgi-bin/gettoken",
-        }
+/// The path of `api` below a base URL.
+fn path(api: ApiName) -> &'static str {
+    match api {
+        ApiName::Token => "cgi-bin/token",
+        ApiName::StableToken => "cgi-bin/stable_token",
+        ApiName::GetTicket => "cgi-bin/ticket/getticket",
+        ApiName::GetCallbackIp => "cgi-bin/getcallbackip",
+        ApiName::WecomToken => "cgi-bin/gettoken",
     }
 }
 
-impl std::fmt::Display for ApiName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// How an account's token is obtained: the endpoint and grant. The one place
+/// that knows which call each kind of account makes and what that call does
+/// to the token held before it; a new kind of token is a new variant here
+/// plus its fetch in [`WechatClient`]'s [`TokenSource`] implementation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// AppSecret, `GET /cgi-bin/token`: every call mints a new token, and the
+    /// previous one dies WeChat's grace later.
+    Legacy,
+    /// AppSecret, `POST /cgi-bin/stable_token`: the current token until
+    /// WeChat rotates it near its expiry; `force_refresh` rotates it now
+    /// (20 a day, 30 s apart).
+    Stable,
+    /// WeCom corpsecret, `GET /cgi-bin/gettoken?corpid=`: the token of one
+    /// WeCom application; a call never rotates it.
+    Wecom { corpid: String },
+}
+
+impl Endpoint {
+    /// The API this endpoint calls.
+    pub fn api(&self) -> ApiName {
+        match self {
+            Endpoint::Legacy => ApiName::Token,
+            Endpoint::Stable => ApiName::StableToken,
+            Endpoint::Wecom { .. } => ApiName::WecomToken,
+        }
+    }
+
+    /// True when every call mints a new token (and so kills the previous one).
+    pub fn rotates_on_fetch(&self) -> bool {
+        matches!(self, Endpoint::Legacy)
+    }
+
+    /// True when a call may ask for a rotation now (`force_refresh`).
+    pub fn can_force(&self) -> bool {
+        matches!(self, Endpoint::Stable)
     }
 }
 
@@ -79,21 +81,10 @@ pub struct TokenGrant {
     pub access_token: AccessToken,
     /// The lifetime WeChat announced, counted from the answer.
     pub expires_in: Duration,
-    /// Set when the token was not fetched by this call but taken from the
-    /// shared store (another replica fetched it): its real fetch time and
-    /// expiry, Unix ms.
-    pub shared: Option<SharedOrigin>,
     /// An earlier attempt of the same call (at a base URL that failed over)
     /// ended with an unknown outcome: WeChat may still process it and, for a
     /// legacy fetch or a forced rotation, mint a token that supersedes this one.
     pub after_unknown: bool,
-}
-
-/// When a token taken from the shared store was fetched and expires (Unix ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SharedOrigin {
-    pub fetched_at_ms: i64,
-    pub expires_at_ms: i64,
 }
 
 /// A JS-SDK ticket as WeChat granted it.
@@ -506,14 +497,13 @@ fn endpoint(base: &Url, api: ApiName) -> Url {
         let path = format!("{}/", base.path());
         base.set_path(&path);
     }
-    base.join(api.path()).unwrap_or(base)
+    base.join(path(api)).unwrap_or(base)
 }
 
 fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError> {
     Ok(TokenGrant {
         access_token: credential(api, "access_token", answer.access_token)?,
         expires_in: expiry(api, answer.expires_in)?,
-        shared: None,
         after_unknown: answer.after_unknown,
     })
 }
@@ -591,16 +581,10 @@ impl ClassifyName for serde_json::Error {
 pub struct FetchRequest {
     pub appid: AppId,
     pub secret: SecretString,
-    pub mode: crate::domain::Mode,
-    /// Stable mode only: ask WeChat to rotate now.
+    /// Which call to make.
+    pub endpoint: Endpoint,
+    /// [`Endpoint::Stable`] only: ask WeChat to rotate now.
     pub force_refresh: bool,
-    /// The token the account holds now: a replicated source that finds a
-    /// different, newer token in the shared store returns that one instead
-    /// of calling WeChat.
-    pub known: Option<AccessToken>,
-    /// Set for a WeCom application: its corpid (the token comes from WeCom's
-    /// `gettoken` with this corpid and the app's secret).
-    pub wecom_corpid: Option<String>,
 }
 
 /// Where account actors get tokens from: WeChat over HTTP ([`WechatClient`])
@@ -628,16 +612,14 @@ impl TokenSource for WechatClient {
     ) -> futures::future::BoxFuture<'static, Result<TokenGrant, UpstreamError>> {
         let client = self.clone();
         Box::pin(async move {
-            if let Some(corpid) = &req.wecom_corpid {
-                return client.fetch_wecom_token(corpid, &req.secret).await;
-            }
-            match req.mode {
-                crate::domain::Mode::Legacy => client.fetch_token(&req.appid, &req.secret).await,
-                crate::domain::Mode::Stable => {
+            match &req.endpoint {
+                Endpoint::Legacy => client.fetch_token(&req.appid, &req.secret).await,
+                Endpoint::Stable => {
                     client
                         .fetch_stable_token(&req.appid, &req.secret, req.force_refresh)
                         .await
                 }
+                Endpoint::Wecom { corpid } => client.fetch_wecom_token(corpid, &req.secret).await,
             }
         })
     }

@@ -15,11 +15,12 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
+use wxtoken::api::AppState;
 use wxtoken::config::{LoadOptions, load};
 use wxtoken::domain::{AppId, KeyHash, Mode, TicketKind};
 use wxtoken::reload::ReloadSource;
 use wxtoken::simulator::{AppRegistration, SimConfig, Simulator};
-use wxtoken::startup::{AppState, Application, BuildOptions};
+use wxtoken::startup::{Application, BuildOptions};
 use wxtoken::store::Storage;
 
 use crate::support;

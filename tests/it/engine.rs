@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use secrecy::SecretString;
-use wxtoken::account::schedule::Policy;
-use wxtoken::account::slot::{State, TokenRecord};
-use wxtoken::account::{Deps, Reason};
+use wxtoken::account::Reason;
 use wxtoken::clock::{Clock, next_china_midnight};
 use wxtoken::config::{AccountConfig, AccountKind, RefreshConfig};
 use wxtoken::domain::{AppId, Mode};
+use wxtoken::engine::{Engine, EngineConfig, EngineOptions};
 use wxtoken::metrics::Metrics;
-use wxtoken::registry::{Apply, CrashAccount, Directory, Registry, RouteRefresh};
+use wxtoken::registry::{CrashAccount, Registry, RouteRefresh};
 use wxtoken::simulator::{AppRegistration, FaultSpec, InProcess, SimConfig};
-use wxtoken::store::{MemoryStore, StoreWriter};
+use wxtoken::snapshot::{Directory, State, TokenRecord};
+use wxtoken::store::MemoryStore;
 use wxtoken::wechat::TokenSource;
 
 use crate::support::{self, metric_value};
@@ -67,26 +67,24 @@ impl Fleet {
         accounts: Vec<AccountConfig>,
         upstream: Arc<dyn TokenSource>,
     ) -> Fleet {
-        let metrics = Metrics::new();
-        let deps = Deps {
-            upstream,
-            policy: Policy::new(RefreshConfig::default()),
-            clock: clock.clone(),
-            metrics: metrics.clone(),
-            store: StoreWriter::inline(Arc::new(MemoryStore::new()), metrics.clone()),
-        };
-        let directory = Directory::default();
-        let registry = Registry::new(directory.clone(), deps).start();
-        let summary = registry
-            .send(Apply(accounts.clone()))
-            .await
-            .expect("the registry answers");
-        assert_eq!(summary.added.len(), accounts.len());
+        let engine = Engine::start(
+            &EngineConfig::new(accounts.clone()),
+            EngineOptions {
+                clock: clock.clone(),
+                upstream: Some(upstream),
+                store: Some(Arc::new(MemoryStore::new())),
+                inline_store: true,
+                ..EngineOptions::default()
+            },
+        )
+        .await
+        .expect("the engine starts");
+        assert_eq!(engine.started.added.len(), accounts.len());
         Fleet {
             sim,
-            registry,
-            directory,
-            metrics,
+            registry: engine.registry,
+            directory: engine.directory,
+            metrics: engine.metrics,
             clock,
             accounts,
         }

@@ -16,13 +16,14 @@ use actix_web::dev::ServerHandle;
 use reqwest::StatusCode;
 use serde_json::Value;
 use wxtoken::account::Reason;
-use wxtoken::account::slot::State;
+use wxtoken::api::AppState;
 use wxtoken::config::{LoadOptions, load_str};
 use wxtoken::domain::{AccessToken, AppId, KeyHash, Mode};
 use wxtoken::registry::{RouteAdopt, RouteRefresh};
 use wxtoken::replica::ReplicaOptions;
 use wxtoken::simulator::{AppRegistration, FaultSpec, SimConfig, Simulator};
-use wxtoken::startup::{AppState, Application, BuildOptions};
+use wxtoken::snapshot::State;
+use wxtoken::startup::{Application, BuildOptions};
 use wxtoken::store::StoredToken;
 
 use crate::cli::{Running, wxtoken};

@@ -5,9 +5,10 @@
 use std::time::{Duration, Instant};
 
 use wxtoken::clock::{china_day, next_china_midnight};
+use wxtoken::domain::ApiName;
 use wxtoken::domain::{AccessToken, TicketKind};
 use wxtoken::simulator::{FaultSpec, SimConfig};
-use wxtoken::wechat::{ApiName, Decision, UpstreamError, WaitCause};
+use wxtoken::wechat::{Decision, UpstreamError, WaitCause};
 
 use crate::support::*;
 

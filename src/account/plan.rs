@@ -1,21 +1,32 @@
-//! Where the refresh schedule is decided: pure functions from a token's life,
-//! the `refresh:` settings and a random draw to the next refresh instant, and
-//! from a failure to the next retry.
+//! Where every refresh decision is made: pure functions from a token's life,
+//! the `refresh:` settings, the account's counters and a random draw to what
+//! the account actor does next. The actor only carries the decisions out.
+//!
+//! In this file, top-down: when to refresh a token ([`Policy::planned_refresh`],
+//! [`next_refresh`]) and until when to serve it ([`Policy::serve_until`],
+//! [`serve_after_failure`]); the late-answer window ([`Policy::guard_late`]);
+//! backoff ([`Policy::retry_delay`], [`retry_after`]); the plan after a
+//! restart ([`restart_plan`]); tickets ([`ticket_plan`]); the force and call
+//! budgets ([`request_budget`], [`force_budget`], [`stale_fetch_budget`]).
 //!
 //! Invariants: a planned refresh is never after the token's expiry; a legacy
 //! token is never offered to clients past the next planned refresh plus
 //! WeChat's grace (a legacy refresh kills the old token `grace` later); backoff
 //! never exceeds `backoff_max`, and config-class failures never retry sooner
-//! than [`crate::wechat::error::CONFIG_ERROR_RETRY`].
+//! than [`crate::wechat::error::CONFIG_ERROR_RETRY`]; no request makes an
+//! account rotate its token more often than its budgets allow.
 
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::clock::add_ms;
+use crate::clock::{add_ms, china_day, until_ms};
 use crate::config::RefreshConfig;
 use crate::domain::Mode;
-use crate::wechat::Decision;
+use crate::snapshot::{AccountStatus, State, TicketRecord, TokenRecord};
+use crate::wechat::{Decision, Endpoint};
+
+use super::messages::{Reason, RefreshError};
 
 /// WeChat keeps a superseded token working this long (legacy refresh, forced stable refresh).
 pub const WECHAT_GRACE: Duration = Duration::from_secs(300);
@@ -186,7 +197,7 @@ impl Policy {
             }
             Decision::ConfigError { retry_after } => (*retry_after).max(exp),
             Decision::NotBefore { unix, .. } => {
-                crate::clock::until_ms(now_ms, unix.saturating_mul(1000))
+                until_ms(now_ms, unix.saturating_mul(1000))
                     + Duration::from_millis((draw * 5000.0) as u64)
             }
         }
@@ -231,7 +242,7 @@ pub const TICKET_STALE_MIN_INTERVAL: Duration = Duration::from_secs(30);
 pub fn spaced(last_ms: Option<i64>, min: Duration, now_ms: i64) -> Result<(), Duration> {
     match last_ms {
         Some(last) if now_ms < add_ms(last, min) => {
-            Err(crate::clock::until_ms(now_ms, add_ms(last, min)).max(Duration::from_secs(1)))
+            Err(until_ms(now_ms, add_ms(last, min)).max(Duration::from_secs(1)))
         }
         _ => Ok(()),
     }
@@ -260,10 +271,7 @@ pub fn force_budget(
     };
     if today_forces.len() >= limit {
         let midnight = crate::clock::next_china_midnight(now_ms.div_euclid(1000));
-        return Err(
-            crate::clock::until_ms(now_ms, midnight.saturating_mul(1000))
-                .max(Duration::from_secs(1)),
-        );
+        return Err(until_ms(now_ms, midnight.saturating_mul(1000)).max(Duration::from_secs(1)));
     }
     spaced(
         today_forces.iter().max().copied(),
@@ -286,12 +294,232 @@ pub fn stale_fetch_budget(
 ) -> Result<(), Duration> {
     if calls_today >= STALE_FETCH_CALL_CEILING {
         let midnight = crate::clock::next_china_midnight(now_ms.div_euclid(1000));
-        return Err(
-            crate::clock::until_ms(now_ms, midnight.saturating_mul(1000))
-                .max(Duration::from_secs(1)),
-        );
+        return Err(until_ms(now_ms, midnight.saturating_mul(1000)).max(Duration::from_secs(1)));
     }
     spaced(last_stale_fetch_ms, FORCE_MIN_INTERVAL, now_ms)
+}
+
+/// The retry decision after a failed refresh at `now_ms`: WeChat's answer
+/// decides ([`crate::wechat::UpstreamError::decide`]); anything else is retried.
+pub fn decide(err: &RefreshError, now_ms: i64) -> Decision {
+    match err {
+        RefreshError::Upstream { error, .. } => error.decide(now_ms.div_euclid(1000)),
+        _ => Decision::Retry,
+    }
+}
+
+/// How long a caller should wait before asking again after a failure decided
+/// as `decision` at `now_ms` (the `Retry-After` of the API): until the
+/// instant a `NotBefore` names, the config retry period, or one second.
+pub fn retry_after(decision: &Decision, now_ms: i64) -> Duration {
+    let now = now_ms.div_euclid(1000);
+    let secs = match decision {
+        Decision::NotBefore { unix, .. } => unix.saturating_sub(now).max(1).unsigned_abs(),
+        Decision::ConfigError { retry_after } => retry_after.as_secs().max(1),
+        Decision::Retry | Decision::TokenRejected => 1,
+    };
+    Duration::from_secs(secs)
+}
+
+/// The next refresh instant and serve time of `record` (just published or
+/// restored) at `now_ms`, in `mode`, given the late window `late`.
+///
+/// `previous_same`: WeChat returned the token that was already current; a
+/// stable token inside its window is then asked for again soon
+/// ([`STABLE_RECHECK`]). Never before `now_ms`.
+pub fn next_refresh(
+    policy: &Policy,
+    mode: Mode,
+    record: &TokenRecord,
+    previous_same: bool,
+    late: Option<i64>,
+    now_ms: i64,
+    draw: f64,
+) -> (i64, i64) {
+    let window_start = record.expires_at_ms.saturating_sub(
+        i64::try_from(policy.refresh.stable_window.as_millis()).unwrap_or(i64::MAX),
+    );
+    let at = if mode == Mode::Stable && previous_same && now_ms >= window_start {
+        // WeChat has not rotated yet although we are inside the window: ask again soon.
+        add_ms(now_ms, STABLE_RECHECK)
+            .min(record.expires_at_ms.saturating_sub(1000))
+            .max(now_ms)
+    } else {
+        policy
+            .planned_refresh(mode, record.fetched_at_ms, record.expires_at_ms, draw)
+            .max(now_ms)
+    };
+    let serve_until = policy.serve_until(mode, record.expires_at_ms, at);
+    let (at, serve_until) = policy.guard_late(mode, record.fetched_at_ms, at, serve_until, late);
+    (at.max(now_ms), serve_until)
+}
+
+/// The serve time of a token WeChat just granted (fetched at `fetched_ms`,
+/// expiring at `expires_ms`), given the late window `late`.
+pub fn serve_new_token(
+    policy: &Policy,
+    mode: Mode,
+    fetched_ms: i64,
+    expires_ms: i64,
+    late: Option<i64>,
+    draw: f64,
+) -> i64 {
+    let next = policy.planned_refresh(mode, fetched_ms, expires_ms, draw);
+    let serve_until = policy.serve_until(mode, expires_ms, next);
+    policy
+        .guard_late(mode, fetched_ms, next, serve_until, late)
+        .1
+}
+
+/// The serve time of the current token `record` after a failed attempt that
+/// started at `started_ms`, with the retry armed for `retry_at`.
+///
+/// An attempt whose outcome is unknown (`unknown_outcome`) may have rotated
+/// the token: the old one is then served at most `grace` after the attempt.
+/// Otherwise nothing was rotated, and a legacy token lives until the retry's
+/// fetch plus grace.
+pub fn serve_after_failure(
+    policy: &Policy,
+    record: &TokenRecord,
+    unknown_outcome: bool,
+    started_ms: i64,
+    retry_at: i64,
+) -> i64 {
+    if unknown_outcome {
+        record.serve_until_ms.min(add_ms(started_ms, policy.grace))
+    } else if record.mode == Mode::Legacy {
+        policy
+            .serve_until(Mode::Legacy, record.expires_at_ms, retry_at)
+            .max(record.serve_until_ms)
+    } else {
+        record.serve_until_ms
+    }
+}
+
+/// What a (re)started account actor does first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPlan {
+    /// No usable token: fetch now.
+    FetchNow,
+    /// A fetch that may have rotated the token was cut off (a crash): the
+    /// served token may die soon; replace it once WeChat can no longer
+    /// process the lost fetch, at `late_until` (now when that has passed).
+    AfterLostFetch { late_until: i64 },
+    /// The dead actor's armed plan still holds: keep it.
+    Resume { at: i64, reason: Reason },
+    /// Plan anew from the token ([`next_refresh`]).
+    Replan,
+}
+
+/// The first step of an account actor that finds `token` and `status` in its
+/// slot at `now_ms` (a restart, a reload or a restore from the store).
+pub fn restart_plan(
+    policy: &Policy,
+    token: Option<&TokenRecord>,
+    status: &AccountStatus,
+    now_ms: i64,
+) -> RestartPlan {
+    let Some(record) = token.filter(|t| t.usable_secs(now_ms).is_some()) else {
+        return RestartPlan::FetchNow;
+    };
+    if let Some(pending) = status
+        .pending_fetch_ms
+        .filter(|&p| p >= record.fetched_at_ms)
+    {
+        return RestartPlan::AfterLostFetch {
+            late_until: policy.late_until(pending),
+        };
+    }
+    match status.next_refresh_at_ms {
+        Some(at)
+            if matches!(status.state, State::Ready | State::Failing)
+                && at > now_ms
+                && at <= record.expires_at_ms =>
+        {
+            let reason = if status.state == State::Failing {
+                Reason::Retry
+            } else {
+                Reason::Scheduled
+            };
+            RestartPlan::Resume { at, reason }
+        }
+        _ => RestartPlan::Replan,
+    }
+}
+
+/// When to refetch a ticket: after 80% of its life, and 30 s before it
+/// stops being served (its token's serve time may have moved); never
+/// sooner than a second from `now_ms`.
+pub fn ticket_plan(record: &TicketRecord, now_ms: i64) -> i64 {
+    let life = record
+        .expires_at_ms
+        .saturating_sub(record.fetched_at_ms)
+        .max(0);
+    let planned = record.fetched_at_ms.saturating_add(life / 5 * 4);
+    planned
+        .min(record.serve_until_ms.saturating_sub(30_000))
+        .max(now_ms.saturating_add(1_000))
+}
+
+/// What an account remembers of the rotations it made on request, for
+/// [`request_budget`]. Times are Unix ms.
+#[derive(Debug, Clone, Default)]
+pub struct Spent<'a> {
+    /// The stable `force_refresh` calls made (any day).
+    pub forces: &'a [i64],
+    /// When a stale report last forced a stable rotation.
+    pub last_stale_force_ms: Option<i64>,
+    /// When a legacy stale report last fetched.
+    pub last_stale_fetch_ms: Option<i64>,
+    /// When an admin refresh last rotated a legacy or WeCom token.
+    pub last_admin_refresh_ms: Option<i64>,
+    /// When the asking client last made this account refresh (stale reports).
+    pub client_last_ms: Option<i64>,
+    /// Token calls counted today (China time).
+    pub calls_today: u32,
+}
+
+/// Ok when a request for a new refresh of an account fetching from
+/// `endpoint` (a stale report, `reason` `StaleReport`, or an admin refresh)
+/// may start one at `now_ms`: the reporting client's own spacing and the
+/// account's rotation budgets. Else how long to wait until all of them allow
+/// it. Joining a refresh in flight is never limited (the actor does not ask).
+pub fn request_budget(
+    reason: Reason,
+    endpoint: &Endpoint,
+    spent: &Spent<'_>,
+    now_ms: i64,
+) -> Result<(), Duration> {
+    // Stale reports come from any reader; admins are limited per account only.
+    let by_client = if reason == Reason::StaleReport {
+        spaced(spent.client_last_ms, CLIENT_REFRESH_MIN_INTERVAL, now_ms)
+    } else {
+        Ok(())
+    };
+    let by_account = match (reason, endpoint) {
+        (Reason::StaleReport, Endpoint::Legacy) => {
+            stale_fetch_budget(spent.last_stale_fetch_ms, spent.calls_today, now_ms)
+        }
+        (Reason::StaleReport, _) => Ok(()),
+        (_, Endpoint::Stable) => {
+            force_budget(spent.forces, spent.last_stale_force_ms, false, now_ms)
+        }
+        _ => spaced(spent.last_admin_refresh_ms, FORCE_MIN_INTERVAL, now_ms),
+    };
+    // The caller may go again once every limit allows it.
+    match (by_client, by_account) {
+        (Ok(()), Ok(())) => Ok(()),
+        (a, b) => Err(a.err().max(b.err()).unwrap_or_default()),
+    }
+}
+
+/// The token calls of `status` that count today (China time) at `now_ms`.
+pub fn calls_today(status: &AccountStatus, now_ms: i64) -> u32 {
+    if status.calls_day == china_day(now_ms.div_euclid(1000)) {
+        status.calls_today
+    } else {
+        0
+    }
 }
 
 /// A uniform draw in [0, 1) from the thread's random generator.

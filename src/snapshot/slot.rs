@@ -3,7 +3,8 @@
 //! Owns: [`AccountSlot`], the lock-free cell the HTTP read path loads from
 //! (tens of nanoseconds, no actor round trip), and the value types in it.
 //! Invariant: only the account's own actor (and the refresh it spawned)
-//! stores into a slot; readers never see a token past its `serve_until_ms`
+//! stores into a slot (the store methods are crate-private and called from
+//! `account/` only); readers never see a token past its `serve_until_ms`
 //! because [`TokenRecord::usable_secs`] is the only way the API reads one.
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub struct TokenRecord {
     pub fetched_at_ms: i64,
     /// The real expiry: when the request was sent plus WeChat's `expires_in`.
     pub expires_at_ms: i64,
-    /// Until when clients may use it (see `schedule::Policy::serve_until`).
+    /// Until when clients may use it (see `account::plan::Policy::serve_until`).
     pub serve_until_ms: i64,
 }
 
@@ -119,7 +120,7 @@ pub struct AccountStatus {
     pub pending_fetch_ms: Option<i64>,
     /// An attempt that may rotate the token ended with an unknown outcome:
     /// WeChat may still process it until this Unix ms (see
-    /// `schedule::Policy::guard_late`). `None` once a token fetched after it
+    /// `account::plan::Policy::guard_late`). `None` once a token fetched after it
     /// is current.
     pub late_until_ms: Option<i64>,
 }
@@ -193,12 +194,12 @@ impl AccountSlot {
     }
 
     /// Publishes a new token record.
-    pub fn publish(&self, record: Arc<TokenRecord>) {
+    pub(crate) fn publish(&self, record: Arc<TokenRecord>) {
         self.token.store(Some(record));
     }
 
     /// Removes the token and tickets (the account left the registry).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.token.store(None);
         self.tickets.store(Arc::new(Vec::new()));
     }
@@ -214,7 +215,7 @@ impl AccountSlot {
     }
 
     /// Publishes a ticket, replacing the one of the same kind.
-    pub fn publish_ticket(&self, record: Arc<TicketRecord>) {
+    pub(crate) fn publish_ticket(&self, record: Arc<TicketRecord>) {
         let mut list: Vec<Arc<TicketRecord>> = self
             .tickets
             .load()
@@ -228,7 +229,7 @@ impl AccountSlot {
     }
 
     /// Replaces the status.
-    pub fn set_status(&self, status: AccountStatus) {
+    pub(crate) fn set_status(&self, status: AccountStatus) {
         self.status.store(Arc::new(status));
     }
 
