@@ -537,6 +537,196 @@ mod tests {
 
     const H2: i64 = 7_200_000;
 
+    fn token(mode: Mode, fetched: i64, expires: i64, serve: i64) -> TokenRecord {
+        TokenRecord {
+            token: crate::domain::AccessToken::new("a-token-of-test-length".to_string()),
+            mode,
+            fetched_at_ms: fetched,
+            expires_at_ms: expires,
+            serve_until_ms: serve,
+        }
+    }
+
+    #[test]
+    fn retry_after_follows_the_decision() {
+        let now = 1_000_000;
+        assert_eq!(retry_after(&Decision::Retry, now), Duration::from_secs(1));
+        let config = Decision::ConfigError {
+            retry_after: Duration::from_secs(300),
+        };
+        assert_eq!(retry_after(&config, now), Duration::from_secs(300));
+        let quota = Decision::NotBefore {
+            unix: 1_060,
+            cause: crate::wechat::WaitCause::MinuteLimit,
+        };
+        assert_eq!(retry_after(&quota, now), Duration::from_secs(60));
+        let past = Decision::NotBefore {
+            unix: 10,
+            cause: crate::wechat::WaitCause::MinuteLimit,
+        };
+        assert_eq!(retry_after(&past, now), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stable_token_returned_unchanged_inside_its_window_is_asked_for_again_soon() {
+        let p = policy();
+        let record = token(Mode::Stable, 0, H2, H2);
+        let now = H2 - 200_000;
+        let (at, serve) = next_refresh(&p, Mode::Stable, &record, true, None, now, 0.5);
+        assert_eq!(at, now + 15_000);
+        assert_eq!(serve, H2);
+        // Outside the window, or a new token: the normal plan.
+        let (at, _) = next_refresh(&p, Mode::Stable, &record, false, None, 0, 0.0);
+        assert_eq!(at, H2 - 295_000);
+    }
+
+    #[test]
+    fn a_legacy_plan_serves_until_the_planned_refresh_plus_grace_and_never_plans_in_the_past() {
+        let p = policy();
+        let record = token(Mode::Legacy, 0, H2, H2);
+        let (at, serve) = next_refresh(&p, Mode::Legacy, &record, false, None, 0, 0.5);
+        assert_eq!((at, serve), (5_760_000, 6_060_000));
+        let late_now = 6_500_000;
+        let (at, _) = next_refresh(&p, Mode::Legacy, &record, false, None, late_now, 0.5);
+        assert_eq!(at, late_now);
+        assert_eq!(
+            serve_new_token(&p, Mode::Legacy, 0, H2, None, 0.5),
+            6_060_000
+        );
+        assert_eq!(serve_new_token(&p, Mode::Stable, 0, H2, None, 0.5), H2);
+    }
+
+    #[test]
+    fn after_a_failure_an_unknown_outcome_caps_the_token_at_the_attempt_plus_grace() {
+        let p = policy();
+        let record = token(Mode::Legacy, 0, H2, 6_060_000);
+        let started = 5_760_000;
+        assert_eq!(
+            serve_after_failure(&p, &record, true, started, started + 1_000),
+            started + 300_000
+        );
+        // Nothing rotated: a legacy token lives until the retry's fetch plus grace.
+        assert_eq!(
+            serve_after_failure(&p, &record, false, started, 6_000_000),
+            6_300_000
+        );
+        let stable = token(Mode::Stable, 0, H2, H2);
+        assert_eq!(
+            serve_after_failure(&p, &stable, false, started, 6_000_000),
+            H2
+        );
+    }
+
+    #[test]
+    fn a_restart_keeps_the_dead_actors_plan_or_waits_out_a_lost_fetch() {
+        let p = policy();
+        let now = 1_000_000;
+        let record = token(Mode::Legacy, now - 1_000, now + H2, now + 6_000_000);
+        let mut status = AccountStatus {
+            state: State::Ready,
+            next_refresh_at_ms: Some(now + 60_000),
+            ..AccountStatus::default()
+        };
+        assert_eq!(restart_plan(&p, None, &status, now), RestartPlan::FetchNow);
+        assert_eq!(
+            restart_plan(&p, Some(&record), &status, now),
+            RestartPlan::Resume {
+                at: now + 60_000,
+                reason: Reason::Scheduled
+            }
+        );
+        status.state = State::Failing;
+        assert_eq!(
+            restart_plan(&p, Some(&record), &status, now),
+            RestartPlan::Resume {
+                at: now + 60_000,
+                reason: Reason::Retry
+            }
+        );
+        status.next_refresh_at_ms = Some(now - 1);
+        assert_eq!(
+            restart_plan(&p, Some(&record), &status, now),
+            RestartPlan::Replan
+        );
+        status.pending_fetch_ms = Some(now - 500);
+        assert_eq!(
+            restart_plan(&p, Some(&record), &status, now),
+            RestartPlan::AfterLostFetch {
+                late_until: now - 500 + 10_000
+            }
+        );
+        let expired = token(Mode::Legacy, 0, now, now);
+        assert_eq!(
+            restart_plan(&p, Some(&expired), &status, now),
+            RestartPlan::FetchNow
+        );
+    }
+
+    #[test]
+    fn a_ticket_is_refetched_at_80_percent_and_before_its_token_stops_being_served() {
+        let ticket = |serve: i64| TicketRecord {
+            kind: crate::domain::TicketKind::Jsapi,
+            ticket: crate::domain::AccessToken::new("a-ticket-of-test-length".to_string()),
+            fetched_at_ms: 0,
+            expires_at_ms: H2,
+            serve_until_ms: serve,
+        };
+        assert_eq!(ticket_plan(&ticket(H2), 0), 5_760_000);
+        assert_eq!(ticket_plan(&ticket(1_000_000), 0), 970_000);
+        assert_eq!(ticket_plan(&ticket(1_000_000), 990_000), 991_000);
+    }
+
+    #[test]
+    fn requested_rotations_are_limited_per_client_and_per_account() {
+        let now = 1_796_000_000_000;
+        let none = Spent::default();
+        for endpoint in [
+            Endpoint::Legacy,
+            Endpoint::Stable,
+            Endpoint::Wecom {
+                corpid: "ww1".to_string(),
+            },
+        ] {
+            assert!(request_budget(Reason::StaleReport, &endpoint, &none, now).is_ok());
+            assert!(request_budget(Reason::Admin, &endpoint, &none, now).is_ok());
+            // One client's reports: one refresh a minute.
+            let client = Spent {
+                client_last_ms: Some(now - 10_000),
+                ..Spent::default()
+            };
+            assert_eq!(
+                request_budget(Reason::StaleReport, &endpoint, &client, now),
+                Err(Duration::from_secs(50))
+            );
+            // Admins are not limited per client.
+            assert!(request_budget(Reason::Admin, &endpoint, &client, now).is_ok());
+        }
+        // Legacy stale reports: 30 s apart per account.
+        let fetched = Spent {
+            last_stale_fetch_ms: Some(now - 20_000),
+            ..Spent::default()
+        };
+        assert_eq!(
+            request_budget(Reason::StaleReport, &Endpoint::Legacy, &fetched, now),
+            Err(Duration::from_secs(10))
+        );
+        // Stable admins spend the force budget; others are spaced 30 s.
+        let forces = [now - 5_000];
+        let forced = Spent {
+            forces: &forces,
+            last_admin_refresh_ms: Some(now - 5_000),
+            ..Spent::default()
+        };
+        assert_eq!(
+            request_budget(Reason::Admin, &Endpoint::Stable, &forced, now),
+            Err(Duration::from_secs(25))
+        );
+        assert_eq!(
+            request_budget(Reason::Admin, &Endpoint::Legacy, &forced, now),
+            Err(Duration::from_secs(25))
+        );
+    }
+
     #[test]
     fn legacy_refreshes_at_80_percent_plus_minus_jitter() {
         let p = policy();
