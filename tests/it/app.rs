@@ -23,6 +23,7 @@ use wxtoken::startup::{AppState, Application, BuildOptions};
 use wxtoken::store::Storage;
 
 use crate::support;
+use crate::support::wait::Wait;
 
 /// The key of the `admin` client: every appid, admin.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
@@ -30,6 +31,9 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const READER_KEY: &str = "test-reader-key-0123456789";
 /// The key of the `scoped` client: only the first account, not admin.
 pub const SCOPED_KEY: &str = "test-scoped-key-0123456789";
+
+/// The prefix of the secrets the simulator knows the accounts by.
+const SIM_SECRET: &str = "sim-secret";
 
 /// How long `spawn` waits for the accounts to settle.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -204,7 +208,7 @@ impl TestAppBuilder {
                     }
                     None => support::unique_appid(),
                 };
-                let secret = format!("sim-secret-{appid}");
+                let secret = format!("{SIM_SECRET}-{appid}");
                 sim.register_app(AppRegistration {
                     appid: appid.to_string(),
                     secret: secret.clone(),
@@ -422,13 +426,7 @@ impl TestApp {
 
     /// A new account registered with the simulator (not yet in the config).
     pub fn new_account(&self, mode: Mode) -> TestAccount {
-        let appid = support::unique_appid();
-        let secret = format!("sim-secret-{appid}");
-        self.sim.register_app(AppRegistration {
-            appid: appid.to_string(),
-            secret: secret.clone(),
-            ip_whitelist: vec![],
-        });
+        let (appid, secret) = support::register_fresh(&self.sim, SIM_SECRET);
         TestAccount {
             appid,
             mode,
@@ -507,6 +505,24 @@ impl TestApp {
             .unwrap_or_else(|| panic!("the test app has no working {mode} account"))
     }
 
+    /// True when `appid` serves a token now (read from the directory).
+    pub fn is_ready(&self, appid: &AppId) -> bool {
+        self.state
+            .directory
+            .get(appid)
+            .is_some_and(|slot| slot.is_ready(self.state.clock.now_unix_ms()))
+    }
+
+    /// When the next refresh of `appid` is planned; panics when it is not configured.
+    pub fn next_refresh_at_ms(&self, appid: &AppId) -> Option<i64> {
+        self.state
+            .directory
+            .get(appid)
+            .unwrap_or_else(|| panic!("{appid} is not configured"))
+            .status()
+            .next_refresh_at_ms
+    }
+
     /// The token currently published for `appid` (read from the directory).
     pub fn current_token(&self, appid: &AppId) -> String {
         self.state
@@ -550,8 +566,19 @@ impl TestApp {
         body: impl Into<reqwest::Body>,
         key: Option<&str>,
     ) -> Response {
+        self.post_json(&format!("/v1/token/{appid}/refresh"), body, key)
+            .await
+    }
+
+    /// `POST path` with a raw JSON `body`.
+    async fn post_json(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Response {
         self.send(
-            self.request(Method::POST, &format!("/v1/token/{appid}/refresh"), key)
+            self.request(Method::POST, path, key)
                 .header("content-type", "application/json")
                 .body(body),
         )
@@ -562,6 +589,62 @@ impl TestApp {
     pub async fn report_stale(&self, appid: &str, stale: &str, key: Option<&str>) -> Response {
         let body = serde_json::json!({ "stale_token": stale }).to_string();
         self.refresh(appid, body, key).await
+    }
+
+    /// `GET /v1/ticket/{appid}/{kind}`.
+    pub async fn get_ticket(&self, appid: &str, kind: &str, key: Option<&str>) -> Response {
+        self.send(self.request(Method::GET, &format!("/v1/ticket/{appid}/{kind}"), key))
+            .await
+    }
+
+    /// `POST /v1/ticket/{appid}/{kind}/refresh` with a raw JSON `body`.
+    pub async fn refresh_ticket(
+        &self,
+        appid: &str,
+        kind: &str,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Response {
+        self.post_json(&format!("/v1/ticket/{appid}/{kind}/refresh"), body, key)
+            .await
+    }
+
+    /// `POST /v1/ticket/{appid}/{kind}/refresh` with `{"stale_ticket": stale}`.
+    pub async fn report_stale_ticket(
+        &self,
+        appid: &str,
+        kind: &str,
+        stale: &str,
+        key: Option<&str>,
+    ) -> Response {
+        let body = serde_json::json!({ "stale_ticket": stale }).to_string();
+        self.refresh_ticket(appid, kind, body, key).await
+    }
+
+    /// `POST /v1/ticket/{appid}/jsapi/signature` with a raw JSON `body`.
+    pub async fn jsapi_signature(
+        &self,
+        appid: &str,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Response {
+        self.post_json(&format!("/v1/ticket/{appid}/jsapi/signature"), body, key)
+            .await
+    }
+
+    /// Polls `GET /v1/ticket/{appid}/{kind}` as the reader (bounded) until it
+    /// answers 200; returns the body.
+    pub async fn wait_for_ticket(&self, appid: &str, kind: &str) -> Value {
+        Wait::up_to(Duration::from_secs(10))
+            .for_value_async(&format!("a {kind} ticket for {appid}"), async || {
+                let r = self.get_ticket(appid, kind, Some(READER_KEY)).await;
+                if r.status() == StatusCode::OK {
+                    Some(r.json().await.expect("JSON"))
+                } else {
+                    None
+                }
+            })
+            .await
     }
 
     /// `GET /v1/accounts`.

@@ -12,6 +12,8 @@ use secrecy::ExposeSecret;
 use wxtoken::config::{AppScope, LoadOptions, Loaded, Problems, load, load_str, summary};
 use wxtoken::domain::{AppId, Mode};
 
+use crate::support::fifo;
+
 /// The environment variables the shipped `accounts.yaml` needs.
 const SHIPPED_VARS: [&str; 3] = [
     "WX_SECRET_BRAND_A",
@@ -863,15 +865,6 @@ fn wecom_and_ticket_mistakes_are_reported_at_their_lines() {
     assert_has(&lines, "test.yaml:9:", "jsapi twice");
     assert_has(&lines, "test.yaml:9:", "unknown ticket");
     assert_has(&lines, "test.yaml:10:", "unknown kind");
-}
-
-/// Makes a named pipe at `path`: a reader that opens it blocks until a writer comes.
-fn fifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
 }
 
 /// Runs `f` on its own thread and fails the test when it has not returned

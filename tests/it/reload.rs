@@ -5,28 +5,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use wxtoken::domain::Mode;
-
 use wxtoken::reload::{ConfigWatcher, WATCH_DEBOUNCE};
 
 use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
-use crate::support::metric_value;
-
-fn calls(app: &TestApp, appid: &str) -> u64 {
-    let stats = app.sim.stats();
-    stats.calls_to(appid, "token") + stats.calls_to(appid, "stable_token")
-}
-
-/// Polls (real time, bounded) until `done`.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::support::wait::eventually;
+use crate::support::{fifo, metric_value, token_calls};
 
 #[actix_web::test]
 async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_alone() {
@@ -39,14 +22,8 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
         .await;
     let [kept, removed, remoded, resecreted] = [0, 1, 2, 3].map(|i| app.accounts[i].clone());
     let kept_token = app.current_token(&kept.appid);
-    let kept_plan = app
-        .state
-        .directory
-        .get(&kept.appid)
-        .expect("slot")
-        .status()
-        .next_refresh_at_ms;
-    let kept_calls = calls(&app, kept.appid.as_str());
+    let kept_plan = app.next_refresh_at_ms(&kept.appid);
+    let kept_calls = token_calls(&app.sim.stats(), kept.appid.as_str());
 
     let added = app.new_account(Mode::Stable);
     let mut remoded_new = remoded.clone();
@@ -91,13 +68,7 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
         .await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     // The added one gets a token.
-    eventually("the added account is ready", || {
-        app.state
-            .directory
-            .get(&added.appid)
-            .is_some_and(|s| s.is_ready(app.state.clock.now_unix_ms()))
-    })
-    .await;
+    eventually("the added account is ready", || app.is_ready(&added.appid)).await;
     let body = json(
         app.get_token(added.appid.as_str(), Some(READER_KEY)).await,
         StatusCode::OK,
@@ -115,16 +86,11 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
     );
     // The untouched account: same token, same plan, no call.
     assert_eq!(app.current_token(&kept.appid), kept_token);
+    assert_eq!(app.next_refresh_at_ms(&kept.appid), kept_plan);
     assert_eq!(
-        app.state
-            .directory
-            .get(&kept.appid)
-            .expect("slot")
-            .status()
-            .next_refresh_at_ms,
-        kept_plan
+        token_calls(&app.sim.stats(), kept.appid.as_str()),
+        kept_calls
     );
-    assert_eq!(calls(&app, kept.appid.as_str()), kept_calls);
 
     let metrics = app.metrics().await;
     assert_eq!(
@@ -289,13 +255,7 @@ async fn the_file_watch_reloads_once_per_edit_and_never_for_a_read() {
     let added = app.new_account(Mode::Legacy);
     app.write_config(&[kept.clone(), added.clone()]);
     eventually("the edit is reloaded", || reloads(&app, "ok") == 1).await;
-    eventually("the added account is ready", || {
-        app.state
-            .directory
-            .get(&added.appid)
-            .is_some_and(|s| s.is_ready(app.state.clock.now_unix_ms()))
-    })
-    .await;
+    eventually("the added account is ready", || app.is_ready(&added.appid)).await;
     a_few_debounce_periods().await;
     assert_eq!(
         (reloads(&app, "ok"), reloads(&app, "error")),
@@ -328,15 +288,6 @@ async fn a_broken_edit_is_rejected_once_not_in_a_loop() {
     app.write_config_text(&original);
     eventually("the fixed file is reloaded", || reloads(&app, "ok") == 1).await;
     assert_eq!(app.state.metrics.config_last_reload_successful.get(), 1);
-}
-
-/// Makes a named pipe at `path`: a reader that opens it blocks until a writer comes.
-fn fifo(path: &std::path::Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
 }
 
 /// Opens `path` for writing without blocking, so a reader stuck on it goes on.

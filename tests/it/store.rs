@@ -14,6 +14,8 @@ use wxtoken::store::{
 };
 
 use crate::support::metric_value;
+use crate::support::stores::{Disk, PanickingStore};
+use crate::support::wait::Wait;
 
 /// The table the store module documents as its layout.
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -352,56 +354,6 @@ async fn writer_flush_orders_writes_to_a_redb_file() {
     assert_eq!(store.load_all().unwrap(), vec![with_calls(a, 49)]);
 }
 
-/// A storage whose every write fails, as a full disk would.
-struct FailingStore;
-
-impl Storage for FailingStore {
-    fn kind(&self) -> &'static str {
-        "failing"
-    }
-    fn describe(&self) -> String {
-        "failing test store".to_string()
-    }
-    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
-        Err(StoreError::Write {
-            store: self.describe(),
-            appid: account.appid.to_string(),
-            reason: "no space left on device".to_string(),
-        })
-    }
-    fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
-        Err(StoreError::Write {
-            store: self.describe(),
-            appid: appid.to_string(),
-            reason: "no space left on device".to_string(),
-        })
-    }
-}
-
-/// A storage that panics on every write.
-struct PanickingStore;
-
-impl Storage for PanickingStore {
-    fn kind(&self) -> &'static str {
-        "panicking"
-    }
-    fn describe(&self) -> String {
-        "panicking test store".to_string()
-    }
-    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn put(&self, _: &StoredAccount) -> Result<(), StoreError> {
-        panic!("test store panics on put")
-    }
-    fn remove(&self, _: &AppId) -> Result<(), StoreError> {
-        panic!("test store panics on remove")
-    }
-}
-
 fn write_errors(metrics: &Metrics, store: &str) -> f64 {
     metric_value(
         &metrics.encode(),
@@ -413,7 +365,7 @@ fn write_errors(metrics: &Metrics, store: &str) -> f64 {
 #[tokio::test]
 async fn a_failed_write_is_returned_and_counted() {
     let metrics = Metrics::new();
-    let writer = StoreWriter::start(Arc::new(FailingStore), metrics.clone());
+    let writer = StoreWriter::start(Arc::new(Disk::full("failing")), metrics.clone());
     let err = writer
         .put(legacy_with_token("wx1111111111111111", "TOKEN-A"))
         .await
@@ -463,72 +415,11 @@ async fn the_writer_works_under_a_paused_clock() {
 
 // ------------------------------------------------------------ failed writes recover
 
-/// A storage on a disk that can be "full" (every write fails) or refuse
-/// writes for some accounts only; otherwise it writes to a [`MemoryStore`].
-#[derive(Default)]
-struct Disk {
-    stored: MemoryStore,
-    full: std::sync::atomic::AtomicBool,
-    refused: parking_lot::Mutex<Vec<AppId>>,
-    attempts: std::sync::atomic::AtomicU32,
-}
-
-impl Disk {
-    fn set_full(&self, full: bool) {
-        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn refuse(&self, ids: &[&AppId]) {
-        *self.refused.lock() = ids.iter().map(|&id| id.clone()).collect();
-    }
-
-    fn check(&self, appid: &AppId) -> Result<(), StoreError> {
-        self.attempts
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.full.load(std::sync::atomic::Ordering::SeqCst)
-            || self.refused.lock().contains(appid)
-        {
-            return Err(StoreError::Write {
-                store: self.describe(),
-                appid: appid.to_string(),
-                reason: "No space left on device (os error 28)".to_string(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Storage for Disk {
-    fn kind(&self) -> &'static str {
-        "disk"
-    }
-    fn describe(&self) -> String {
-        "test disk store".to_string()
-    }
-    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        self.stored.load_all()
-    }
-    fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
-        self.check(&account.appid)?;
-        self.stored.put(account)
-    }
-    fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
-        self.check(appid)?;
-        self.stored.remove(appid)
-    }
-}
+/// How long a writer may take to get its dirty accounts onto a disk with room.
+const RECOVERY: Wait = Wait::up_to(std::time::Duration::from_secs(15));
 
 fn store_up(metrics: &Metrics, store: &str) -> f64 {
     metric_value(&metrics.encode(), "wxtoken_store_up", &[("store", store)])
-}
-
-/// Polls `done` every 20 ms until it holds, failing after 15 s.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -559,10 +450,11 @@ async fn failed_writes_are_retried_in_the_background_until_durable() {
     // Space returns: with no new write at all, the writer gets everything
     // acknowledged to memory onto the disk, the newest state of each account.
     disk.set_full(false);
-    eventually("every dirty account is written", || {
-        writer.failing().is_none()
-    })
-    .await;
+    RECOVERY
+        .until("every dirty account is written", || {
+            writer.failing().is_none()
+        })
+        .await;
     assert_eq!(disk.load_all().unwrap(), vec![with_calls(a, 8), b.clone()]);
     assert_eq!(store_up(&metrics, "disk"), 1.0);
 }
@@ -757,7 +649,9 @@ async fn a_full_disk_recovers_without_a_restart_and_the_file_holds_the_newest_st
         .await
         .expect("the store writes again once space returns");
     // ...and the writer writes everything still dirty on its own.
-    eventually("the store is healthy again", || writer.failing().is_none()).await;
+    RECOVERY
+        .until("the store is healthy again", || writer.failing().is_none())
+        .await;
     assert_eq!(store_up(&metrics, "redb"), 1.0);
     writer.close().await;
 
