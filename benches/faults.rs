@@ -104,11 +104,8 @@ async fn late_answer() -> LateAnswer {
         .await;
     let appid = app.accounts[0].appid.to_string();
     app.sim.inject_fault(FaultSpec {
-        api: Some("token".to_string()),
-        appid: Some(appid.clone()),
-        count: Some(1),
         delay_ms: Some(3000),
-        ..FaultSpec::default()
+        ..support::fault_once("token", &appid)
     });
     let started = Instant::now();
     let first = app.admin_refresh(&appid, Some(ADMIN_KEY)).await.status();

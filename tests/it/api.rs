@@ -11,7 +11,7 @@ use wxtoken::simulator::{FaultSpec, SimConfig};
 
 use crate::app::{ADMIN_KEY, READER_KEY, SCOPED_KEY, TestAppBuilder, json, spawn_app};
 use crate::support::raw_http::{post_chunked, read_answer, send_post_head};
-use crate::support::{appids_in, metric_value};
+use crate::support::{appids_in, fault_once, metric_value};
 
 const TOKEN_FIELDS: [&str; 5] = [
     "appid",
@@ -514,8 +514,7 @@ async fn a_second_admin_refresh_of_a_legacy_account_within_30s_is_throttled_with
 #[actix_web::test]
 async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .broken_account(Mode::Stable)
         .spawn()
         .await;
@@ -572,8 +571,7 @@ async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret
 #[actix_web::test]
 async fn strict_readyz_names_a_failing_account_while_the_others_keep_serving_tokens() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .broken_account(Mode::Stable)
         .spawn()
         .await;
@@ -616,8 +614,7 @@ async fn strict_readyz_names_a_failing_account_while_the_others_keep_serving_tok
 #[actix_web::test]
 async fn readyz_stays_ok_for_the_load_balancer_when_one_account_fails_and_lists_it() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .broken_account(Mode::Legacy)
         .spawn()
         .await;
@@ -917,11 +914,8 @@ async fn failed_admin_refresh_answers_503_with_errcode_and_the_old_token_keeps_b
     let appid = app.account(Mode::Legacy).appid.clone();
     let old = app.current_token(&appid);
     app.sim.inject_fault(FaultSpec {
-        api: Some("token".to_string()),
-        appid: Some(appid.to_string()),
-        count: Some(1),
         errcode: Some(45009),
-        ..FaultSpec::default()
+        ..fault_once("token", appid.as_str())
     });
 
     let response = app.admin_refresh(appid.as_str(), Some(ADMIN_KEY)).await;

@@ -97,8 +97,7 @@ pub struct TestAppBuilder {
 /// The usual fixture: a stable and a legacy account, all three clients.
 pub async fn spawn_app() -> TestApp {
     TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .spawn()
         .await
 }
@@ -130,6 +129,13 @@ impl TestAppBuilder {
             wecom: None,
         });
         self
+    }
+
+    /// Adds a working account in each of `modes`, in order.
+    pub fn accounts(self, modes: &[Mode]) -> Self {
+        modes
+            .iter()
+            .fold(self, |builder, &mode| builder.account(mode))
     }
 
     /// Adds an account whose configured secret is wrong (WeChat answers 40125).

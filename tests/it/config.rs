@@ -80,6 +80,15 @@ fn wxtoken() -> Command {
     cmd
 }
 
+/// `wxtoken check --config CONFIG` run in `dir`.
+fn check_in(dir: impl AsRef<Path>, config: &str) -> std::process::Output {
+    wxtoken()
+        .current_dir(dir)
+        .args(["check", "--config", config])
+        .output()
+        .unwrap()
+}
+
 fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -90,11 +99,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 #[test]
 fn check_reports_every_problem_with_its_line() {
-    let out = wxtoken()
-        .current_dir(fixtures())
-        .args(["check", "--config", "many_mistakes.yaml"])
-        .output()
-        .unwrap();
+    let out = check_in(fixtures(), "many_mistakes.yaml");
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout_of(&out).is_empty());
     let lines: Vec<String> = stderr_of(&out).lines().map(str::to_string).collect();
@@ -200,22 +205,14 @@ fn check_lists_each_missing_secret_variable_of_the_shipped_accounts_yaml() {
 #[test]
 fn check_names_an_unreadable_config_file_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .args(["check", "--config", "missing.yaml"])
-        .output()
-        .unwrap();
+    let out = check_in(dir.path(), "missing.yaml");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr_of(&out),
         "missing.yaml: config file not found (give its path with --config PATH or WXTOKEN_CONFIG)\n"
     );
 
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .args(["check", "--config", "."])
-        .output()
-        .unwrap();
+    let out = check_in(dir.path(), ".");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr_of(&out).lines().count(), 1);
 }
@@ -1010,11 +1007,7 @@ accounts:
     );
 
     // `check` prints it and still succeeds.
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .args(["check", "--config", "accounts.yaml"])
-        .output()
-        .unwrap();
+    let out = check_in(dir.path(), "accounts.yaml");
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains("accounts.yaml:4: warning: accounts[0].secret_file: "),

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use wxtoken::domain::{AppId, Mode};
 use wxtoken::store::{RedbStore, Storage, StoredAccount};
 
-use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
+use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json, spawn_app};
 use crate::support::process::wxtoken;
 use crate::support::stores::Disk;
 use crate::support::{all_token_calls, metric_value};
@@ -29,9 +29,7 @@ async fn served_tokens(app: &TestApp) -> Vec<String> {
 #[actix_web::test]
 async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
     let mut app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy, Mode::Legacy])
         .spawn()
         .await;
     // Spend some quota first, so the restored counters can be checked.
@@ -95,11 +93,7 @@ async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
 
 #[actix_web::test]
 async fn a_removed_account_leaves_the_store() {
-    let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .spawn()
-        .await;
+    let app = spawn_app().await;
     let [kept, removed] = [0, 1].map(|i| app.accounts[i].clone());
     app.write_config(std::slice::from_ref(&kept));
     json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::OK).await;
@@ -119,8 +113,7 @@ async fn a_removed_account_leaves_the_store() {
 #[actix_web::test]
 async fn failed_store_writes_are_counted_and_tokens_keep_being_served() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .store(Arc::new(Disk::full("full-disk")))
         .spawn()
         .await;

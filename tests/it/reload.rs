@@ -7,17 +7,14 @@ use reqwest::StatusCode;
 use wxtoken::domain::Mode;
 use wxtoken::reload::{ConfigWatcher, WATCH_DEBOUNCE};
 
-use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
+use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json, spawn_app};
 use crate::support::wait::eventually;
-use crate::support::{fifo, metric_value, token_calls};
+use crate::support::{fifo, metric_value, register_as, token_calls};
 
 #[actix_web::test]
 async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_alone() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy, Mode::Stable, Mode::Legacy])
         .spawn()
         .await;
     let [kept, removed, remoded, resecreted] = [0, 1, 2, 3].map(|i| app.accounts[i].clone());
@@ -30,11 +27,7 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
     remoded_new.mode = Mode::Legacy;
     // A new secret: WeChat rotated it and the operator pasted the new one.
     let new_secret = format!("rotated-{}", resecreted.secret);
-    app.sim.register_app(wxtoken::simulator::AppRegistration {
-        appid: resecreted.appid.to_string(),
-        secret: new_secret.clone(),
-        ip_whitelist: vec![],
-    });
+    register_as(&app.sim, resecreted.appid.as_str(), &new_secret);
     let mut resecreted_new = resecreted.clone();
     resecreted_new.configured_secret = new_secret;
     app.write_config(&[
@@ -109,11 +102,7 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
 
 #[actix_web::test]
 async fn an_invalid_reload_changes_nothing_and_lists_every_problem() {
-    let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .spawn()
-        .await;
+    let app = spawn_app().await;
     let before: Vec<String> = app
         .accounts
         .iter()
@@ -301,11 +290,7 @@ fn release(path: &std::path::Path) {
 
 #[actix_web::test]
 async fn a_reload_with_a_fifo_secret_file_does_not_stall_the_server() {
-    let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .spawn()
-        .await;
+    let app = spawn_app().await;
     let [stable, legacy] = [0, 1].map(|i| app.accounts[i].clone());
     let pipe = app.config_path.with_file_name("secrets").join("pipe");
     fifo(&pipe);

@@ -70,10 +70,7 @@ async fn clients_never_receive_a_token_wechat_rejects_over_several_lifetimes() {
         // the refresh must come early enough to leave that margin.
         .refresh_setting("stable_window: 2s")
         .refresh_setting("legacy_at: 0.6")
-        .account(Mode::Legacy)
-        .account(Mode::Legacy)
-        .account(Mode::Stable)
-        .account(Mode::Stable)
+        .accounts(&[Mode::Legacy, Mode::Legacy, Mode::Stable, Mode::Stable])
         .spawn()
         .await;
     let probe = Prober::new(&app.sim.base_url());

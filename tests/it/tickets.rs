@@ -3,12 +3,26 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::Value;
 use sha1::{Digest, Sha1};
 use wxtoken::domain::{Mode, TicketKind};
-use wxtoken::simulator::{AppRegistration, SimConfig};
+use wxtoken::simulator::SimConfig;
 
 use crate::app::{ADMIN_KEY, READER_KEY, SCOPED_KEY, TestApp, TestAppBuilder, json};
+use crate::support::register_as;
 use crate::support::wait::Wait;
+
+/// Spawns `builder` with one more account in `mode` with a JS-SDK ticket;
+/// returns the app, the account's appid and its first ticket.
+async fn with_jsapi(builder: TestAppBuilder, mode: Mode) -> (TestApp, String, Value) {
+    let app = builder
+        .account_with_tickets(mode, &[TicketKind::Jsapi])
+        .spawn()
+        .await;
+    let appid = app.accounts[0].appid.as_str().to_string();
+    let ticket = app.wait_for_ticket(&appid, "jsapi").await;
+    (app, appid, ticket)
+}
 
 fn getticket_calls(app: &TestApp, appid: &str) -> u64 {
     app.sim.stats().calls_to(appid, "getticket")
@@ -61,12 +75,7 @@ async fn tickets_are_served_with_the_token_shape_and_never_outlive_their_token()
 
 #[actix_web::test]
 async fn tickets_are_refetched_right_after_the_token_rotates() {
-    let app = TestAppBuilder::new()
-        .account_with_tickets(Mode::Legacy, &[TicketKind::Jsapi])
-        .spawn()
-        .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let first = app.wait_for_ticket(&appid, "jsapi").await;
+    let (app, appid, first) = with_jsapi(TestAppBuilder::new(), Mode::Legacy).await;
     let calls = getticket_calls(&app, &appid);
 
     let rotated = json(
@@ -110,12 +119,7 @@ async fn tickets_are_refetched_right_after_the_token_rotates() {
 
 #[actix_web::test]
 async fn ticket_compare_and_refresh_answers_old_tickets_and_throttles_fresh_ones() {
-    let app = TestAppBuilder::new()
-        .account_with_tickets(Mode::Stable, &[TicketKind::Jsapi])
-        .spawn()
-        .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let current = app.wait_for_ticket(&appid, "jsapi").await;
+    let (app, appid, current) = with_jsapi(TestAppBuilder::new(), Mode::Stable).await;
     let calls = getticket_calls(&app, &appid);
 
     let old = app
@@ -155,12 +159,7 @@ async fn ticket_compare_and_refresh_answers_old_tickets_and_throttles_fresh_ones
 
 #[actix_web::test]
 async fn the_signature_helper_signs_with_the_current_jsapi_ticket() {
-    let app = TestAppBuilder::new()
-        .account_with_tickets(Mode::Stable, &[TicketKind::Jsapi])
-        .spawn()
-        .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let current = app.wait_for_ticket(&appid, "jsapi").await;
+    let (app, appid, current) = with_jsapi(TestAppBuilder::new(), Mode::Stable).await;
     let url = "https://shop.example.com/pay?order=42#top";
     let r = app
         .jsapi_signature(
@@ -267,11 +266,7 @@ async fn a_wecom_app_with_a_wrong_secret_fails_with_a_config_error_and_the_other
     broken.appid = wxtoken::domain::AppId::parse(&format!("{corpid}:1000009")).expect("id");
     broken.wecom = Some((corpid.clone(), 1000009));
     broken.configured_secret = "not-the-secret".to_string();
-    app.sim.register_app(AppRegistration {
-        appid: broken.appid.to_string(),
-        secret: "the-real-secret".to_string(),
-        ip_whitelist: vec![],
-    });
+    register_as(&app.sim, broken.appid.as_str(), "the-real-secret");
     app.write_config(&[app.accounts[0].clone(), broken.clone()]);
     json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::OK).await;
     let last_error = Wait::up_to(Duration::from_secs(10))
@@ -301,16 +296,14 @@ async fn a_wecom_app_with_a_wrong_secret_fails_with_a_config_error_and_the_other
 async fn tickets_and_wecom_apps_can_share_a_simulator_with_short_lifetimes() {
     // Tickets live as long as the simulator says; here shorter than tokens,
     // so they are refreshed on their own schedule too.
-    let app = TestAppBuilder::new()
-        .sim_config(SimConfig {
+    let (app, appid, first) = with_jsapi(
+        TestAppBuilder::new().sim_config(SimConfig {
             ticket_ttl: Duration::from_secs(3),
             ..SimConfig::default()
-        })
-        .account_with_tickets(Mode::Stable, &[TicketKind::Jsapi])
-        .spawn()
-        .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let first = app.wait_for_ticket(&appid, "jsapi").await;
+        }),
+        Mode::Stable,
+    )
+    .await;
     Wait::up_to(Duration::from_secs(10))
         .every(Duration::from_millis(100))
         .until_async("the ticket is renewed", async || {

@@ -25,7 +25,7 @@ use url::Url;
 use wxtoken::config::UpstreamConfig;
 use wxtoken::domain::AppId;
 use wxtoken::metrics::Metrics;
-use wxtoken::simulator::{AppRegistration, SimConfig, Simulator, Stats};
+use wxtoken::simulator::{AppRegistration, FaultSpec, SimConfig, Simulator, Stats};
 use wxtoken::wechat::WechatClient;
 
 /// A loopback address with a free port.
@@ -54,12 +54,17 @@ pub fn unique_appid() -> AppId {
 /// Registers a fresh app with `secret` in `sim` and returns its appid.
 pub fn register(sim: &Simulator, secret: &str) -> AppId {
     let appid = unique_appid();
+    register_as(sim, appid.as_str(), secret);
+    appid
+}
+
+/// Registers (or re-registers) `appid` with `secret` in `sim`, from any IP.
+pub fn register_as(sim: &Simulator, appid: &str, secret: &str) {
     sim.register_app(AppRegistration {
         appid: appid.to_string(),
         secret: secret.to_string(),
         ip_whitelist: vec![],
     });
-    appid
 }
 
 /// Registers a fresh app in `sim` with the secret `{prefix}-{appid}`;
@@ -67,12 +72,19 @@ pub fn register(sim: &Simulator, secret: &str) -> AppId {
 pub fn register_fresh(sim: &Simulator, prefix: &str) -> (AppId, String) {
     let appid = unique_appid();
     let secret = format!("{prefix}-{appid}");
-    sim.register_app(AppRegistration {
-        appid: appid.to_string(),
-        secret: secret.clone(),
-        ip_whitelist: vec![],
-    });
+    register_as(sim, appid.as_str(), &secret);
     (appid, secret)
+}
+
+/// A fault on the next call of `api` for `appid` only; fill in what it does
+/// (`FaultSpec { errcode: Some(-1), ..fault_once(api, appid) }`).
+pub fn fault_once(api: &str, appid: &str) -> FaultSpec {
+    FaultSpec {
+        api: Some(api.to_string()),
+        appid: Some(appid.to_string()),
+        count: Some(1),
+        ..FaultSpec::default()
+    }
 }
 
 pub fn secret(s: &str) -> SecretString {
