@@ -310,19 +310,13 @@ async fn refresh_with_a_body_over_8_kib_is_a_bad_request() {
 async fn unknown_route_and_wrong_method_get_json_errors() {
     let app = spawn_app().await;
     let body = json(
-        app.request(Method::GET, "/v2/nothing", Some(READER_KEY))
-            .send()
-            .await
-            .expect("answer"),
+        app.call(Method::GET, "/v2/nothing", Some(READER_KEY)).await,
         StatusCode::NOT_FOUND,
     )
     .await;
     assert_error(&body, "not_found");
     let body = json(
-        app.request(Method::GET, "/v1/token/", Some(READER_KEY))
-            .send()
-            .await
-            .expect("answer"),
+        app.call(Method::GET, "/v1/token/", Some(READER_KEY)).await,
         StatusCode::NOT_FOUND,
     )
     .await;
@@ -330,26 +324,22 @@ async fn unknown_route_and_wrong_method_get_json_errors() {
 
     let appid = app.account(Mode::Stable).appid.to_string();
     let response = app
-        .request(
+        .call(
             Method::DELETE,
             &format!("/v1/token/{appid}"),
             Some(READER_KEY),
         )
-        .send()
-        .await
-        .expect("answer");
+        .await;
     assert_eq!(header_str(&response, header::ALLOW).as_deref(), Some("GET"));
     let body = json(response, StatusCode::METHOD_NOT_ALLOWED).await;
     assert_error(&body, "method_not_allowed");
     let response = app
-        .request(
+        .call(
             Method::GET,
             &format!("/v1/token/{appid}/refresh"),
             Some(READER_KEY),
         )
-        .send()
-        .await
-        .expect("answer");
+        .await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -633,11 +623,7 @@ async fn readyz_stays_ok_for_the_load_balancer_when_one_account_fails_and_lists_
     assert_eq!(cache.as_deref(), Some("no-store"));
 
     // HEAD, as some load balancers send it, gets the same status.
-    let head = app
-        .request(Method::HEAD, "/readyz", None)
-        .send()
-        .await
-        .expect("an answer");
+    let head = app.call(Method::HEAD, "/readyz", None).await;
     assert_eq!(head.status(), StatusCode::OK);
 }
 
@@ -680,10 +666,8 @@ async fn readyz_is_ok_when_every_account_has_a_token() {
 async fn readyz_with_an_unknown_strict_value_is_a_bad_request() {
     let app = spawn_app().await;
     let body = json(
-        app.request(Method::GET, "/readyz?strict=yes-please", None)
-            .send()
-            .await
-            .expect("an answer"),
+        app.call(Method::GET, "/readyz?strict=yes-please", None)
+            .await,
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -767,11 +751,7 @@ async fn metrics_carry_route_patterns_and_per_account_series() {
         app.get_token(&appid, None).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    let _ = app
-        .request(Method::GET, "/no/such/path", None)
-        .send()
-        .await
-        .expect("answer");
+    let _ = app.call(Method::GET, "/no/such/path", None).await;
 
     let text = app.metrics().await;
     let token_route = [("route", "/v1/token/{appid}"), ("status", "200")];

@@ -555,6 +555,11 @@ impl TestApp {
         }
     }
 
+    /// `method path` with an optional API key, for what no endpoint method covers.
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>) -> Response {
+        self.send(self.request(method, path, key)).await
+    }
+
     async fn send(&self, builder: reqwest::RequestBuilder) -> Response {
         builder.send().await.expect("the server answers")
     }

@@ -285,12 +285,15 @@ accounts:
         "file-secret-value-9876"
     );
 
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .env("ENV_SECRET", "env-secret-value-1234")
-        .arg("check")
-        .output()
-        .unwrap();
+    let check = || {
+        wxtoken()
+            .current_dir(dir.path())
+            .env("ENV_SECRET", "env-secret-value-1234")
+            .arg("check")
+            .output()
+            .unwrap()
+    };
+    let out = check();
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let all = stdout_of(&out) + &stderr_of(&out);
     for s in secrets {
@@ -314,12 +317,7 @@ accounts:
     for s in secrets {
         assert!(!text.contains(s), "{s} leaked into a problem: {text}");
     }
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .env("ENV_SECRET", "env-secret-value-1234")
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = check();
     assert_eq!(out.status.code(), Some(2));
     let all = stdout_of(&out) + &stderr_of(&out);
     for s in secrets {

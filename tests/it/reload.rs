@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::Value;
 use wxtoken::domain::Mode;
 use wxtoken::reload::{ConfigWatcher, WATCH_DEBOUNCE};
 
@@ -120,12 +121,7 @@ async fn an_invalid_reload_changes_nothing_and_lists_every_problem() {
     let response = app.admin_reload(Some(ADMIN_KEY)).await;
     let body = json(response, StatusCode::BAD_REQUEST).await;
     assert_eq!(body["error"], "invalid_config");
-    let problems: Vec<&str> = body["problems"]
-        .as_array()
-        .expect("problems is a list")
-        .iter()
-        .filter_map(|p| p.as_str())
-        .collect();
+    let problems = problems_in(&body);
     assert!(problems.len() >= 3, "{problems:#?}");
     for needle in ["soon", "duplicate", "turbo"] {
         assert!(
@@ -192,6 +188,16 @@ async fn reload_needs_an_admin_key_for_every_account() {
         app.admin_reload(Some(ADMIN_KEY)).await.status(),
         StatusCode::OK
     );
+}
+
+/// The `problems` list of a rejected reload's answer.
+fn problems_in(body: &Value) -> Vec<&str> {
+    body["problems"]
+        .as_array()
+        .expect("problems is a list")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect()
 }
 
 /// How many reloads ended with `result` (`ok` or `error`).
@@ -381,12 +387,7 @@ async fn a_reload_that_needs_a_new_variable_says_the_environment_is_read_at_star
         StatusCode::BAD_REQUEST,
     )
     .await;
-    let problems: Vec<&str> = body["problems"]
-        .as_array()
-        .expect("problems is a list")
-        .iter()
-        .filter_map(|p| p.as_str())
-        .collect();
+    let problems = problems_in(&body);
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(
         problems[0].ends_with(

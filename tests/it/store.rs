@@ -60,6 +60,13 @@ fn with_calls(mut account: StoredAccount, calls: u32) -> StoredAccount {
     account
 }
 
+/// A store file path in a new temporary directory (removed on drop).
+fn store_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wxtoken.redb");
+    (dir, path)
+}
+
 /// The raw value stored under `key`, read with redb directly.
 fn raw_record(path: &Path, key: &str) -> Option<Vec<u8>> {
     let db = Database::open(path).expect("the store file opens with redb");
@@ -70,8 +77,7 @@ fn raw_record(path: &Path, key: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn accounts_round_trip_and_survive_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
     let b = stable_without_token("wx2222222222222222");
     let c = legacy_with_token("wx3333333333333333", "TOKEN-C");
@@ -93,8 +99,7 @@ fn accounts_round_trip_and_survive_a_reopen() {
 
 #[test]
 fn put_replaces_and_remove_removes_durably() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
     let b = stable_without_token("wx2222222222222222");
 
@@ -167,16 +172,14 @@ fn assert_refused_as_corrupt(path: &Path) {
 
 #[test]
 fn a_text_file_is_refused_as_corrupt_and_left_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     std::fs::write(&path, "accounts:\n  - appid: wx1111111111111111\n").unwrap();
     assert_refused_as_corrupt(&path);
 }
 
 #[test]
 fn random_bytes_are_refused_as_corrupt_and_left_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let bytes: Vec<u8> = (0..20_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -186,8 +189,7 @@ fn random_bytes_are_refused_as_corrupt_and_left_in_place() {
 
 #[test]
 fn a_truncated_store_is_refused_as_corrupt_and_left_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let store = RedbStore::open(&path).unwrap();
     store
         .put(&legacy_with_token("wx1111111111111111", "TOKEN-A"))
@@ -202,8 +204,7 @@ fn a_truncated_store_is_refused_as_corrupt_and_left_in_place() {
 
 #[test]
 fn a_redb_file_of_another_program_is_refused_as_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     {
         let foreign: TableDefinition<u64, u64> = TableDefinition::new("accounts");
         let db = Database::create(&path).unwrap();
@@ -220,8 +221,7 @@ fn a_redb_file_of_another_program_is_refused_as_corrupt() {
 
 #[test]
 fn a_store_open_twice_is_reported_as_locked() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let _first = RedbStore::open(&path).unwrap();
     let err = RedbStore::open(&path).err().expect("second open fails");
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
@@ -233,8 +233,7 @@ fn a_store_open_twice_is_reported_as_locked() {
 
 #[test]
 fn an_undecodable_record_is_skipped_and_kept_in_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let good = legacy_with_token("wx1111111111111111", "TOKEN-A");
     let store = RedbStore::open(&path).unwrap();
     store.put(&good).unwrap();
@@ -269,8 +268,7 @@ fn an_undecodable_record_is_skipped_and_kept_in_the_file() {
 
 #[test]
 fn records_are_versioned_json_keyed_by_appid() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let store = RedbStore::open(&path).unwrap();
     store
         .put(&stable_without_token("wx1111111111111111"))
@@ -284,8 +282,7 @@ fn records_are_versioned_json_keyed_by_appid() {
 
 #[test]
 fn move_aside_renames_the_store_and_frees_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (dir, path) = store_file();
     std::fs::write(&path, "garbage").unwrap();
     let moved = move_aside(&path).unwrap();
     assert!(!path.exists());
@@ -319,8 +316,7 @@ async fn writer_applies_queued_writes_in_order_so_the_last_one_wins() {
 
 #[tokio::test]
 async fn writer_put_resolves_only_after_the_write_is_durable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (dir, path) = store_file();
     let store = Arc::new(RedbStore::open(&path).unwrap());
     let writer = StoreWriter::start(store.clone(), Metrics::new());
     let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
@@ -339,8 +335,7 @@ async fn writer_put_resolves_only_after_the_write_is_durable() {
 
 #[tokio::test]
 async fn writer_flush_orders_writes_to_a_redb_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let store = Arc::new(RedbStore::open(&path).unwrap());
     let writer = StoreWriter::start(store.clone(), Metrics::new());
     let a = stable_without_token("wx1111111111111111");
