@@ -14,18 +14,18 @@ mod app;
 #[allow(dead_code)]
 #[path = "../tests/it/faults.rs"]
 mod faults;
-#[path = "../tests/it/support.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::Value;
 use wxtoken::domain::Mode;
 use wxtoken::simulator::{FaultSpec, SimConfig};
 
 use app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
 use faults::{FaultKind, Layout, Plan};
+use support::probe::{Prober, is_live};
 
 fn main() {
     let mut plan = Plan {
@@ -104,11 +104,8 @@ async fn late_answer() -> LateAnswer {
         .await;
     let appid = app.accounts[0].appid.to_string();
     app.sim.inject_fault(FaultSpec {
-        api: Some("token".to_string()),
-        appid: Some(appid.clone()),
-        count: Some(1),
         delay_ms: Some(3000),
-        ..FaultSpec::default()
+        ..support::fault_once("token", &appid)
     });
     let started = Instant::now();
     let first = app.admin_refresh(&appid, Some(ADMIN_KEY)).await.status();
@@ -116,10 +113,7 @@ async fn late_answer() -> LateAnswer {
         "  t={:.1}s forced refresh answered {first} (the call timed out at wxtoken)",
         started.elapsed().as_secs_f64()
     );
-    let probe = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("an HTTP client");
+    let probe = Prober::new(&app.sim.base_url());
     let mut invalid_reads = 0;
     let mut reads = 0;
     let mut first_invalid = None;
@@ -149,8 +143,9 @@ async fn late_answer() -> LateAnswer {
             "  DEFECT: wxtoken serves a token that a late-processed fetch superseded; it would keep doing so until its next planned refresh (~{:.0} s here, ~96 min with WeChat's 2 h tokens) unless a client reports it",
             0.8 * 60.0
         );
-        let body = serde_json::json!({ "stale_token": last_token }).to_string();
-        let response = app.refresh(&appid, body, Some(READER_KEY)).await;
+        let response = app
+            .report_stale(&appid, &last_token, Some(READER_KEY))
+            .await;
         let status = response.status();
         let answer = json(response, status).await;
         let valid = match answer["access_token"].as_str() {
@@ -168,26 +163,13 @@ async fn late_answer() -> LateAnswer {
 }
 
 /// Reads the token of `appid` and probes it at the simulator: `(token, valid)`.
-async fn read_and_probe(
-    app: &TestApp,
-    probe: &reqwest::Client,
-    appid: &str,
-) -> Option<(String, bool)> {
+async fn read_and_probe(app: &TestApp, probe: &Prober, appid: &str) -> Option<(String, bool)> {
     let response = app.get_token(appid, Some(READER_KEY)).await;
     if response.status() != StatusCode::OK {
         return None;
     }
     let body = json(response, StatusCode::OK).await;
     let token = body["access_token"].as_str()?.to_string();
-    let answer: Value = probe
-        .get(format!("{}/cgi-bin/getcallbackip", app.sim.base_url()))
-        .query(&[("access_token", &token)])
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let valid = answer.get("ip_list").is_some();
-    Some((token, valid))
+    let answer = probe.try_answer(&token).await?;
+    Some((token, is_live(&answer)))
 }

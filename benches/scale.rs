@@ -28,10 +28,11 @@
 //! Everything talks only to loopback. The numbers are printed; nothing is
 //! asserted except that every phase completes.
 
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,10 @@ use wxtoken::simulator::{AppRegistration, InProcess, SimConfig, Stats};
 use wxtoken::snapshot::AccountSlot;
 use wxtoken::store::{MemoryStore, RedbStore, Storage};
 use wxtoken::wechat::{FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
+
+use support::process::{Running, wxtoken};
+use support::wait::Wait;
+use support::{all_token_calls, answers_ok, densest_window, free_port};
 
 /// WeChat's token lifetime.
 const LIFETIME: Duration = Duration::from_secs(7200);
@@ -110,6 +115,19 @@ struct Row {
     target: String,
 }
 
+/// The target of a measure that is only reported.
+const REPORT: &str = "(report)";
+
+impl Row {
+    fn new(what: impl Into<String>, value: impl Into<String>, target: impl Into<String>) -> Row {
+        Row {
+            what: what.into(),
+            value: value.into(),
+            target: target.into(),
+        }
+    }
+}
+
 fn main() {
     let options = Options::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -145,6 +163,9 @@ fn main() {
     }
 }
 
+/// A phase of the benchmark: its summary rows, once it has run.
+type Phase = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>>;
+
 /// Runs `f` on a fresh thread inside its own actix system and returns its result.
 fn in_thread<T: Send + 'static>(
     f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
@@ -158,10 +179,7 @@ fn in_thread<T: Send + 'static>(
 // Phase 1: fill and restart through the library, over real HTTP.
 // ----------------------------------------------------------------------------
 
-fn library_fill_and_restart(
-    o: &Options,
-    base: &str,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+fn library_fill_and_restart(o: &Options, base: &str) -> Phase {
     let o = o.clone();
     let base = base.to_string();
     Box::pin(async move {
@@ -179,7 +197,7 @@ fn library_fill_and_restart(
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("wxtoken.redb");
         let clock = Clock::system();
-        let calls_at_start = token_calls(&sim_stats(&http, &base).await);
+        let calls_at_start = token_calls(&http, &base).await;
 
         let started = Instant::now();
         let engine = Engine::start(Some(&path), &base, &clock, &accounts).await;
@@ -188,8 +206,7 @@ fn library_fill_and_restart(
         let fill_total = started.elapsed();
         engine.engine.store.flush().await;
         let durable = started.elapsed();
-        let stats = sim_stats(&http, &base).await;
-        let fill_calls = token_calls(&stats) - calls_at_start;
+        let fill_calls = token_calls(&http, &base).await - calls_at_start;
         println!(
             "    registry applied in {applied:.2?}; every account ready after {fill_total:.2?}; store flushed at {durable:.2?}"
         );
@@ -201,12 +218,7 @@ fn library_fill_and_restart(
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         let rss_filled = rss_kib(Path::new("/proc/self/status"));
-        let cpu_before = cpu_ticks(Path::new("/proc/self/stat"));
-        let idle_started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
-        let idle_cpu = (cpu_ticks(Path::new("/proc/self/stat")) - cpu_before) as f64
-            / TICKS_PER_SEC
-            / idle_started.elapsed().as_secs_f64();
+        let idle_cpu = idle_cpu(Path::new("/proc/self/stat"), o.idle_secs).await;
         let rss_steady = rss_kib(Path::new("/proc/self/status"));
         println!(
             "    RSS after the fill {:.1} MiB, after {} s idle {:.1} MiB; idle CPU {:.2}% of one core",
@@ -222,14 +234,14 @@ fn library_fill_and_restart(
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         println!("[1] library: restart from the full store");
-        let calls_before = token_calls(&sim_stats(&http, &base).await);
+        let calls_before = token_calls(&http, &base).await;
         let started = Instant::now();
         let engine = Engine::start(Some(&path), &base, &clock, &accounts).await;
         let loaded = engine.loaded;
         wait_ready(&engine.slots, &clock, Duration::from_secs(120)).await;
         let restart_total = started.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let restart_calls = token_calls(&sim_stats(&http, &base).await) - calls_before;
+        let restart_calls = token_calls(&http, &base).await - calls_before;
         println!(
             "    store opened and {} accounts loaded in {loaded:.2?}; every account ready after {restart_total:.2?}; upstream calls {restart_calls} (1 s later)",
             engine.stored
@@ -252,41 +264,41 @@ fn library_fill_and_restart(
         drop(engine);
 
         vec![
-            Row {
-                what: format!("library: fill {} accounts, empty store", o.accounts),
-                value: format!("{:.2} s", fill_total.as_secs_f64()),
-                target: "(report)".to_string(),
-            },
-            Row {
-                what: "library: fill upstream calls per account".to_string(),
-                value: format!("{:.2}", fill_calls as f64 / o.accounts as f64),
-                target: "1".to_string(),
-            },
-            Row {
-                what: "library: the same fill, in-memory store".to_string(),
-                value: format!("{:.2} s", memory_fill.as_secs_f64()),
-                target: "(report)".to_string(),
-            },
-            Row {
-                what: "library: restart from full redb store".to_string(),
-                value: format!("{:.3} s", restart_total.as_secs_f64()),
-                target: verdict(restart_total.as_secs_f64() < 1.0, "< 1 s"),
-            },
-            Row {
-                what: "library: restart upstream calls".to_string(),
-                value: restart_calls.to_string(),
-                target: verdict(restart_calls == 0, "0"),
-            },
-            Row {
-                what: "library: RSS, steady state (this process)".to_string(),
-                value: format!("{:.1} MiB", rss_steady as f64 / 1024.0),
-                target: verdict(rss_steady <= 64 * 1024, "<= 64 MiB"),
-            },
-            Row {
-                what: format!("library: idle CPU over {} s", o.idle_secs),
-                value: format!("{:.2}% of a core", idle_cpu * 100.0),
-                target: "(report)".to_string(),
-            },
+            Row::new(
+                format!("library: fill {} accounts, empty store", o.accounts),
+                format!("{:.2} s", fill_total.as_secs_f64()),
+                REPORT,
+            ),
+            Row::new(
+                "library: fill upstream calls per account",
+                format!("{:.2}", fill_calls as f64 / o.accounts as f64),
+                "1".to_string(),
+            ),
+            Row::new(
+                "library: the same fill, in-memory store",
+                format!("{:.2} s", memory_fill.as_secs_f64()),
+                REPORT,
+            ),
+            Row::new(
+                "library: restart from full redb store",
+                format!("{:.3} s", restart_total.as_secs_f64()),
+                verdict(restart_total.as_secs_f64() < 1.0, "< 1 s"),
+            ),
+            Row::new(
+                "library: restart upstream calls",
+                restart_calls.to_string(),
+                verdict(restart_calls == 0, "0"),
+            ),
+            Row::new(
+                "library: RSS, steady state (this process)",
+                format!("{:.1} MiB", rss_steady as f64 / 1024.0),
+                verdict(rss_steady <= 64 * 1024, "<= 64 MiB"),
+            ),
+            Row::new(
+                format!("library: idle CPU over {} s", o.idle_secs),
+                format!("{:.2}% of a core", idle_cpu * 100.0),
+                REPORT,
+            ),
         ]
     })
 }
@@ -371,10 +383,7 @@ async fn wait_ready(slots: &[Arc<AccountSlot>], clock: &Clock, limit: Duration) 
 // Phase 2: the real binary.
 // ----------------------------------------------------------------------------
 
-fn serve_fill_and_restart(
-    o: &Options,
-    base: &str,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+fn serve_fill_and_restart(o: &Options, base: &str) -> Phase {
     let o = o.clone();
     let base = base.to_string();
     Box::pin(async move {
@@ -396,23 +405,18 @@ fn serve_fill_and_restart(
         std::fs::write(&config, config_yaml(&base, port, &accounts)).expect("write the config");
         let readyz = format!("http://127.0.0.1:{port}/readyz");
 
-        let calls_at_start = token_calls(&sim_stats(&http, &base).await);
+        let calls_at_start = token_calls(&http, &base).await;
         let started = Instant::now();
-        let mut server = ServeProcess::start(&config);
+        let mut server = serve(&config);
         wait_readyz(&http, &readyz, &mut server, Duration::from_secs(600)).await;
         let fill = started.elapsed();
-        let fill_calls = token_calls(&sim_stats(&http, &base).await) - calls_at_start;
+        let fill_calls = token_calls(&http, &base).await - calls_at_start;
         let status = format!("/proc/{}/status", server.child.id());
         let stat = format!("/proc/{}/stat", server.child.id());
         let rss_filled = rss_kib(Path::new(&status));
         // Writes still queued after the fill (counters) are not idle work.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let cpu_before = cpu_ticks(Path::new(&stat));
-        let idle_started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
-        let idle_cpu = (cpu_ticks(Path::new(&stat)) - cpu_before) as f64
-            / TICKS_PER_SEC
-            / idle_started.elapsed().as_secs_f64();
+        let idle_cpu = idle_cpu(Path::new(&stat), o.idle_secs).await;
         let rss_steady = rss_kib(Path::new(&status));
         let metrics_started = Instant::now();
         let metrics_bytes = http
@@ -438,13 +442,13 @@ fn serve_fill_and_restart(
         server.terminate();
 
         println!("[2] wxtoken serve: restart (SIGTERM, start again on the same store)");
-        let calls_before = token_calls(&sim_stats(&http, &base).await);
+        let calls_before = token_calls(&http, &base).await;
         let started = Instant::now();
-        let mut server = ServeProcess::start(&config);
+        let mut server = serve(&config);
         wait_readyz(&http, &readyz, &mut server, Duration::from_secs(120)).await;
         let restart = started.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let restart_calls = token_calls(&sim_stats(&http, &base).await) - calls_before;
+        let restart_calls = token_calls(&http, &base).await - calls_before;
         let rss_restarted = rss_kib(Path::new(&format!("/proc/{}/status", server.child.id())));
         println!(
             "    ready {restart:.2?} after process start; {restart_calls} upstream calls (1 s later); RSS {:.1} MiB",
@@ -453,100 +457,61 @@ fn serve_fill_and_restart(
         server.terminate();
 
         vec![
-            Row {
-                what: format!(
+            Row::new(
+                format!(
                     "serve: fill {} accounts (process start to /readyz)",
                     o.accounts
                 ),
-                value: format!("{:.2} s", fill.as_secs_f64()),
-                target: "(report)".to_string(),
-            },
-            Row {
-                what: "serve: restart (process start to /readyz 200)".to_string(),
-                value: format!("{:.3} s", restart.as_secs_f64()),
-                target: verdict(restart.as_secs_f64() < 1.0, "< 1 s"),
-            },
-            Row {
-                what: "serve: restart upstream calls".to_string(),
-                value: restart_calls.to_string(),
-                target: verdict(restart_calls == 0, "0"),
-            },
-            Row {
-                what: "serve: RSS, steady state after the fill".to_string(),
-                value: format!("{:.1} MiB", rss_steady as f64 / 1024.0),
-                target: verdict(rss_steady <= 64 * 1024, "<= 64 MiB"),
-            },
-            Row {
-                what: "serve: RSS after a restart from the store".to_string(),
-                value: format!("{:.1} MiB", rss_restarted as f64 / 1024.0),
-                target: verdict(rss_restarted <= 64 * 1024, "<= 64 MiB"),
-            },
-            Row {
-                what: format!("serve: idle CPU over {} s", o.idle_secs),
-                value: format!("{:.2}% of a core", idle_cpu * 100.0),
-                target: "(report)".to_string(),
-            },
+                format!("{:.2} s", fill.as_secs_f64()),
+                REPORT,
+            ),
+            Row::new(
+                "serve: restart (process start to /readyz 200)",
+                format!("{:.3} s", restart.as_secs_f64()),
+                verdict(restart.as_secs_f64() < 1.0, "< 1 s"),
+            ),
+            Row::new(
+                "serve: restart upstream calls",
+                restart_calls.to_string(),
+                verdict(restart_calls == 0, "0"),
+            ),
+            Row::new(
+                "serve: RSS, steady state after the fill",
+                format!("{:.1} MiB", rss_steady as f64 / 1024.0),
+                verdict(rss_steady <= 64 * 1024, "<= 64 MiB"),
+            ),
+            Row::new(
+                "serve: RSS after a restart from the store",
+                format!("{:.1} MiB", rss_restarted as f64 / 1024.0),
+                verdict(rss_restarted <= 64 * 1024, "<= 64 MiB"),
+            ),
+            Row::new(
+                format!("serve: idle CPU over {} s", o.idle_secs),
+                format!("{:.2}% of a core", idle_cpu * 100.0),
+                REPORT,
+            ),
         ]
     })
 }
 
-/// A `wxtoken serve` child process.
-struct ServeProcess {
-    child: Child,
+/// Starts `wxtoken serve` on `config`.
+fn serve(config: &Path) -> Running {
+    let mut cmd = wxtoken(&["serve", "--config", config.to_str().expect("utf-8 path")]);
+    cmd.env("RUST_LOG", "warn");
+    Running::spawn(cmd)
 }
 
-impl ServeProcess {
-    fn start(config: &Path) -> ServeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("wxtoken serve starts");
-        ServeProcess { child }
-    }
-
-    /// SIGTERM (graceful: flush the store), then waits for the exit.
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-async fn wait_readyz(
-    http: &reqwest::Client,
-    url: &str,
-    server: &mut ServeProcess,
-    limit: Duration,
-) {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = http.get(url).send().await
-            && response.status() == reqwest::StatusCode::OK
-        {
-            return;
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("wxtoken serve exited with {status} before it was ready");
-        }
-        assert!(started.elapsed() < limit, "{url} not 200 within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits until `url` answers 200, while `server` runs.
+async fn wait_readyz(http: &reqwest::Client, url: &str, server: &mut Running, limit: Duration) {
+    Wait::up_to(limit)
+        .every(Duration::from_millis(5))
+        .until_async(&format!("{url} answers 200"), async || {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("wxtoken serve exited with {status} before it was ready");
+            }
+            answers_ok(http, url).await
+        })
+        .await
 }
 
 fn config_yaml(base: &str, port: u16, accounts: &[AccountConfig]) -> String {
@@ -566,13 +531,6 @@ fn config_yaml(base: &str, port: u16, accounts: &[AccountConfig]) -> String {
         ));
     }
     yaml
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 // ----------------------------------------------------------------------------
@@ -719,7 +677,7 @@ impl VirtualFleet {
     }
 }
 
-fn refresh_spread(o: &Options) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+fn refresh_spread(o: &Options) -> Phase {
     let o = o.clone();
     Box::pin(async move {
         println!();
@@ -782,41 +740,26 @@ fn refresh_spread(o: &Options) -> std::pin::Pin<Box<dyn std::future::Future<Outp
                 densest_window(&legacy, 10_000),
                 densest_window(&stable, 10_000)
             );
-            rows.push(Row {
-                what: format!("spread: lifetime {} peak 10 s window / mean", k + 1),
-                value: format!("{peak} / {mean:.1}"),
-                target: "(report)".to_string(),
-            });
+            rows.push(Row::new(
+                format!("spread: lifetime {} peak 10 s window / mean", k + 1),
+                format!("{peak} / {mean:.1}"),
+                REPORT,
+            ));
         }
-        rows.push(Row {
-            what: "spread: accounts without a token at a 10 s step".to_string(),
-            value: worst_missing.to_string(),
-            target: verdict(worst_missing == 0, "0"),
-        });
+        rows.push(Row::new(
+            "spread: accounts without a token at a 10 s step",
+            worst_missing.to_string(),
+            verdict(worst_missing == 0, "0"),
+        ));
         rows
     })
-}
-
-/// The most samples (ms) that fall into any window of `width` ms.
-fn densest_window(samples: &[i64], width: i64) -> usize {
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let mut best = 0;
-    let mut start = 0;
-    for end in 0..sorted.len() {
-        while sorted[end] - sorted[start] >= width {
-            start += 1;
-        }
-        best = best.max(end - start + 1);
-    }
-    best
 }
 
 // ----------------------------------------------------------------------------
 // Phase 4: upstream cost per account per day, virtual time.
 // ----------------------------------------------------------------------------
 
-fn upstream_cost(o: &Options) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Row>>>> {
+fn upstream_cost(o: &Options) -> Phase {
     let o = o.clone();
     Box::pin(async move {
         println!();
@@ -862,11 +805,11 @@ fn upstream_cost(o: &Options) -> std::pin::Pin<Box<dyn std::future::Future<Outpu
                 "    {mode:<7} calls per account per day: mean {mean:.2}, min {min}, max {max} (floor 12; {:.0}% above it), +1 for the start-up fill",
                 (mean / 12.0 - 1.0) * 100.0
             );
-            rows.push(Row {
-                what: format!("cost: {mode} calls per account per day"),
-                value: format!("{mean:.2} (min {min}, max {max})"),
-                target: "floor 12".to_string(),
-            });
+            rows.push(Row::new(
+                format!("cost: {mode} calls per account per day"),
+                format!("{mean:.2} (min {min}, max {max})"),
+                "floor 12".to_string(),
+            ));
         }
         rows
     })
@@ -921,19 +864,17 @@ async fn register_over_http(http: &reqwest::Client, base: &str, accounts: &[Acco
     );
 }
 
-async fn sim_stats(http: &reqwest::Client, base: &str) -> Stats {
-    http.get(format!("{base}/sim/stats"))
+/// Token calls (`token` and `stable_token`) the simulator at `base` received.
+async fn token_calls(http: &reqwest::Client, base: &str) -> u64 {
+    let stats: Stats = http
+        .get(format!("{base}/sim/stats"))
         .send()
         .await
         .expect("the simulator answers")
         .json()
         .await
-        .expect("the simulator's stats are JSON")
-}
-
-/// Token calls (`token` and `stable_token`) the simulator received.
-fn token_calls(stats: &Stats) -> u64 {
-    stats.total_calls("token") + stats.total_calls("stable_token")
+        .expect("the simulator's stats are JSON");
+    all_token_calls(&stats)
 }
 
 /// `VmRSS` of a `/proc/PID/status` file, in KiB.
@@ -947,6 +888,15 @@ fn rss_kib(status: &Path) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Sleeps `secs` and returns the CPU the process of the `/proc/PID/stat`
+/// file `stat` used meanwhile, as a share of one core.
+async fn idle_cpu(stat: &Path, secs: u64) -> f64 {
+    let cpu_before = cpu_ticks(stat);
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (cpu_ticks(stat) - cpu_before) as f64 / TICKS_PER_SEC / idle_started.elapsed().as_secs_f64()
 }
 
 /// utime + stime of a `/proc/PID/stat` file, in clock ticks.
@@ -979,40 +929,25 @@ fn verdict(met: bool, target: &str) -> String {
 
 /// A `wxtoken simulator` child process on a free loopback port.
 struct SimProcess {
-    child: Child,
+    _process: Running,
     base: String,
 }
 
 impl SimProcess {
     fn start() -> SimProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wxtoken"))
-            .args(["simulator", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("wxtoken simulator starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("wxtoken simulator listening on ") {
-                        break url.trim().to_string();
-                    }
-                }
-                _ => panic!("the simulator printed no address"),
-            }
-        };
-        // Keep reading so that the simulator never writes into a closed pipe.
-        std::thread::spawn(move || for _ in lines {});
-        SimProcess { child, base }
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut cmd = wxtoken(&["simulator", "--listen", "127.0.0.1:0"]);
+        cmd.env("RUST_LOG", "warn");
+        let process = Running::spawn(cmd);
+        let printed = process.read_until(|l| l.starts_with("wxtoken simulator listening on "));
+        let base = printed
+            .last()
+            .and_then(|l| l.strip_prefix("wxtoken simulator listening on "))
+            .expect("the simulator prints its address")
+            .trim()
+            .to_string();
+        SimProcess {
+            _process: process,
+            base,
+        }
     }
 }

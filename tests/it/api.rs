@@ -10,7 +10,8 @@ use wxtoken::domain::Mode;
 use wxtoken::simulator::{FaultSpec, SimConfig};
 
 use crate::app::{ADMIN_KEY, READER_KEY, SCOPED_KEY, TestAppBuilder, json, spawn_app};
-use crate::support::metric_value;
+use crate::support::raw_http::{post_chunked, read_answer, send_post_head};
+use crate::support::{appids_in, fault_once, metric_value};
 
 const TOKEN_FIELDS: [&str; 5] = [
     "appid",
@@ -293,64 +294,29 @@ async fn refresh_with_a_body_over_8_kib_is_a_bad_request() {
     assert_error(&answer, "bad_request");
 
     // Without a Content-Length (chunked), the limit holds as well.
-    let (status, body) =
-        post_chunked(&app, &format!("/v1/token/{appid}/refresh"), big.as_bytes()).await;
+    let (status, body) = post_chunked(
+        app.addr,
+        &format!("/v1/token/{appid}/refresh"),
+        READER_KEY,
+        big.as_bytes(),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     let answer: Value = serde_json::from_str(&body).expect("a JSON body");
     assert_error(&answer, "bad_request");
-}
-
-/// POSTs `body` with `Transfer-Encoding: chunked` over a raw connection and
-/// returns the status and the (de-chunked if needed) body text.
-async fn post_chunked(app: &crate::app::TestApp, path: &str, body: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("connect");
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {READER_KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-        app.addr
-    )
-    .into_bytes();
-    for chunk in body.chunks(1024) {
-        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        request.extend_from_slice(chunk);
-        request.extend_from_slice(b"\r\n");
-    }
-    request.extend_from_slice(b"0\r\n\r\n");
-    // The server may answer before reading everything; a failed write is fine then.
-    let _ = stream.write_all(&request).await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let body = body.find('{').map_or(body, |start| &body[start..]);
-    let body = body.rfind('}').map_or(body, |end| &body[..=end]);
-    (status, body.to_string())
 }
 
 #[actix_web::test]
 async fn unknown_route_and_wrong_method_get_json_errors() {
     let app = spawn_app().await;
     let body = json(
-        app.request(Method::GET, "/v2/nothing", Some(READER_KEY))
-            .send()
-            .await
-            .expect("answer"),
+        app.call(Method::GET, "/v2/nothing", Some(READER_KEY)).await,
         StatusCode::NOT_FOUND,
     )
     .await;
     assert_error(&body, "not_found");
     let body = json(
-        app.request(Method::GET, "/v1/token/", Some(READER_KEY))
-            .send()
-            .await
-            .expect("answer"),
+        app.call(Method::GET, "/v1/token/", Some(READER_KEY)).await,
         StatusCode::NOT_FOUND,
     )
     .await;
@@ -358,26 +324,22 @@ async fn unknown_route_and_wrong_method_get_json_errors() {
 
     let appid = app.account(Mode::Stable).appid.to_string();
     let response = app
-        .request(
+        .call(
             Method::DELETE,
             &format!("/v1/token/{appid}"),
             Some(READER_KEY),
         )
-        .send()
-        .await
-        .expect("answer");
+        .await;
     assert_eq!(header_str(&response, header::ALLOW).as_deref(), Some("GET"));
     let body = json(response, StatusCode::METHOD_NOT_ALLOWED).await;
     assert_error(&body, "method_not_allowed");
     let response = app
-        .request(
+        .call(
             Method::GET,
             &format!("/v1/token/{appid}/refresh"),
             Some(READER_KEY),
         )
-        .send()
-        .await
-        .expect("answer");
+        .await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -542,8 +504,7 @@ async fn a_second_admin_refresh_of_a_legacy_account_within_30s_is_throttled_with
 #[actix_web::test]
 async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .broken_account(Mode::Stable)
         .spawn()
         .await;
@@ -597,21 +558,10 @@ async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret
     }
 }
 
-/// The `appid`s of a `/readyz` list (`failing` or `not_ready`), in order.
-fn listed<'a>(body: &'a Value, list: &str) -> Vec<&'a str> {
-    body[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("a {list} list: {body}"))
-        .iter()
-        .filter_map(|r| r["appid"].as_str())
-        .collect()
-}
-
 #[actix_web::test]
 async fn strict_readyz_names_a_failing_account_while_the_others_keep_serving_tokens() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .broken_account(Mode::Stable)
         .spawn()
         .await;
@@ -619,7 +569,7 @@ async fn strict_readyz_names_a_failing_account_while_the_others_keep_serving_tok
 
     let body = json(app.readyz_strict().await, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_error(&body, "not_ready");
-    assert_eq!(listed(&body, "not_ready"), vec![broken.appid.as_str()]);
+    assert_eq!(appids_in(&body, "not_ready"), vec![broken.appid.as_str()]);
     assert_eq!(body["not_ready"][0]["errcode"], 40125, "{body}");
     assert!(
         body["message"]
@@ -654,8 +604,7 @@ async fn strict_readyz_names_a_failing_account_while_the_others_keep_serving_tok
 #[actix_web::test]
 async fn readyz_stays_ok_for_the_load_balancer_when_one_account_fails_and_lists_it() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .broken_account(Mode::Legacy)
         .spawn()
         .await;
@@ -666,7 +615,7 @@ async fn readyz_stays_ok_for_the_load_balancer_when_one_account_fails_and_lists_
     let body = json(response, StatusCode::OK).await;
     assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["accounts"], 3, "{body}");
-    assert_eq!(listed(&body, "failing"), vec![broken.appid.as_str()]);
+    assert_eq!(appids_in(&body, "failing"), vec![broken.appid.as_str()]);
     assert_eq!(body["failing"][0]["state"], "failing", "{body}");
     assert_eq!(body["failing"][0]["errcode"], 40125, "{body}");
     assert_eq!(body["store"], "ok", "{body}");
@@ -674,11 +623,7 @@ async fn readyz_stays_ok_for_the_load_balancer_when_one_account_fails_and_lists_
     assert_eq!(cache.as_deref(), Some("no-store"));
 
     // HEAD, as some load balancers send it, gets the same status.
-    let head = app
-        .request(Method::HEAD, "/readyz", None)
-        .send()
-        .await
-        .expect("an answer");
+    let head = app.call(Method::HEAD, "/readyz", None).await;
     assert_eq!(head.status(), StatusCode::OK);
 }
 
@@ -699,10 +644,10 @@ async fn readyz_stays_ok_while_an_account_added_by_reload_fetches_its_first_toke
 
     // Its first fetch hangs at WeChat: the replica stays in the load balancer.
     let body = json(app.readyz().await, StatusCode::OK).await;
-    assert_eq!(listed(&body, "failing"), vec![added.appid.as_str()]);
+    assert_eq!(appids_in(&body, "failing"), vec![added.appid.as_str()]);
     assert_eq!(body["failing"][0]["state"], "fetching", "{body}");
     let strict = json(app.readyz_strict().await, StatusCode::SERVICE_UNAVAILABLE).await;
-    assert_eq!(listed(&strict, "not_ready"), vec![added.appid.as_str()]);
+    assert_eq!(appids_in(&strict, "not_ready"), vec![added.appid.as_str()]);
 }
 
 #[actix_web::test]
@@ -721,10 +666,8 @@ async fn readyz_is_ok_when_every_account_has_a_token() {
 async fn readyz_with_an_unknown_strict_value_is_a_bad_request() {
     let app = spawn_app().await;
     let body = json(
-        app.request(Method::GET, "/readyz?strict=yes-please", None)
-            .send()
-            .await
-            .expect("an answer"),
+        app.call(Method::GET, "/readyz?strict=yes-please", None)
+            .await,
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -739,66 +682,6 @@ async fn readyz_with_an_unknown_strict_value_is_a_bad_request() {
     }
 }
 
-/// One HTTP/1.1 answer read off a raw connection.
-#[derive(Debug)]
-pub(crate) struct RawAnswer {
-    pub(crate) status: u16,
-    /// The status line and headers, lower-cased.
-    pub(crate) head: String,
-    pub(crate) body: String,
-}
-
-impl RawAnswer {
-    /// The body as JSON; panics with the answer when it is not.
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {self:?}"))
-    }
-}
-
-/// Reads one answer from `stream`: until its `Content-Length` is complete
-/// or the server closes. `None` when nothing complete came within `within`.
-pub(crate) async fn read_answer(
-    stream: &mut (impl tokio::io::AsyncRead + Unpin),
-    within: Duration,
-) -> Option<RawAnswer> {
-    use tokio::io::AsyncReadExt;
-    let deadline = tokio::time::Instant::now() + within;
-    let mut buf = Vec::new();
-    loop {
-        if let Some(answer) = parse_answer(&buf, false) {
-            return Some(answer);
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return parse_answer(&buf, true),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => return None,
-        }
-    }
-}
-
-fn parse_answer(buf: &[u8], closed: bool) -> Option<RawAnswer> {
-    let text = String::from_utf8_lossy(buf);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let head = head.to_ascii_lowercase();
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    match length {
-        Some(n) if body.len() >= n => {}
-        None if closed => {}
-        _ => return None,
-    }
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some(RawAnswer {
-        status,
-        head: head.clone(),
-        body: body.to_string(),
-    })
-}
-
 #[actix_web::test]
 async fn a_refresh_body_trickled_byte_by_byte_is_cut_off_with_408_request_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -809,15 +692,14 @@ async fn a_refresh_body_trickled_byte_by_byte_is_cut_off_with_408_request_timeou
         .await
         .expect("connect");
     let (mut reader, mut writer) = stream.into_split();
-    let head = format!(
-        "POST /v1/token/{appid}/refresh HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {READER_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    send_post_head(
+        &mut writer,
         app.addr,
-        body.len()
-    );
-    writer
-        .write_all(head.as_bytes())
-        .await
-        .expect("send the head");
+        &format!("/v1/token/{appid}/refresh"),
+        READER_KEY,
+        body.len(),
+    )
+    .await;
     let started = std::time::Instant::now();
     let trickle = actix_web::rt::spawn(async move {
         for byte in body {
@@ -869,11 +751,7 @@ async fn metrics_carry_route_patterns_and_per_account_series() {
         app.get_token(&appid, None).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    let _ = app
-        .request(Method::GET, "/no/such/path", None)
-        .send()
-        .await
-        .expect("answer");
+    let _ = app.call(Method::GET, "/no/such/path", None).await;
 
     let text = app.metrics().await;
     let token_route = [("route", "/v1/token/{appid}"), ("status", "200")];
@@ -947,38 +825,26 @@ async fn error_bodies_never_contain_a_secret_or_a_token() {
     let token = app.current_token(&good.appid);
 
     let mut bodies = Vec::new();
-    let answers = [
+    let mut answers = vec![
         app.get_token(broken.appid.as_str(), Some(READER_KEY)).await,
         app.report_stale(broken.appid.as_str(), "anything", Some(READER_KEY))
             .await,
         app.admin_refresh(broken.appid.as_str(), Some(ADMIN_KEY))
             .await,
-        app.refresh(
-            good.appid.as_str(),
-            format!("[\"{token}\"]"),
-            Some(READER_KEY),
-        )
-        .await,
-        app.refresh(
-            good.appid.as_str(),
-            format!("{{\"stale_token\": [\"{token}\"]}}"),
-            Some(READER_KEY),
-        )
-        .await,
-        app.refresh(
-            good.appid.as_str(),
-            format!("\"{token}\""),
-            Some(READER_KEY),
-        )
-        .await,
-        app.refresh(
-            good.appid.as_str(),
-            format!("{{\"stale_token\": \"{token}\""),
-            Some(READER_KEY),
-        )
-        .await,
-        app.get_token(good.appid.as_str(), Some(&token)).await,
     ];
+    // Malformed refresh bodies that carry the token.
+    for body in [
+        format!("[\"{token}\"]"),
+        format!("{{\"stale_token\": [\"{token}\"]}}"),
+        format!("\"{token}\""),
+        format!("{{\"stale_token\": \"{token}\""),
+    ] {
+        answers.push(
+            app.refresh(good.appid.as_str(), body, Some(READER_KEY))
+                .await,
+        );
+    }
+    answers.push(app.get_token(good.appid.as_str(), Some(&token)).await);
     for (i, response) in answers.into_iter().enumerate() {
         let status = response.status();
         assert!(
@@ -1028,11 +894,8 @@ async fn failed_admin_refresh_answers_503_with_errcode_and_the_old_token_keeps_b
     let appid = app.account(Mode::Legacy).appid.clone();
     let old = app.current_token(&appid);
     app.sim.inject_fault(FaultSpec {
-        api: Some("token".to_string()),
-        appid: Some(appid.to_string()),
-        count: Some(1),
         errcode: Some(45009),
-        ..FaultSpec::default()
+        ..fault_once("token", appid.as_str())
     });
 
     let response = app.admin_refresh(appid.as_str(), Some(ADMIN_KEY)).await;

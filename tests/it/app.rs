@@ -24,6 +24,7 @@ use wxtoken::startup::{Application, BuildOptions};
 use wxtoken::store::Storage;
 
 use crate::support;
+use crate::support::wait::Wait;
 
 /// The key of the `admin` client: every appid, admin.
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
@@ -31,6 +32,9 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const READER_KEY: &str = "test-reader-key-0123456789";
 /// The key of the `scoped` client: only the first account, not admin.
 pub const SCOPED_KEY: &str = "test-scoped-key-0123456789";
+
+/// The prefix of the secrets the simulator knows the accounts by.
+const SIM_SECRET: &str = "sim-secret";
 
 /// How long `spawn` waits for the accounts to settle.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -94,8 +98,7 @@ pub struct TestAppBuilder {
 /// The usual fixture: a stable and a legacy account, all three clients.
 pub async fn spawn_app() -> TestApp {
     TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy])
         .spawn()
         .await
 }
@@ -127,6 +130,13 @@ impl TestAppBuilder {
             wecom: None,
         });
         self
+    }
+
+    /// Adds a working account in each of `modes`, in order.
+    pub fn accounts(self, modes: &[Mode]) -> Self {
+        modes
+            .iter()
+            .fold(self, |builder, &mode| builder.account(mode))
     }
 
     /// Adds an account whose configured secret is wrong (WeChat answers 40125).
@@ -205,7 +215,7 @@ impl TestAppBuilder {
                     }
                     None => support::unique_appid(),
                 };
-                let secret = format!("sim-secret-{appid}");
+                let secret = format!("{SIM_SECRET}-{appid}");
                 sim.register_app(AppRegistration {
                     appid: appid.to_string(),
                     secret: secret.clone(),
@@ -423,13 +433,7 @@ impl TestApp {
 
     /// A new account registered with the simulator (not yet in the config).
     pub fn new_account(&self, mode: Mode) -> TestAccount {
-        let appid = support::unique_appid();
-        let secret = format!("sim-secret-{appid}");
-        self.sim.register_app(AppRegistration {
-            appid: appid.to_string(),
-            secret: secret.clone(),
-            ip_whitelist: vec![],
-        });
+        let (appid, secret) = support::register_fresh(&self.sim, SIM_SECRET);
         TestAccount {
             appid,
             mode,
@@ -508,6 +512,24 @@ impl TestApp {
             .unwrap_or_else(|| panic!("the test app has no working {mode} account"))
     }
 
+    /// True when `appid` serves a token now (read from the directory).
+    pub fn is_ready(&self, appid: &AppId) -> bool {
+        self.state
+            .directory
+            .get(appid)
+            .is_some_and(|slot| slot.is_ready(self.state.clock.now_unix_ms()))
+    }
+
+    /// When the next refresh of `appid` is planned; panics when it is not configured.
+    pub fn next_refresh_at_ms(&self, appid: &AppId) -> Option<i64> {
+        self.state
+            .directory
+            .get(appid)
+            .unwrap_or_else(|| panic!("{appid} is not configured"))
+            .status()
+            .next_refresh_at_ms
+    }
+
     /// The token currently published for `appid` (read from the directory).
     pub fn current_token(&self, appid: &AppId) -> String {
         self.state
@@ -534,6 +556,11 @@ impl TestApp {
         }
     }
 
+    /// `method path` with an optional API key, for what no endpoint method covers.
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>) -> Response {
+        self.send(self.request(method, path, key)).await
+    }
+
     async fn send(&self, builder: reqwest::RequestBuilder) -> Response {
         builder.send().await.expect("the server answers")
     }
@@ -551,8 +578,19 @@ impl TestApp {
         body: impl Into<reqwest::Body>,
         key: Option<&str>,
     ) -> Response {
+        self.post_json(&format!("/v1/token/{appid}/refresh"), body, key)
+            .await
+    }
+
+    /// `POST path` with a raw JSON `body`.
+    async fn post_json(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Response {
         self.send(
-            self.request(Method::POST, &format!("/v1/token/{appid}/refresh"), key)
+            self.request(Method::POST, path, key)
                 .header("content-type", "application/json")
                 .body(body),
         )
@@ -563,6 +601,62 @@ impl TestApp {
     pub async fn report_stale(&self, appid: &str, stale: &str, key: Option<&str>) -> Response {
         let body = serde_json::json!({ "stale_token": stale }).to_string();
         self.refresh(appid, body, key).await
+    }
+
+    /// `GET /v1/ticket/{appid}/{kind}`.
+    pub async fn get_ticket(&self, appid: &str, kind: &str, key: Option<&str>) -> Response {
+        self.send(self.request(Method::GET, &format!("/v1/ticket/{appid}/{kind}"), key))
+            .await
+    }
+
+    /// `POST /v1/ticket/{appid}/{kind}/refresh` with a raw JSON `body`.
+    pub async fn refresh_ticket(
+        &self,
+        appid: &str,
+        kind: &str,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Response {
+        self.post_json(&format!("/v1/ticket/{appid}/{kind}/refresh"), body, key)
+            .await
+    }
+
+    /// `POST /v1/ticket/{appid}/{kind}/refresh` with `{"stale_ticket": stale}`.
+    pub async fn report_stale_ticket(
+        &self,
+        appid: &str,
+        kind: &str,
+        stale: &str,
+        key: Option<&str>,
+    ) -> Response {
+        let body = serde_json::json!({ "stale_ticket": stale }).to_string();
+        self.refresh_ticket(appid, kind, body, key).await
+    }
+
+    /// `POST /v1/ticket/{appid}/jsapi/signature` with a raw JSON `body`.
+    pub async fn jsapi_signature(
+        &self,
+        appid: &str,
+        body: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Response {
+        self.post_json(&format!("/v1/ticket/{appid}/jsapi/signature"), body, key)
+            .await
+    }
+
+    /// Polls `GET /v1/ticket/{appid}/{kind}` as the reader (bounded) until it
+    /// answers 200; returns the body.
+    pub async fn wait_for_ticket(&self, appid: &str, kind: &str) -> Value {
+        Wait::up_to(Duration::from_secs(10))
+            .for_value_async(&format!("a {kind} ticket for {appid}"), async || {
+                let r = self.get_ticket(appid, kind, Some(READER_KEY)).await;
+                if r.status() == StatusCode::OK {
+                    Some(r.json().await.expect("JSON"))
+                } else {
+                    None
+                }
+            })
+            .await
     }
 
     /// `GET /v1/accounts`.

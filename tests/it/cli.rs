@@ -1,36 +1,16 @@
 //! The `wxtoken` binary as users run it (contract §1): exit codes, output,
 //! and the demo's printed curl lines executed as printed.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
 use wxtoken::domain::KeyHash;
 
-const EXAMPLE_SECRETS: [(&str, &str); 3] = [
-    ("WX_SECRET_BRAND_A", "example-secret-brand-a-7f3e"),
-    ("WX_SECRET_BRAND_B", "example-secret-brand-b-91c2"),
-    ("WX_SECRET_BRAND_C", "example-secret-brand-c-05d8"),
-];
+use crate::support::process::{EXAMPLE_SECRETS, Running, wxtoken};
 
 fn repo_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
-}
-
-/// `wxtoken ARGS` with none of the example secrets in its environment.
-pub(crate) fn wxtoken(args: &[&str]) -> Command {
-    let mut cmd = Command::cargo_bin("wxtoken").expect("the wxtoken binary is built");
-    cmd.args(args)
-        .env_remove("WXTOKEN_CONFIG")
-        .env("NO_COLOR", "1");
-    for (name, _) in EXAMPLE_SECRETS {
-        cmd.env_remove(name);
-    }
-    cmd
 }
 
 struct Output {
@@ -191,66 +171,6 @@ fn serve_with_an_invalid_config_exits_2_listing_the_problems() {
         "{}",
         out.stderr
     );
-}
-
-/// A child process killed on drop, with its stdout lines arriving on a channel.
-pub(crate) struct Running {
-    pub(crate) child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    pub(crate) fn spawn(mut cmd: Command) -> Running {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("wxtoken starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// Stdout lines up to and including the first one `last` accepts.
-    pub(crate) fn read_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    let done = last(&line);
-                    seen.push(line);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(e) => panic!("wxtoken printed {seen:#?} and then nothing ({e})"),
-            }
-        }
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    pub(crate) fn terminate(mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let code = self.child.wait().expect("wxtoken exits").code();
-        std::mem::forget(self);
-        code
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn curl(args: &[&str]) -> String {

@@ -12,6 +12,8 @@ use secrecy::ExposeSecret;
 use wxtoken::config::{AppScope, LoadOptions, Loaded, Problems, load, load_str, summary};
 use wxtoken::domain::{AppId, Mode};
 
+use crate::support::fifo;
+
 /// The environment variables the shipped `accounts.yaml` needs.
 const SHIPPED_VARS: [&str; 3] = [
     "WX_SECRET_BRAND_A",
@@ -78,6 +80,15 @@ fn wxtoken() -> Command {
     cmd
 }
 
+/// `wxtoken check --config CONFIG` run in `dir`.
+fn check_in(dir: impl AsRef<Path>, config: &str) -> std::process::Output {
+    wxtoken()
+        .current_dir(dir)
+        .args(["check", "--config", config])
+        .output()
+        .unwrap()
+}
+
 fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -88,11 +99,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 #[test]
 fn check_reports_every_problem_with_its_line() {
-    let out = wxtoken()
-        .current_dir(fixtures())
-        .args(["check", "--config", "many_mistakes.yaml"])
-        .output()
-        .unwrap();
+    let out = check_in(fixtures(), "many_mistakes.yaml");
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout_of(&out).is_empty());
     let lines: Vec<String> = stderr_of(&out).lines().map(str::to_string).collect();
@@ -198,22 +205,14 @@ fn check_lists_each_missing_secret_variable_of_the_shipped_accounts_yaml() {
 #[test]
 fn check_names_an_unreadable_config_file_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .args(["check", "--config", "missing.yaml"])
-        .output()
-        .unwrap();
+    let out = check_in(dir.path(), "missing.yaml");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr_of(&out),
         "missing.yaml: config file not found (give its path with --config PATH or WXTOKEN_CONFIG)\n"
     );
 
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .args(["check", "--config", "."])
-        .output()
-        .unwrap();
+    let out = check_in(dir.path(), ".");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr_of(&out).lines().count(), 1);
 }
@@ -286,12 +285,15 @@ accounts:
         "file-secret-value-9876"
     );
 
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .env("ENV_SECRET", "env-secret-value-1234")
-        .arg("check")
-        .output()
-        .unwrap();
+    let check = || {
+        wxtoken()
+            .current_dir(dir.path())
+            .env("ENV_SECRET", "env-secret-value-1234")
+            .arg("check")
+            .output()
+            .unwrap()
+    };
+    let out = check();
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let all = stdout_of(&out) + &stderr_of(&out);
     for s in secrets {
@@ -315,12 +317,7 @@ accounts:
     for s in secrets {
         assert!(!text.contains(s), "{s} leaked into a problem: {text}");
     }
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .env("ENV_SECRET", "env-secret-value-1234")
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = check();
     assert_eq!(out.status.code(), Some(2));
     let all = stdout_of(&out) + &stderr_of(&out);
     for s in secrets {
@@ -865,15 +862,6 @@ fn wecom_and_ticket_mistakes_are_reported_at_their_lines() {
     assert_has(&lines, "test.yaml:10:", "unknown kind");
 }
 
-/// Makes a named pipe at `path`: a reader that opens it blocks until a writer comes.
-fn fifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
-}
-
 /// Runs `f` on its own thread and fails the test when it has not returned
 /// within `limit` (it hangs); the hung thread is left behind.
 fn within<T: Send + 'static>(
@@ -1017,11 +1005,7 @@ accounts:
     );
 
     // `check` prints it and still succeeds.
-    let out = wxtoken()
-        .current_dir(dir.path())
-        .args(["check", "--config", "accounts.yaml"])
-        .output()
-        .unwrap();
+    let out = check_in(dir.path(), "accounts.yaml");
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains("accounts.yaml:4: warning: accounts[0].secret_file: "),

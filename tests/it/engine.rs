@@ -21,7 +21,8 @@ use wxtoken::snapshot::{Directory, State, TokenRecord};
 use wxtoken::store::MemoryStore;
 use wxtoken::wechat::TokenSource;
 
-use crate::support::{self, metric_value};
+use crate::support::wait::Wait;
+use crate::support::{self, densest_window, metric_value, token_calls};
 
 /// What a routed refresh answers.
 type RefreshResult = Result<wxtoken::account::RefreshOutcome, wxtoken::account::RefreshError>;
@@ -144,19 +145,22 @@ impl Fleet {
     }
 
     fn calls(&self, appid: &AppId) -> u64 {
-        let stats = self.sim.stats();
-        stats.calls_to(appid.as_str(), "token") + stats.calls_to(appid.as_str(), "stable_token")
+        token_calls(&self.sim.stats(), appid.as_str())
+    }
+
+    /// When the next refresh (or retry) of `appid` is planned.
+    fn next_refresh_at_ms(&self, appid: &AppId) -> Option<i64> {
+        self.directory
+            .get(appid)
+            .and_then(|s| s.status().next_refresh_at_ms)
     }
 
     /// Sleeps (virtual or real time) in small steps until `done`, at most `limit`.
     async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&Fleet) -> bool) {
-        let step = Duration::from_millis(50);
-        let mut waited = Duration::ZERO;
-        while !done(self) {
-            assert!(waited < limit, "{what}: not within {limit:?}");
-            tokio::time::sleep(step).await;
-            waited += step;
-        }
+        Wait::up_to(limit)
+            .every(Duration::from_millis(50))
+            .until(what, || done(self))
+            .await
     }
 
     /// Asserts that every token a client could be handed now is live at WeChat.
@@ -224,21 +228,6 @@ fn make_accounts(specs: &[Spec], register: impl Fn(AppRegistration)) -> Vec<Acco
             }
         })
         .collect()
-}
-
-/// The most samples that fall into any window of `width` (samples in ms).
-fn densest_window(samples: &[i64], width: i64) -> usize {
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let mut best = 0;
-    let mut start = 0;
-    for end in 0..sorted.len() {
-        while sorted[end] - sorted[start] >= width {
-            start += 1;
-        }
-        best = best.max(end - start + 1);
-    }
-    best
 }
 
 #[actix_web::test]
@@ -399,9 +388,7 @@ async fn failures_wait_as_the_taxonomy_decides() {
 
     // 45011 (per-minute limit): the retry waits for the next minute.
     let minute_retry = fleet
-        .directory
-        .get(minute)
-        .and_then(|s| s.status().next_refresh_at_ms)
+        .next_refresh_at_ms(minute)
         .expect("a retry is planned");
     let next_minute_ms = (started / 60_000 + 1) * 60_000;
     assert!(
@@ -410,11 +397,7 @@ async fn failures_wait_as_the_taxonomy_decides() {
     );
 
     // 45009 (daily quota): the retry waits for midnight China time.
-    let quota_retry = fleet
-        .directory
-        .get(quota)
-        .and_then(|s| s.status().next_refresh_at_ms)
-        .expect("a retry is planned");
+    let quota_retry = fleet.next_refresh_at_ms(quota).expect("a retry is planned");
     let midnight_ms = next_china_midnight(started / 1000) * 1000;
     assert!(
         quota_retry >= midnight_ms,
@@ -609,18 +592,13 @@ async fn a_thousand_accounts_fill_without_exceeding_max_concurrency() {
     // The fleet's own in-process simulator is unused: tokens come over HTTP.
     let unused = InProcess::new(SimConfig::default(), Duration::from_secs(5)).expect("config");
     let fleet = Fleet::launch(Clock::system(), unused, accounts, Arc::new(client)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let not_ready = fleet.directory.not_ready(fleet.now_ms()).len();
-        if not_ready == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{not_ready} of {ACCOUNTS} accounts still without a token after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet
+        .wait_for(
+            Duration::from_secs(60),
+            &format!("every one of {ACCOUNTS} accounts has a token"),
+            |f| f.directory.not_ready(f.now_ms()).is_empty(),
+        )
+        .await;
     let stats = sim.stats();
     assert!(
         stats.max_token_calls_in_flight <= MAX_CONCURRENCY as u64,

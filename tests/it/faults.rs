@@ -22,11 +22,12 @@ use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::Value;
 use wxtoken::domain::Mode;
 use wxtoken::simulator::{FaultSpec, ProbeResults, SimConfig};
 
 use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
+use crate::support::probe::{Prober, is_live};
+use crate::support::token_calls;
 
 /// The upstream timeout of every [`TestApp`] (`upstream.timeout: 2s` in `app.rs`).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -332,10 +333,7 @@ pub async fn run(plan: &Plan) -> SuiteReport {
             .filter(|&i| group_of[i] == g)
             .collect::<Vec<_>>()
     };
-    let probe = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("an HTTP client");
+    let probe = Prober::new(&app.sim.base_url());
 
     let stop = Cell::new(false);
     let episodes = RefCell::new(Vec::new());
@@ -436,10 +434,7 @@ fn calls(app: &TestApp, accounts: &[usize]) -> u64 {
     let stats = app.sim.stats();
     accounts
         .iter()
-        .map(|&i| {
-            let appid = app.accounts[i].appid.as_str();
-            stats.calls_to(appid, "token") + stats.calls_to(appid, "stable_token")
-        })
+        .map(|&i| token_calls(&stats, app.accounts[i].appid.as_str()))
         .sum()
 }
 
@@ -600,7 +595,7 @@ async fn operator_refresh(app: &TestApp, i: usize, limit: Duration) {
 
 /// Reads every account's token in turn until `stop`, probing each one at
 /// the simulator right away.
-async fn reader(app: &TestApp, probe: &reqwest::Client, stop: &Cell<bool>) -> Vec<Read> {
+async fn reader(app: &TestApp, probe: &Prober, stop: &Cell<bool>) -> Vec<Read> {
     let mut reads = Vec::new();
     while !stop.get() {
         for (i, account) in app.accounts.iter().enumerate() {
@@ -615,16 +610,8 @@ async fn reader(app: &TestApp, probe: &reqwest::Client, stop: &Cell<bool>) -> Ve
                         .unwrap_or_default()
                         .to_string();
                     let expires_in = body["expires_in"].as_u64().unwrap_or(0);
-                    let answer: Value = probe
-                        .get(format!("{}/cgi-bin/getcallbackip", app.sim.base_url()))
-                        .query(&[("access_token", &token)])
-                        .send()
-                        .await
-                        .expect("the simulator answers")
-                        .json()
-                        .await
-                        .expect("the probe answers JSON");
-                    if answer.get("ip_list").is_some() && expires_in >= 1 {
+                    let answer = probe.answer(&token).await;
+                    if is_live(&answer) && expires_in >= 1 {
                         Outcome::Valid
                     } else {
                         Outcome::Invalid(format!(

@@ -651,11 +651,7 @@ async fn traffic(app: &TestApp, refresh: bool) {
         app.get_token(first.as_str(), None).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    let unknown = app
-        .request(reqwest::Method::GET, "/no/such/path", None)
-        .send()
-        .await
-        .expect("the server answers");
+    let unknown = app.call(reqwest::Method::GET, "/no/such/path", None).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 }
 

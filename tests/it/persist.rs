@@ -5,15 +5,12 @@ use std::sync::Arc;
 
 use reqwest::StatusCode;
 use wxtoken::domain::{AppId, Mode};
-use wxtoken::store::{RedbStore, Storage, StoreError, StoredAccount};
+use wxtoken::store::{RedbStore, Storage, StoredAccount};
 
-use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
-use crate::support::metric_value;
-
-fn upstream_calls(app: &TestApp) -> u64 {
-    let stats = app.sim.stats();
-    stats.total_calls("token") + stats.total_calls("stable_token")
-}
+use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json, spawn_app};
+use crate::support::process::wxtoken;
+use crate::support::stores::Disk;
+use crate::support::{all_token_calls, metric_value};
 
 async fn served_tokens(app: &TestApp) -> Vec<String> {
     let mut tokens = Vec::new();
@@ -32,9 +29,7 @@ async fn served_tokens(app: &TestApp) -> Vec<String> {
 #[actix_web::test]
 async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
     let mut app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy, Mode::Legacy])
         .spawn()
         .await;
     // Spend some quota first, so the restored counters can be checked.
@@ -45,18 +40,11 @@ async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
     )
     .await;
     let before = served_tokens(&app).await;
-    let calls_before = upstream_calls(&app);
+    let calls_before = all_token_calls(&app.sim.stats());
     let plan_before: Vec<Option<i64>> = app
         .accounts
         .iter()
-        .map(|a| {
-            app.state
-                .directory
-                .get(&a.appid)
-                .expect("slot")
-                .status()
-                .next_refresh_at_ms
-        })
+        .map(|a| app.next_refresh_at_ms(&a.appid))
         .collect();
 
     app.restart().await;
@@ -67,7 +55,7 @@ async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
         "the same tokens after the restart"
     );
     assert_eq!(
-        upstream_calls(&app),
+        all_token_calls(&app.sim.stats()),
         calls_before,
         "no upstream call for stored tokens"
     );
@@ -75,12 +63,7 @@ async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
     assert_eq!(status.calls_today, 2, "the day's call counter survived");
     for (account, plan) in app.accounts.iter().zip(plan_before) {
         let now_plan = app
-            .state
-            .directory
-            .get(&account.appid)
-            .expect("slot")
-            .status()
-            .next_refresh_at_ms
+            .next_refresh_at_ms(&account.appid)
             .expect("a refresh is planned");
         // Scheduled from the real expiry: inside the same refresh window as before.
         let expires = app
@@ -110,11 +93,7 @@ async fn a_restart_serves_the_stored_tokens_without_calling_wechat() {
 
 #[actix_web::test]
 async fn a_removed_account_leaves_the_store() {
-    let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .spawn()
-        .await;
+    let app = spawn_app().await;
     let [kept, removed] = [0, 1].map(|i| app.accounts[i].clone());
     app.write_config(std::slice::from_ref(&kept));
     json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::OK).await;
@@ -131,41 +110,11 @@ async fn a_removed_account_leaves_the_store() {
     assert_eq!(stored, vec![kept.appid.clone()], "{removed:?} is gone");
 }
 
-/// A store whose every write fails, as on a full disk.
-struct FullDisk;
-
-impl Storage for FullDisk {
-    fn kind(&self) -> &'static str {
-        "full-disk"
-    }
-    fn describe(&self) -> String {
-        "a store on a full disk".to_string()
-    }
-    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
-        Err(StoreError::Write {
-            store: self.describe(),
-            appid: account.appid.to_string(),
-            reason: "No space left on device (os error 28)".to_string(),
-        })
-    }
-    fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
-        Err(StoreError::Write {
-            store: self.describe(),
-            appid: appid.to_string(),
-            reason: "No space left on device (os error 28)".to_string(),
-        })
-    }
-}
-
 #[actix_web::test]
 async fn failed_store_writes_are_counted_and_tokens_keep_being_served() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .store(Arc::new(FullDisk))
+        .accounts(&[Mode::Stable, Mode::Legacy])
+        .store(Arc::new(Disk::full("full-disk")))
         .spawn()
         .await;
     let before = served_tokens(&app).await;
@@ -220,7 +169,7 @@ fn serve_on_store(dir: &std::path::Path, store: &std::path::Path) -> (Option<i32
         ),
     )
     .expect("write the config");
-    let out = crate::cli::wxtoken(&["serve", "--config", config.to_str().expect("utf-8")])
+    let out = wxtoken(&["serve", "--config", config.to_str().expect("utf-8")])
         .env("RUST_BACKTRACE", "1")
         .env_remove("RUST_LOG")
         .output()

@@ -5,18 +5,19 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use wxtoken::domain::{AppId, KeyHash, Mode};
-use wxtoken::simulator::{AppRegistration, FaultSpec, SimConfig, Simulator};
+use wxtoken::simulator::{FaultSpec, SimConfig, Simulator};
 
-use crate::api::read_answer;
-use crate::cli::{Running, wxtoken};
-use crate::support::{self, metric_value};
+use crate::support::process::{KillOnDrop, Running, exit_code, send_signal, wxtoken};
+use crate::support::raw_http::{read_answer, send_post_head};
+use crate::support::wait::Wait;
+use crate::support::{self, all_token_calls, appids_in, metric_value};
 
 const ADMIN_KEY: &str = "process-admin-key-0123456789";
 /// WeChat's grace in these tests: a legacy refresh kills the previous token
@@ -42,10 +43,7 @@ impl Setup {
         .await;
         let dir = tempfile::tempdir().expect("a temporary directory");
         std::fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
-        let listen = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            l.local_addr().expect("addr").to_string()
-        };
+        let listen = support::free_addr().to_string();
         let mut yaml = format!(
             "listen: {listen}\nupstream:\n  base_urls: [{}]\n  timeout: 2s\nstore:\n  path: data/wxtoken.redb\nrefresh:\n  backoff_initial: 100ms\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\naccounts:\n",
             sim.base_url(),
@@ -53,13 +51,7 @@ impl Setup {
         );
         let mut accounts = Vec::new();
         for mode in modes {
-            let appid = support::unique_appid();
-            let secret = format!("process-secret-{appid}");
-            sim.register_app(AppRegistration {
-                appid: appid.to_string(),
-                secret: secret.clone(),
-                ip_whitelist: vec![],
-            });
+            let (appid, secret) = support::register_fresh(&sim, "process-secret");
             std::fs::write(dir.path().join("secrets").join(appid.as_str()), &secret)
                 .expect("secret file");
             yaml.push_str(&format!(
@@ -88,7 +80,8 @@ impl Setup {
         self.dir.path().join("data").join("wxtoken.redb")
     }
 
-    fn serve(&self, extra: &[&str]) -> Running {
+    /// `wxtoken serve` on the setup's configuration, with `extra` arguments.
+    fn serve_command(&self, extra: &[&str]) -> Command {
         let grace = GRACE_SECS.to_string();
         let mut args = vec![
             "serve",
@@ -98,7 +91,11 @@ impl Setup {
             &grace,
         ];
         args.extend_from_slice(extra);
-        Running::spawn(wxtoken(&args))
+        wxtoken(&args)
+    }
+
+    fn serve(&self, extra: &[&str]) -> Running {
+        Running::spawn(self.serve_command(extra))
     }
 
     fn url(&self, path: &str) -> String {
@@ -107,16 +104,16 @@ impl Setup {
 
     /// Waits until every account has a usable token (`/readyz?strict=1`).
     async fn ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(self.url("/readyz?strict=1")).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "wxtoken did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Wait::up_to(Duration::from_secs(30))
+            .every(Duration::from_millis(50))
+            .until_async("wxtoken becomes ready", async || {
+                self.http
+                    .get(self.url("/readyz?strict=1"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+            })
+            .await
     }
 
     async fn token(&self, appid: &AppId) -> (StatusCode, Value) {
@@ -132,8 +129,7 @@ impl Setup {
     }
 
     fn calls(&self) -> u64 {
-        let s = self.sim.stats();
-        s.total_calls("token") + s.total_calls("stable_token")
+        all_token_calls(&self.sim.stats())
     }
 
     /// `GET path` as status and JSON body, or `None` while nothing listens.
@@ -145,56 +141,15 @@ impl Setup {
 
     /// `wxtoken serve` with its stderr written to `log`, and `RUST_LOG` set
     /// to `rust_log` (or removed).
-    fn serve_logging(&self, log: &Path, rust_log: Option<&str>) -> Logged {
-        let grace = GRACE_SECS.to_string();
-        let mut cmd = wxtoken(&[
-            "serve",
-            "--config",
-            self.config.to_str().expect("utf-8 path"),
-            "--wechat-grace",
-            &grace,
-        ]);
+    fn serve_logging(&self, log: &Path, rust_log: Option<&str>) -> KillOnDrop {
+        let mut cmd = self.serve_command(&[]);
         match rust_log {
             Some(filter) => cmd.env("RUST_LOG", filter),
             None => cmd.env_remove("RUST_LOG"),
         };
         let file = File::create(log).expect("a log file");
         cmd.stdout(Stdio::null()).stderr(Stdio::from(file));
-        Logged(cmd.spawn().expect("wxtoken starts"))
-    }
-}
-
-/// A `wxtoken serve` child whose output goes to a file; killed on drop.
-struct Logged(Child);
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Sends `signal` (`INT`, `TERM`, ...) to `child`.
-fn send_signal(child: &Child, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{signal} failed");
-}
-
-/// Waits (bounded) until `child` exits and returns its exit code.
-async fn exit_code(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for wxtoken") {
-            return status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wxtoken did not exit within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        KillOnDrop::spawn(cmd)
     }
 }
 
@@ -237,9 +192,12 @@ async fn kill_9_with_fetches_in_flight_then_the_restart_serves_only_valid_tokens
             actix_web::rt::spawn(request)
         })
         .collect();
-    while setup.calls() < calls_before + legacy.len() as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(5))
+        .until("every legacy fetch is at WeChat", || {
+            setup.calls() >= calls_before + legacy.len() as u64
+        })
+        .await;
     drop(server); // SIGKILL, with every legacy fetch in flight at WeChat
     for refresh in refreshes {
         let answer = refresh.await.expect("the request task ends");
@@ -300,31 +258,22 @@ async fn sigterm_flushes_the_store_and_a_restart_makes_no_upstream_call_and_sigh
     assert_eq!(setup.calls(), calls, "no upstream call after the restart");
 
     // SIGHUP reloads the (unchanged) file.
-    let pid = server.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill runs")
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = setup
-            .http
-            .get(setup.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if metric_value(&text, "wxtoken_config_reloads_total", &[("result", "ok")]) == 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    send_signal(&server.child, "HUP");
+    Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(50))
+        .until_async("SIGHUP reloads", async || {
+            let text = setup
+                .http
+                .get(setup.url("/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            metric_value(&text, "wxtoken_config_reloads_total", &[("result", "ok")]) == 1.0
+        })
+        .await;
     assert_eq!(setup.calls(), calls, "the reload touched no account");
     assert_eq!(server.terminate(), Some(0));
 }
@@ -343,29 +292,26 @@ async fn a_signal_lets_a_slow_in_flight_request_finish_then_exits_0(signal: &str
     let mut stream = tokio::net::TcpStream::connect(&setup.listen)
         .await
         .expect("connect");
-    let head = format!(
-        "POST /v1/token/{appid}/refresh HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        setup.listen,
-        body.len()
-    );
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .expect("send the head");
+    send_post_head(
+        &mut stream,
+        &setup.listen,
+        &format!("/v1/token/{appid}/refresh"),
+        ADMIN_KEY,
+        body.len(),
+    )
+    .await;
     stream.write_all(&body[..10]).await.expect("send a part");
     // The handler is now waiting for the rest of the body.
     tokio::time::sleep(Duration::from_millis(300)).await;
     send_signal(&server.child, signal);
 
     // The server stops accepting new connections...
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(&setup.listen).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "still accepting connections after SIG{signal}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Wait::up_to(Duration::from_secs(5))
+        .until_async(
+            &format!("no more connections accepted after SIG{signal}"),
+            async || tokio::net::TcpStream::connect(&setup.listen).await.is_err(),
+        )
+        .await;
     // ...but the request in flight is answered in full.
     stream.write_all(&body[10..]).await.expect("send the rest");
     let answer = read_answer(&mut stream, Duration::from_secs(10))
@@ -434,12 +380,7 @@ async fn readyz_answers_starting_until_every_first_fetch_ended_then_200_despite_
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["error"], "not_ready", "{body}");
         assert_eq!(body["status"], "starting", "{body}");
-        let waiting: Vec<&str> = body["not_ready"]
-            .as_array()
-            .expect("a not_ready list")
-            .iter()
-            .filter_map(|a| a["appid"].as_str())
-            .collect();
+        let waiting = appids_in(&body, "not_ready");
         assert!(waiting.contains(&slow.as_str()), "{body}");
         starting_seen = true;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -451,12 +392,7 @@ async fn readyz_answers_starting_until_every_first_fetch_ended_then_200_despite_
     );
     // Ready for the load balancer, with the wrong secret listed.
     assert_eq!(ready["status"], "ready", "{ready}");
-    let failing: Vec<&str> = ready["failing"]
-        .as_array()
-        .expect("a failing list")
-        .iter()
-        .filter_map(|a| a["appid"].as_str())
-        .collect();
+    let failing = appids_in(&ready, "failing");
     assert_eq!(failing, vec![broken.as_str()], "{ready}");
     assert_eq!(ready["failing"][0]["errcode"], 40125, "{ready}");
     assert_eq!(ready["store"], "ok", "{ready}");

@@ -4,60 +4,31 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::Value;
 use wxtoken::domain::Mode;
-
 use wxtoken::reload::{ConfigWatcher, WATCH_DEBOUNCE};
 
-use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
-use crate::support::metric_value;
-
-fn calls(app: &TestApp, appid: &str) -> u64 {
-    let stats = app.sim.stats();
-    stats.calls_to(appid, "token") + stats.calls_to(appid, "stable_token")
-}
-
-/// Polls (real time, bounded) until `done`.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json, spawn_app};
+use crate::support::wait::eventually;
+use crate::support::{fifo, metric_value, register_as, token_calls};
 
 #[actix_web::test]
 async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_alone() {
     let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
+        .accounts(&[Mode::Stable, Mode::Legacy, Mode::Stable, Mode::Legacy])
         .spawn()
         .await;
     let [kept, removed, remoded, resecreted] = [0, 1, 2, 3].map(|i| app.accounts[i].clone());
     let kept_token = app.current_token(&kept.appid);
-    let kept_plan = app
-        .state
-        .directory
-        .get(&kept.appid)
-        .expect("slot")
-        .status()
-        .next_refresh_at_ms;
-    let kept_calls = calls(&app, kept.appid.as_str());
+    let kept_plan = app.next_refresh_at_ms(&kept.appid);
+    let kept_calls = token_calls(&app.sim.stats(), kept.appid.as_str());
 
     let added = app.new_account(Mode::Stable);
     let mut remoded_new = remoded.clone();
     remoded_new.mode = Mode::Legacy;
     // A new secret: WeChat rotated it and the operator pasted the new one.
     let new_secret = format!("rotated-{}", resecreted.secret);
-    app.sim.register_app(wxtoken::simulator::AppRegistration {
-        appid: resecreted.appid.to_string(),
-        secret: new_secret.clone(),
-        ip_whitelist: vec![],
-    });
+    register_as(&app.sim, resecreted.appid.as_str(), &new_secret);
     let mut resecreted_new = resecreted.clone();
     resecreted_new.configured_secret = new_secret;
     app.write_config(&[
@@ -91,13 +62,7 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
         .await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     // The added one gets a token.
-    eventually("the added account is ready", || {
-        app.state
-            .directory
-            .get(&added.appid)
-            .is_some_and(|s| s.is_ready(app.state.clock.now_unix_ms()))
-    })
-    .await;
+    eventually("the added account is ready", || app.is_ready(&added.appid)).await;
     let body = json(
         app.get_token(added.appid.as_str(), Some(READER_KEY)).await,
         StatusCode::OK,
@@ -115,16 +80,11 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
     );
     // The untouched account: same token, same plan, no call.
     assert_eq!(app.current_token(&kept.appid), kept_token);
+    assert_eq!(app.next_refresh_at_ms(&kept.appid), kept_plan);
     assert_eq!(
-        app.state
-            .directory
-            .get(&kept.appid)
-            .expect("slot")
-            .status()
-            .next_refresh_at_ms,
-        kept_plan
+        token_calls(&app.sim.stats(), kept.appid.as_str()),
+        kept_calls
     );
-    assert_eq!(calls(&app, kept.appid.as_str()), kept_calls);
 
     let metrics = app.metrics().await;
     assert_eq!(
@@ -143,11 +103,7 @@ async fn reload_adds_removes_and_restarts_changed_accounts_and_leaves_the_rest_a
 
 #[actix_web::test]
 async fn an_invalid_reload_changes_nothing_and_lists_every_problem() {
-    let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .spawn()
-        .await;
+    let app = spawn_app().await;
     let before: Vec<String> = app
         .accounts
         .iter()
@@ -165,12 +121,7 @@ async fn an_invalid_reload_changes_nothing_and_lists_every_problem() {
     let response = app.admin_reload(Some(ADMIN_KEY)).await;
     let body = json(response, StatusCode::BAD_REQUEST).await;
     assert_eq!(body["error"], "invalid_config");
-    let problems: Vec<&str> = body["problems"]
-        .as_array()
-        .expect("problems is a list")
-        .iter()
-        .filter_map(|p| p.as_str())
-        .collect();
+    let problems = problems_in(&body);
     assert!(problems.len() >= 3, "{problems:#?}");
     for needle in ["soon", "duplicate", "turbo"] {
         assert!(
@@ -239,6 +190,16 @@ async fn reload_needs_an_admin_key_for_every_account() {
     );
 }
 
+/// The `problems` list of a rejected reload's answer.
+fn problems_in(body: &Value) -> Vec<&str> {
+    body["problems"]
+        .as_array()
+        .expect("problems is a list")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect()
+}
+
 /// How many reloads ended with `result` (`ok` or `error`).
 fn reloads(app: &TestApp, result: &str) -> u64 {
     app.state
@@ -289,13 +250,7 @@ async fn the_file_watch_reloads_once_per_edit_and_never_for_a_read() {
     let added = app.new_account(Mode::Legacy);
     app.write_config(&[kept.clone(), added.clone()]);
     eventually("the edit is reloaded", || reloads(&app, "ok") == 1).await;
-    eventually("the added account is ready", || {
-        app.state
-            .directory
-            .get(&added.appid)
-            .is_some_and(|s| s.is_ready(app.state.clock.now_unix_ms()))
-    })
-    .await;
+    eventually("the added account is ready", || app.is_ready(&added.appid)).await;
     a_few_debounce_periods().await;
     assert_eq!(
         (reloads(&app, "ok"), reloads(&app, "error")),
@@ -330,15 +285,6 @@ async fn a_broken_edit_is_rejected_once_not_in_a_loop() {
     assert_eq!(app.state.metrics.config_last_reload_successful.get(), 1);
 }
 
-/// Makes a named pipe at `path`: a reader that opens it blocks until a writer comes.
-fn fifo(path: &std::path::Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
-}
-
 /// Opens `path` for writing without blocking, so a reader stuck on it goes on.
 fn release(path: &std::path::Path) {
     use std::os::unix::fs::OpenOptionsExt;
@@ -350,11 +296,7 @@ fn release(path: &std::path::Path) {
 
 #[actix_web::test]
 async fn a_reload_with_a_fifo_secret_file_does_not_stall_the_server() {
-    let app = TestAppBuilder::new()
-        .account(Mode::Stable)
-        .account(Mode::Legacy)
-        .spawn()
-        .await;
+    let app = spawn_app().await;
     let [stable, legacy] = [0, 1].map(|i| app.accounts[i].clone());
     let pipe = app.config_path.with_file_name("secrets").join("pipe");
     fifo(&pipe);
@@ -445,12 +387,7 @@ async fn a_reload_that_needs_a_new_variable_says_the_environment_is_read_at_star
         StatusCode::BAD_REQUEST,
     )
     .await;
-    let problems: Vec<&str> = body["problems"]
-        .as_array()
-        .expect("problems is a list")
-        .iter()
-        .filter_map(|p| p.as_str())
-        .collect();
+    let problems = problems_in(&body);
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(
         problems[0].ends_with(

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,13 +21,14 @@ use wxtoken::config::{LoadOptions, load_str};
 use wxtoken::domain::{AccessToken, AppId, KeyHash, Mode};
 use wxtoken::registry::{RouteAdopt, RouteRefresh};
 use wxtoken::replica::ReplicaOptions;
-use wxtoken::simulator::{AppRegistration, FaultSpec, SimConfig, Simulator};
+use wxtoken::simulator::{FaultSpec, SimConfig, Simulator};
 use wxtoken::snapshot::State;
 use wxtoken::startup::{Application, BuildOptions};
 use wxtoken::store::StoredToken;
 
-use crate::cli::{Running, wxtoken};
-use crate::support::{self, metric_value};
+use crate::support::process::{KillOnDrop, Running, wxtoken};
+use crate::support::wait::Wait;
+use crate::support::{self, answers_ok, free_port, metric_value, token_calls};
 
 const KEY: &str = "replica-test-admin-key-0123456789";
 /// The lock TTL of the take-over test (short, so the test is quick).
@@ -48,18 +49,10 @@ fn unique_prefix() -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A `redis-server` of the test's own, killed on drop.
 struct OwnRedis {
     port: u16,
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
 }
 
 impl OwnRedis {
@@ -77,7 +70,8 @@ impl OwnRedis {
     }
 
     fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        let mut redis = Command::new("redis-server");
+        redis
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -89,10 +83,12 @@ impl OwnRedis {
                 "no",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (.ci/run installs it)");
-        self.child = Some(child);
+            .stderr(Stdio::null());
+        self.child = Some(KillOnDrop(
+            redis
+                .spawn()
+                .expect("redis-server runs (.ci/run installs it)"),
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
@@ -101,16 +97,8 @@ impl OwnRedis {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
+        // Dropping the child kills it.
+        self.child = None;
     }
 }
 
@@ -123,13 +111,7 @@ impl Accounts {
             modes
                 .iter()
                 .map(|mode| {
-                    let appid = support::unique_appid();
-                    let secret = format!("replica-secret-{appid}");
-                    sim.register_app(AppRegistration {
-                        appid: appid.to_string(),
-                        secret: secret.clone(),
-                        ip_whitelist: vec![],
-                    });
+                    let (appid, secret) = support::register_fresh(sim, "replica-secret");
                     (appid, *mode, secret)
                 })
                 .collect(),
@@ -223,33 +205,70 @@ async fn get_token(http: &reqwest::Client, addr: SocketAddr, appid: &AppId) -> (
 }
 
 async fn wait_ready(replicas: &[&Replica]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = replicas.iter().all(|r| {
-            r.state
-                .directory
-                .not_ready(r.state.clock.now_unix_ms())
-                .is_empty()
-        });
-        if ready {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replicas did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Wait::up_to(Duration::from_secs(20))
+        .until("the replicas become ready", || {
+            replicas.iter().all(|r| {
+                r.state
+                    .directory
+                    .not_ready(r.state.clock.now_unix_ms())
+                    .is_empty()
+            })
+        })
+        .await
+}
+
+/// The status of `replica`'s `/readyz?strict=1`; panics when it does not answer.
+async fn strict_status(http: &reqwest::Client, replica: &Replica) -> StatusCode {
+    http.get(format!("http://{}/readyz?strict=1", replica.addr))
+        .send()
+        .await
+        .expect("answer")
+        .status()
 }
 
 fn calls(sim: &Simulator, appid: &AppId) -> u64 {
-    let s = sim.stats();
-    s.calls_to(appid.as_str(), "token") + s.calls_to(appid.as_str(), "stable_token")
+    token_calls(&sim.stats(), appid.as_str())
 }
 
 /// Waits (polling briefly) until `done` holds, failing with `what` after 10 s.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(5))
+        .until(what, done)
+        .await
+}
+
+/// One replica on the machine's Redis with one account in `mode`, once its
+/// first refresh is over.
+struct Lone {
+    replica: Replica,
+    appid: AppId,
+    secret: String,
+    /// The replica's Redis key prefix.
+    prefix: String,
+}
+
+async fn lone_replica(sim: &Simulator, mode: Mode) -> Lone {
+    let accounts = Accounts::register(sim, &[mode]);
+    let (appid, _, secret) = accounts.0[0].clone();
+    let prefix = unique_prefix();
+    let yaml = accounts.yaml("127.0.0.1:0", sim, "redis://127.0.0.1:6379/0", &prefix, "");
+    let replica = replica(&yaml, sim, Duration::from_secs(300)).await;
+    wait_ready(&[&replica]).await;
+    until("A's first refresh is over", || {
+        replica
+            .state
+            .directory
+            .get(&appid)
+            .map(|s| s.status().state)
+            == Some(State::Ready)
+    })
+    .await;
+    Lone {
+        replica,
+        appid,
+        secret,
+        prefix,
     }
 }
 
@@ -467,36 +486,26 @@ async fn a_redis_outage_keeps_held_tokens_served_and_never_refreshes_without_the
     let calls_at_outage: u64 = accounts.0.iter().map(|(id, _, _)| calls(&sim, id)).sum();
     // Not strictly ready within a few health checks, but the held tokens are
     // served, so the load-balancer check stays 200 and says Redis is down.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    'outage: loop {
-        let mut seen = 0;
-        for r in [&a, &b] {
-            let strict = http
-                .get(format!("http://{}/readyz?strict=1", r.addr))
-                .send()
-                .await
-                .expect("answer")
-                .status();
-            let lb = http
-                .get(format!("http://{}/readyz", r.addr))
-                .send()
-                .await
-                .expect("answer");
-            assert_eq!(lb.status(), StatusCode::OK);
-            let body: Value = lb.json().await.expect("JSON");
-            if strict == StatusCode::SERVICE_UNAVAILABLE && body["redis"] == "down" {
-                seen += 1;
+    Wait::up_to(Duration::from_secs(5))
+        .every(Duration::from_millis(50))
+        .until_async("both replicas say Redis is down without it", async || {
+            let mut seen = 0;
+            for r in [&a, &b] {
+                let strict = strict_status(&http, r).await;
+                let lb = http
+                    .get(format!("http://{}/readyz", r.addr))
+                    .send()
+                    .await
+                    .expect("answer");
+                assert_eq!(lb.status(), StatusCode::OK);
+                let body: Value = lb.json().await.expect("JSON");
+                if strict == StatusCode::SERVICE_UNAVAILABLE && body["redis"] == "down" {
+                    seen += 1;
+                }
             }
-        }
-        if seen == 2 {
-            break 'outage;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas still say Redis is up without it"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            seen == 2
+        })
+        .await;
     let text = a.state.metrics.encode();
     assert_eq!(metric_value(&text, "wxtoken_redis_up", &[]), 0.0);
     // Through the planned refresh (half of the 8 s life) and beyond: tokens
@@ -520,31 +529,13 @@ async fn a_redis_outage_keeps_held_tokens_served_and_never_refreshes_without_the
     // refresh under the lock and are ready again.
     redis.restart();
     wait_ready(&[&a, &b]).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ok = http
-            .get(format!("http://{}/readyz?strict=1", a.addr))
-            .send()
-            .await
-            .expect("answer")
-            .status()
-            == StatusCode::OK
-            && http
-                .get(format!("http://{}/readyz?strict=1", b.addr))
-                .send()
-                .await
-                .expect("answer")
-                .status()
-                == StatusCode::OK;
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not recover after Redis came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Wait::up_to(Duration::from_secs(15))
+        .every(Duration::from_millis(100))
+        .until_async("the replicas recover after Redis came back", async || {
+            strict_status(&http, &a).await == StatusCode::OK
+                && strict_status(&http, &b).await == StatusCode::OK
+        })
+        .await;
     for r in [&a, &b] {
         for (appid, _, _) in &accounts.0 {
             let (status, body) = get_token(&http, r.addr, appid).await;
@@ -591,19 +582,13 @@ async fn when_the_lock_holder_dies_mid_refresh_another_replica_takes_over_within
     }
     let http = http();
     for port in ports {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = http
-                .get(format!("http://127.0.0.1:{port}/readyz?strict=1"))
-                .send()
-                .await
-                && r.status() == StatusCode::OK
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "replica on {port} not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let url = format!("http://127.0.0.1:{port}/readyz?strict=1");
+        Wait::up_to(Duration::from_secs(20))
+            .every(Duration::from_millis(50))
+            .until_async(&format!("the replica on {port} is ready"), async || {
+                answers_ok(&http, &url).await
+            })
+            .await;
     }
     assert_eq!(calls(&sim, &appid), 1);
 
@@ -739,16 +724,12 @@ async fn fetch_at_wechat(sim: &Simulator, appid: &AppId, secret: &str) -> (Strin
 #[actix_web::test]
 async fn a_refresh_joined_after_a_token_was_adopted_still_replaces_the_adopted_token() {
     let sim = support::simulator(SimConfig::default()).await;
-    let accounts = Accounts::register(&sim, &[Mode::Legacy]);
-    let (appid, _, secret) = accounts.0[0].clone();
-    let prefix = unique_prefix();
-    let yaml = accounts.yaml("127.0.0.1:0", &sim, "redis://127.0.0.1:6379/0", &prefix, "");
-    let a = replica(&yaml, &sim, Duration::from_secs(300)).await;
-    wait_ready(&[&a]).await;
-    until("A's first refresh is over", || {
-        a.state.directory.get(&appid).map(|s| s.status().state) == Some(State::Ready)
-    })
-    .await;
+    let Lone {
+        replica: a,
+        appid,
+        secret,
+        prefix,
+    } = lone_replica(&sim, Mode::Legacy).await;
     let first = held(&a, &appid).expect("a token");
 
     // Replica B takes the lock for its refresh; A's refresh of `first` waits for it.
@@ -824,16 +805,9 @@ async fn a_refresh_joined_after_a_token_was_adopted_still_replaces_the_adopted_t
 async fn a_stable_stale_report_is_never_answered_with_the_reported_token_when_a_token_is_adopted_meanwhile()
  {
     let sim = support::simulator(SimConfig::default()).await;
-    let accounts = Accounts::register(&sim, &[Mode::Stable]);
-    let appid = accounts.0[0].0.clone();
-    let prefix = unique_prefix();
-    let yaml = accounts.yaml("127.0.0.1:0", &sim, "redis://127.0.0.1:6379/0", &prefix, "");
-    let a = replica(&yaml, &sim, Duration::from_secs(300)).await;
-    wait_ready(&[&a]).await;
-    until("A's first refresh is over", || {
-        a.state.directory.get(&appid).map(|s| s.status().state) == Some(State::Ready)
-    })
-    .await;
+    let Lone {
+        replica: a, appid, ..
+    } = lone_replica(&sim, Mode::Stable).await;
     let stale = held(&a, &appid).expect("a token");
 
     // A's call without force_refresh takes a while at WeChat ...

@@ -4,24 +4,42 @@
 //! the logs) the token values.
 
 use std::fs::File;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use wxtoken::domain::{AppId, KeyHash};
 use wxtoken::simulator::{AppRegistration, SimConfig};
 
-use crate::cli::wxtoken;
 use crate::support;
+use crate::support::process::{KillOnDrop, send_signal, wxtoken};
+use crate::support::wait::Wait;
 
 const ADMIN_KEY: &str = "leak-test-admin-key-7c1d55e0";
 const READER_KEY: &str = "leak-test-reader-key-91ab02f3";
 
-struct Killed(Child);
+/// Sends requests and keeps every answer (headers and body) and every token
+/// an answer carried.
+#[derive(Default)]
+struct Recorder {
+    answers: String,
+    tokens: Vec<String>,
+}
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Recorder {
+    /// Sends `request`, records its answer and returns the body.
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> String {
+        let response = request.send().await.expect("answer");
+        self.answers
+            .push_str(&format!("{:?}\n", response.headers()));
+        let body = response.text().await.unwrap_or_default();
+        self.answers.push_str(&body);
+        self.answers.push('\n');
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
+            && let Some(t) = v["access_token"].as_str()
+        {
+            self.tokens.push(t.to_string());
+        }
+        body
     }
 }
 
@@ -36,10 +54,7 @@ async fn scenario(log_format: &str) -> (Transcript, Vec<String>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sim = support::simulator(SimConfig::default()).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let listen = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        l.local_addr().expect("addr").to_string()
-    };
+    let listen = support::free_addr().to_string();
     // Four accounts: stable, legacy, one with a wrong secret (40125) and one
     // whose IP whitelist excludes loopback (40164).
     let ids: Vec<AppId> = (0..4).map(|_| support::unique_appid()).collect();
@@ -95,7 +110,7 @@ async fn scenario(log_format: &str) -> (Transcript, Vec<String>) {
         .env("LEAK_SECRET_2", &wrong_secret)
         .stdout(Stdio::from(log.try_clone().expect("dup")))
         .stderr(Stdio::from(log));
-    let child = Killed(cmd.spawn().expect("wxtoken starts"));
+    let mut child = KillOnDrop::spawn(cmd);
 
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -103,54 +118,34 @@ async fn scenario(log_format: &str) -> (Transcript, Vec<String>) {
         .build()
         .expect("a client");
     let url = |path: &str| format!("http://{listen}{path}");
-    let mut answers = String::new();
-    let mut tokens = Vec::new();
-    async fn record(answers: &mut String, response: reqwest::Response) -> String {
-        answers.push_str(&format!("{:?}\n", response.headers()));
-        let body = response.text().await.unwrap_or_default();
-        answers.push_str(&body);
-        answers.push('\n');
-        body
-    }
+    let mut seen = Recorder::default();
 
     // Wait until the two good accounts have tokens and the bad ones failed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let body = match http
-            .get(url("/v1/accounts"))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-        {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if body.matches("\"ready\"").count() == 2 && body.matches("\"failing\"").count() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "accounts did not settle: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Wait::up_to(Duration::from_secs(20))
+        .every(Duration::from_millis(50))
+        .until_async("the accounts settle", async || {
+            let body = match http
+                .get(url("/v1/accounts"))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+            {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            body.matches("\"ready\"").count() == 2 && body.matches("\"failing\"").count() == 2
+        })
+        .await;
 
     for id in &ids {
         for key in [ADMIN_KEY, READER_KEY] {
-            let r = http
-                .get(url(&format!("/v1/token/{id}")))
-                .bearer_auth(key)
-                .send()
-                .await
-                .expect("answer");
-            let body = record(&mut answers, r).await;
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
-                && let Some(t) = v["access_token"].as_str()
-            {
-                tokens.push(t.to_string());
-            }
+            seen.send(http.get(url(&format!("/v1/token/{id}"))).bearer_auth(key))
+                .await;
         }
     }
     // Compare-and-refresh with the current token, an old one and garbage;
     // admin refreshes; wrong keys; malformed bodies; the admin list; reload.
-    let current = tokens.first().cloned().unwrap_or_default();
+    let current = seen.tokens.first().cloned().unwrap_or_default();
     for body in [
         serde_json::json!({ "stale_token": current }).to_string(),
         serde_json::json!({ "stale_token": "not-a-token" }).to_string(),
@@ -158,69 +153,34 @@ async fn scenario(log_format: &str) -> (Transcript, Vec<String>) {
         "[]".to_string(),
     ] {
         for id in &ids[..2] {
-            let r = http
-                .post(url(&format!("/v1/token/{id}/refresh")))
-                .bearer_auth(ADMIN_KEY)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .expect("answer");
-            let text = record(&mut answers, r).await;
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                && let Some(t) = v["access_token"].as_str()
-            {
-                tokens.push(t.to_string());
-            }
+            seen.send(
+                http.post(url(&format!("/v1/token/{id}/refresh")))
+                    .bearer_auth(ADMIN_KEY)
+                    .header("content-type", "application/json")
+                    .body(body.clone()),
+            )
+            .await;
         }
     }
     for id in &ids {
-        let r = http
-            .post(url(&format!("/v1/accounts/{id}/refresh")))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("answer");
-        let text = record(&mut answers, r).await;
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            && let Some(t) = v["access_token"].as_str()
-        {
-            tokens.push(t.to_string());
-        }
+        seen.send(
+            http.post(url(&format!("/v1/accounts/{id}/refresh")))
+                .bearer_auth(ADMIN_KEY),
+        )
+        .await;
     }
     for key in [secrets[0].as_str(), "wrong", READER_KEY] {
-        let r = http
-            .get(url("/v1/accounts"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("answer");
-        record(&mut answers, r).await;
+        seen.send(http.get(url("/v1/accounts")).bearer_auth(key))
+            .await;
     }
-    let r = http
-        .post(url("/v1/admin/reload"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("answer");
-    record(&mut answers, r).await;
+    seen.send(http.post(url("/v1/admin/reload")).bearer_auth(ADMIN_KEY))
+        .await;
     for path in ["/v1/accounts", "/readyz", "/healthz", "/metrics", "/nope"] {
-        let r = http
-            .get(url(path))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("answer");
-        record(&mut answers, r).await;
+        seen.send(http.get(url(path)).bearer_auth(ADMIN_KEY)).await;
     }
 
     // Stop gracefully so every log line is written.
-    let pid = child.0.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    let mut child = child;
+    send_signal(&child.0, "TERM");
     let _ = child.0.wait();
     let logs = std::fs::read_to_string(&log_path).expect("the log");
     let mut all_secrets = secrets;
@@ -230,8 +190,8 @@ async fn scenario(log_format: &str) -> (Transcript, Vec<String>) {
     (
         Transcript {
             logs,
-            answers,
-            tokens,
+            answers: seen.answers,
+            tokens: seen.tokens,
         },
         all_secrets,
     )

@@ -2,12 +2,13 @@
 //! real HTTP client. Token lifetimes and quota days move with the simulator's
 //! clock (`Simulator::advance`), never with sleeps.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wxtoken::clock::next_china_midnight;
 use wxtoken::simulator::{AppRegistration, FaultSpec, SimConfig, Simulator, Stats};
+
+use crate::support;
 
 const APPID: &str = "wx1111111111111111";
 const SECRET: &str = "test-secret-1";
@@ -19,19 +20,9 @@ struct TestSim {
     http: reqwest::Client,
 }
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 async fn spawn_sim(config: SimConfig) -> TestSim {
-    let sim = Simulator::start(config, loopback())
-        .await
-        .expect("simulator starts");
-    sim.register_app(AppRegistration {
-        appid: APPID.to_string(),
-        secret: SECRET.to_string(),
-        ip_whitelist: vec![],
-    });
+    let sim = support::simulator(config).await;
+    support::register_as(&sim, APPID, SECRET);
     TestSim {
         sim,
         http: http_client(),
@@ -76,6 +67,15 @@ impl TestSim {
             ],
         )
         .await
+    }
+
+    /// The legacy token request of the registered app, not yet sent.
+    fn legacy_request(&self) -> reqwest::RequestBuilder {
+        self.http.get(self.url("/cgi-bin/token")).query(&[
+            ("grant_type", "client_credential"),
+            ("appid", APPID),
+            ("secret", SECRET),
+        ])
     }
 
     async fn legacy(&self) -> Value {
@@ -136,6 +136,14 @@ impl TestSim {
             .send()
             .await
             .expect("control request answered")
+    }
+
+    /// Makes the next call (of any API) answer as `fault` says.
+    fn fault_once(&self, fault: FaultSpec) {
+        self.sim.inject_fault(FaultSpec {
+            count: Some(1),
+            ..fault
+        });
     }
 
     /// Moves the clock to one second after the next China-time midnight, so a
@@ -659,11 +667,7 @@ async fn faulted_calls_do_not_count_toward_the_legacy_quota() {
 #[actix_web::test]
 async fn faults_match_by_api_and_appid() {
     let t = spawn_default().await;
-    t.sim.register_app(AppRegistration {
-        appid: OTHER_APPID.to_string(),
-        secret: SECRET.to_string(),
-        ip_whitelist: vec![],
-    });
+    support::register_as(&t.sim, OTHER_APPID, SECRET);
     t.sim.inject_fault(FaultSpec {
         api: Some("stable_token".to_string()),
         appid: Some(OTHER_APPID.to_string()),
@@ -685,22 +689,11 @@ async fn faults_match_by_api_and_appid() {
 #[actix_web::test]
 async fn an_http_status_fault_answers_with_that_status_and_a_text_body() {
     let t = spawn_default().await;
-    t.sim.inject_fault(FaultSpec {
-        count: Some(1),
+    t.fault_once(FaultSpec {
         http_status: Some(502),
         ..FaultSpec::default()
     });
-    let resp = t
-        .http
-        .get(t.url("/cgi-bin/token"))
-        .query(&[
-            ("grant_type", "client_credential"),
-            ("appid", APPID),
-            ("secret", SECRET),
-        ])
-        .send()
-        .await
-        .expect("answered");
+    let resp = t.legacy_request().send().await.expect("answered");
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.text().await.expect("body").trim(), "502 Bad Gateway");
     token_of(&t.legacy().await);
@@ -710,8 +703,7 @@ async fn an_http_status_fault_answers_with_that_status_and_a_text_body() {
 #[actix_web::test]
 async fn a_delay_fault_slows_the_answer_and_then_answers_normally() {
     let t = spawn_default().await;
-    t.sim.inject_fault(FaultSpec {
-        count: Some(1),
+    t.fault_once(FaultSpec {
         delay_ms: Some(300),
         ..FaultSpec::default()
     });
@@ -729,8 +721,7 @@ async fn a_delay_fault_slows_the_answer_and_then_answers_normally() {
 #[actix_web::test]
 async fn a_delay_fault_can_precede_another_fault() {
     let t = spawn_default().await;
-    t.sim.inject_fault(FaultSpec {
-        count: Some(1),
+    t.fault_once(FaultSpec {
         delay_ms: Some(200),
         errcode: Some(45011),
         ..FaultSpec::default()
@@ -745,21 +736,11 @@ async fn a_delay_fault_can_precede_another_fault() {
 #[actix_web::test]
 async fn a_dropped_connection_gives_the_client_a_transport_error() {
     let t = spawn_default().await;
-    t.sim.inject_fault(FaultSpec {
-        count: Some(1),
+    t.fault_once(FaultSpec {
         drop_connection: true,
         ..FaultSpec::default()
     });
-    let result = t
-        .http
-        .get(t.url("/cgi-bin/token"))
-        .query(&[
-            ("grant_type", "client_credential"),
-            ("appid", APPID),
-            ("secret", SECRET),
-        ])
-        .send()
-        .await;
+    let result = t.legacy_request().send().await;
     let err = result.expect_err("no response, only a broken connection");
     assert!(
         !err.is_status() && !err.is_decode(),
@@ -772,22 +753,11 @@ async fn a_dropped_connection_gives_the_client_a_transport_error() {
 #[actix_web::test]
 async fn a_malformed_fault_sends_truncated_json() {
     let t = spawn_default().await;
-    t.sim.inject_fault(FaultSpec {
-        count: Some(1),
+    t.fault_once(FaultSpec {
         malformed: true,
         ..FaultSpec::default()
     });
-    let resp = t
-        .http
-        .get(t.url("/cgi-bin/token"))
-        .query(&[
-            ("grant_type", "client_credential"),
-            ("appid", APPID),
-            ("secret", SECRET),
-        ])
-        .send()
-        .await
-        .expect("answered");
+    let resp = t.legacy_request().send().await.expect("answered");
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.expect("body");
     assert!(body.starts_with(r#"{"access_token":""#), "{body}");
@@ -798,8 +768,7 @@ async fn a_malformed_fault_sends_truncated_json() {
 #[actix_web::test]
 async fn an_html_fault_sends_a_bad_gateway_page_with_status_200() {
     let t = spawn_default().await;
-    t.sim.inject_fault(FaultSpec {
-        count: Some(1),
+    t.fault_once(FaultSpec {
         html: true,
         ..FaultSpec::default()
     });
@@ -924,7 +893,7 @@ async fn a_grace_longer_than_the_token_life_is_rejected() {
             grace: secs(300),
             ..SimConfig::default()
         },
-        loopback(),
+        support::any_port(),
     )
     .await
     .expect_err("invalid config");
@@ -944,11 +913,7 @@ async fn an_invalid_registration_is_explained_and_changes_nothing() {
         })
         .expect_err("an empty secret is refused");
     assert!(err.contains("secret is empty"), "{err}");
-    t.sim.register_app(AppRegistration {
-        appid: APPID.to_string(),
-        secret: String::new(),
-        ip_whitelist: vec![],
-    });
+    support::register_as(&t.sim, APPID, "");
     token_of(&t.legacy().await);
     t.sim.stop().await;
 }

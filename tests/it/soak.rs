@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::Value;
 use wxtoken::domain::Mode;
 use wxtoken::simulator::SimConfig;
 
 use crate::app::{READER_KEY, TestApp, TestAppBuilder, json};
+use crate::support::probe::{Prober, is_live};
 
 /// How long the clients read: a bit more than two token lifetimes.
 const SOAK: Duration = Duration::from_secs(13);
@@ -26,7 +26,7 @@ struct Seen {
 
 /// Reads every account's token in turn until `SOAK` is over and probes each
 /// token at the simulator right away.
-async fn client(app: &TestApp, probe: &reqwest::Client) -> Seen {
+async fn client(app: &TestApp, probe: &Prober) -> Seen {
     let mut seen = Seen::default();
     let started = Instant::now();
     while started.elapsed() < SOAK {
@@ -42,17 +42,9 @@ async fn client(app: &TestApp, probe: &reqwest::Client) -> Seen {
                 expires_in >= 1,
                 "{appid}: served with expires_in {expires_in}"
             );
-            let answer: Value = probe
-                .get(format!("{}/cgi-bin/getcallbackip", app.sim.base_url()))
-                .query(&[("access_token", &token)])
-                .send()
-                .await
-                .expect("the simulator answers")
-                .json()
-                .await
-                .expect("the probe answers JSON");
+            let answer = probe.answer(&token).await;
             seen.reads += 1;
-            if answer.get("ip_list").is_none() {
+            if !is_live(&answer) {
                 seen.invalid
                     .push(format!("{appid}: {answer} (expires_in was {expires_in})"));
             }
@@ -78,16 +70,10 @@ async fn clients_never_receive_a_token_wechat_rejects_over_several_lifetimes() {
         // the refresh must come early enough to leave that margin.
         .refresh_setting("stable_window: 2s")
         .refresh_setting("legacy_at: 0.6")
-        .account(Mode::Legacy)
-        .account(Mode::Legacy)
-        .account(Mode::Stable)
-        .account(Mode::Stable)
+        .accounts(&[Mode::Legacy, Mode::Legacy, Mode::Stable, Mode::Stable])
         .spawn()
         .await;
-    let probe = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("an HTTP client");
+    let probe = Prober::new(&app.sim.base_url());
 
     let results = futures::future::join_all((0..4).map(|_| client(&app, &probe))).await;
 

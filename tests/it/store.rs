@@ -14,6 +14,8 @@ use wxtoken::store::{
 };
 
 use crate::support::metric_value;
+use crate::support::stores::{Disk, PanickingStore};
+use crate::support::wait::Wait;
 
 /// The table the store module documents as its layout.
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -58,6 +60,13 @@ fn with_calls(mut account: StoredAccount, calls: u32) -> StoredAccount {
     account
 }
 
+/// A store file path in a new temporary directory (removed on drop).
+fn store_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wxtoken.redb");
+    (dir, path)
+}
+
 /// The raw value stored under `key`, read with redb directly.
 fn raw_record(path: &Path, key: &str) -> Option<Vec<u8>> {
     let db = Database::open(path).expect("the store file opens with redb");
@@ -68,8 +77,7 @@ fn raw_record(path: &Path, key: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn accounts_round_trip_and_survive_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
     let b = stable_without_token("wx2222222222222222");
     let c = legacy_with_token("wx3333333333333333", "TOKEN-C");
@@ -91,8 +99,7 @@ fn accounts_round_trip_and_survive_a_reopen() {
 
 #[test]
 fn put_replaces_and_remove_removes_durably() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
     let b = stable_without_token("wx2222222222222222");
 
@@ -165,16 +172,14 @@ fn assert_refused_as_corrupt(path: &Path) {
 
 #[test]
 fn a_text_file_is_refused_as_corrupt_and_left_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     std::fs::write(&path, "accounts:\n  - appid: wx1111111111111111\n").unwrap();
     assert_refused_as_corrupt(&path);
 }
 
 #[test]
 fn random_bytes_are_refused_as_corrupt_and_left_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let bytes: Vec<u8> = (0..20_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -184,8 +189,7 @@ fn random_bytes_are_refused_as_corrupt_and_left_in_place() {
 
 #[test]
 fn a_truncated_store_is_refused_as_corrupt_and_left_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let store = RedbStore::open(&path).unwrap();
     store
         .put(&legacy_with_token("wx1111111111111111", "TOKEN-A"))
@@ -200,8 +204,7 @@ fn a_truncated_store_is_refused_as_corrupt_and_left_in_place() {
 
 #[test]
 fn a_redb_file_of_another_program_is_refused_as_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     {
         let foreign: TableDefinition<u64, u64> = TableDefinition::new("accounts");
         let db = Database::create(&path).unwrap();
@@ -218,8 +221,7 @@ fn a_redb_file_of_another_program_is_refused_as_corrupt() {
 
 #[test]
 fn a_store_open_twice_is_reported_as_locked() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let _first = RedbStore::open(&path).unwrap();
     let err = RedbStore::open(&path).err().expect("second open fails");
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
@@ -231,8 +233,7 @@ fn a_store_open_twice_is_reported_as_locked() {
 
 #[test]
 fn an_undecodable_record_is_skipped_and_kept_in_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let good = legacy_with_token("wx1111111111111111", "TOKEN-A");
     let store = RedbStore::open(&path).unwrap();
     store.put(&good).unwrap();
@@ -267,8 +268,7 @@ fn an_undecodable_record_is_skipped_and_kept_in_the_file() {
 
 #[test]
 fn records_are_versioned_json_keyed_by_appid() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let store = RedbStore::open(&path).unwrap();
     store
         .put(&stable_without_token("wx1111111111111111"))
@@ -282,8 +282,7 @@ fn records_are_versioned_json_keyed_by_appid() {
 
 #[test]
 fn move_aside_renames_the_store_and_frees_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (dir, path) = store_file();
     std::fs::write(&path, "garbage").unwrap();
     let moved = move_aside(&path).unwrap();
     assert!(!path.exists());
@@ -317,8 +316,7 @@ async fn writer_applies_queued_writes_in_order_so_the_last_one_wins() {
 
 #[tokio::test]
 async fn writer_put_resolves_only_after_the_write_is_durable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (dir, path) = store_file();
     let store = Arc::new(RedbStore::open(&path).unwrap());
     let writer = StoreWriter::start(store.clone(), Metrics::new());
     let a = legacy_with_token("wx1111111111111111", "TOKEN-A");
@@ -337,8 +335,7 @@ async fn writer_put_resolves_only_after_the_write_is_durable() {
 
 #[tokio::test]
 async fn writer_flush_orders_writes_to_a_redb_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wxtoken.redb");
+    let (_dir, path) = store_file();
     let store = Arc::new(RedbStore::open(&path).unwrap());
     let writer = StoreWriter::start(store.clone(), Metrics::new());
     let a = stable_without_token("wx1111111111111111");
@@ -352,56 +349,6 @@ async fn writer_flush_orders_writes_to_a_redb_file() {
     assert_eq!(store.load_all().unwrap(), vec![with_calls(a, 49)]);
 }
 
-/// A storage whose every write fails, as a full disk would.
-struct FailingStore;
-
-impl Storage for FailingStore {
-    fn kind(&self) -> &'static str {
-        "failing"
-    }
-    fn describe(&self) -> String {
-        "failing test store".to_string()
-    }
-    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
-        Err(StoreError::Write {
-            store: self.describe(),
-            appid: account.appid.to_string(),
-            reason: "no space left on device".to_string(),
-        })
-    }
-    fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
-        Err(StoreError::Write {
-            store: self.describe(),
-            appid: appid.to_string(),
-            reason: "no space left on device".to_string(),
-        })
-    }
-}
-
-/// A storage that panics on every write.
-struct PanickingStore;
-
-impl Storage for PanickingStore {
-    fn kind(&self) -> &'static str {
-        "panicking"
-    }
-    fn describe(&self) -> String {
-        "panicking test store".to_string()
-    }
-    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn put(&self, _: &StoredAccount) -> Result<(), StoreError> {
-        panic!("test store panics on put")
-    }
-    fn remove(&self, _: &AppId) -> Result<(), StoreError> {
-        panic!("test store panics on remove")
-    }
-}
-
 fn write_errors(metrics: &Metrics, store: &str) -> f64 {
     metric_value(
         &metrics.encode(),
@@ -413,7 +360,7 @@ fn write_errors(metrics: &Metrics, store: &str) -> f64 {
 #[tokio::test]
 async fn a_failed_write_is_returned_and_counted() {
     let metrics = Metrics::new();
-    let writer = StoreWriter::start(Arc::new(FailingStore), metrics.clone());
+    let writer = StoreWriter::start(Arc::new(Disk::full("failing")), metrics.clone());
     let err = writer
         .put(legacy_with_token("wx1111111111111111", "TOKEN-A"))
         .await
@@ -463,72 +410,11 @@ async fn the_writer_works_under_a_paused_clock() {
 
 // ------------------------------------------------------------ failed writes recover
 
-/// A storage on a disk that can be "full" (every write fails) or refuse
-/// writes for some accounts only; otherwise it writes to a [`MemoryStore`].
-#[derive(Default)]
-struct Disk {
-    stored: MemoryStore,
-    full: std::sync::atomic::AtomicBool,
-    refused: parking_lot::Mutex<Vec<AppId>>,
-    attempts: std::sync::atomic::AtomicU32,
-}
-
-impl Disk {
-    fn set_full(&self, full: bool) {
-        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn refuse(&self, ids: &[&AppId]) {
-        *self.refused.lock() = ids.iter().map(|&id| id.clone()).collect();
-    }
-
-    fn check(&self, appid: &AppId) -> Result<(), StoreError> {
-        self.attempts
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.full.load(std::sync::atomic::Ordering::SeqCst)
-            || self.refused.lock().contains(appid)
-        {
-            return Err(StoreError::Write {
-                store: self.describe(),
-                appid: appid.to_string(),
-                reason: "No space left on device (os error 28)".to_string(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Storage for Disk {
-    fn kind(&self) -> &'static str {
-        "disk"
-    }
-    fn describe(&self) -> String {
-        "test disk store".to_string()
-    }
-    fn load_all(&self) -> Result<Vec<StoredAccount>, StoreError> {
-        self.stored.load_all()
-    }
-    fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
-        self.check(&account.appid)?;
-        self.stored.put(account)
-    }
-    fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
-        self.check(appid)?;
-        self.stored.remove(appid)
-    }
-}
+/// How long a writer may take to get its dirty accounts onto a disk with room.
+const RECOVERY: Wait = Wait::up_to(std::time::Duration::from_secs(15));
 
 fn store_up(metrics: &Metrics, store: &str) -> f64 {
     metric_value(&metrics.encode(), "wxtoken_store_up", &[("store", store)])
-}
-
-/// Polls `done` every 20 ms until it holds, failing after 15 s.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -559,10 +445,11 @@ async fn failed_writes_are_retried_in_the_background_until_durable() {
     // Space returns: with no new write at all, the writer gets everything
     // acknowledged to memory onto the disk, the newest state of each account.
     disk.set_full(false);
-    eventually("every dirty account is written", || {
-        writer.failing().is_none()
-    })
-    .await;
+    RECOVERY
+        .until("every dirty account is written", || {
+            writer.failing().is_none()
+        })
+        .await;
     assert_eq!(disk.load_all().unwrap(), vec![with_calls(a, 8), b.clone()]);
     assert_eq!(store_up(&metrics, "disk"), 1.0);
 }
@@ -757,7 +644,9 @@ async fn a_full_disk_recovers_without_a_restart_and_the_file_holds_the_newest_st
         .await
         .expect("the store writes again once space returns");
     // ...and the writer writes everything still dirty on its own.
-    eventually("the store is healthy again", || writer.failing().is_none()).await;
+    RECOVERY
+        .until("the store is healthy again", || writer.failing().is_none())
+        .await;
     assert_eq!(store_up(&metrics, "redb"), 1.0);
     writer.close().await;
 

@@ -2,51 +2,30 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 use wxtoken::domain::{Mode, TicketKind};
-use wxtoken::simulator::{AppRegistration, SimConfig};
+use wxtoken::simulator::SimConfig;
 
 use crate::app::{ADMIN_KEY, READER_KEY, SCOPED_KEY, TestApp, TestAppBuilder, json};
+use crate::support::register_as;
+use crate::support::wait::Wait;
 
-async fn ticket(app: &TestApp, appid: &str, kind: &str, key: &str) -> reqwest::Response {
-    app.request(
-        Method::GET,
-        &format!("/v1/ticket/{appid}/{kind}"),
-        Some(key),
-    )
-    .send()
-    .await
-    .expect("the server answers")
-}
-
-async fn post(app: &TestApp, path: &str, body: Value, key: &str) -> reqwest::Response {
-    app.request(Method::POST, path, Some(key))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("the server answers")
+/// Spawns `builder` with one more account in `mode` with a JS-SDK ticket;
+/// returns the app, the account's appid and its first ticket.
+async fn with_jsapi(builder: TestAppBuilder, mode: Mode) -> (TestApp, String, Value) {
+    let app = builder
+        .account_with_tickets(mode, &[TicketKind::Jsapi])
+        .spawn()
+        .await;
+    let appid = app.accounts[0].appid.as_str().to_string();
+    let ticket = app.wait_for_ticket(&appid, "jsapi").await;
+    (app, appid, ticket)
 }
 
 fn getticket_calls(app: &TestApp, appid: &str) -> u64 {
     app.sim.stats().calls_to(appid, "getticket")
-}
-
-async fn wait_for_ticket(app: &TestApp, appid: &str, kind: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = ticket(app, appid, kind, READER_KEY).await;
-        if r.status() == StatusCode::OK {
-            return r.json().await.expect("JSON");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {kind} ticket for {appid}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[actix_web::test]
@@ -58,7 +37,7 @@ async fn tickets_are_served_with_the_token_shape_and_never_outlive_their_token()
         .await;
     let appid = app.accounts[0].appid.as_str().to_string();
     for kind in ["jsapi", "wx_card"] {
-        let body = wait_for_ticket(&app, &appid, kind).await;
+        let body = app.wait_for_ticket(&appid, kind).await;
         assert_eq!(body["appid"], appid.as_str());
         assert_eq!(body["type"], kind);
         assert!(
@@ -79,33 +58,24 @@ async fn tickets_are_served_with_the_token_shape_and_never_outlive_their_token()
 
     // A type that is not configured, and one that does not exist.
     let other = app.accounts[1].appid.as_str();
-    let r = ticket(&app, other, "jsapi", READER_KEY).await;
+    let r = app.get_ticket(other, "jsapi", Some(READER_KEY)).await;
     let body = json(r, StatusCode::NOT_FOUND).await;
     assert_eq!(body["error"], "unknown_ticket");
-    let r = ticket(&app, &appid, "sdk", READER_KEY).await;
+    let r = app.get_ticket(&appid, "sdk", Some(READER_KEY)).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Same authentication and scopes as tokens.
-    let r = app
-        .request(Method::GET, &format!("/v1/ticket/{appid}/jsapi"), None)
-        .send()
-        .await
-        .expect("answer");
+    let r = app.get_ticket(&appid, "jsapi", None).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     if app.accounts[0].appid.as_str() != appid {
         unreachable!();
     }
-    let scoped_other = ticket(&app, other, "jsapi", SCOPED_KEY).await;
+    let scoped_other = app.get_ticket(other, "jsapi", Some(SCOPED_KEY)).await;
     assert_eq!(scoped_other.status(), StatusCode::FORBIDDEN);
 }
 
 #[actix_web::test]
 async fn tickets_are_refetched_right_after_the_token_rotates() {
-    let app = TestAppBuilder::new()
-        .account_with_tickets(Mode::Legacy, &[TicketKind::Jsapi])
-        .spawn()
-        .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let first = wait_for_ticket(&app, &appid, "jsapi").await;
+    let (app, appid, first) = with_jsapi(TestAppBuilder::new(), Mode::Legacy).await;
     let calls = getticket_calls(&app, &appid);
 
     let rotated = json(
@@ -113,14 +83,12 @@ async fn tickets_are_refetched_right_after_the_token_rotates() {
         StatusCode::OK,
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while getticket_calls(&app, &appid) == calls {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no ticket fetch after the rotation"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(10))
+        .until("a ticket fetch after the rotation", || {
+            getticket_calls(&app, &appid) != calls
+        })
+        .await;
     let slot = app
         .state
         .directory
@@ -131,47 +99,32 @@ async fn tickets_are_refetched_right_after_the_token_rotates() {
         token.token.expose(),
         rotated["access_token"].as_str().expect("token")
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let t = slot.ticket(TicketKind::Jsapi).expect("a ticket");
-        if t.fetched_at_ms >= token.fetched_at_ms {
-            assert!(
-                t.serve_until_ms
-                    <= token
-                        .serve_until_ms
-                        .max(t.expires_at_ms)
-                        .min(t.expires_at_ms)
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ticket was not refetched"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let second = wait_for_ticket(&app, &appid, "jsapi").await;
+    let t = Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(10))
+        .for_value("the ticket is refetched", || {
+            let t = slot.ticket(TicketKind::Jsapi).expect("a ticket");
+            (t.fetched_at_ms >= token.fetched_at_ms).then_some(t)
+        })
+        .await;
+    assert!(
+        t.serve_until_ms
+            <= token
+                .serve_until_ms
+                .max(t.expires_at_ms)
+                .min(t.expires_at_ms)
+    );
+    let second = app.wait_for_ticket(&appid, "jsapi").await;
     assert!(second["fetched_at"].as_i64() >= first["fetched_at"].as_i64());
 }
 
 #[actix_web::test]
 async fn ticket_compare_and_refresh_answers_old_tickets_and_throttles_fresh_ones() {
-    let app = TestAppBuilder::new()
-        .account_with_tickets(Mode::Stable, &[TicketKind::Jsapi])
-        .spawn()
-        .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let current = wait_for_ticket(&app, &appid, "jsapi").await;
+    let (app, appid, current) = with_jsapi(TestAppBuilder::new(), Mode::Stable).await;
     let calls = getticket_calls(&app, &appid);
-    let path = format!("/v1/ticket/{appid}/jsapi/refresh");
 
-    let old = post(
-        &app,
-        &path,
-        serde_json::json!({"stale_ticket": "an-old-ticket"}),
-        READER_KEY,
-    )
-    .await;
+    let old = app
+        .report_stale_ticket(&appid, "jsapi", "an-old-ticket", Some(READER_KEY))
+        .await;
     let old = json(old, StatusCode::OK).await;
     assert_eq!(old["ticket"], current["ticket"]);
     assert_eq!(old["refreshed"], false);
@@ -182,36 +135,39 @@ async fn ticket_compare_and_refresh_answers_old_tickets_and_throttles_fresh_ones
     );
 
     // The current ticket was fetched moments ago: WeChat's quota is tight.
-    let fresh = post(
-        &app,
-        &path,
-        serde_json::json!({"stale_ticket": current["ticket"]}),
-        READER_KEY,
-    )
-    .await;
+    let fresh = app
+        .report_stale_ticket(
+            &appid,
+            "jsapi",
+            current["ticket"].as_str().expect("a ticket"),
+            Some(READER_KEY),
+        )
+        .await;
     assert_eq!(fresh.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(fresh.headers().contains_key("retry-after"));
 
-    let bad = post(&app, &path, serde_json::json!({"stale": 1}), READER_KEY).await;
+    let bad = app
+        .refresh_ticket(
+            &appid,
+            "jsapi",
+            serde_json::json!({"stale": 1}).to_string(),
+            Some(READER_KEY),
+        )
+        .await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
 #[actix_web::test]
 async fn the_signature_helper_signs_with_the_current_jsapi_ticket() {
-    let app = TestAppBuilder::new()
-        .account_with_tickets(Mode::Stable, &[TicketKind::Jsapi])
-        .spawn()
-        .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let current = wait_for_ticket(&app, &appid, "jsapi").await;
+    let (app, appid, current) = with_jsapi(TestAppBuilder::new(), Mode::Stable).await;
     let url = "https://shop.example.com/pay?order=42#top";
-    let r = post(
-        &app,
-        &format!("/v1/ticket/{appid}/jsapi/signature"),
-        serde_json::json!({ "url": url }),
-        READER_KEY,
-    )
-    .await;
+    let r = app
+        .jsapi_signature(
+            &appid,
+            serde_json::json!({ "url": url }).to_string(),
+            Some(READER_KEY),
+        )
+        .await;
     let body = json(r, StatusCode::OK).await;
     assert_eq!(body["appId"], appid.as_str());
     let nonce = body["nonceStr"].as_str().expect("a nonce");
@@ -230,13 +186,9 @@ async fn the_signature_helper_signs_with_the_current_jsapi_ticket() {
         serde_json::json!({"url": "ftp://x/y"}),
         serde_json::json!({}),
     ] {
-        let r = post(
-            &app,
-            &format!("/v1/ticket/{appid}/jsapi/signature"),
-            bad,
-            READER_KEY,
-        )
-        .await;
+        let r = app
+            .jsapi_signature(&appid, bad.to_string(), Some(READER_KEY))
+            .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 }
@@ -248,18 +200,18 @@ async fn tickets_survive_a_restart_without_a_new_fetch() {
         .spawn()
         .await;
     let appid = app.accounts[0].appid.as_str().to_string();
-    let jsapi = wait_for_ticket(&app, &appid, "jsapi").await;
-    let card = wait_for_ticket(&app, &appid, "wx_card").await;
+    let jsapi = app.wait_for_ticket(&appid, "jsapi").await;
+    let card = app.wait_for_ticket(&appid, "wx_card").await;
     // Let the ticket's store write land before stopping.
     app.state.store.flush().await;
     let calls = getticket_calls(&app, &appid);
     app.restart().await;
     assert_eq!(
-        wait_for_ticket(&app, &appid, "jsapi").await["ticket"],
+        app.wait_for_ticket(&appid, "jsapi").await["ticket"],
         jsapi["ticket"]
     );
     assert_eq!(
-        wait_for_ticket(&app, &appid, "wx_card").await["ticket"],
+        app.wait_for_ticket(&appid, "wx_card").await["ticket"],
         card["ticket"]
     );
     assert_eq!(
@@ -314,29 +266,17 @@ async fn a_wecom_app_with_a_wrong_secret_fails_with_a_config_error_and_the_other
     broken.appid = wxtoken::domain::AppId::parse(&format!("{corpid}:1000009")).expect("id");
     broken.wecom = Some((corpid.clone(), 1000009));
     broken.configured_secret = "not-the-secret".to_string();
-    app.sim.register_app(AppRegistration {
-        appid: broken.appid.to_string(),
-        secret: "the-real-secret".to_string(),
-        ip_whitelist: vec![],
-    });
+    register_as(&app.sim, broken.appid.as_str(), "the-real-secret");
     app.write_config(&[app.accounts[0].clone(), broken.clone()]);
     json(app.admin_reload(Some(ADMIN_KEY)).await, StatusCode::OK).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let last_error = loop {
-        if let Some(e) = app
-            .state
-            .directory
-            .get(&broken.appid)
-            .and_then(|s| s.status().last_error.clone())
-        {
-            break e;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the broken app never failed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let last_error = Wait::up_to(Duration::from_secs(10))
+        .for_value("the broken app fails", || {
+            app.state
+                .directory
+                .get(&broken.appid)
+                .and_then(|s| s.status().last_error.clone())
+        })
+        .await;
     assert_eq!(last_error.errcode, Some(40001));
     let metrics = app.metrics().await;
     assert!(
@@ -356,26 +296,18 @@ async fn a_wecom_app_with_a_wrong_secret_fails_with_a_config_error_and_the_other
 async fn tickets_and_wecom_apps_can_share_a_simulator_with_short_lifetimes() {
     // Tickets live as long as the simulator says; here shorter than tokens,
     // so they are refreshed on their own schedule too.
-    let app = TestAppBuilder::new()
-        .sim_config(SimConfig {
+    let (app, appid, first) = with_jsapi(
+        TestAppBuilder::new().sim_config(SimConfig {
             ticket_ttl: Duration::from_secs(3),
             ..SimConfig::default()
+        }),
+        Mode::Stable,
+    )
+    .await;
+    Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(100))
+        .until_async("the ticket is renewed", async || {
+            app.wait_for_ticket(&appid, "jsapi").await["ticket"] != first["ticket"]
         })
-        .account_with_tickets(Mode::Stable, &[TicketKind::Jsapi])
-        .spawn()
         .await;
-    let appid = app.accounts[0].appid.as_str().to_string();
-    let first = wait_for_ticket(&app, &appid, "jsapi").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = wait_for_ticket(&app, &appid, "jsapi").await;
-        if now["ticket"] != first["ticket"] {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ticket was never renewed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

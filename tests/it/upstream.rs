@@ -2,34 +2,23 @@
 //! real simulator over HTTP. Whatever WeChat (or something pretending to be
 //! it) answers, no account is left stuck and no absurd value is served.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use wxtoken::domain::{Mode, TicketKind};
 use wxtoken::simulator::FaultSpec;
 
 use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
+use crate::support::fault_once;
+use crate::support::wait::Wait;
 
-/// Polls `done` every 50 ms for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How the tests wait for a recovery: every 50 ms, at most 10 s.
+const POLL: Wait = Wait::up_to(Duration::from_secs(10)).every(Duration::from_millis(50));
 
 fn body_fault(api: &str, appid: &str, body: &str) -> FaultSpec {
     FaultSpec {
-        api: Some(api.to_string()),
-        appid: Some(appid.to_string()),
-        count: Some(1),
         body: Some(body.to_string()),
-        ..Default::default()
+        ..fault_once(api, appid)
     }
 }
 
@@ -48,8 +37,7 @@ async fn state_of(app: &TestApp, appid: &str) -> String {
 async fn a_huge_expires_in_is_a_retried_decode_error_and_the_account_recovers() {
     let app = TestAppBuilder::new()
         .refresh_setting("backoff_max: 1s")
-        .account(Mode::Legacy)
-        .account(Mode::Stable)
+        .accounts(&[Mode::Legacy, Mode::Stable])
         .spawn()
         .await;
     for account in app.accounts.clone() {
@@ -76,7 +64,7 @@ async fn a_huge_expires_in_is_a_retried_decode_error_and_the_account_recovers() 
         assert_eq!(state_of(&app, &appid).await, "failing", "{appid}");
         // Retried with backoff: ready again with a valid token and a sane
         // lifetime (a new one in legacy mode; stable keeps its token).
-        eventually(Duration::from_secs(10), "the account recovers", || async {
+        POLL.until_async("the account recovers", async || {
             state_of(&app, &appid).await == "ready"
         })
         .await;
@@ -143,15 +131,7 @@ async fn a_huge_ticket_expires_in_is_retried_and_never_served_past_its_token() {
         .await;
     let appid = app.accounts[0].appid.to_string();
     let ticket_now = || async {
-        let response = app
-            .request(
-                reqwest::Method::GET,
-                &format!("/v1/ticket/{appid}/jsapi"),
-                Some(READER_KEY),
-            )
-            .send()
-            .await
-            .expect("answers");
+        let response = app.get_ticket(&appid, "jsapi", Some(READER_KEY)).await;
         (response.status() == StatusCode::OK).then_some(())?;
         let ticket = json(response, StatusCode::OK).await;
         Some((
@@ -171,12 +151,8 @@ async fn a_huge_ticket_expires_in_is_retried_and_never_served_past_its_token() {
     // The absurd answer is retried with backoff: one more call brings a
     // valid ticket, which is never served past its token.
     let calls = || app.sim.stats().calls_to(&appid, "getticket");
-    eventually(
-        Duration::from_secs(10),
-        "the ticket is fetched again",
-        || async { calls() >= 3 },
-    )
-    .await;
+    POLL.until("the ticket is fetched again", || calls() >= 3)
+        .await;
     let (ticket, expires_in) = ticket_now().await.expect("a ticket");
     assert_eq!(ticket, before, "the simulator keeps the app's ticket");
     assert_ne!(ticket, "TTTTTTTTTTTTTTTTTTTT");

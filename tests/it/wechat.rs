@@ -16,12 +16,9 @@ const SECRET: &str = "s3cr3t-value-that-must-never-leak";
 
 fn errcode_fault(api: &str, appid: &str, errcode: i64, errmsg: Option<&str>) -> FaultSpec {
     FaultSpec {
-        api: Some(api.to_string()),
-        appid: Some(appid.to_string()),
-        count: Some(1),
         errcode: Some(errcode),
         errmsg: errmsg.map(str::to_string),
-        ..Default::default()
+        ..fault_once(api, appid)
     }
 }
 
@@ -269,11 +266,7 @@ async fn http_5xx_fails_over_but_an_errcode_does_not() {
     let first = simulator(SimConfig::default()).await;
     let second = simulator(SimConfig::default()).await;
     let appid = register(&first, SECRET);
-    second.register_app(wxtoken::simulator::AppRegistration {
-        appid: appid.to_string(),
-        secret: SECRET.to_string(),
-        ip_whitelist: vec![],
-    });
+    register_as(&second, appid.as_str(), SECRET);
     let (client, _) = client_with(vec![url(&first), url(&second)], Duration::from_secs(2), 4);
 
     first.inject_fault(FaultSpec {
@@ -306,11 +299,7 @@ async fn a_slow_answer_times_out_and_fails_over() {
     let slow = simulator(SimConfig::default()).await;
     let fast = simulator(SimConfig::default()).await;
     let appid = register(&slow, SECRET);
-    fast.register_app(wxtoken::simulator::AppRegistration {
-        appid: appid.to_string(),
-        secret: SECRET.to_string(),
-        ip_whitelist: vec![],
-    });
+    register_as(&fast, appid.as_str(), SECRET);
     slow.inject_fault(FaultSpec {
         delay_ms: Some(3_000),
         count: Some(2),
@@ -482,11 +471,8 @@ async fn upstream_requests_in_flight_never_exceed_max_concurrency() {
 /// A fault answering `body` to the next call of `api` for `appid`.
 fn body_fault(api: &str, appid: &str, body: String) -> FaultSpec {
     FaultSpec {
-        api: Some(api.to_string()),
-        appid: Some(appid.to_string()),
-        count: Some(1),
         body: Some(body),
-        ..Default::default()
+        ..fault_once(api, appid)
     }
 }
 
