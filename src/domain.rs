@@ -180,6 +180,10 @@ pub enum TicketKind {
 }
 
 impl TicketKind {
+    /// Every kind, in the order metric series are created.
+    pub const ALL: [TicketKind; 2] = [TicketKind::Jsapi, TicketKind::WxCard];
+
+    /// WeChat's name for the kind (`getticket?type=`) and the `type` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             TicketKind::Jsapi => "jsapi",

@@ -1,18 +1,26 @@
 //! Prometheus metrics of contract §4, in one registry owned by [`Metrics`].
 //!
 //! Invariant: label values come only from the configuration (appids), from
-//! fixed vocabularies (reasons, results, states, APIs, route patterns) or from
-//! WeChat errcodes and HTTP statuses; never from raw request input.
+//! fixed vocabularies (reasons, results, states, APIs, ticket types, route
+//! patterns) or from WeChat errcodes and HTTP statuses; never from raw request
+//! input. A vocabulary named by an enum is that enum's `ALL` through its
+//! label function (`ApiName`, `TicketKind`), so a new variant gets its series.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+use crate::domain::TicketKind;
+
 /// Refresh reasons, the `reason` label of `wxtoken_refreshes_total`.
+// TODO(lead): from Reason::ALL (`Reason::ALL.map(Reason::as_str)`) once the enum has it.
 pub const REFRESH_REASONS: [&str; 5] = ["startup", "scheduled", "stale_report", "admin", "retry"];
 /// Account states, the `state` label of `wxtoken_accounts`.
+// TODO(lead): from State::ALL: the distinct `State::metric_label`s of its variants.
 pub const ACCOUNT_STATES: [&str; 4] = ["ready", "refreshing", "failing", "disabled"];
+/// Results of a refresh, ticket fetch or reload, the `result` label.
+const RESULTS: [&str; 2] = ["ok", "error"];
 
 /// Every metric wxtoken exports.
 #[derive(Clone)]
@@ -356,7 +364,7 @@ impl Metrics {
         }
         m.config_last_reload_successful.set(1);
         m.redis_up.set(1);
-        for result in ["ok", "error"] {
+        for result in RESULTS {
             m.config_reloads.with_label_values(&[result]);
         }
         m.build_info
@@ -375,7 +383,7 @@ impl Metrics {
     /// Creates the per-account series at zero so they exist from start.
     pub fn init_account(&self, appid: &str) {
         for reason in REFRESH_REASONS {
-            for result in ["ok", "error"] {
+            for result in RESULTS {
                 self.refreshes.with_label_values(&[appid, reason, result]);
             }
         }
@@ -436,7 +444,7 @@ impl Metrics {
     /// Removes the per-account series of an account that left the registry.
     pub fn remove_account(&self, appid: &str) {
         for reason in REFRESH_REASONS {
-            for result in ["ok", "error"] {
+            for result in RESULTS {
                 let _ = self.refreshes.remove_label_values(&[appid, reason, result]);
             }
         }
@@ -449,9 +457,9 @@ impl Metrics {
         for state in ACCOUNT_STATES {
             let _ = self.account_state.remove_label_values(&[appid, state]);
         }
-        for kind in ["jsapi", "wx_card"] {
+        for kind in TicketKind::ALL.map(TicketKind::as_str) {
             let _ = self.ticket_expiry.remove_label_values(&[appid, kind]);
-            for result in ["ok", "error"] {
+            for result in RESULTS {
                 let _ = self
                     .ticket_refreshes
                     .remove_label_values(&[appid, kind, result]);
