@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LoadOptions};
@@ -98,7 +99,11 @@ pub fn main() -> ExitCode {
                 grace: Duration::from_secs(grace),
                 ..Default::default()
             };
-            run_async(async move { crate::simulator::run_standalone(config, listen).await })
+            run_async(async move {
+                crate::simulator::run_standalone(config, listen)
+                    .await
+                    .context("the simulator could not start")
+            })
         }
         Command::Serve(args) => {
             crate::telemetry::init(cli.log_format);

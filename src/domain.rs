@@ -180,6 +180,10 @@ pub enum TicketKind {
 }
 
 impl TicketKind {
+    /// Every kind, in the order metric series are created.
+    pub const ALL: [TicketKind; 2] = [TicketKind::Jsapi, TicketKind::WxCard];
+
+    /// WeChat's name for the kind (`getticket?type=`) and the `type` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             TicketKind::Jsapi => "jsapi",
@@ -271,6 +275,79 @@ impl ApiName {
 impl std::fmt::Display for ApiName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a refresh happens (the `reason` label of `wxtoken_refreshes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Startup,
+    Scheduled,
+    StaleReport,
+    Admin,
+    Retry,
+}
+
+impl Reason {
+    /// Every reason, in the order of the metric's documentation.
+    pub const ALL: [Reason; 5] = [
+        Reason::Startup,
+        Reason::Scheduled,
+        Reason::StaleReport,
+        Reason::Admin,
+        Reason::Retry,
+    ];
+
+    /// The `reason` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "startup",
+            Reason::Scheduled => "scheduled",
+            Reason::StaleReport => "stale_report",
+            Reason::Admin => "admin",
+            Reason::Retry => "retry",
+        }
+    }
+}
+
+/// The lifecycle state of an account (contract §4 `state` label, plus `empty`
+/// and `fetching` before the first token, which count as `refreshing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No token yet and no fetch started.
+    Empty,
+    /// The first fetch is in flight.
+    Fetching,
+    /// A valid token and the last attempt succeeded.
+    Ready,
+    /// A refresh is in flight while a token is served.
+    Refreshing,
+    /// The last attempt failed; a token may still be served while valid.
+    Failing,
+    /// `enabled: false`: never fetched.
+    Disabled,
+}
+
+impl State {
+    /// Every state.
+    pub const ALL: [State; 6] = [
+        State::Empty,
+        State::Fetching,
+        State::Ready,
+        State::Refreshing,
+        State::Failing,
+        State::Disabled,
+    ];
+
+    /// The `state` label of `wxtoken_accounts`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            State::Empty | State::Fetching | State::Refreshing => "refreshing",
+            State::Ready => "ready",
+            State::Failing => "failing",
+            State::Disabled => "disabled",
+        }
     }
 }
 

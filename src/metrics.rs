@@ -1,18 +1,34 @@
 //! Prometheus metrics of contract §4, in one registry owned by [`Metrics`].
 //!
 //! Invariant: label values come only from the configuration (appids), from
-//! fixed vocabularies (reasons, results, states, APIs, route patterns) or from
-//! WeChat errcodes and HTTP statuses; never from raw request input.
+//! fixed vocabularies (reasons, results, states, APIs, ticket types, route
+//! patterns) or from WeChat errcodes and HTTP statuses; never from raw request
+//! input. A vocabulary named by an enum is that enum's `ALL` through its
+//! label function (`ApiName`, `TicketKind`), so a new variant gets its series.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+use crate::domain::{Reason, TicketKind};
+
 /// Refresh reasons, the `reason` label of `wxtoken_refreshes_total`.
-pub const REFRESH_REASONS: [&str; 5] = ["startup", "scheduled", "stale_report", "admin", "retry"];
-/// Account states, the `state` label of `wxtoken_accounts`.
+pub const REFRESH_REASONS: [&str; Reason::ALL.len()] = {
+    let mut labels = [""; Reason::ALL.len()];
+    let mut i = 0;
+    while i < labels.len() {
+        labels[i] = Reason::ALL[i].as_str();
+        i += 1;
+    }
+    labels
+};
+/// Account states, the `state` label of `wxtoken_accounts`: the distinct
+/// [`State::metric_label`]s of [`State::ALL`] (several states share a label;
+/// a unit test keeps the two in step).
 pub const ACCOUNT_STATES: [&str; 4] = ["ready", "refreshing", "failing", "disabled"];
+/// Results of a refresh, ticket fetch or reload, the `result` label.
+const RESULTS: [&str; 2] = ["ok", "error"];
 
 /// Every metric wxtoken exports.
 #[derive(Clone)]
@@ -356,7 +372,7 @@ impl Metrics {
         }
         m.config_last_reload_successful.set(1);
         m.redis_up.set(1);
-        for result in ["ok", "error"] {
+        for result in RESULTS {
             m.config_reloads.with_label_values(&[result]);
         }
         m.build_info
@@ -375,7 +391,7 @@ impl Metrics {
     /// Creates the per-account series at zero so they exist from start.
     pub fn init_account(&self, appid: &str) {
         for reason in REFRESH_REASONS {
-            for result in ["ok", "error"] {
+            for result in RESULTS {
                 self.refreshes.with_label_values(&[appid, reason, result]);
             }
         }
@@ -436,7 +452,7 @@ impl Metrics {
     /// Removes the per-account series of an account that left the registry.
     pub fn remove_account(&self, appid: &str) {
         for reason in REFRESH_REASONS {
-            for result in ["ok", "error"] {
+            for result in RESULTS {
                 let _ = self.refreshes.remove_label_values(&[appid, reason, result]);
             }
         }
@@ -449,9 +465,9 @@ impl Metrics {
         for state in ACCOUNT_STATES {
             let _ = self.account_state.remove_label_values(&[appid, state]);
         }
-        for kind in ["jsapi", "wx_card"] {
+        for kind in TicketKind::ALL.map(TicketKind::as_str) {
             let _ = self.ticket_expiry.remove_label_values(&[appid, kind]);
-            for result in ["ok", "error"] {
+            for result in RESULTS {
                 let _ = self
                     .ticket_refreshes
                     .remove_label_values(&[appid, kind, result]);
@@ -467,5 +483,33 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding into a Vec does not fail");
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::State;
+
+    #[test]
+    fn the_state_labels_are_the_distinct_labels_of_every_state() {
+        let mut labels: Vec<&str> = Vec::new();
+        for state in State::ALL {
+            if !labels.contains(&state.metric_label()) {
+                labels.push(state.metric_label());
+            }
+        }
+        labels.sort_unstable();
+        let mut listed = ACCOUNT_STATES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(labels, listed);
+    }
+
+    #[test]
+    fn the_reason_labels_are_every_reason() {
+        assert_eq!(
+            REFRESH_REASONS,
+            ["startup", "scheduled", "stale_report", "admin", "retry"]
+        );
     }
 }

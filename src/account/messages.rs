@@ -9,43 +9,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+pub use crate::domain::Reason;
 use crate::domain::{AccessToken, AppId, TicketKind};
 use crate::replica::Coordination;
 use crate::snapshot::{TicketRecord, TokenRecord};
 use crate::store::StoredToken;
 use crate::wechat::UpstreamError;
-
-/// Why a refresh happens (the `reason` label of `wxtoken_refreshes_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Startup,
-    Scheduled,
-    StaleReport,
-    Admin,
-    Retry,
-}
-
-impl Reason {
-    /// Every reason, in the order of the metric's documentation.
-    pub const ALL: [Reason; 5] = [
-        Reason::Startup,
-        Reason::Scheduled,
-        Reason::StaleReport,
-        Reason::Admin,
-        Reason::Retry,
-    ];
-
-    /// The `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Startup => "startup",
-            Reason::Scheduled => "scheduled",
-            Reason::StaleReport => "stale_report",
-            Reason::Admin => "admin",
-            Reason::Retry => "retry",
-        }
-    }
-}
 
 /// Why a refresh request produced no token.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -17,6 +17,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::answers::{WECHAT_JSON, WxError, default_errmsg, ip_message};
+use super::error::FaultError;
 
 /// The WeChat APIs the simulator serves, as named in faults and stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,46 +122,52 @@ const MAX_BODY_BYTES: u64 = 1 << 30;
 const MAX_DELAY_MS: u64 = 600_000;
 
 impl FaultSpec {
-    /// Checks the spec; errors with a sentence naming the bad field and value.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the spec.
+    ///
+    /// Errors with the first problem found, naming the bad field and value.
+    pub fn validate(&self) -> Result<(), FaultError> {
         if let Some(api) = &self.api
             && Api::parse(api).is_none()
         {
-            return Err(format!(
-                "unknown api {api:?}; expected one of token, stable_token, getticket, getcallbackip, gettoken"
-            ));
+            return Err(FaultError::UnknownApi { api: api.clone() });
         }
         if self.count == Some(0) {
-            return Err("count must be at least 1".to_string());
+            return Err(FaultError::ZeroCount);
         }
         if let Some(rate) = self.rate
             && !(0.0..=1.0).contains(&rate)
         {
-            return Err(format!("rate {rate} is not between 0 and 1"));
+            return Err(FaultError::RateOutOfRange { rate });
         }
         if self.count.is_some() && self.rate.is_some() {
-            return Err("give either count or rate, not both".to_string());
+            return Err(FaultError::CountAndRate);
         }
         if let Some(status) = self.http_status
             && !(200..=599).contains(&status)
         {
-            return Err(format!("http_status {status} is not between 200 and 599"));
+            return Err(FaultError::HttpStatusOutOfRange { status });
         }
-        if let Some(delay) = self.delay_ms
-            && delay > MAX_DELAY_MS
+        if let Some(delay_ms) = self.delay_ms
+            && delay_ms > MAX_DELAY_MS
         {
-            return Err(format!("delay_ms {delay} is longer than {MAX_DELAY_MS}"));
+            return Err(FaultError::DelayTooLong {
+                delay_ms,
+                max_ms: MAX_DELAY_MS,
+            });
         }
         if self.errmsg.is_some() && self.errcode.is_none() {
-            return Err("errmsg needs an errcode".to_string());
+            return Err(FaultError::ErrmsgWithoutErrcode);
         }
         if self.errcode == Some(0) {
-            return Err("errcode 0 means success; pick an error code".to_string());
+            return Err(FaultError::ZeroErrcode);
         }
-        if let Some(n) = self.body_bytes
-            && n > MAX_BODY_BYTES
+        if let Some(bytes) = self.body_bytes
+            && bytes > MAX_BODY_BYTES
         {
-            return Err(format!("body_bytes {n} is larger than {MAX_BODY_BYTES}"));
+            return Err(FaultError::BodyTooLarge {
+                bytes,
+                max: MAX_BODY_BYTES,
+            });
         }
         let has_effect = self.errcode.is_some()
             || self.http_status.is_some()
@@ -171,10 +178,7 @@ impl FaultSpec {
             || self.body.is_some()
             || self.body_bytes.is_some();
         if !has_effect {
-            return Err(
-                "the fault does nothing; set errcode, http_status, delay_ms, drop_connection, malformed, html, body or body_bytes"
-                    .to_string(),
-            );
+            return Err(FaultError::NoEffect);
         }
         Ok(())
     }
@@ -383,20 +387,33 @@ mod tests {
             spec(|_| {})
                 .validate()
                 .unwrap_err()
+                .to_string()
                 .contains("does nothing")
         );
         let bad_api = spec(|s| {
             s.api = Some("tokens".into());
             s.errcode = Some(-1);
         });
-        assert!(bad_api.validate().unwrap_err().contains("\"tokens\""));
+        assert!(
+            bad_api
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("\"tokens\"")
+        );
         let bad_rate = spec(|s| {
             s.rate = Some(1.5);
             s.errcode = Some(-1);
         });
-        assert!(bad_rate.validate().unwrap_err().contains("1.5"));
+        assert!(bad_rate.validate().unwrap_err().to_string().contains("1.5"));
         let bad_status = spec(|s| s.http_status = Some(42));
-        assert!(bad_status.validate().unwrap_err().contains("42"));
+        assert!(
+            bad_status
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("42")
+        );
         assert!(spec(|s| s.delay_ms = Some(10)).validate().is_ok());
     }
 

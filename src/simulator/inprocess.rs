@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 
+use super::error::{FaultError, RegistrationError, SimConfigError};
 use super::faults::{Api, FaultSpec};
 use super::state::{AppRegistration, Credentials, SimState, TokenStatus};
 use super::{SimConfig, Stats};
@@ -34,8 +35,8 @@ impl InProcess {
     /// A simulator with `config`; calls that take longer than `timeout`
     /// (injected delays) fail as a timeout would.
     ///
-    /// Errors when the configuration is invalid.
-    pub fn new(config: SimConfig, timeout: Duration) -> Result<InProcess, String> {
+    /// Errors when the configuration is invalid (see [`SimConfig::validate`]).
+    pub fn new(config: SimConfig, timeout: Duration) -> Result<InProcess, SimConfigError> {
         config.validate()?;
         Ok(InProcess {
             state: Arc::new(SimState::new(&config)),
@@ -43,13 +44,17 @@ impl InProcess {
         })
     }
 
-    /// Registers or updates an app; errors with every problem of the registration.
-    pub fn try_register_app(&self, app: AppRegistration) -> Result<(), String> {
+    /// Registers or updates an app.
+    ///
+    /// Errors with every problem of an invalid registration; nothing changes then.
+    pub fn try_register_app(&self, app: AppRegistration) -> Result<(), RegistrationError> {
         self.state.register(app)
     }
 
-    /// Injects a fault; errors when it is invalid.
-    pub fn try_inject_fault(&self, fault: FaultSpec) -> Result<(), String> {
+    /// Injects a fault.
+    ///
+    /// Errors when the fault is invalid (see [`FaultSpec::validate`]).
+    pub fn try_inject_fault(&self, fault: FaultSpec) -> Result<(), FaultError> {
         self.state.add_fault(fault).map(|_| ())
     }
 

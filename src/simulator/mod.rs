@@ -2,14 +2,16 @@
 //! behaves like WeChat, for `wxtoken simulator`, `wxtoken demo` and the tests.
 //!
 //! It owns the simulator's public API ([`SimConfig`], [`Simulator`],
-//! [`run_standalone`]); the state machine lives in `state`, the HTTP surface in
-//! `routes`, fault injection in `faults`.
+//! [`InProcess`], [`run_standalone`]); the state machine lives in `state`, the
+//! HTTP surface in `routes`, fault injection in `faults`, the errors every
+//! fallible call returns in `error` ([`SimError`] and its parts).
 //!
 //! Invariant: every notion of time in the simulator comes from
 //! [`SimConfig::clock`], so tests move token lifetimes and quota days with
 //! [`Simulator::advance`] instead of sleeping.
 
 mod answers;
+mod error;
 mod faults;
 mod inprocess;
 mod routes;
@@ -17,17 +19,18 @@ mod state;
 mod stats;
 mod whitelist;
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
-use anyhow::Context as _;
 
 use crate::clock::Clock;
 
+pub use error::{
+    FaultError, RegistrationError, RegistrationProblem, SimConfigError, SimError, WhitelistError,
+};
 pub use faults::FaultSpec;
 pub use inprocess::InProcess;
 pub use state::AppRegistration;
@@ -70,26 +73,26 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
-    /// Checks that the lifetimes make sense; errors with a sentence naming the values.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the lifetimes make sense.
+    ///
+    /// Errors when a lifetime is under one second or `grace` is not shorter
+    /// than `token_ttl`; the error names the values.
+    pub fn validate(&self) -> Result<(), SimConfigError> {
         if self.token_ttl < Duration::from_secs(1) {
-            return Err(format!(
-                "token ttl {}s is too short; it must be at least 1 second",
-                self.token_ttl.as_secs_f64()
-            ));
+            return Err(SimConfigError::TokenTtlTooShort {
+                token_ttl: self.token_ttl,
+            });
         }
         if self.grace >= self.token_ttl {
-            return Err(format!(
-                "grace {}s must be shorter than the token ttl {}s",
-                self.grace.as_secs_f64(),
-                self.token_ttl.as_secs_f64()
-            ));
+            return Err(SimConfigError::GraceNotShorterThanTtl {
+                grace: self.grace,
+                token_ttl: self.token_ttl,
+            });
         }
         if self.ticket_ttl < Duration::from_secs(1) {
-            return Err(format!(
-                "ticket ttl {}s is too short; it must be at least 1 second",
-                self.ticket_ttl.as_secs_f64()
-            ));
+            return Err(SimConfigError::TicketTtlTooShort {
+                ticket_ttl: self.ticket_ttl,
+            });
         }
         Ok(())
     }
@@ -114,12 +117,10 @@ impl Simulator {
     /// Binds `addr` (port 0 picks a free port) and serves in the background on
     /// the current tokio or actix runtime with one worker.
     ///
-    /// Errors when the configuration is invalid (`InvalidInput`) or the address
-    /// cannot be bound (the message names the address).
-    pub async fn start(config: SimConfig, addr: SocketAddr) -> io::Result<Simulator> {
-        config
-            .validate()
-            .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
+    /// Errors when the configuration is invalid ([`SimError::InvalidConfig`])
+    /// or the address cannot be bound ([`SimError::Bind`], naming the address).
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<Simulator, SimError> {
+        config.validate()?;
         let state = Arc::new(SimState::new(&config));
         let data = web::Data::from(Arc::clone(&state));
         let server = HttpServer::new(move || {
@@ -131,12 +132,12 @@ impl Simulator {
         .disable_signals()
         .shutdown_timeout(1)
         .bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("could not listen on {addr}: {e}")))?;
+        .map_err(|source| SimError::Bind { addr, source })?;
         let bound = server
             .addrs()
             .first()
             .copied()
-            .ok_or_else(|| io::Error::other(format!("listening on {addr} gave no address")))?;
+            .ok_or(SimError::NoAddress { addr })?;
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
@@ -177,9 +178,10 @@ impl Simulator {
         }
     }
 
-    /// Registers or updates an app; errors with every problem of an invalid
-    /// registration, in one sentence.
-    pub fn try_register_app(&self, app: AppRegistration) -> Result<(), String> {
+    /// Registers or updates an app.
+    ///
+    /// Errors with every problem of an invalid registration; nothing changes then.
+    pub fn try_register_app(&self, app: AppRegistration) -> Result<(), RegistrationError> {
         self.state.register(app)
     }
 
@@ -232,10 +234,8 @@ impl Simulator {
 ///
 /// Errors when the configuration is invalid or `listen` cannot be bound; the
 /// message names the address.
-pub async fn run_standalone(config: SimConfig, listen: SocketAddr) -> anyhow::Result<()> {
-    let sim = Simulator::start(config, listen)
-        .await
-        .context("the simulator could not start")?;
+pub async fn run_standalone(config: SimConfig, listen: SocketAddr) -> Result<(), SimError> {
+    let sim = Simulator::start(config, listen).await?;
     let base = sim.base_url();
     println!("wxtoken simulator listening on {base}");
     println!("register an app:");

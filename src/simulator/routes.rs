@@ -212,23 +212,37 @@ async fn getcallbackip(state: State, req: HttpRequest) -> HttpResponse {
     }
 }
 
-/// A control-API error: 400 with `{"error": "bad_request", "message": ...}`.
-fn bad_request(message: impl Into<String>) -> HttpResponse {
+/// A control-API error: 400 with `{"error": "bad_request", "message": ...}`,
+/// the message being the error's text.
+fn bad_request(message: impl std::fmt::Display) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({
         "error": "bad_request",
-        "message": message.into(),
+        "message": message.to_string(),
     }))
 }
 
-/// Parses a control-API JSON body, or explains what is wrong with it.
-fn control_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))
+/// A control-API body that is not the JSON the endpoint expects.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {what}: {source}")]
+struct BadBody {
+    /// What the body should have been, like `app registration`.
+    what: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// Parses a control-API JSON body; errors saying what is wrong with it.
+fn control_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &'static str,
+) -> Result<T, BadBody> {
+    serde_json::from_slice(body).map_err(|source| BadBody { what, source })
 }
 
 async fn register_app(state: State, body: web::Bytes) -> HttpResponse {
     let reg: AppRegistration = match control_body(&body, "app registration") {
         Ok(r) => r,
-        Err(message) => return bad_request(message),
+        Err(e) => return bad_request(e),
     };
     let appid = reg.appid.clone();
     match state.register(reg) {
@@ -236,18 +250,18 @@ async fn register_app(state: State, body: web::Bytes) -> HttpResponse {
             tracing::debug!(appid = appid.as_str(), "simulator app registered");
             HttpResponse::Ok().json(json!({ "registered": appid }))
         }
-        Err(message) => bad_request(message),
+        Err(e) => bad_request(e),
     }
 }
 
 async fn add_fault(state: State, body: web::Bytes) -> HttpResponse {
     let spec: FaultSpec = match control_body(&body, "fault") {
         Ok(s) => s,
-        Err(message) => return bad_request(message),
+        Err(e) => return bad_request(e),
     };
     match state.add_fault(spec) {
         Ok(active) => HttpResponse::Ok().json(json!({ "active_faults": active })),
-        Err(message) => bad_request(message),
+        Err(e) => bad_request(e),
     }
 }
 
@@ -277,7 +291,7 @@ async fn clock(state: State) -> HttpResponse {
 async fn advance_clock(state: State, body: web::Bytes) -> HttpResponse {
     let advance: Advance = match control_body(&body, "clock request") {
         Ok(a) => a,
-        Err(message) => return bad_request(message),
+        Err(e) => return bad_request(e),
     };
     if advance.advance_secs > MAX_ADVANCE_SECS {
         return bad_request(format!(

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SimConfig;
 use super::answers::WxError;
+use super::error::{FaultError, RegistrationError, RegistrationProblem};
 use super::faults::{Api, FaultList, FaultSpec};
 use super::stats::{Stats, UNKNOWN_APPID};
 use super::whitelist::{self, IpRange};
@@ -252,26 +253,31 @@ impl SimState {
         InFlight(self)
     }
 
-    /// Registers or updates an app; errors with every problem of the registration.
-    pub(crate) fn register(&self, reg: AppRegistration) -> Result<(), String> {
+    /// Registers or updates an app.
+    ///
+    /// Errors with every problem of an invalid registration (appid, secret,
+    /// whitelist entries); nothing changes then.
+    pub(crate) fn register(&self, reg: AppRegistration) -> Result<(), RegistrationError> {
         let mut problems = Vec::new();
         if let Err(e) = AppId::parse(&reg.appid) {
-            problems.push(e.to_string());
+            problems.push(RegistrationProblem::AppId(e));
         }
         if reg.secret.is_empty() {
-            problems.push("secret is empty".to_string());
+            problems.push(RegistrationProblem::EmptySecret);
         } else if reg.secret.len() > MAX_SECRET_LEN {
-            problems.push(format!("secret is longer than {MAX_SECRET_LEN} characters"));
+            problems.push(RegistrationProblem::SecretTooLong {
+                max: MAX_SECRET_LEN,
+            });
         }
         let mut ranges = Vec::with_capacity(reg.ip_whitelist.len());
         for entry in &reg.ip_whitelist {
             match IpRange::parse(entry) {
                 Ok(r) => ranges.push(r),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(RegistrationProblem::Whitelist(e)),
             }
         }
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(RegistrationError { problems });
         }
         let mut inner = self.inner.lock();
         match inner.apps.get_mut(&reg.appid) {
@@ -319,8 +325,10 @@ impl SimState {
         Some(fault)
     }
 
-    /// Adds a fault after validating it; errors with the validation message.
-    pub(crate) fn add_fault(&self, spec: FaultSpec) -> Result<usize, String> {
+    /// Adds a fault after validating it; returns how many faults are active.
+    ///
+    /// Errors when the fault is invalid (see [`FaultSpec::validate`]).
+    pub(crate) fn add_fault(&self, spec: FaultSpec) -> Result<usize, FaultError> {
         spec.validate()?;
         let mut inner = self.inner.lock();
         inner.faults.push(spec);
@@ -740,7 +748,8 @@ mod tests {
                 secret: String::new(),
                 ip_whitelist: vec!["nope".into()],
             })
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("appid is empty"), "{err}");
         assert!(err.contains("secret is empty"), "{err}");
         assert!(err.contains("\"nope\""), "{err}");

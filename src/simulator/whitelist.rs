@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use super::answers::canonical_ip;
+use super::error::WhitelistError;
 
 /// One parsed whitelist entry: a network address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,26 +16,29 @@ pub(crate) struct IpRange {
 }
 
 impl IpRange {
-    /// Parses `1.2.3.4`, `1.2.3.0/24`, `::1` or `2001:db8::/32`; errors with a
-    /// sentence naming the entry.
-    pub(crate) fn parse(entry: &str) -> Result<Self, String> {
+    /// Parses `1.2.3.4`, `1.2.3.0/24`, `::1` or `2001:db8::/32`.
+    ///
+    /// Errors when the address or the prefix length does not parse; the error
+    /// names the entry.
+    pub(crate) fn parse(entry: &str) -> Result<Self, WhitelistError> {
         let entry = entry.trim();
         let (addr, prefix) = match entry.split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (entry, None),
         };
-        let network: IpAddr = addr.parse().map_err(|_| {
-            format!("ip_whitelist entry {entry:?} is not an IP address or CIDR range")
+        let network: IpAddr = addr.parse().map_err(|_| WhitelistError::NotAnAddress {
+            entry: entry.to_string(),
         })?;
         let network = canonical_ip(network);
         let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix =
-            match prefix {
-                None => max,
-                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
-                    format!("ip_whitelist entry {entry:?} has a bad prefix length")
-                })?,
-            };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                WhitelistError::BadPrefix {
+                    entry: entry.to_string(),
+                }
+            })?,
+        };
         Ok(IpRange { network, prefix })
     }
 

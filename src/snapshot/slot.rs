@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
+pub use crate::domain::State;
 use crate::domain::{AccessToken, AppId, Mode, TicketKind};
 
 /// One token as wxtoken serves it. Times are Unix milliseconds.
@@ -59,37 +60,6 @@ impl TicketRecord {
     pub fn usable_secs(&self, now_ms: i64) -> Option<u64> {
         let left = self.serve_until_ms - now_ms;
         (left >= 1000).then_some((left / 1000) as u64)
-    }
-}
-
-/// The lifecycle state of an account (contract §4 `state` label, plus `empty`
-/// and `fetching` before the first token, which count as `refreshing`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// No token yet and no fetch started.
-    Empty,
-    /// The first fetch is in flight.
-    Fetching,
-    /// A valid token and the last attempt succeeded.
-    Ready,
-    /// A refresh is in flight while a token is served.
-    Refreshing,
-    /// The last attempt failed; a token may still be served while valid.
-    Failing,
-    /// `enabled: false`: never fetched.
-    Disabled,
-}
-
-impl State {
-    /// The `state` label of `wxtoken_accounts`.
-    pub fn metric_label(self) -> &'static str {
-        match self {
-            State::Empty | State::Fetching | State::Refreshing => "refreshing",
-            State::Ready => "ready",
-            State::Failing => "failing",
-            State::Disabled => "disabled",
-        }
     }
 }
 

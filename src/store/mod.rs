@@ -3,16 +3,38 @@
 //! It owns each account's persisted state ([`StoredAccount`]: the current
 //! token and its times, the write-ahead intent of a legacy fetch, the daily
 //! call counter, the stable force-refresh log and the JS-SDK tickets), the
-//! [`Storage`] interface with its two implementations ([`RedbStore`], a
-//! single-file redb database, and [`MemoryStore`]), and the [`StoreWriter`]
-//! that applies every write on one dedicated thread and retries the ones that
-//! failed.
+//! [`Storage`] interface, its single-process implementations and the
+//! [`StoreWriter`] that applies every write off the async runtime and retries
+//! the ones that failed.
+//!
+//! Which [`Storage`] a server uses is decided in [`crate::startup`]: the
+//! [`RedbStore`] at `store.path`; with `store.redis`, the `RedisStore` of
+//! [`crate::replica`] shared by the replicas (it lives there and reuses this
+//! module's record format); or one handed in through `BuildOptions` (tests pass
+//! a [`MemoryStore`]).
+//!
+//! # Files
+//!
+//! - `mod.rs`: the stored types, the [`Storage`] trait, [`StoreError`] (every
+//!   message of the store) and [`move_aside`] for `--reset-store`.
+//! - `record.rs`: the versioned JSON record of an account (below): encoding,
+//!   and decoding into a typed error that never quotes the record.
+//! - `redb.rs`: [`RedbStore`]: the `accounts` table, redb's errors mapped to
+//!   [`StoreError`], panics inside redb caught, and the reopening of the
+//!   database after a failed write.
+//! - `file.rs`: the store file on disk: directory and file modes, the
+//!   exclusive lock, and the redb storage backend on the locked handle.
+//! - `memory.rs`: [`MemoryStore`], a map that persists nothing.
+//! - `writer.rs`: [`StoreWriter`]: the ordered write queue on one thread (or
+//!   inline, for tests on the paused clock), the dirty accounts and their
+//!   retries, and the store's health (`failing`, `wxtoken_store_up`).
 //!
 //! # Layout of the redb file
 //!
 //! One file (`store.path`, 0600) in a data directory of its own (0700); both
-//! modes are set whatever the umask. The file is locked exclusively while a
-//! store has it open.
+//! modes are set whatever the umask. The file is locked exclusively, on the
+//! handle the [`RedbStore`] keeps for its whole life, so the lock holds across
+//! every reopen of the database.
 //!
 //! One table, `accounts`: key `&str` (the appid), value `&[u8]` (a JSON
 //! object). Version 1 of the value is
@@ -26,35 +48,40 @@
 //!
 //! All times are Unix milliseconds; `calls_day` is a [`crate::clock::china_day`];
 //! `tickets` may be absent (records written before tickets existed).
-//! A record with another `v`, or one that does not decode, is skipped with a
-//! warning when loading and left in the file untouched.
+//! A record with another `v`, a key that is not an appid, or a value that does
+//! not decode is skipped with a warning when loading and left in the file
+//! untouched.
 //!
 //! # Invariants
 //!
-//! - **A write acknowledged is durable.** [`Storage::put`] returns `Ok` only
-//!   after its redb transaction committed with immediate durability, and
-//!   [`StoreWriter::put`] resolves `Ok` only after that.
+//! - **A write acknowledged is durable.** [`RedbStore`]'s [`Storage::put`]
+//!   returns `Ok` only after its redb transaction committed with immediate
+//!   durability, and [`StoreWriter::put`] resolves `Ok` only after the
+//!   storage's `put` did.
 //! - **Failed writes are retried until durable.** A write that fails (a full
 //!   disk, an I/O error, Redis down) leaves its account dirty in the
 //!   [`StoreWriter`], which keeps the account's newest state (a put or a
-//!   removal) and retries it on its thread with backoff until it is written,
-//!   without a restart; [`StoreWriter::failing`] and `wxtoken_store_up` say so
+//!   removal) and retries it with backoff until it is written, without a
+//!   restart; [`StoreWriter::failing`] and `wxtoken_store_up` say so
 //!   meanwhile. [`RedbStore`] reopens its database after a failed write, since
 //!   redb refuses every write after an I/O error until then.
-//! - **Writes never reorder.** Every write goes through one [`StoreWriter`]
-//!   thread, in submission order, off the async runtime; a retry writes an
+//! - **Writes never reorder.** Every write goes through one [`StoreWriter`],
+//!   in submission order, on its own thread off the async runtime (or, for an
+//!   inline writer, in the caller under one lock); a retry writes an
 //!   account's newest state, never an older one over a newer one.
 //! - **Nothing stored is ever dropped silently.** A corrupt or foreign file is
 //!   an error at open (never deleted or replaced); an undecodable record is
 //!   skipped with a warning and kept; only `--reset-store` moves a file aside
-//!   ([`move_aside`]); state that could not be written by shutdown is logged.
+//!   ([`move_aside`], which never overwrites an earlier one); state that could
+//!   not be written by shutdown is logged.
 //! - **A corrupt file is one sentence.** A panic inside redb (it asserts on
 //!   some malformed files) is caught quietly and becomes
 //!   [`StoreError::Corrupt`]; no panic message or backtrace is printed.
 //! - **Only wxtoken's user can read the store.** The file is created 0600
 //!   and a missing directory 0700. At open, a looser file of ours is set to
-//!   0600, and a looser directory to 0700 when it is ours and holds only the
-//!   store's files; anything else is warned about, never chmod-ed.
+//!   0600, and a looser directory to 0700 when it is ours, not sticky and
+//!   holds only the store's files (the store and its `.broken-…` siblings);
+//!   anything else is warned about, never chmod-ed.
 //! - **The token value never appears in a log line or an error message.**
 
 mod file;
@@ -167,7 +194,7 @@ pub enum StoreError {
 /// Where accounts persist. Implementations are blocking; call them from the
 /// [`StoreWriter`] thread or at startup, not from async tasks.
 pub trait Storage: Send + Sync + 'static {
-    /// `"redb"`, `"memory"`: the metric label and log field.
+    /// `"redb"`, `"memory"`, `"redis"`: the metric label and log field.
     fn kind(&self) -> &'static str;
 
     /// Human description, e.g. `redb store /var/lib/wxtoken/wxtoken.redb`.

@@ -2,12 +2,14 @@
 //! layout in the module doc of [`crate::store`]).
 //!
 //! Invariant: a decode error never carries text from the record itself, so a
-//! token value cannot leak into a warning through it.
+//! token value cannot leak into a warning through it: [`RecordError`] holds
+//! only the key's problem, a JSON error's class and position, a version
+//! number or nothing.
 
 use serde::{Deserialize, Serialize};
 
 use super::{StoredAccount, StoredTicket, StoredToken};
-use crate::domain::{AccessToken, AppId, Mode};
+use crate::domain::{AccessToken, AppId, AppIdError, Mode};
 
 /// The record version this build writes and reads.
 const VERSION: u32 = 1;
@@ -80,22 +82,43 @@ pub(crate) fn encode(account: &StoredAccount) -> Vec<u8> {
     serde_json::to_vec(&record).unwrap_or_default()
 }
 
-/// Decodes the record stored under `key`; the error says why in words that
-/// never quote the record.
-pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<StoredAccount, String> {
-    let appid = AppId::parse(key).map_err(|e| format!("the key is not a valid appid: {e}"))?;
-    let version: Version = serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))?;
+/// Why a stored record could not be decoded, in words that never quote the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RecordError {
+    /// The key is not a valid appid.
+    #[error("the key is not a valid appid: {0}")]
+    BadKey(AppIdError),
+    /// The value is not JSON of the record's shape; only the class of the
+    /// problem and its position are kept (serde_json's message may quote the value).
+    #[error("the record is {class} (line {line}, column {column})")]
+    Json {
+        class: &'static str,
+        line: usize,
+        column: usize,
+    },
+    /// The record has a version this build does not read.
+    #[error("record version {found} is not supported by this build (it reads version {supported})", supported = VERSION)]
+    Version { found: u32 },
+    /// The mode is not one of the two words.
+    #[error("the mode is neither \"legacy\" nor \"stable\"")]
+    Mode,
+}
+
+/// Decodes the record stored under `key`.
+///
+/// Errors when the key is not an appid, the value is not a version-1 record
+/// or its mode is unknown (see [`RecordError`]).
+pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<StoredAccount, RecordError> {
+    let appid = AppId::parse(key).map_err(RecordError::BadKey)?;
+    let version: Version = serde_json::from_slice(bytes).map_err(|e| json_error(&e))?;
     if version.v != VERSION {
-        return Err(format!(
-            "record version {} is not supported by this build (it reads version {VERSION})",
-            version.v
-        ));
+        return Err(RecordError::Version { found: version.v });
     }
-    let record: RecordV1 = serde_json::from_slice(bytes).map_err(|e| describe_json_error(&e))?;
+    let record: RecordV1 = serde_json::from_slice(bytes).map_err(|e| json_error(&e))?;
     let mode = match record.mode.as_str() {
         "legacy" => Mode::Legacy,
         "stable" => Mode::Stable,
-        _ => return Err("the mode is neither \"legacy\" nor \"stable\"".to_string()),
+        _ => return Err(RecordError::Mode),
     };
     Ok(StoredAccount {
         appid,
@@ -126,18 +149,18 @@ pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<StoredAccount, String> {
 
 /// serde_json messages can quote the offending value (which might be the
 /// token), so only the error class and position are kept.
-fn describe_json_error(e: &serde_json::Error) -> String {
+fn json_error(e: &serde_json::Error) -> RecordError {
     let class = match e.classify() {
         serde_json::error::Category::Io => "an I/O error",
         serde_json::error::Category::Syntax => "invalid JSON",
         serde_json::error::Category::Data => "JSON of the wrong shape",
         serde_json::error::Category::Eof => "truncated JSON",
     };
-    format!(
-        "the record is {class} (line {}, column {})",
-        e.line(),
-        e.column()
-    )
+    RecordError::Json {
+        class,
+        line: e.line(),
+        column: e.column(),
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +201,9 @@ mod tests {
 
     #[test]
     fn another_version_is_refused() {
-        let err = decode("wx1111111111111111", br#"{"v":2,"whatever":true}"#).unwrap_err();
+        let err = decode("wx1111111111111111", br#"{"v":2,"whatever":true}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("version 2"), "{err}");
     }
 
@@ -186,9 +211,11 @@ mod tests {
     fn decode_errors_never_quote_the_record() {
         // The token sits where a number is expected: serde_json would quote it.
         let bytes = br#"{"v":1,"mode":"stable","token":null,"pending_fetch_ms":"SECRET-TOKEN-2","calls_day":1,"calls_today":0,"forces":[]}"#;
-        let err = decode("wx1111111111111111", bytes).unwrap_err();
+        let err = decode("wx1111111111111111", bytes).unwrap_err().to_string();
         assert!(!err.contains("SECRET"), "{err}");
-        let err = decode("wx1111111111111111", b"\x00\xffgarbage").unwrap_err();
+        let err = decode("wx1111111111111111", b"\x00\xffgarbage")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid JSON"), "{err}");
     }
 
