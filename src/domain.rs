@@ -106,6 +106,15 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Why a value WeChat sent is not a plausible token or ticket. Never quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImplausibleToken {
+    #[error("it is {0} characters long, not {lo} to {hi}", lo = AccessToken::UPSTREAM_LEN.start(), hi = AccessToken::UPSTREAM_LEN.end())]
+    Length(usize),
+    #[error("it holds a space, control or non-ASCII character at byte {0}")]
+    Character(usize),
+}
+
 /// An access token (or ticket) value. It is a credential: `Debug` and `Display`
 /// show only its length and a short fingerprint, never the value.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -124,19 +133,13 @@ impl AccessToken {
     /// characters (no space, no control character, nothing outside ASCII).
     ///
     /// Errors with a sentence saying what is wrong that never quotes the value.
-    pub fn from_upstream(value: String) -> Result<AccessToken, String> {
+    pub fn from_upstream(value: String) -> Result<AccessToken, ImplausibleToken> {
         let len = value.chars().count();
         if !Self::UPSTREAM_LEN.contains(&len) {
-            return Err(format!(
-                "it is {len} characters long, not {} to {}",
-                Self::UPSTREAM_LEN.start(),
-                Self::UPSTREAM_LEN.end()
-            ));
+            return Err(ImplausibleToken::Length(len));
         }
         if let Some(at) = value.bytes().position(|b| !b.is_ascii_graphic()) {
-            return Err(format!(
-                "it holds a space, control or non-ASCII character at byte {at}"
-            ));
+            return Err(ImplausibleToken::Character(at));
         }
         Ok(AccessToken(value))
     }

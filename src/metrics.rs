@@ -24,7 +24,7 @@ pub const REFRESH_REASONS: [&str; Reason::ALL.len()] = {
     labels
 };
 /// Account states, the `state` label of `wxtoken_accounts`: the distinct
-/// [`State::metric_label`]s of [`State::ALL`] (several states share a label;
+/// [`crate::domain::State::metric_label`]s of [`crate::domain::State::ALL`] (several states share a label;
 /// a unit test keeps the two in step).
 pub const ACCOUNT_STATES: [&str; 4] = ["ready", "refreshing", "failing", "disabled"];
 /// Results of a refresh, ticket fetch or reload, the `result` label.

@@ -45,7 +45,7 @@ pub const DEFAULT_MAX_WORKERS: usize = 4;
 pub struct BuildOptions {
     /// The one clock of the process.
     pub clock: Clock,
-    /// Where tokens come from; `None` builds a [`WechatClient`] from `config.upstream`.
+    /// Where tokens come from; `None` builds a [`crate::wechat::WechatClient`] from `config.upstream`.
     pub upstream: Option<Arc<dyn TokenSource>>,
     /// How long WeChat keeps a superseded token alive ([`WECHAT_GRACE`]).
     pub grace: Duration,

@@ -1,8 +1,8 @@
 //! The refresh and ticket tasks of an account actor, and their single flight.
 //!
-//! Owns: building the [`Ask`] for the account's [`Endpoint`], the
+//! Owns: building the [`Ask`] for the account's [`crate::wechat::Endpoint`], the
 //! write-ahead intent, the stable compare-and-refresh retry with a force, the
-//! durable-before-served publication of a new token, and [`spawn_shared`],
+//! durable-before-served publication of a new token, and `spawn_shared`,
 //! which runs a task off the actor, catches its panics and shares its result
 //! with every caller.
 //!

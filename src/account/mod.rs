@@ -30,7 +30,7 @@
 //! Reads never come here: they load the [`crate::snapshot::AccountSlot`].
 
 pub mod actor;
-mod fetch;
+pub mod fetch;
 pub mod messages;
 pub mod persist;
 pub mod plan;

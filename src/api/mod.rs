@@ -4,7 +4,7 @@
 //! Owns the route table ([`configure`]) and the answers of unknown paths (404)
 //! and wrong methods (405). Invariants: every answer, including the router's
 //! own 404/405, is JSON of the contract's error shape; the token read path
-//! ([`token::get_token`]) never waits for an actor; every resource is named
+//! (`token::get_token`) never waits for an actor; every resource is named
 //! after its pattern so the metrics middleware labels requests by route.
 //!
 //! The one exception: a request whose head actix-http cannot parse (a

@@ -1,5 +1,6 @@
 //! [`MemoryStore`]: a [`Storage`] that keeps accounts in a map and persists
-//! nothing. Used by tests and when no store file is configured.
+//! nothing. Used by tests and benchmarks, passed in through
+//! `EngineOptions::store` (a server always opens redb or Redis).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use parking_lot::Mutex;
 use super::{Storage, StoreError, StoredAccount};
 use crate::domain::AppId;
 
-/// In-memory storage (tests; the default when nothing persists). It never fails.
+/// In-memory storage (tests and benchmarks). It never fails.
 #[derive(Default)]
 pub struct MemoryStore {
     accounts: Mutex<BTreeMap<AppId, StoredAccount>>,

@@ -187,7 +187,7 @@ impl StoreWriter {
         self.failing.load().as_deref().cloned()
     }
 
-    /// The kind of the underlying storage (`"redb"`, `"memory"`).
+    /// The kind of the underlying storage (`"redb"`, `"redis"`, `"memory"`).
     pub fn kind(&self) -> &'static str {
         self.kind
     }
