@@ -44,7 +44,7 @@ use wxtoken::config::{AccountConfig, LoadOptions, UpstreamConfig, load_str};
 use wxtoken::domain::{AccessToken, AppId, Mode, TicketKind};
 use wxtoken::engine::{self, EngineConfig, EngineOptions};
 use wxtoken::registry::Registry;
-use wxtoken::simulator::{AppRegistration, InProcess, SimConfig, Stats};
+use wxtoken::simulator::{AppRegistration, InProcess, Stats};
 use wxtoken::snapshot::AccountSlot;
 use wxtoken::store::{MemoryStore, RedbStore, Storage};
 use wxtoken::wechat::{FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
@@ -590,16 +590,7 @@ struct VirtualFleet {
 
 impl VirtualFleet {
     async fn start(tag: &str, n: usize) -> VirtualFleet {
-        tokio::time::pause();
-        let clock = Clock::tokio();
-        let sim = InProcess::new(
-            SimConfig {
-                clock: clock.clone(),
-                ..SimConfig::default()
-            },
-            Duration::from_secs(5),
-        )
-        .expect("a valid simulator config");
+        let (clock, sim) = support::virtual_simulator();
         let accounts = make_accounts(tag, n);
         for a in &accounts {
             use secrecy::ExposeSecret;

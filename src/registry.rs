@@ -229,6 +229,24 @@ fn same_account(a: &AccountConfig, b: &AccountConfig) -> bool {
         && a.secret.expose_secret() == b.secret.expose_secret()
 }
 
+impl Registry {
+    /// Sends `msg` to the actor of `appid` and answers its result: an
+    /// unknown account is [`RefreshError::UnknownAccount`], an actor that
+    /// died meanwhile [`RefreshError::Unavailable`].
+    fn forward<M, T>(&self, appid: &AppId, msg: M) -> ResponseFuture<Result<T, RefreshError>>
+    where
+        M: Message<Result = Result<T, RefreshError>> + Send + 'static,
+        AccountActor: Handler<M>,
+        T: Send + 'static,
+    {
+        let Some(member) = self.members.get(appid) else {
+            return Box::pin(async { Err(RefreshError::UnknownAccount) });
+        };
+        let request = member.addr.send(msg);
+        Box::pin(async move { request.await.unwrap_or(Err(RefreshError::Unavailable)) })
+    }
+}
+
 impl Actor for Registry {
     type Context = Context<Self>;
 
@@ -315,15 +333,12 @@ impl Handler<RouteRefresh> for Registry {
         {
             self.restart(&msg.appid);
         }
-        let Some(member) = self.members.get(&msg.appid) else {
-            return Box::pin(async { Err(RefreshError::UnknownAccount) });
-        };
-        let request = member.addr.send(Refresh {
+        let refresh = Refresh {
             reason: msg.reason,
             stale: msg.stale,
             client: msg.client,
-        });
-        Box::pin(async move { request.await.unwrap_or(Err(RefreshError::Unavailable)) })
+        };
+        self.forward(&msg.appid, refresh)
     }
 }
 
@@ -345,14 +360,11 @@ impl Handler<RouteTicketRefresh> for Registry {
     type Result = ResponseFuture<Result<TicketOutcome, RefreshError>>;
 
     fn handle(&mut self, msg: RouteTicketRefresh, _: &mut Self::Context) -> Self::Result {
-        let Some(member) = self.members.get(&msg.appid) else {
-            return Box::pin(async { Err(RefreshError::UnknownAccount) });
-        };
-        let request = member.addr.send(TicketRefresh {
+        let refresh = TicketRefresh {
             kind: msg.kind,
             stale: msg.stale,
-        });
-        Box::pin(async move { request.await.unwrap_or(Err(RefreshError::Unavailable)) })
+        };
+        self.forward(&msg.appid, refresh)
     }
 }
 

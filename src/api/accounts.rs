@@ -20,7 +20,7 @@ use crate::registry::RouteRefresh;
 use crate::snapshot::{AccountStatus, LastError, State};
 
 use super::error::ApiError;
-use super::path_appid;
+use super::path_account;
 use super::refresh::respond;
 
 /// One account in `GET /v1/accounts`.
@@ -110,13 +110,12 @@ pub async fn force_refresh(
         let auth = state.auth.load();
         let caller = auth.authenticate(&req)?;
         caller.check_admin()?;
-        let appid = path_appid(&req)?;
-        caller.check_scope(&appid)?;
-        let slot = state
-            .directory
-            .get(&appid)
-            .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
-        (appid, slot, caller.name().map(std::sync::Arc::from))
+        let slot = path_account(&req, &caller, &state)?;
+        (
+            slot.appid.clone(),
+            slot,
+            caller.name().map(std::sync::Arc::from),
+        )
     };
     tracing::info!(appid = %appid, "forced refresh requested by an admin client");
     let result = state

@@ -36,7 +36,10 @@ pub use error::ApiError;
 pub use middleware::{HttpMetrics, UNMATCHED};
 pub use state::AppState;
 
+use std::sync::Arc;
+
 use crate::domain::AppId;
+use crate::snapshot::AccountSlot;
 
 /// The route patterns, which are also the `route` label of the HTTP metrics.
 pub mod routes {
@@ -126,4 +129,21 @@ fn path_appid(req: &HttpRequest) -> Result<AppId, ApiError> {
             "the appid in the path is malformed: it must be 1 to 64 letters, digits, '_', '-', ':' or '.' (WeChat appids look like wx1234567890abcdef)",
         )
     })
+}
+
+/// The slot of the account the path names, when `caller` may use it.
+///
+/// Errors with 400 for a malformed appid, 403 when it is outside the
+/// caller's scope, 404 when it is not configured.
+fn path_account(
+    req: &HttpRequest,
+    caller: &Caller<'_>,
+    state: &AppState,
+) -> Result<Arc<AccountSlot>, ApiError> {
+    let appid = path_appid(req)?;
+    caller.check_scope(&appid)?;
+    state
+        .directory
+        .get(&appid)
+        .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))
 }

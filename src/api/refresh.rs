@@ -26,7 +26,7 @@ use crate::snapshot::AccountSlot;
 
 use super::body::read_json;
 use super::error::ApiError;
-use super::path_appid;
+use super::path_account;
 use super::token::{disabled, token_response, unavailable};
 
 /// The expected body, as shown in messages.
@@ -54,13 +54,8 @@ pub async fn compare_and_refresh(
     let (appid, slot, client) = {
         let auth = state.auth.load();
         let caller = auth.authenticate(&req)?;
-        let appid = path_appid(&req)?;
-        caller.check_scope(&appid)?;
-        let slot = state
-            .directory
-            .get(&appid)
-            .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
-        (appid, slot, caller.name().map(Arc::from))
+        let slot = path_account(&req, &caller, &state)?;
+        (slot.appid.clone(), slot, caller.name().map(Arc::from))
     };
     let report: StaleReport = read_json(&req, payload, SHAPE).await?;
     if report.stale_token.trim().is_empty() {

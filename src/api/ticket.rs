@@ -28,7 +28,7 @@ use crate::snapshot::{AccountSlot, TicketRecord};
 
 use super::body::read_json;
 use super::error::ApiError;
-use super::path_appid;
+use super::path_account;
 use super::token::{cache_control, disabled};
 
 /// The longest page URL the signature helper accepts.
@@ -62,12 +62,7 @@ fn path_kind(req: &HttpRequest) -> Result<TicketKind, ApiError> {
 fn lookup_account(req: &HttpRequest, state: &AppState) -> Result<Arc<AccountSlot>, ApiError> {
     let auth = state.auth.load();
     let caller = auth.authenticate(req)?;
-    let appid = path_appid(req)?;
-    caller.check_scope(&appid)?;
-    state
-        .directory
-        .get(&appid)
-        .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))
+    path_account(req, &caller, state)
 }
 
 /// [`lookup_account`] plus the ticket kind of the path.

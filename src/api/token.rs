@@ -21,7 +21,7 @@ use crate::domain::AppId;
 use crate::snapshot::{AccountSlot, State, TokenRecord};
 
 use super::error::ApiError;
-use super::path_appid;
+use super::path_account;
 
 /// The longest `max-age` a token answer allows caches (contract §3).
 pub const MAX_CACHE_SECS: u64 = 60;
@@ -62,12 +62,7 @@ pub async fn get_token(
 ) -> Result<HttpResponse, ApiError> {
     let auth = state.auth.load();
     let caller = auth.authenticate(&req)?;
-    let appid = path_appid(&req)?;
-    caller.check_scope(&appid)?;
-    let slot = state
-        .directory
-        .get(&appid)
-        .ok_or_else(|| ApiError::unknown_appid(appid.as_str()))?;
+    let slot = path_account(&req, &caller, &state)?;
     let now_ms = state.clock.now_unix_ms();
     match slot.token() {
         Some(record) => token_response(&slot, &record, now_ms, None),

@@ -93,7 +93,7 @@ impl Fleet {
 
     /// A fleet on tokio's paused clock with WeChat's real lifetimes.
     async fn virtual_time(specs: &[Spec]) -> Fleet {
-        let (clock, sim) = virtual_simulator();
+        let (clock, sim) = support::virtual_simulator();
         Fleet::start(clock, sim, specs).await
     }
 
@@ -181,22 +181,6 @@ impl Fleet {
             }
         }
     }
-}
-
-/// Pauses tokio's clock and returns it with an in-process simulator on it
-/// (WeChat's real lifetimes, a 5 s upstream timeout).
-fn virtual_simulator() -> (Clock, InProcess) {
-    tokio::time::pause();
-    let clock = Clock::tokio();
-    let sim = InProcess::new(
-        SimConfig {
-            clock: clock.clone(),
-            ..SimConfig::default()
-        },
-        Duration::from_secs(5),
-    )
-    .expect("valid simulator config");
-    (clock, sim)
 }
 
 /// Accounts for `specs`, each registered through `register` with its real
@@ -672,7 +656,7 @@ impl TokenSource for Panicky {
 
 #[actix_web::test]
 async fn a_panicking_refresh_task_is_a_counted_failure_that_is_retried() {
-    let (clock, sim) = virtual_simulator();
+    let (clock, sim) = support::virtual_simulator();
     let mut accounts = make_accounts(&[working(Mode::Legacy), working(Mode::Stable)], |reg| {
         sim.try_register_app(reg).expect("valid registration")
     });

@@ -22,10 +22,11 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde_json::Value;
 use url::Url;
+use wxtoken::clock::Clock;
 use wxtoken::config::UpstreamConfig;
 use wxtoken::domain::AppId;
 use wxtoken::metrics::Metrics;
-use wxtoken::simulator::{AppRegistration, FaultSpec, SimConfig, Simulator, Stats};
+use wxtoken::simulator::{AppRegistration, FaultSpec, InProcess, SimConfig, Simulator, Stats};
 use wxtoken::wechat::WechatClient;
 
 /// A loopback address with a free port.
@@ -200,4 +201,20 @@ pub fn fifo(path: &Path) {
         .status()
         .expect("mkfifo runs");
     assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Pauses tokio's clock and returns it with an in-process simulator on it
+/// (WeChat's real lifetimes, a 5 s upstream timeout).
+pub fn virtual_simulator() -> (Clock, InProcess) {
+    tokio::time::pause();
+    let clock = Clock::tokio();
+    let sim = InProcess::new(
+        SimConfig {
+            clock: clock.clone(),
+            ..SimConfig::default()
+        },
+        Duration::from_secs(5),
+    )
+    .expect("valid simulator config");
+    (clock, sim)
 }
