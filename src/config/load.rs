@@ -7,11 +7,10 @@
 //! returns a `Config` for which every rule holds, or every error it found.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::env::{LoadOptions, expand};
-use super::files::{OpenError, open_regular};
+use super::files::{OpenError, ReadError, read_regular};
 use super::problems::{Problem, Problems, Report};
 use super::values::{closest, quote};
 use super::yaml::{self, Entry, Kind, Node};
@@ -71,34 +70,26 @@ pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded,
 /// than 64 MiB or is not UTF-8.
 pub fn read(path: &Path) -> Result<String, Problems> {
     let fail = |message: String| Problems::single(path, message);
-    let (file, meta) = match open_regular(path) {
-        Ok(opened) => opened,
-        Err(OpenError::Io(e)) => return Err(fail(describe_io(&e))),
-        Err(OpenError::Directory) => return Err(fail(IS_A_DIRECTORY.to_string())),
-        Err(OpenError::NotRegular(what)) => {
+    let bytes = match read_regular(path, MAX_FILE_BYTES) {
+        Ok((bytes, _)) => bytes,
+        Err(ReadError::Open(OpenError::Io(e)) | ReadError::Io(e)) => {
+            return Err(fail(describe_io(&e)));
+        }
+        Err(ReadError::Open(OpenError::Directory)) => {
+            return Err(fail(IS_A_DIRECTORY.to_string()));
+        }
+        Err(ReadError::Open(OpenError::NotRegular(what))) => {
             return Err(fail(format!(
                 "the config file is not a regular file ({what}); give the path of the YAML file"
             )));
         }
+        Err(ReadError::TooLarge) => {
+            return Err(fail(format!(
+                "the config file is larger than {} MiB; is this the right file?",
+                MAX_FILE_BYTES / 1024 / 1024
+            )));
+        }
     };
-    let too_large = || {
-        fail(format!(
-            "the config file is larger than {} MiB; is this the right file?",
-            MAX_FILE_BYTES / 1024 / 1024
-        ))
-    };
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    // Sized once: growing by doubling would hold up to twice the file.
-    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-    // The file may grow while it is read: never read more than the limit.
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(describe_io(&e)))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
     String::from_utf8(bytes).map_err(|e| {
         fail(format!(
             "the config file is not UTF-8 text (invalid byte at offset {})",

@@ -7,7 +7,6 @@
 //! message; only variable names and file paths are.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +14,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::files::{OpenError, mode, open_regular};
+use super::files::{OpenError, ReadError, mode, read_regular};
 use super::load::{Fields, Got, Text, Walk, lowercase_first};
 use super::values::{self, quote, show_duration};
 use super::yaml::{Kind, Node};
@@ -1101,20 +1100,16 @@ fn read_secret_file(path: &Path) -> Result<SecretRead, SecretFileError> {
             _ => lowercase_first(&e.to_string()),
         })
     };
-    let (file, meta) = open_regular(path).map_err(|e| match e {
-        OpenError::Io(e) => describe(e),
-        OpenError::Directory => SecretFileError::Unreadable("it is a directory".to_string()),
-        OpenError::NotRegular(what) => SecretFileError::NotRegular(what),
-    })?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(describe)?;
-    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(SecretFileError::Unreadable(
+    let (bytes, meta) = read_regular(path, MAX_SECRET_FILE_BYTES).map_err(|e| match e {
+        ReadError::Open(OpenError::Io(e)) | ReadError::Io(e) => describe(e),
+        ReadError::Open(OpenError::Directory) => {
+            SecretFileError::Unreadable("it is a directory".to_string())
+        }
+        ReadError::Open(OpenError::NotRegular(what)) => SecretFileError::NotRegular(what),
+        ReadError::TooLarge => SecretFileError::Unreadable(
             "it is larger than 64 KiB; is this the right file?".to_string(),
-        ));
-    }
+        ),
+    })?;
     let text = String::from_utf8(bytes)
         .map_err(|_| SecretFileError::Unreadable("it is not UTF-8 text".to_string()))?;
     Ok(SecretRead {
