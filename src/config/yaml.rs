@@ -209,9 +209,14 @@ pub(crate) fn parse(text: &str) -> Result<Option<Document>, SyntaxError> {
                 if nodes > MAX_NODES {
                     return Err(too_large(span));
                 }
+                // Most mappings of a large file are accounts of a few keys:
+                // the room a growing map keeps would be a third of its size.
                 let value = match frame.kind {
                     FrameKind::Seq(items) => Value::Sequence(items),
-                    FrameKind::Map(map, _) => Value::Mapping(map),
+                    FrameKind::Map(mut map, _) => {
+                        map.shrink_to_fit();
+                        Value::Mapping(map)
+                    }
                 };
                 let built = Built {
                     value: tagged(frame.at, value),
