@@ -49,11 +49,12 @@ pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded,
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (root, index) = match yaml::parse(text) {
         Ok(Some(doc)) => {
-            // Never fails: every field is a lenient `Slot` (see `raw`).
-            let root = serde_yaml::from_value::<Slot<RawConfig>>(doc.root).map_err(|e| {
+            // Cannot fail: every field is a lenient `Slot` (see `raw`). Should
+            // it, serde's message is not shown: it could quote a secret.
+            let root = serde_yaml::from_value::<Slot<RawConfig>>(doc.root).map_err(|_| {
                 Problems::single(
                     source,
-                    format!("the configuration could not be read ({e}); please report this"),
+                    "the configuration could not be read (an internal error; please report this)",
                 )
             })?;
             (Some(root), doc.index)
@@ -305,7 +306,11 @@ impl<'o> Walk<'o> {
             if !known.contains(&key) {
                 problems.push((
                     *key_line,
-                    format!("unknown key {} {place} ({})", quote(key), unknown_hint(key, known)),
+                    format!(
+                        "unknown key {} {place} ({})",
+                        quote(key),
+                        unknown_hint(key, known)
+                    ),
                 ));
             }
         }

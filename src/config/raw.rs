@@ -12,7 +12,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer, StrDeserializer};
+use serde::de::value::{
+    MapAccessDeserializer, SeqAccessDeserializer, StrDeserializer, StringDeserializer,
+};
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, IntoDeserializer, MapAccess,
     SeqAccess, VariantAccess, Visitor,
@@ -101,9 +103,10 @@ pub(crate) fn homes() -> [(&'static [&'static str], &'static str); 5] {
 }
 
 /// The value of one key (or list entry) as the file has it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) enum Slot<T> {
     /// The key is not there.
+    #[default]
     Absent,
     /// The key is there with no value (`key:`, `~`, `null`).
     Null(At),
@@ -111,12 +114,6 @@ pub(crate) enum Slot<T> {
     Wrong(At, &'static str),
     /// A value of the right shape.
     Given(At, T),
-}
-
-impl<T> Default for Slot<T> {
-    fn default() -> Self {
-        Slot::Absent
-    }
 }
 
 impl<T> Slot<T> {
@@ -164,7 +161,14 @@ impl<T> Shaped for Vec<T> {
 macro_rules! mappings {
     ($($t:ty),*) => {$(impl Shaped for $t { const SHAPE: Shape = Shape::Mapping; })*};
 }
-mappings!(RawConfig, RawUpstream, RawStore, RawRefresh, RawClient, RawAccount);
+mappings!(
+    RawConfig,
+    RawUpstream,
+    RawStore,
+    RawRefresh,
+    RawClient,
+    RawAccount
+);
 
 impl<'de, T: Deserialize<'de> + Shaped> Deserialize<'de> for Slot<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -224,6 +228,14 @@ impl<'de, T: Deserialize<'de> + Shaped> Visitor<'de> for Inner<T> {
             return Ok(self.wrong(Shape::Scalar));
         }
         let text: StrDeserializer<'_, E> = text.into_deserializer();
+        T::deserialize(text).map(|v| Slot::Given(self.0, v))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Slot<T>, E> {
+        if T::SHAPE != Shape::Scalar {
+            return Ok(self.wrong(Shape::Scalar));
+        }
+        let text: StringDeserializer<E> = text.into_deserializer();
         T::deserialize(text).map(|v| Slot::Given(self.0, v))
     }
 
@@ -291,7 +303,9 @@ mod tests {
     fn the_key_lists_come_from_the_structs_in_order() {
         assert_eq!(
             keys_of::<RawConfig>(),
-            ["listen", "upstream", "store", "refresh", "clients", "accounts"]
+            [
+                "listen", "upstream", "store", "refresh", "clients", "accounts"
+            ]
         );
         assert_eq!(
             keys_of::<RawUpstream>(),
@@ -302,9 +316,11 @@ mod tests {
 
     #[test]
     fn values_of_the_wrong_shape_are_kept_and_the_rest_still_read() {
-        let doc = yaml::parse("listen: [a, b]\nupstream: fast\nstore:\n  path: x\n  redis: {a: 1}\nrefresh:\n")
-            .unwrap()
-            .unwrap();
+        let doc = yaml::parse(
+            "listen: [a, b]\nupstream: fast\nstore:\n  path: x\n  redis: {a: 1}\nrefresh:\n",
+        )
+        .unwrap()
+        .unwrap();
         let raw: Slot<RawConfig> = serde_yaml::from_value(doc.root).unwrap();
         let Slot::Given(_, raw) = raw else {
             panic!("the top level is a mapping")
@@ -314,7 +330,9 @@ mod tests {
         let Slot::Given(_, store) = &raw.store else {
             panic!("store is a mapping")
         };
-        assert!(matches!(&store.path, Slot::Given(at, p) if p == "x" && doc.index.get(*at).line == 4));
+        assert!(
+            matches!(&store.path, Slot::Given(at, p) if p == "x" && doc.index.get(*at).line == 4)
+        );
         assert!(matches!(store.redis, Slot::Wrong(_, "a mapping")));
         assert!(matches!(raw.refresh, Slot::Null(_)));
         assert!(matches!(raw.clients, Slot::Absent));

@@ -127,7 +127,11 @@ impl Walk<'_> {
             |d| !d.is_zero(),
             |_| "upstream.timeout must be more than 0s; e.g. 5s".to_string(),
         );
-        let max = self.setting(&f.max_concurrency, "upstream.max_concurrency", values::count);
+        let max = self.setting(
+            &f.max_concurrency,
+            "upstream.max_concurrency",
+            values::count,
+        );
         let max = self.rule(
             max,
             |n| *n > 0,
@@ -577,7 +581,11 @@ impl Walk<'_> {
         (valid, seen)
     }
 
-    fn account(&mut self, i: usize, slot: &Slot<RawAccount>) -> (Option<AccountConfig>, AccountSeen) {
+    fn account(
+        &mut self,
+        i: usize,
+        slot: &Slot<RawAccount>,
+    ) -> (Option<AccountConfig>, AccountSeen) {
         let path = format!("accounts[{i}]");
         let mut seen = AccountSeen {
             path: path.clone(),

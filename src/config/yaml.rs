@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use serde_yaml::mapping::Entry;
 use serde_yaml::value::{Tag, TaggedValue};
 use serde_yaml::{Mapping, Value};
 
@@ -177,9 +178,6 @@ pub(crate) fn parse(text: &str) -> Result<Option<Document>, SyntaxError> {
                 }
                 continue;
             }
-            Event::SequenceStart(..) | Event::MappingStart(..) if awaiting_key => {
-                return Err(not_a_key(line));
-            }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
                     return Err(SyntaxError::at(
@@ -209,14 +207,9 @@ pub(crate) fn parse(text: &str) -> Result<Option<Document>, SyntaxError> {
                 if nodes > MAX_NODES {
                     return Err(too_large(span));
                 }
-                // Most mappings of a large file are accounts of a few keys:
-                // the room a growing map keeps would be a third of its size.
                 let value = match frame.kind {
                     FrameKind::Seq(items) => Value::Sequence(items),
-                    FrameKind::Map(mut map, _) => {
-                        map.shrink_to_fit();
-                        Value::Mapping(map)
-                    }
+                    FrameKind::Map(map, _) => Value::Mapping(map),
                 };
                 let built = Built {
                     value: tagged(frame.at, value),
@@ -248,21 +241,24 @@ pub(crate) fn parse(text: &str) -> Result<Option<Document>, SyntaxError> {
                 if nodes > MAX_NODES {
                     return Err(too_large(span));
                 }
-                let anchored = (anchor > 0).then(|| Built {
-                    at: index.add(line),
-                    value: Value::Null,
-                    size: 1,
-                    bytes,
-                });
                 if awaiting_key {
-                    if let Some(mut built) = anchored {
-                        built.value = tagged(built.at, value.clone());
-                        anchors.insert(anchor, built);
+                    if anchor > 0 {
+                        let at = index.add(line);
+                        let value = tagged(at, value.clone());
+                        anchors.insert(
+                            anchor,
+                            Built {
+                                value,
+                                at,
+                                size: 1,
+                                bytes,
+                            },
+                        );
                     }
                     set_key(&mut stack, value, line, bytes);
                     continue;
                 }
-                let at = anchored.map_or_else(|| index.add(line), |b| b.at);
+                let at = index.add(line);
                 let built = Built {
                     value: tagged(at, value),
                     at,
@@ -336,13 +332,15 @@ pub(crate) fn parse(text: &str) -> Result<Option<Document>, SyntaxError> {
                 match &mut frame.kind {
                     FrameKind::Seq(items) => items.push(done.value),
                     FrameKind::Map(map, pending) => {
-                        let (key, key_line) = pending.take().expect("a value follows its key");
+                        // Scalar keys were taken above: this is a list or mapping as a key.
+                        let Some((key, key_line)) = pending.take() else {
+                            return Err(not_a_key(index.get(done.at).line));
+                        };
                         index.0[done.at].key_line = Some(key_line);
                         index.0[frame.at].keys.push((key.clone(), key_line));
                         // The first of repeated keys is kept; the schema reports the repeat.
-                        let key = Value::String(key);
-                        if !map.contains_key(&key) {
-                            map.insert(key, done.value);
+                        if let Entry::Vacant(slot) = map.entry(Value::String(key)) {
+                            slot.insert(done.value);
                         }
                     }
                 }
@@ -397,7 +395,11 @@ mod tests {
         let Value::Tagged(t) = value else {
             panic!("untagged value {value:?}")
         };
-        (&t.value, doc.index.get(t.tag.to_string().trim_start_matches('!').parse().unwrap()))
+        (
+            &t.value,
+            doc.index
+                .get(t.tag.to_string().trim_start_matches('!').parse().unwrap()),
+        )
     }
 
     fn entry<'v>(doc: &'v Document, map: &'v Value, key: &str) -> (&'v Value, &'v Position) {
@@ -415,7 +417,10 @@ mod tests {
         let (_, top) = open(&doc, &doc.root);
         assert_eq!(top.keys[0], ("listen".to_string(), 2));
         let (listen, at) = entry(&doc, &doc.root, "listen");
-        assert_eq!((listen, at.line, at.key_line), (&Value::String("x".into()), 2, Some(2)));
+        assert_eq!(
+            (listen, at.line, at.key_line),
+            (&Value::String("x".into()), 2, Some(2))
+        );
         let (_, up) = entry(&doc, &doc.root, "upstream");
         assert_eq!(up.keys, [("timeout".to_string(), 4)]);
         let (Value::Sequence(items), _) = entry(&doc, &doc.root, "list") else {
@@ -460,7 +465,10 @@ mod tests {
         let (a, _) = entry(&doc, &doc.root, "a");
         let (b, b_at) = entry(&doc, &doc.root, "b");
         let items = |v: &Value| match v {
-            Value::Sequence(items) => items.iter().map(|i| open(&doc, i).0.clone()).collect::<Vec<_>>(),
+            Value::Sequence(items) => items
+                .iter()
+                .map(|i| open(&doc, i).0.clone())
+                .collect::<Vec<_>>(),
             other => panic!("expected a list, got {other:?}"),
         };
         assert_eq!(items(a), items(b));
