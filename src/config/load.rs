@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
 use super::env::{LoadOptions, expand};
 use super::files::{OpenError, ReadError, read_regular};
 use super::problems::{Problem, Problems, Report};
@@ -47,20 +49,23 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, Problems> {
 pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded, Problems> {
     let digest = Digest::of(text);
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let (root, index) = match yaml::parse(text) {
-        Ok(Some(doc)) => {
-            // Cannot fail: every field is a lenient `Slot` (see `raw`). Should
-            // it, serde's message is not shown: it could quote a secret.
-            let root = serde_yaml::from_value::<Slot<RawConfig>>(doc.root).map_err(|_| {
-                Problems::single(
-                    source,
-                    "the configuration could not be read (an internal error; please report this)",
-                )
-            })?;
-            (Some(root), doc.index)
-        }
+    let (tree, index) = match yaml::parse(text) {
+        Ok(Some(doc)) => (Some(doc.root), doc.index),
         Ok(None) => (None, Index::default()),
         Err(e) => return Err(Problems(vec![Problem::new(source, e.line, e.message)])),
+    };
+    // Cannot fail: every field is a lenient `Slot` (see `raw`). Should it,
+    // serde's message is not shown: it could quote a secret. The tree is read
+    // in place and dropped at the end: freeing it value by value while the
+    // `Config` is built would leave the allocator a long free list to sort.
+    let root = match &tree {
+        Some(tree) => Some(Slot::<RawConfig>::deserialize(tree).map_err(|_| {
+            Problems::single(
+                source,
+                "the configuration could not be read (an internal error; please report this)",
+            )
+        })?),
+        None => None,
     };
     let mut walk = Walk::new(source, opts, digest, index);
     let config = walk.config(root.as_ref());

@@ -350,7 +350,7 @@ impl Walk<'_> {
             }
         };
         read.entries = items.len();
-        let mut valid = Some(Vec::new());
+        let mut valid = Some(Vec::with_capacity(items.len()));
         for (i, item) in items.iter().enumerate() {
             let (client, seen) = self.client(i, item);
             match (client, valid.as_mut()) {
@@ -568,8 +568,9 @@ impl Walk<'_> {
                 return (None, Vec::new());
             }
         };
-        let mut valid = Some(Vec::new());
-        let mut seen = Vec::new();
+        // Sized once: growing a list of 100,000 accounts copies it many times.
+        let mut valid = Some(Vec::with_capacity(items.len()));
+        let mut seen = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let (account, s) = self.account(i, item);
             match (account, valid.as_mut()) {
