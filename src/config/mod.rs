@@ -10,9 +10,11 @@
 //! `raw` is the file's shape as serde structs, the one list of its keys, with
 //! lenient fields so every problem is found; `env` holds [`LoadOptions`] and
 //! `${VAR}` expansion; `load` has the entry points and the typed getters that
-//! report problems; `schema` knows every default and rule of contract §2; `values` parses durations, numbers and URLs;
-//! `files` opens the config and secret files (regular files only, never
-//! blocking); `problems` formats `file:line: message`; `check` is `wxtoken check`.
+//! report problems; `schema` knows every default and rule of contract §2;
+//! `values` parses durations, numbers and URLs; `files` opens and reads the
+//! config and secret files (regular files only, never blocking, never past a
+//! size limit); `problems` formats `file:line: message`; `check` is
+//! `wxtoken check`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

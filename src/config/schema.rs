@@ -1,8 +1,8 @@
 //! The schema of `accounts.yaml` (contract §2): its keys, defaults and rules.
 //!
 //! Owns how each value of the `raw` structs is read (which keys exist is
-//! `raw.rs`), the defaults, and every rule that involves several values (duplicates, client scopes, `listen` versus
-//! `clients`). Invariant: secrets (account secrets, client keys that may be
+//! `raw.rs`), the defaults, and every rule that involves several values
+//! (duplicates, client scopes, `listen` versus `clients`). Invariant: secrets (account secrets, client keys that may be
 //! plain keys by mistake, the Redis URL) are read here but never quoted in a
 //! message; only variable names and file paths are.
 
