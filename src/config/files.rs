@@ -1,13 +1,15 @@
 //! Opening the files a configuration is read from: the file itself and every
 //! `secret_file`.
 //!
-//! Owns [`open_regular`], the one way the loader opens a file. Invariant: an
-//! open never waits (it uses `O_NONBLOCK`, so a FIFO without a writer does not
+//! Owns [`open_regular`], the one way the loader opens a file, and
+//! [`read_regular`], the one way it reads one: never more than a limit, even
+//! from a file that grows while it is read. Invariant: an open never waits (it uses `O_NONBLOCK`, so a FIFO without a writer does not
 //! block) and only regular files are read: the type is checked with `fstat` on
 //! the opened descriptor, so a FIFO, a device (`/dev/zero` would be read
 //! forever) or a socket is refused by name before any byte is read.
 
 use std::fs::{File, Metadata};
+use std::io::Read;
 use std::path::Path;
 
 /// Why a file could not be opened for reading.
@@ -57,6 +59,39 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
     } else {
         Err(OpenError::NotRegular(what_it_is(&meta)))
     }
+}
+
+/// Why a file could not be read by [`read_regular`].
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// It could not be opened, or is not a regular file.
+    Open(OpenError),
+    /// It holds more than the limit given.
+    TooLarge,
+    /// Reading failed after the open.
+    Io(std::io::Error),
+}
+
+/// Opens `path` like [`open_regular`] and reads all of it, returning its bytes
+/// and metadata.
+///
+/// Errors like [`open_regular`], with [`ReadError::TooLarge`] when the file
+/// holds more than `max` bytes (checked before reading and while reading, so a
+/// growing file is never read past the limit), and on a failed read.
+pub(crate) fn read_regular(path: &Path, max: u64) -> Result<(Vec<u8>, Metadata), ReadError> {
+    let (file, meta) = open_regular(path).map_err(ReadError::Open)?;
+    if meta.len() > max {
+        return Err(ReadError::TooLarge);
+    }
+    // Sized once: growing by doubling would hold up to twice the file.
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLarge);
+    }
+    Ok((bytes, meta))
 }
 
 /// The permission bits of a file (`0o644`); `None` where there are none.
@@ -115,6 +150,12 @@ mod tests {
         assert!(matches!(
             open_regular(&dir.path().join("missing")),
             Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
+        ));
+        assert_eq!(read_regular(&file, 1).unwrap().0, b"x");
+        assert!(matches!(read_regular(&file, 0), Err(ReadError::TooLarge)));
+        assert!(matches!(
+            read_regular(Path::new("/dev/zero"), 1),
+            Err(ReadError::Open(OpenError::NotRegular("a character device")))
         ));
         let socket = dir.path().join("s");
         let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();

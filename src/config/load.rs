@@ -1,20 +1,23 @@
-//! Loading a configuration: file to YAML tree to validated [`Config`].
+//! Loading a configuration: file to YAML tree to serde structs to validated [`Config`].
 //!
 //! Owns the entry points [`load`] and [`load_str`], reading the file, and the
-//! [`Walk`] that visits the tree with typed getters which report problems at the
-//! line of the offending key or value and carry on. The schema itself (which
-//! keys exist, defaults, rules) is in `schema.rs`. Invariant: a load either
-//! returns a `Config` for which every rule holds, or every error it found.
+//! [`Walk`] over the `raw` structs with typed getters which report problems at
+//! the line of the offending key or value (from the `yaml` index) and carry
+//! on. Which keys exist is `raw.rs`; defaults and rules are `schema.rs`.
+//! Invariant: a load either returns a `Config` for which every rule holds, or
+//! every error it found.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
 use super::env::{LoadOptions, expand};
-use super::files::{OpenError, open_regular};
+use super::files::{OpenError, ReadError, read_regular};
 use super::problems::{Problem, Problems, Report};
+use super::raw::{self, RawConfig, Shaped, Slot};
 use super::values::{closest, quote};
-use super::yaml::{self, Entry, Kind, Node};
+use super::yaml::{self, At, Index};
 use super::{Config, Digest};
 
 /// The largest configuration file accepted: room for 300,000 accounts.
@@ -46,11 +49,25 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, Problems> {
 pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded, Problems> {
     let digest = Digest::of(text);
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let root = match yaml::parse(text) {
-        Ok(root) => root,
+    let (tree, index) = match yaml::parse(text) {
+        Ok(Some(doc)) => (Some(doc.root), doc.index),
+        Ok(None) => (None, Index::default()),
         Err(e) => return Err(Problems(vec![Problem::new(source, e.line, e.message)])),
     };
-    let mut walk = Walk::new(source, opts, digest);
+    // Cannot fail: every field is a lenient `Slot` (see `raw`). Should it,
+    // serde's message is not shown: it could quote a secret. The tree is read
+    // in place and dropped at the end: freeing it value by value while the
+    // `Config` is built would leave the allocator a long free list to sort.
+    let root = match &tree {
+        Some(tree) => Some(Slot::<RawConfig>::deserialize(tree).map_err(|_| {
+            Problems::single(
+                source,
+                "the configuration could not be read (an internal error; please report this)",
+            )
+        })?),
+        None => None,
+    };
+    let mut walk = Walk::new(source, opts, digest, index);
     let config = walk.config(root.as_ref());
     let (errors, warnings) = walk.report.finish();
     match config {
@@ -71,34 +88,26 @@ pub fn load_str(text: &str, source: &Path, opts: &LoadOptions) -> Result<Loaded,
 /// than 64 MiB or is not UTF-8.
 pub fn read(path: &Path) -> Result<String, Problems> {
     let fail = |message: String| Problems::single(path, message);
-    let (file, meta) = match open_regular(path) {
-        Ok(opened) => opened,
-        Err(OpenError::Io(e)) => return Err(fail(describe_io(&e))),
-        Err(OpenError::Directory) => return Err(fail(IS_A_DIRECTORY.to_string())),
-        Err(OpenError::NotRegular(what)) => {
+    let bytes = match read_regular(path, MAX_FILE_BYTES) {
+        Ok((bytes, _)) => bytes,
+        Err(ReadError::Open(OpenError::Io(e)) | ReadError::Io(e)) => {
+            return Err(fail(describe_io(&e)));
+        }
+        Err(ReadError::Open(OpenError::Directory)) => {
+            return Err(fail(IS_A_DIRECTORY.to_string()));
+        }
+        Err(ReadError::Open(OpenError::NotRegular(what))) => {
             return Err(fail(format!(
                 "the config file is not a regular file ({what}); give the path of the YAML file"
             )));
         }
+        Err(ReadError::TooLarge) => {
+            return Err(fail(format!(
+                "the config file is larger than {} MiB; is this the right file?",
+                MAX_FILE_BYTES / 1024 / 1024
+            )));
+        }
     };
-    let too_large = || {
-        fail(format!(
-            "the config file is larger than {} MiB; is this the right file?",
-            MAX_FILE_BYTES / 1024 / 1024
-        ))
-    };
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    // Sized once: growing by doubling would hold up to twice the file.
-    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-    // The file may grow while it is read: never read more than the limit.
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(describe_io(&e)))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
     String::from_utf8(bytes).map_err(|e| {
         fail(format!(
             "the config file is not UTF-8 text (invalid byte at offset {})",
@@ -135,48 +144,19 @@ pub(crate) fn lowercase_first(s: &str) -> String {
     }
 }
 
-/// Where a key may be written instead, for "unknown key" hints.
-const HOMES: &[(&str, &str)] = &[
-    ("base_urls", "under `upstream:`"),
-    ("timeout", "under `upstream:`"),
-    ("max_concurrency", "under `upstream:`"),
-    ("path", "under `store:`"),
-    ("redis", "under `store:`"),
-    ("redis_prefix", "under `store:`"),
-    ("legacy_at", "under `refresh:`"),
-    ("jitter", "under `refresh:`"),
-    ("stable_window", "under `refresh:`"),
-    ("backoff_initial", "under `refresh:`"),
-    ("backoff_max", "under `refresh:`"),
-    ("appid", "in an entry of `accounts:`"),
-    ("secret", "in an entry of `accounts:`"),
-    ("secret_file", "in an entry of `accounts:`"),
-    ("mode", "in an entry of `accounts:`"),
-    ("enabled", "in an entry of `accounts:`"),
-    ("key", "in an entry of `clients:`"),
-    ("appids", "in an entry of `clients:`"),
-    ("admin", "in an entry of `clients:`"),
-];
-
-/// The keys of one mapping, after unknown and repeated keys were reported.
-pub(crate) struct Fields<'n> {
+/// The keys of one mapping (a `raw` struct), after unknown and repeated keys
+/// were reported; derefs to the struct.
+pub(crate) struct Fields<'r, R> {
+    raw: &'r R,
     /// The line the mapping starts on (its first key).
     pub line: usize,
-    entries: &'n [Entry],
 }
 
-impl<'n> Fields<'n> {
-    /// The value of `key` (its first occurrence), if the key is present.
-    pub(crate) fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|e| e.key == key).map(|e| &e.value)
-    }
+impl<R> std::ops::Deref for Fields<'_, R> {
+    type Target = R;
 
-    /// The line of `key`, if present.
-    pub(crate) fn key_line(&self, key: &str) -> Option<usize> {
-        self.entries
-            .iter()
-            .find(|e| e.key == key)
-            .map(|e| e.key_line)
+    fn deref(&self) -> &R {
+        self.raw
     }
 }
 
@@ -200,6 +180,14 @@ impl<T> Got<T> {
         }
     }
 
+    /// The value and its line, when it was given and valid.
+    pub(crate) fn value(self) -> Option<(T, usize)> {
+        match self {
+            Got::Value(v, line) => Some((v, line)),
+            _ => None,
+        }
+    }
+
     /// The line of the value, when it was given and valid.
     pub(crate) fn line(&self) -> Option<usize> {
         match self {
@@ -219,7 +207,16 @@ pub(crate) enum Text {
     Bad,
 }
 
-/// One pass over a configuration tree.
+/// How messages name what a slot holds when it is not the expected shape.
+pub(crate) fn found<T>(slot: &Slot<T>) -> &'static str {
+    match slot {
+        Slot::Null(_) => "empty",
+        Slot::Wrong(_, shape) => shape,
+        Slot::Absent | Slot::Given(..) => "a value",
+    }
+}
+
+/// One pass over a configuration's `raw` structs.
 pub(crate) struct Walk<'o> {
     pub opts: &'o LoadOptions,
     /// The directory relative `secret_file` paths are resolved against.
@@ -227,10 +224,12 @@ pub(crate) struct Walk<'o> {
     /// The digest of the text being walked, for the `Config` it makes.
     pub digest: Digest,
     pub report: Report,
+    /// Where every value is.
+    index: Index,
 }
 
 impl<'o> Walk<'o> {
-    fn new(source: &Path, opts: &'o LoadOptions, digest: Digest) -> Self {
+    fn new(source: &Path, opts: &'o LoadOptions, digest: Digest, index: Index) -> Self {
         let base_dir = match source.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -240,33 +239,53 @@ impl<'o> Walk<'o> {
             base_dir,
             digest,
             report: Report::new(source),
+            index,
         }
     }
 
-    /// Checks that `node` is a mapping with only `known` keys, each at most once.
-    /// `what` names the mapping in messages ("upstream", "accounts[2]", or
-    /// empty for the top level). Reports and returns `None` when it is not a mapping.
-    pub(crate) fn fields<'n>(
-        &mut self,
-        node: &'n Node,
-        what: &str,
-        known: &[&str],
-    ) -> Option<Fields<'n>> {
-        let Kind::Map(entries) = &node.kind else {
-            let name = if what.is_empty() {
-                "the top level"
-            } else {
-                what
-            };
-            self.report.error(
-                node.line,
-                format!(
-                    "{name} must be a mapping of keys ({}), not {}",
-                    known.join(", "),
-                    node.type_name()
-                ),
-            );
-            return None;
+    /// The line of the value at `at`.
+    pub(crate) fn line(&self, at: At) -> usize {
+        self.index.get(at).line
+    }
+
+    /// The line of a value, when it is there.
+    pub(crate) fn line_of<T>(&self, slot: &Slot<T>) -> Option<usize> {
+        slot.at().map(|at| self.line(at))
+    }
+
+    /// The line of a value's key, when it is there.
+    pub(crate) fn key_line<T>(&self, slot: &Slot<T>) -> Option<usize> {
+        slot.at().and_then(|at| self.index.get(at).key_line)
+    }
+
+    /// Checks that `slot` is a mapping with only the keys of `R`, each at most
+    /// once. `what` names the mapping in messages ("upstream", "accounts[2]",
+    /// or empty for the top level). Reports and returns `None` when it is not
+    /// a mapping; returns `None` quietly when it is absent.
+    pub(crate) fn fields<'r, R>(&mut self, slot: &'r Slot<R>, what: &str) -> Option<Fields<'r, R>>
+    where
+        R: serde::de::DeserializeOwned + Shaped,
+    {
+        let known = raw::keys_of::<R>();
+        let (at, raw) = match slot {
+            Slot::Given(at, raw) => (*at, raw),
+            Slot::Absent => return None,
+            Slot::Null(at) | Slot::Wrong(at, _) => {
+                let name = if what.is_empty() {
+                    "the top level"
+                } else {
+                    what
+                };
+                self.report.error(
+                    self.line(*at),
+                    format!(
+                        "{name} must be a mapping of keys ({}), not {}",
+                        known.join(", "),
+                        found(slot)
+                    ),
+                );
+                return None;
+            }
         };
         let place = if what.is_empty() {
             "at the top level".to_string()
@@ -274,58 +293,60 @@ impl<'o> Walk<'o> {
             format!("in {what}")
         };
         let mut first_lines: HashMap<&str, usize> = HashMap::new();
-        for entry in entries {
-            let key = entry.key.as_str();
+        let position = self.index.get(at);
+        let mut problems = Vec::new();
+        for (key, key_line) in &position.keys {
+            let key = key.as_str();
             if let Some(first) = first_lines.get(key) {
-                self.report.error(
-                    entry.key_line,
+                problems.push((
+                    *key_line,
                     format!(
                         "key {} appears twice {place} (first at line {first}); keep one",
                         quote(key)
                     ),
-                );
+                ));
                 continue;
             }
-            first_lines.insert(key, entry.key_line);
+            first_lines.insert(key, *key_line);
             if !known.contains(&key) {
-                let hint = if let Some(k) = closest(key, known) {
-                    format!("did you mean {}?", quote(k))
-                } else if let Some((_, home)) = HOMES.iter().find(|(k, _)| *k == key) {
-                    format!("it belongs {home}")
-                } else {
-                    format!("known keys: {}", known.join(", "))
-                };
-                self.report.error(
-                    entry.key_line,
-                    format!("unknown key {} {place} ({hint})", quote(key)),
-                );
+                problems.push((
+                    *key_line,
+                    format!(
+                        "unknown key {} {place} ({})",
+                        quote(key),
+                        unknown_hint(key, known)
+                    ),
+                ));
             }
         }
-        Some(Fields {
-            line: node.line,
-            entries,
-        })
+        let line = position.line;
+        for (key_line, message) in problems {
+            self.report.error(key_line, message);
+        }
+        Some(Fields { raw, line })
     }
 
     /// Expands a scalar value. `show` allows quoting the raw text in messages;
     /// `missing_is_error` reports unset variables (otherwise the caller decides).
     pub(crate) fn expand_text(
         &mut self,
-        node: &Node,
+        slot: &Slot<String>,
         path: &str,
         show: bool,
         missing_is_error: bool,
     ) -> Text {
-        let raw = match &node.kind {
-            Kind::Scalar { text, .. } => text,
-            Kind::Null => {
-                self.report.error(node.line, format!("{path} has no value"));
+        let (raw, line) = match slot {
+            Slot::Given(at, text) => (text, self.line(*at)),
+            Slot::Absent => return Text::Bad,
+            Slot::Null(at) => {
+                self.report
+                    .error(self.line(*at), format!("{path} has no value"));
                 return Text::Bad;
             }
-            Kind::Seq(_) | Kind::Map(_) => {
+            Slot::Wrong(at, shape) => {
                 self.report.error(
-                    node.line,
-                    format!("{path} must be a single value, not {}", node.type_name()),
+                    self.line(*at),
+                    format!("{path} must be a single value, not {shape}"),
                 );
                 return Text::Bad;
             }
@@ -334,7 +355,7 @@ impl<'o> Walk<'o> {
         let mut bad = false;
         if let Some(m) = &expanded.malformed {
             self.report
-                .error(node.line, format!("{path} {}", m.describe(show)));
+                .error(line, format!("{path} {}", m.describe(show)));
             bad = true;
         }
         if !expanded.missing.is_empty() && missing_is_error {
@@ -346,7 +367,7 @@ impl<'o> Walk<'o> {
             };
             for var in &expanded.missing {
                 self.report.error(
-                    node.line,
+                    line,
                     format!("{path}: environment variable {var} is not set{hint}"),
                 );
             }
@@ -362,8 +383,8 @@ impl<'o> Walk<'o> {
     }
 
     /// The expanded text of a scalar value; `None` after reporting why not.
-    pub(crate) fn text(&mut self, node: &Node, path: &str) -> Option<String> {
-        match self.expand_text(node, path, true, true) {
+    pub(crate) fn text(&mut self, slot: &Slot<String>, path: &str) -> Option<String> {
+        match self.expand_text(slot, path, true, true) {
             Text::Value(v, _) => Some(v),
             Text::MissingVars | Text::Bad => None,
         }
@@ -372,43 +393,52 @@ impl<'o> Walk<'o> {
     /// The value parsed by `parse`, whose error message gets `path` in front.
     pub(crate) fn parsed<T>(
         &mut self,
-        node: &Node,
+        slot: &Slot<String>,
         path: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let text = self.text(node, path)?;
+        let text = self.text(slot, path)?;
         match parse(&text) {
             Ok(v) => Some(v),
             Err(message) => {
-                self.report.error(node.line, format!("{path}: {message}"));
+                self.report
+                    .error(self.line_of(slot), format!("{path}: {message}"));
                 None
             }
         }
     }
 
-    /// An optional setting `key` of `fields` (a mapping named `prefix`), parsed by `parse`.
+    /// An optional setting at `path`, parsed by `parse`.
     pub(crate) fn setting<T>(
         &mut self,
-        fields: &Fields<'_>,
-        prefix: &str,
-        key: &str,
+        slot: &Slot<String>,
+        path: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Got<T> {
-        let Some(node) = fields.get(key) else {
+        let Some(line) = self.line_of(slot) else {
             return Got::Absent;
         };
-        match self.parsed(node, &path_of(prefix, key), parse) {
-            Some(v) => Got::Value(v, node.line),
+        match self.parsed(slot, path, parse) {
+            Some(v) => Got::Value(v, line),
             None => Got::Bad,
         }
     }
 }
 
-/// `upstream` + `timeout` to `upstream.timeout`; an empty prefix is the top level.
-pub(crate) fn path_of(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
+/// Why an unknown key may have been written: a near miss of a `known` key,
+/// a key of another mapping, or else the list of known keys.
+fn unknown_hint(key: &str, known: &[&str]) -> String {
+    if let Some(k) = closest(key, known) {
+        return format!("did you mean {}?", quote(k));
+    }
+    let homes: Vec<&str> = raw::homes()
+        .into_iter()
+        .filter(|(keys, _)| keys.contains(&key))
+        .map(|(_, home)| home)
+        .collect();
+    if homes.is_empty() {
+        format!("known keys: {}", known.join(", "))
     } else {
-        format!("{prefix}.{key}")
+        format!("it belongs {}", homes.join(" or "))
     }
 }

@@ -5,12 +5,16 @@
 //! `Config` value is fully valid (every rule of contract §2 holds), and secrets
 //! inside it are only reachable through `secrecy::ExposeSecret`.
 //!
-//! Code map: `yaml` turns text into a tree whose values know their line; `env`
-//! holds [`LoadOptions`] and `${VAR}` expansion; `load` has the entry points
-//! and the typed getters that report problems; `schema` knows every key, default
-//! and rule of contract §2; `values` parses durations, numbers and URLs;
-//! `files` opens the config and secret files (regular files only, never
-//! blocking); `problems` formats `file:line: message`; `check` is `wxtoken check`.
+//! Code map: `yaml` parses the text (saphyr) into a `serde_yaml::Value` whose
+//! values are tagged with their place in a located index (lines, keys);
+//! `raw` is the file's shape as serde structs, the one list of its keys, with
+//! lenient fields so every problem is found; `env` holds [`LoadOptions`] and
+//! `${VAR}` expansion; `load` has the entry points and the typed getters that
+//! report problems; `schema` knows every default and rule of contract §2;
+//! `values` parses durations, numbers and URLs; `files` opens and reads the
+//! config and secret files (regular files only, never blocking, never past a
+//! size limit); `problems` formats `file:line: message`; `check` is
+//! `wxtoken check`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +30,7 @@ mod env;
 mod files;
 mod load;
 mod problems;
+mod raw;
 mod schema;
 mod values;
 mod yaml;

@@ -1,13 +1,12 @@
 //! The schema of `accounts.yaml` (contract §2): its keys, defaults and rules.
 //!
-//! Owns which keys each mapping may have, how each value is read, and every rule
-//! that involves several values (duplicates, client scopes, `listen` versus
-//! `clients`). Invariant: secrets (account secrets, client keys that may be
+//! Owns how each value of the `raw` structs is read (which keys exist is
+//! `raw.rs`), the defaults, and every rule that involves several values
+//! (duplicates, client scopes, `listen` versus `clients`). Invariant: secrets (account secrets, client keys that may be
 //! plain keys by mistake, the Redis URL) are read here but never quoted in a
 //! message; only variable names and file paths are.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,41 +14,15 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::files::{OpenError, mode, open_regular};
-use super::load::{Fields, Got, Text, Walk, lowercase_first};
+use super::files::{OpenError, ReadError, mode, read_regular};
+use super::load::{Fields, Got, Text, Walk, found, lowercase_first};
+use super::raw::{RawAccount, RawClient, RawConfig, RawRefresh, RawStore, RawUpstream, Slot};
 use super::values::{self, quote, show_duration};
-use super::yaml::{Kind, Node};
 use super::{
     AccountConfig, AccountKind, AppScope, ClientConfig, Config, RefreshConfig, StoreConfig,
     UpstreamConfig,
 };
 use crate::domain::{AppId, KeyHash, Mode, TicketKind};
-
-const TOP: &[&str] = &[
-    "listen", "upstream", "store", "refresh", "clients", "accounts",
-];
-const UPSTREAM: &[&str] = &["base_urls", "wecom_base_urls", "timeout", "max_concurrency"];
-const STORE: &[&str] = &["path", "redis", "redis_prefix"];
-const REFRESH: &[&str] = &[
-    "legacy_at",
-    "jitter",
-    "stable_window",
-    "backoff_initial",
-    "backoff_max",
-];
-const CLIENT: &[&str] = &["name", "key", "appids", "admin"];
-const ACCOUNT: &[&str] = &[
-    "kind",
-    "appid",
-    "corpid",
-    "agentid",
-    "name",
-    "secret",
-    "secret_file",
-    "mode",
-    "enabled",
-    "tickets",
-];
 
 /// The default `listen` address: loopback only.
 pub(crate) const DEFAULT_LISTEN: SocketAddr =
@@ -89,7 +62,7 @@ struct ClientsRead {
 
 impl Walk<'_> {
     /// Reads the whole file. `None` when some part is invalid (every problem reported).
-    pub(crate) fn config(&mut self, root: Option<&Node>) -> Option<Config> {
+    pub(crate) fn config(&mut self, root: Option<&Slot<RawConfig>>) -> Option<Config> {
         let Some(root) = root else {
             self.report.error(
                 None,
@@ -97,14 +70,14 @@ impl Walk<'_> {
             );
             return None;
         };
-        let f = self.fields(root, "", TOP)?;
+        let f = self.fields(root, "")?;
 
-        let listen = self.setting(&f, "", "listen", parse_listen);
-        let listen_line = listen.line().or(f.key_line("listen"));
+        let listen = self.setting(&f.listen, "listen", parse_listen);
+        let listen_line = listen.line().or(self.key_line(&f.listen));
         let listen = listen.or(DEFAULT_LISTEN);
-        let upstream = self.upstream(f.get("upstream"));
-        let store = self.store(f.get("store"));
-        let refresh = self.refresh(f.get("refresh"));
+        let upstream = self.upstream(&f.upstream);
+        let store = self.store(&f.store);
+        let refresh = self.refresh(&f.refresh);
         let clients = self.clients(&f);
         let (accounts, accounts_seen) = self.accounts(&f);
 
@@ -134,27 +107,31 @@ impl Walk<'_> {
     }
 
     /// `upstream:`; defaults for what is absent.
-    fn upstream(&mut self, node: Option<&Node>) -> Option<UpstreamConfig> {
+    fn upstream(&mut self, slot: &Slot<RawUpstream>) -> Option<UpstreamConfig> {
         let defaults = UpstreamConfig::default();
-        let Some(node) = node.filter(|n| !matches!(n.kind, Kind::Null)) else {
+        if matches!(slot, Slot::Absent | Slot::Null(_)) {
             return Some(defaults);
+        }
+        let f = self.fields(slot, "upstream")?;
+        let base_urls = match &f.base_urls {
+            Slot::Absent => Some(defaults.base_urls),
+            s => self.base_urls(s, "upstream.base_urls", "https://api.weixin.qq.com"),
         };
-        let f = self.fields(node, "upstream", UPSTREAM)?;
-        let base_urls = match f.get("base_urls") {
-            None => Some(defaults.base_urls),
-            Some(n) => self.base_urls(n, "upstream.base_urls", "https://api.weixin.qq.com"),
+        let wecom_base_urls = match &f.wecom_base_urls {
+            Slot::Absent => Some(defaults.wecom_base_urls),
+            s => self.base_urls(s, "upstream.wecom_base_urls", "https://qyapi.weixin.qq.com"),
         };
-        let wecom_base_urls = match f.get("wecom_base_urls") {
-            None => Some(defaults.wecom_base_urls),
-            Some(n) => self.base_urls(n, "upstream.wecom_base_urls", "https://qyapi.weixin.qq.com"),
-        };
-        let timeout = self.setting(&f, "upstream", "timeout", values::duration);
+        let timeout = self.setting(&f.timeout, "upstream.timeout", values::duration);
         let timeout = self.rule(
             timeout,
             |d| !d.is_zero(),
             |_| "upstream.timeout must be more than 0s; e.g. 5s".to_string(),
         );
-        let max = self.setting(&f, "upstream", "max_concurrency", values::count);
+        let max = self.setting(
+            &f.max_concurrency,
+            "upstream.max_concurrency",
+            values::count,
+        );
         let max = self.rule(
             max,
             |n| *n > 0,
@@ -168,18 +145,24 @@ impl Walk<'_> {
         })
     }
 
-    fn base_urls(&mut self, node: &Node, key: &str, example: &str) -> Option<Vec<Url>> {
+    fn base_urls(
+        &mut self,
+        slot: &Slot<Vec<Slot<String>>>,
+        key: &str,
+        example: &str,
+    ) -> Option<Vec<Url>> {
         let empty = format!("{key} is empty; list at least one URL, e.g. {example}");
-        match &node.kind {
-            Kind::Null => {
-                self.report.error(node.line, empty);
+        match slot {
+            Slot::Absent => None,
+            Slot::Null(at) => {
+                self.report.error(self.line(*at), empty);
                 None
             }
-            Kind::Seq(items) if items.is_empty() => {
-                self.report.error(node.line, empty);
+            Slot::Given(at, items) if items.is_empty() => {
+                self.report.error(self.line(*at), empty);
                 None
             }
-            Kind::Seq(items) => {
+            Slot::Given(_, items) => {
                 let urls: Vec<Option<Url>> = items
                     .iter()
                     .enumerate()
@@ -187,20 +170,16 @@ impl Walk<'_> {
                     .collect();
                 urls.into_iter().collect()
             }
-            Kind::Scalar { .. } | Kind::Map(_) => {
+            Slot::Wrong(at, shape) => {
                 self.report.error(
-                    node.line,
-                    format!(
-                        "{key} must be a list of URLs, not {}; e.g. [{example}]",
-                        node.type_name()
-                    ),
+                    self.line(*at),
+                    format!("{key} must be a list of URLs, not {shape}; e.g. [{example}]"),
                 );
                 None
             }
         }
     }
 
-    /// `store:`; defaults for what is absent. The Redis URL is never quoted.
     /// `path` resolved against the configuration file's directory.
     fn relative_to_config(&self, path: PathBuf) -> PathBuf {
         if path.is_absolute() || self.base_dir == Path::new(".") {
@@ -210,17 +189,18 @@ impl Walk<'_> {
         }
     }
 
-    fn store(&mut self, node: Option<&Node>) -> Option<StoreConfig> {
+    /// `store:`; defaults for what is absent. The Redis URL is never quoted.
+    fn store(&mut self, slot: &Slot<RawStore>) -> Option<StoreConfig> {
         let defaults = StoreConfig::default();
-        let Some(node) = node.filter(|n| !matches!(n.kind, Kind::Null)) else {
+        if matches!(slot, Slot::Absent | Slot::Null(_)) {
             return Some(StoreConfig {
                 path: self.relative_to_config(defaults.path.clone()),
                 ..defaults
             });
-        };
-        let f = self.fields(node, "store", STORE)?;
-        let path = self.setting(&f, "store", "path", |t| non_empty(t).map(PathBuf::from));
-        let prefix = self.setting(&f, "store", "redis_prefix", |t| {
+        }
+        let f = self.fields(slot, "store")?;
+        let path = self.setting(&f.path, "store.path", |t| non_empty(t).map(PathBuf::from));
+        let prefix = self.setting(&f.redis_prefix, "store.redis_prefix", |t| {
             non_empty(t).and_then(|p| {
                 if p.chars().any(char::is_whitespace) {
                     Err(format!("{} must not contain spaces", quote(&p)))
@@ -229,9 +209,9 @@ impl Walk<'_> {
                 }
             })
         });
-        let redis = match f.get("redis") {
-            None => Some(None),
-            Some(n) => self.redis_url(n).map(Some),
+        let redis = match &f.redis {
+            Slot::Absent => Some(None),
+            s => self.redis_url(s).map(Some),
         };
         Some(StoreConfig {
             // Relative to the configuration file, like `secret_file`, so the
@@ -242,8 +222,8 @@ impl Walk<'_> {
         })
     }
 
-    fn redis_url(&mut self, node: &Node) -> Option<SecretString> {
-        let Text::Value(text, _) = self.expand_text(node, "store.redis", false, true) else {
+    fn redis_url(&mut self, slot: &Slot<String>) -> Option<SecretString> {
+        let Text::Value(text, _) = self.expand_text(slot, "store.redis", false, true) else {
             return None;
         };
         let ok = Url::parse(text.trim())
@@ -252,7 +232,7 @@ impl Walk<'_> {
             Some(SecretString::from(text.trim().to_string()))
         } else {
             self.report.error(
-                node.line,
+                self.line_of(slot),
                 "store.redis is not a Redis URL; write e.g. redis://127.0.0.1:6379/0 or rediss://:PASSWORD@HOST:6380/0 (the value is not shown: it may hold a password)",
             );
             None
@@ -260,38 +240,42 @@ impl Walk<'_> {
     }
 
     /// `refresh:`; defaults for what is absent.
-    fn refresh(&mut self, node: Option<&Node>) -> Option<RefreshConfig> {
+    fn refresh(&mut self, slot: &Slot<RawRefresh>) -> Option<RefreshConfig> {
         let defaults = RefreshConfig::default();
-        let Some(node) = node.filter(|n| !matches!(n.kind, Kind::Null)) else {
+        if matches!(slot, Slot::Absent | Slot::Null(_)) {
             return Some(defaults);
-        };
-        let f = self.fields(node, "refresh", REFRESH)?;
-        let legacy_at = self.setting(&f, "refresh", "legacy_at", values::number);
+        }
+        let f = self.fields(slot, "refresh")?;
+        let legacy_at = self.setting(&f.legacy_at, "refresh.legacy_at", values::number);
         let legacy_at = self.rule(
             legacy_at,
             |x| *x > 0.0 && *x < 1.0,
             |x| format!("refresh.legacy_at must be between 0 and 1 (exclusive), not {x}; e.g. 0.8"),
         );
-        let jitter = self.setting(&f, "refresh", "jitter", values::number);
+        let jitter = self.setting(&f.jitter, "refresh.jitter", values::number);
         let jitter = self.rule(
             jitter,
             |x| *x >= 0.0 && *x < 0.5,
             |x| format!("refresh.jitter must be at least 0 and less than 0.5, not {x}; e.g. 0.05"),
         );
-        let window = self.setting(&f, "refresh", "stable_window", values::duration);
+        let window = self.setting(&f.stable_window, "refresh.stable_window", values::duration);
         let window = self.rule(window, |d| !d.is_zero() && *d < TOKEN_LIFETIME, |d| {
             format!(
                 "refresh.stable_window must be more than 0s and less than 2h (a token's lifetime), not {}; e.g. 5m",
                 show_duration(*d)
             )
         });
-        let initial = self.setting(&f, "refresh", "backoff_initial", values::duration);
+        let initial = self.setting(
+            &f.backoff_initial,
+            "refresh.backoff_initial",
+            values::duration,
+        );
         let initial = self.rule(
             initial,
             |d| !d.is_zero(),
             |_| "refresh.backoff_initial must be more than 0s; e.g. 1s".to_string(),
         );
-        let max = self.setting(&f, "refresh", "backoff_max", values::duration);
+        let max = self.setting(&f.backoff_max, "refresh.backoff_max", values::duration);
         let max = self.rule(
             max,
             |d| !d.is_zero(),
@@ -343,26 +327,22 @@ impl Walk<'_> {
     }
 
     /// `clients:`; an absent or empty list means no clients.
-    fn clients(&mut self, top: &Fields<'_>) -> ClientsRead {
-        let line = top.key_line("clients");
+    fn clients(&mut self, top: &Fields<'_, RawConfig>) -> ClientsRead {
+        let line = self.key_line(&top.clients);
         let mut read = ClientsRead {
             valid: Some(Vec::new()),
             seen: Vec::new(),
             entries: 0,
             line,
         };
-        let Some(node) = top.get("clients") else {
-            return read;
-        };
-        let items = match &node.kind {
-            Kind::Null => return read,
-            Kind::Seq(items) => items,
-            Kind::Scalar { .. } | Kind::Map(_) => {
+        let items = match &top.clients {
+            Slot::Absent | Slot::Null(_) => return read,
+            Slot::Given(_, items) => items,
+            Slot::Wrong(at, shape) => {
                 self.report.error(
-                    node.line,
+                    self.line(*at),
                     format!(
-                        "clients must be a list of clients (- name: ..., key: ..., appids: [...]), not {}",
-                        node.type_name()
+                        "clients must be a list of clients (- name: ..., key: ..., appids: [...]), not {shape}"
                     ),
                 );
                 read.valid = None;
@@ -370,7 +350,7 @@ impl Walk<'_> {
             }
         };
         read.entries = items.len();
-        let mut valid = Some(Vec::new());
+        let mut valid = Some(Vec::with_capacity(items.len()));
         for (i, item) in items.iter().enumerate() {
             let (client, seen) = self.client(i, item);
             match (client, valid.as_mut()) {
@@ -383,33 +363,31 @@ impl Walk<'_> {
         read
     }
 
-    fn client(&mut self, i: usize, node: &Node) -> (Option<ClientConfig>, ClientSeen) {
+    fn client(&mut self, i: usize, slot: &Slot<RawClient>) -> (Option<ClientConfig>, ClientSeen) {
         let path = format!("clients[{i}]");
         let mut seen = ClientSeen {
             path: path.clone(),
             ..ClientSeen::default()
         };
-        let Some(f) = self.fields(node, &path, CLIENT) else {
+        let Some(f) = self.fields(slot, &path) else {
             return (None, seen);
         };
-        seen.name = match f.get("name") {
-            None => {
+        seen.name = match &f.name {
+            Slot::Absent => {
                 self.report.error(
                     f.line,
                     format!("{path} has no name; add e.g. `name: order-service`"),
                 );
                 None
             }
-            Some(n) => self
-                .parsed(n, &format!("{path}.name"), non_empty)
-                .map(|v| (v, n.line)),
+            s => self.setting(s, &format!("{path}.name"), non_empty).value(),
         };
         let label = match &seen.name {
             Some((name, _)) => format!("{path} ({name})"),
             None => path.clone(),
         };
-        seen.key = match f.get("key") {
-            None => {
+        seen.key = match &f.key {
+            Slot::Absent => {
                 self.report.error(
                     f.line,
                     format!(
@@ -418,10 +396,13 @@ impl Walk<'_> {
                 );
                 None
             }
-            Some(n) => self.client_key(n, &path).map(|k| (k, n.line)),
+            s => {
+                let line = self.line_of(s).unwrap_or(f.line);
+                self.client_key(s, &path).map(|k| (k, line))
+            }
         };
-        let scope = match f.get("appids") {
-            None => {
+        let scope = match &f.appids {
+            Slot::Absent => {
                 self.report.error(
                     f.line,
                     format!(
@@ -430,14 +411,16 @@ impl Walk<'_> {
                 );
                 None
             }
-            Some(n) => self.scope(n, &format!("{path}.appids")),
+            s => self.scope(s, &format!("{path}.appids")),
         };
-        let admin = self.setting(&f, &path, "admin", values::boolean).or(false);
+        let admin = self
+            .setting(&f.admin, &format!("{path}.admin"), values::boolean)
+            .or(false);
         if let (Some((scope, _)), Some(false)) = (&scope, admin)
             && *scope == AppScope::Only(Vec::new())
         {
             self.report.warn(
-                f.key_line("appids"),
+                self.key_line(&f.appids),
                 format!(
                     "{label} is not admin and its appids list is empty, so it may read nothing"
                 ),
@@ -460,9 +443,9 @@ impl Walk<'_> {
     }
 
     /// A client key: `sha256:<hex>`. Never quoted, in case a plain key was pasted.
-    fn client_key(&mut self, node: &Node, path: &str) -> Option<KeyHash> {
+    fn client_key(&mut self, slot: &Slot<String>, path: &str) -> Option<KeyHash> {
         let path = format!("{path}.key");
-        let Text::Value(text, _) = self.expand_text(node, &path, false, true) else {
+        let Text::Value(text, _) = self.expand_text(slot, &path, false, true) else {
             return None;
         };
         match KeyHash::parse(text.trim()) {
@@ -474,7 +457,7 @@ impl Walk<'_> {
                     "; if this is the key itself, keep it out of the file and write its hash"
                 };
                 self.report.error(
-                    node.line,
+                    self.line_of(slot),
                     format!(
                         "{path} must be \"sha256:\" followed by 64 hex digits (make it with `echo -n THE-KEY | wxtoken hash-key`){plain}; the value is not shown"
                     ),
@@ -485,21 +468,28 @@ impl Walk<'_> {
     }
 
     /// A client's `appids`: `["*"]` or a list of WeChat appids.
-    fn scope(&mut self, node: &Node, path: &str) -> Option<(AppScope, Vec<(AppId, usize)>)> {
-        let Kind::Seq(items) = &node.kind else {
-            if matches!(node.kind, Kind::Null) {
-                // Reported as "has no value" by the generic reader.
-                self.text(node, path);
-            } else {
+    fn scope(
+        &mut self,
+        slot: &Slot<Vec<Slot<String>>>,
+        path: &str,
+    ) -> Option<(AppScope, Vec<(AppId, usize)>)> {
+        let items = match slot {
+            Slot::Given(_, items) => items,
+            Slot::Absent => return None,
+            Slot::Null(at) => {
+                self.report
+                    .error(self.line(*at), format!("{path} has no value"));
+                return None;
+            }
+            Slot::Wrong(at, shape) => {
                 self.report.error(
-                    node.line,
+                    self.line(*at),
                     format!(
-                        "{path} must be a list, not {}; write [\"*\"] for every account or e.g. [{EXAMPLE_APPID}]",
-                        node.type_name()
+                        "{path} must be a list, not {shape}; write [\"*\"] for every account or e.g. [{EXAMPLE_APPID}]"
                     ),
                 );
+                return None;
             }
-            return None;
         };
         let mut ids = Vec::new();
         let mut all = false;
@@ -510,10 +500,11 @@ impl Walk<'_> {
                 ok = false;
                 continue;
             };
+            let line = self.line_of(item);
             if text.trim() == "*" {
                 if items.len() > 1 {
                     self.report.error(
-                        item.line,
+                        line,
                         format!("{item_path}: \"*\" must be the only entry of {path}; remove the other appids or the \"*\""),
                     );
                     ok = false;
@@ -524,12 +515,11 @@ impl Walk<'_> {
             match account_id(&text) {
                 Ok(id) => {
                     if !ids.iter().any(|(known, _)| *known == id) {
-                        ids.push((id, item.line));
+                        ids.push((id, line.unwrap_or_default()));
                     }
                 }
                 Err(message) => {
-                    self.report
-                        .error(item.line, format!("{item_path}: {message}"));
+                    self.report.error(line, format!("{item_path}: {message}"));
                     ok = false;
                 }
             }
@@ -546,38 +536,41 @@ impl Walk<'_> {
     }
 
     /// `accounts:`; at least one is required.
-    fn accounts(&mut self, top: &Fields<'_>) -> (Option<Vec<AccountConfig>>, Vec<AccountSeen>) {
-        let Some(node) = top.get("accounts") else {
-            self.report.error(
-                None,
-                format!(
-                    "no accounts: add an `accounts:` list with at least one account (appid: {EXAMPLE_APPID}, secret: ${{WX_SECRET_...}})"
-                ),
-            );
-            return (None, Vec::new());
-        };
-        let items = match &node.kind {
-            Kind::Seq(items) if !items.is_empty() => items,
-            Kind::Null | Kind::Seq(_) => {
+    fn accounts(
+        &mut self,
+        top: &Fields<'_, RawConfig>,
+    ) -> (Option<Vec<AccountConfig>>, Vec<AccountSeen>) {
+        let items = match &top.accounts {
+            Slot::Absent => {
                 self.report.error(
-                    top.key_line("accounts"),
+                    None,
+                    format!(
+                        "no accounts: add an `accounts:` list with at least one account (appid: {EXAMPLE_APPID}, secret: ${{WX_SECRET_...}})"
+                    ),
+                );
+                return (None, Vec::new());
+            }
+            Slot::Given(_, items) if !items.is_empty() => items,
+            Slot::Null(_) | Slot::Given(..) => {
+                self.report.error(
+                    self.key_line(&top.accounts),
                     "accounts is empty; add at least one account (appid and secret)",
                 );
                 return (None, Vec::new());
             }
-            Kind::Scalar { .. } | Kind::Map(_) => {
+            Slot::Wrong(at, shape) => {
                 self.report.error(
-                    node.line,
+                    self.line(*at),
                     format!(
-                        "accounts must be a list of accounts (- appid: ..., secret: ...), not {}",
-                        node.type_name()
+                        "accounts must be a list of accounts (- appid: ..., secret: ...), not {shape}"
                     ),
                 );
                 return (None, Vec::new());
             }
         };
-        let mut valid = Some(Vec::new());
-        let mut seen = Vec::new();
+        // Sized once: growing a list of 100,000 accounts copies it many times.
+        let mut valid = Some(Vec::with_capacity(items.len()));
+        let mut seen = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let (account, s) = self.account(i, item);
             match (account, valid.as_mut()) {
@@ -589,19 +582,23 @@ impl Walk<'_> {
         (valid, seen)
     }
 
-    fn account(&mut self, i: usize, node: &Node) -> (Option<AccountConfig>, AccountSeen) {
+    fn account(
+        &mut self,
+        i: usize,
+        slot: &Slot<RawAccount>,
+    ) -> (Option<AccountConfig>, AccountSeen) {
         let path = format!("accounts[{i}]");
         let mut seen = AccountSeen {
             path: path.clone(),
             appid: None,
             enabled: true,
         };
-        let Some(f) = self.fields(node, &path, ACCOUNT) else {
+        let Some(f) = self.fields(slot, &path) else {
             return (None, seen);
         };
-        let kind = match f.get("kind") {
-            None => Some("wechat".to_string()),
-            Some(n) => self.parsed(n, &format!("{path}.kind"), |t| match t.trim() {
+        let kind = match &f.kind {
+            Slot::Absent => Some("wechat".to_string()),
+            s => self.parsed(s, &format!("{path}.kind"), |t| match t.trim() {
                 k @ ("wechat" | "wecom") => Ok(k.to_string()),
                 other => Err(format!(
                     "unknown kind {}; expected wechat (the default) or wecom",
@@ -611,38 +608,44 @@ impl Walk<'_> {
         };
         let wecom = kind.as_deref() == Some("wecom");
         let kind = if wecom {
-            for key in ["appid", "mode", "tickets"] {
-                if f.get(key).is_some() {
+            let wechat_only = [
+                ("appid", self.key_line(&f.appid)),
+                ("mode", self.key_line(&f.mode)),
+                ("tickets", self.key_line(&f.tickets)),
+            ];
+            for (key, line) in wechat_only {
+                if let Some(line) = line {
                     self.report.error(
-                        f.key_line(key),
+                        line,
                         format!("{path} is a WeCom app (kind: wecom): it has corpid and agentid, not {key}"),
                     );
                 }
             }
-            let corpid = match f.get("corpid") {
-                None => {
+            let corpid = match &f.corpid {
+                Slot::Absent => {
                     self.report.error(
                         f.line,
                         format!("{path} (kind: wecom) has no corpid; add e.g. `corpid: ww1234567890abcdef`"),
                     );
                     None
                 }
-                Some(n) => self.parsed(n, &format!("{path}.corpid"), corpid),
+                s => self.parsed(s, &format!("{path}.corpid"), corpid),
             };
-            let agentid = match f.get("agentid") {
-                None => {
+            let agentid = match &f.agentid {
+                Slot::Absent => {
                     self.report.error(
                         f.line,
                         format!("{path} (kind: wecom) has no agentid; add e.g. `agentid: 1000002`"),
                     );
                     None
                 }
-                Some(n) => self.parsed(n, &format!("{path}.agentid"), agentid),
+                s => self.parsed(s, &format!("{path}.agentid"), agentid),
             };
+            let corpid_line = self.key_line(&f.corpid).unwrap_or(f.line);
             seen.appid = match (&corpid, agentid) {
                 (Some(c), Some(a)) => AppId::parse(&format!("{c}:{a}"))
                     .ok()
-                    .map(|id| (id, f.key_line("corpid").unwrap_or(f.line))),
+                    .map(|id| (id, corpid_line)),
                 _ => None,
             };
             match (corpid, agentid) {
@@ -650,25 +653,29 @@ impl Walk<'_> {
                 _ => None,
             }
         } else {
-            for key in ["corpid", "agentid"] {
-                if f.get(key).is_some() {
+            let wecom_only = [
+                ("corpid", self.key_line(&f.corpid)),
+                ("agentid", self.key_line(&f.agentid)),
+            ];
+            for (key, line) in wecom_only {
+                if let Some(line) = line {
                     self.report.error(
-                        f.key_line(key),
+                        line,
                         format!("{path} has {key}, which only WeCom apps have; add `kind: wecom` or remove it"),
                     );
                 }
             }
-            seen.appid = match f.get("appid") {
-                None => {
+            seen.appid = match &f.appid {
+                Slot::Absent => {
                     self.report.error(
                         f.line,
                         format!("{path} has no appid; add e.g. `appid: {EXAMPLE_APPID}`"),
                     );
                     None
                 }
-                Some(n) => self
-                    .parsed(n, &format!("{path}.appid"), wechat_appid)
-                    .map(|id| (id, n.line)),
+                s => self
+                    .setting(s, &format!("{path}.appid"), wechat_appid)
+                    .value(),
             };
             kind.map(|_| AccountKind::Wechat)
         };
@@ -676,14 +683,18 @@ impl Walk<'_> {
             Some((id, _)) => format!("{path} ({id})"),
             None => path.clone(),
         };
-        let name = self.setting(&f, &path, "name", non_empty);
-        let mode = self.setting(&f, &path, "mode", parse_mode).or(Mode::Stable);
-        let enabled = self.setting(&f, &path, "enabled", values::boolean).or(true);
+        let name = self.setting(&f.name, &format!("{path}.name"), non_empty);
+        let mode = self
+            .setting(&f.mode, &format!("{path}.mode"), parse_mode)
+            .or(Mode::Stable);
+        let enabled = self
+            .setting(&f.enabled, &format!("{path}.enabled"), values::boolean)
+            .or(true);
         seen.enabled = enabled.unwrap_or(true);
         let secret = self.secret(&f, &path, &label);
-        let tickets = match f.get("tickets") {
-            None => Some(Vec::new()),
-            Some(n) => self.tickets(n, &format!("{path}.tickets")),
+        let tickets = match &f.tickets {
+            Slot::Absent => Some(Vec::new()),
+            s => self.tickets(s, &format!("{path}.tickets")),
         };
 
         let account = match (&seen.appid, secret, mode, enabled, kind, tickets) {
@@ -709,13 +720,13 @@ impl Walk<'_> {
     }
 
     /// `tickets: [jsapi, wx_card]`: each kind at most once.
-    fn tickets(&mut self, node: &Node, path: &str) -> Option<Vec<TicketKind>> {
-        let Kind::Seq(items) = &node.kind else {
+    fn tickets(&mut self, slot: &Slot<Vec<Slot<String>>>, path: &str) -> Option<Vec<TicketKind>> {
+        let Slot::Given(_, items) = slot else {
             self.report.error(
-                node.line,
+                self.line_of(slot),
                 format!(
                     "{path} must be a list like [jsapi, wx_card], not {}",
-                    node.type_name()
+                    found(slot)
                 ),
             );
             return None;
@@ -732,8 +743,10 @@ impl Walk<'_> {
                 )),
             }) {
                 Some(kind) if out.contains(&kind) => {
-                    self.report
-                        .error(item.line, format!("{path} lists {} twice", kind.as_str()));
+                    self.report.error(
+                        self.line_of(item),
+                        format!("{path} lists {} twice", kind.as_str()),
+                    );
                     ok = false;
                 }
                 Some(kind) => out.push(kind),
@@ -744,16 +757,14 @@ impl Walk<'_> {
     }
 
     /// Exactly one of `secret` and `secret_file`.
-    fn secret(&mut self, f: &Fields<'_>, path: &str, label: &str) -> Option<SecretString> {
-        match (f.get("secret"), f.get("secret_file")) {
-            (Some(_), Some(_)) => {
-                self.report.error(
-                    f.key_line("secret_file"),
-                    format!("{label} has both secret and secret_file; keep one"),
-                );
-                None
-            }
-            (None, None) => {
+    fn secret(
+        &mut self,
+        f: &Fields<'_, RawAccount>,
+        path: &str,
+        label: &str,
+    ) -> Option<SecretString> {
+        match (&f.secret, &f.secret_file) {
+            (Slot::Absent, Slot::Absent) => {
                 self.report.error(
                     f.line,
                     format!(
@@ -762,14 +773,21 @@ impl Walk<'_> {
                 );
                 None
             }
-            (Some(n), None) => self.inline_secret(n, &format!("{path}.secret")),
-            (None, Some(n)) => self.file_secret(n, &format!("{path}.secret_file")),
+            (s, Slot::Absent) => self.inline_secret(s, &format!("{path}.secret")),
+            (Slot::Absent, s) => self.file_secret(s, &format!("{path}.secret_file")),
+            (_, s) => {
+                self.report.error(
+                    self.key_line(s),
+                    format!("{label} has both secret and secret_file; keep one"),
+                );
+                None
+            }
         }
     }
 
-    fn inline_secret(&mut self, node: &Node, path: &str) -> Option<SecretString> {
+    fn inline_secret(&mut self, slot: &Slot<String>, path: &str) -> Option<SecretString> {
         let require = self.opts.require_secrets;
-        match self.expand_text(node, path, false, require) {
+        match self.expand_text(slot, path, false, require) {
             Text::Bad => None,
             Text::MissingVars => Some(placeholder_secret()),
             Text::Value(value, used) if value.trim().is_empty() => {
@@ -782,23 +800,24 @@ impl Walk<'_> {
                     ),
                 };
                 self.report
-                    .error(node.line, format!("{path} is empty{why}"));
+                    .error(self.line_of(slot), format!("{path} is empty{why}"));
                 None
             }
             Text::Value(value, _) => Some(SecretString::from(value)),
         }
     }
 
-    fn file_secret(&mut self, node: &Node, path: &str) -> Option<SecretString> {
+    fn file_secret(&mut self, slot: &Slot<String>, path: &str) -> Option<SecretString> {
         let require = self.opts.require_secrets;
-        let name = match self.expand_text(node, path, true, require) {
+        let line = self.line_of(slot);
+        let name = match self.expand_text(slot, path, true, require) {
             Text::Bad => return None,
             Text::MissingVars => return Some(placeholder_secret()),
             Text::Value(name, _) => name,
         };
         if name.trim().is_empty() {
             self.report.error(
-                node.line,
+                line,
                 format!("{path} is empty; give the path of a file that holds the secret"),
             );
             return None;
@@ -807,8 +826,7 @@ impl Walk<'_> {
         let shown = quote(&file.display().to_string());
         match read_secret_file(&file) {
             Ok(read) if read.secret.trim().is_empty() => {
-                self.report
-                    .error(node.line, format!("{path}: {shown} is empty"));
+                self.report.error(line, format!("{path}: {shown} is empty"));
                 None
             }
             Ok(read) => {
@@ -816,7 +834,7 @@ impl Walk<'_> {
                     && mode & 0o077 != 0
                 {
                     self.report.warn(
-                        node.line,
+                        line,
                         format!(
                             "{path}: {shown} is open to other users (mode {mode:04o}); run `chmod 600 {}`",
                             file.display()
@@ -828,7 +846,7 @@ impl Walk<'_> {
             Err(_) if !require => Some(placeholder_secret()),
             Err(SecretFileError::NotRegular(what)) => {
                 self.report.error(
-                    node.line,
+                    line,
                     format!(
                         "{path}: {shown} is not a regular file ({what}); point it at a file that holds only the secret"
                     ),
@@ -837,7 +855,7 @@ impl Walk<'_> {
             }
             Err(SecretFileError::Unreadable(reason)) => {
                 self.report
-                    .error(node.line, format!("{path}: cannot read {shown}: {reason}"));
+                    .error(line, format!("{path}: cannot read {shown}: {reason}"));
                 None
             }
         }
@@ -1101,20 +1119,16 @@ fn read_secret_file(path: &Path) -> Result<SecretRead, SecretFileError> {
             _ => lowercase_first(&e.to_string()),
         })
     };
-    let (file, meta) = open_regular(path).map_err(|e| match e {
-        OpenError::Io(e) => describe(e),
-        OpenError::Directory => SecretFileError::Unreadable("it is a directory".to_string()),
-        OpenError::NotRegular(what) => SecretFileError::NotRegular(what),
-    })?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(describe)?;
-    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(SecretFileError::Unreadable(
+    let (bytes, meta) = read_regular(path, MAX_SECRET_FILE_BYTES).map_err(|e| match e {
+        ReadError::Open(OpenError::Io(e)) | ReadError::Io(e) => describe(e),
+        ReadError::Open(OpenError::Directory) => {
+            SecretFileError::Unreadable("it is a directory".to_string())
+        }
+        ReadError::Open(OpenError::NotRegular(what)) => SecretFileError::NotRegular(what),
+        ReadError::TooLarge => SecretFileError::Unreadable(
             "it is larger than 64 KiB; is this the right file?".to_string(),
-        ));
-    }
+        ),
+    })?;
     let text = String::from_utf8(bytes)
         .map_err(|_| SecretFileError::Unreadable("it is not UTF-8 text".to_string()))?;
     Ok(SecretRead {

@@ -121,34 +121,9 @@ pub(crate) fn base_url(text: &str) -> Result<Url, String> {
     }
 }
 
-/// The number of single-character edits (insertions, deletions, substitutions
-/// and swaps of neighbours) between `a` and `b`.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
-}
-
-/// The known key that `unknown` is most likely a typo of, if one is close.
+/// The known key that `unknown` is most likely a typo of, if one is close:
+/// the same once case, `-` and spaces are set aside, or at most two edits
+/// (insertions, deletions, substitutions, swaps of neighbours) away.
 pub(crate) fn closest<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k str> {
     let normal = |s: &str| s.to_ascii_lowercase().replace(['-', ' '], "_");
     let wanted = normal(unknown);
@@ -157,7 +132,7 @@ pub(crate) fn closest<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k str> {
     }
     known
         .iter()
-        .map(|k| (edit_distance(&wanted, k), *k))
+        .map(|k| (strsim::osa_distance(&wanted, k), *k))
         .filter(|(d, k)| *d <= 2 && *d * 3 <= k.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)

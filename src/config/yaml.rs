@@ -1,17 +1,25 @@
-//! YAML text to a small tree whose every key and value remembers its line.
+//! YAML text to a `serde_yaml::Value` whose every value knows where it is.
 //!
-//! Owns the only use of the YAML parser in the configuration loader. The tree is
-//! built from `saphyr-parser` events (which carry positions), so later checks can
-//! point at `file:line` for any value, not just for syntax errors.
-//! Invariants: a tree is at most [`MAX_DEPTH`] levels deep and at most
-//! [`MAX_NODES`] nodes large, and aliases add at most [`MAX_ALIAS_NODES`]
-//! nodes and [`MAX_ALIAS_BYTES`] of text to it (every use counted), so no
-//! input can exhaust the stack or memory; a syntax error is returned, never a
-//! panic.
+//! Owns parsing (with `saphyr-parser`, which reports positions) and the located
+//! index. Each value of the tree (not the keys) is wrapped in a YAML tag that
+//! holds its [`At`] in the [`Index`]: its line, the line of its key, and for a
+//! mapping every key with its line, repeated keys included. `raw::Slot` reads
+//! the tag back while serde fills the schema's structs, so a value carries its
+//! position through serde and nothing else has to look it up by key.
+//!
+//! Invariants: every scalar stays text exactly as written (`1.50`, `0x20` and a
+//! 40-digit secret are not numbers here; the schema parses what it expects);
+//! plain `~`, `null` and empty values are null, quoted ones are strings; of a
+//! repeated key the first value is kept (the index still has both lines); and
+//! no file makes an unbounded tree: depth, values and what aliases add are
+//! limited before anything is copied.
 
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use serde_yaml::mapping::Entry;
+use serde_yaml::value::{Tag, TaggedValue};
+use serde_yaml::{Mapping, Value};
 
 /// Deepest nesting accepted (the schema itself needs four levels).
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -26,67 +34,44 @@ pub(crate) const MAX_ALIAS_NODES: usize = 1_000_000;
 /// counted: a long value used many times is counted as often as it is used.
 pub(crate) const MAX_ALIAS_BYTES: usize = 16 * 1024 * 1024;
 
-/// One YAML value and the (1-based) line it starts on.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Node {
+/// Where one value is: an index into [`Index`].
+pub(crate) type At = usize;
+
+/// A parsed file: the tree for serde and the positions of its values.
+#[derive(Debug)]
+pub(crate) struct Document {
+    /// Every value tagged with its [`At`]; keys are plain strings.
+    pub root: Value,
+    pub index: Index,
+}
+
+/// The position of every value of a [`Document`].
+#[derive(Debug, Default)]
+pub(crate) struct Index(Vec<Position>);
+
+/// Where one value is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The (1-based) line the value starts on.
     pub line: usize,
-    pub kind: Kind,
+    /// The line of the key, for a value in a mapping.
+    pub key_line: Option<usize>,
+    /// For a mapping: each key and its line, in file order, repeats included.
+    pub keys: Vec<(String, usize)>,
 }
 
-/// What a [`Node`] holds.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Kind {
-    /// An empty value, `~` or `null`.
-    Null,
-    /// Any other scalar. `plain` is false for quoted and block scalars and for
-    /// `!!str`-tagged ones, which are always strings.
-    Scalar {
-        text: String,
-        plain: bool,
-    },
-    Seq(Vec<Node>),
-    Map(Vec<Entry>),
-}
-
-/// One `key: value` pair of a mapping.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
-    pub key: String,
-    pub key_line: usize,
-    pub value: Node,
-}
-
-impl Node {
-    /// A short name of the node's type for messages ("a list", "a mapping", ...).
-    pub(crate) fn type_name(&self) -> &'static str {
-        match &self.kind {
-            Kind::Null => "empty",
-            Kind::Scalar { .. } => "a single value",
-            Kind::Seq(_) => "a list",
-            Kind::Map(_) => "a mapping",
-        }
+impl Index {
+    /// The position of the value at `at`.
+    pub(crate) fn get(&self, at: At) -> &Position {
+        &self.0[at]
     }
 
-    /// How many nodes the tree under this one has, itself and keys included.
-    fn size(&self) -> usize {
-        1 + match &self.kind {
-            Kind::Null | Kind::Scalar { .. } => 0,
-            Kind::Seq(items) => items.iter().map(Node::size).sum(),
-            Kind::Map(entries) => entries.iter().map(|e| 1 + e.value.size()).sum(),
-        }
-    }
-
-    /// How many bytes of text (keys and scalar values) the tree under this one holds.
-    fn text_bytes(&self) -> usize {
-        match &self.kind {
-            Kind::Null => 0,
-            Kind::Scalar { text, .. } => text.len(),
-            Kind::Seq(items) => items.iter().map(Node::text_bytes).sum(),
-            Kind::Map(entries) => entries
-                .iter()
-                .map(|e| e.key.len() + e.value.text_bytes())
-                .sum(),
-        }
+    fn add(&mut self, line: usize) -> At {
+        self.0.push(Position {
+            line,
+            ..Position::default()
+        });
+        self.0.len() - 1
     }
 }
 
@@ -106,19 +91,39 @@ impl SyntaxError {
     }
 }
 
+/// A finished value, with what it counts against the alias limits.
+#[derive(Clone)]
+struct Built {
+    /// Tagged with `at`.
+    value: Value,
+    at: At,
+    /// Nodes in it, itself and keys included.
+    size: usize,
+    /// Bytes of text (keys and scalars) in it.
+    bytes: usize,
+}
+
 /// A collection being built.
-enum Frame {
-    Seq {
-        line: usize,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        line: usize,
-        anchor: usize,
-        entries: Vec<Entry>,
-        key: Option<(String, usize)>,
-    },
+struct Frame {
+    at: At,
+    anchor: usize,
+    size: usize,
+    bytes: usize,
+    kind: FrameKind,
+}
+
+enum FrameKind {
+    Seq(Vec<Value>),
+    /// The mapping so far and the key waiting for its value.
+    Map(Mapping, Option<(String, usize)>),
+}
+
+/// Wraps `value` in the tag that names its position.
+fn tagged(at: At, value: Value) -> Value {
+    Value::Tagged(Box::new(TaggedValue {
+        tag: Tag::new(at.to_string()),
+        value,
+    }))
 }
 
 /// Parses one YAML document. `Ok(None)` for a file with no document (empty or
@@ -128,11 +133,12 @@ enum Frame {
 /// keys, on files deeper than [`MAX_DEPTH`] or larger than [`MAX_NODES`], and
 /// on aliases that would add more than [`MAX_ALIAS_NODES`] nodes or
 /// [`MAX_ALIAS_BYTES`] of text.
-pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+pub(crate) fn parse(text: &str) -> Result<Option<Document>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
+    let mut index = Index::default();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
-    let mut root: Option<Node> = None;
+    let mut anchors: HashMap<usize, Built> = HashMap::new();
+    let mut root: Option<Value> = None;
     let mut documents = 0usize;
     let mut nodes = 0usize;
     let mut alias_nodes = 0usize;
@@ -152,7 +158,14 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
             }
         })?;
         let line = span.start.line();
-        let done: Node = match event {
+        let awaiting_key = matches!(
+            stack.last(),
+            Some(Frame {
+                kind: FrameKind::Map(_, None),
+                ..
+            })
+        );
+        let done: Built = match event {
             Event::StreamEnd => break,
             Event::Nothing | Event::StreamStart | Event::DocumentEnd => continue,
             Event::DocumentStart(_) => {
@@ -172,141 +185,196 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                         format!("values are nested more than {MAX_DEPTH} levels deep"),
                     ));
                 }
-                stack.push(if matches!(event, Event::SequenceStart(..)) {
-                    Frame::Seq {
-                        line,
-                        anchor,
-                        items: Vec::new(),
-                    }
+                let kind = if matches!(event, Event::SequenceStart(..)) {
+                    FrameKind::Seq(Vec::new())
                 } else {
-                    Frame::Map {
-                        line,
-                        anchor,
-                        entries: Vec::new(),
-                        key: None,
-                    }
+                    FrameKind::Map(Mapping::new(), None)
+                };
+                stack.push(Frame {
+                    at: index.add(line),
+                    anchor,
+                    size: 1,
+                    bytes: 0,
+                    kind,
                 });
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq {
-                        line,
-                        anchor,
-                        items,
-                    }) => (
-                        Node {
-                            line,
-                            kind: Kind::Seq(items),
-                        },
-                        anchor,
-                    ),
-                    Some(Frame::Map {
-                        line,
-                        anchor,
-                        entries,
-                        ..
-                    }) => (
-                        Node {
-                            line,
-                            kind: Kind::Map(entries),
-                        },
-                        anchor,
-                    ),
-                    None => {
-                        return Err(SyntaxError::at(span, "invalid YAML: unbalanced collection"));
-                    }
+                let Some(frame) = stack.pop() else {
+                    return Err(SyntaxError::at(span, "invalid YAML: unbalanced collection"));
                 };
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                nodes += 1;
+                if nodes > MAX_NODES {
+                    return Err(too_large(span));
                 }
-                node
+                let value = match frame.kind {
+                    FrameKind::Seq(items) => Value::Sequence(items),
+                    FrameKind::Map(map, _) => Value::Mapping(map),
+                };
+                let built = Built {
+                    value: tagged(frame.at, value),
+                    at: frame.at,
+                    size: frame.size,
+                    bytes: frame.bytes,
+                };
+                if frame.anchor > 0 {
+                    anchors.insert(frame.anchor, built.clone());
+                }
+                built
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let forced_string = tag
                     .as_ref()
                     .is_some_and(|t| t.is_yaml_core_schema() && t.suffix == "str");
                 let plain = style == ScalarStyle::Plain && !forced_string;
-                let kind = if plain && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
-                    Kind::Null
+                let value = if plain && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
+                    Value::Null
                 } else {
                     let mut text = text.into_owned();
                     // The scanner reserves 128 bytes for every plain scalar;
                     // kept, that is most of a large file's tree.
                     text.shrink_to_fit();
-                    Kind::Scalar { text, plain }
+                    Value::String(text)
                 };
-                let node = Node { line, kind };
+                let bytes = value.as_str().map_or(0, str::len);
+                nodes += 1;
+                if nodes > MAX_NODES {
+                    return Err(too_large(span));
+                }
+                if awaiting_key {
+                    if anchor > 0 {
+                        let at = index.add(line);
+                        let value = tagged(at, value.clone());
+                        anchors.insert(
+                            anchor,
+                            Built {
+                                value,
+                                at,
+                                size: 1,
+                                bytes,
+                            },
+                        );
+                    }
+                    set_key(&mut stack, value, line, bytes);
+                    continue;
+                }
+                let at = index.add(line);
+                let built = Built {
+                    value: tagged(at, value),
+                    at,
+                    size: 1,
+                    bytes,
+                };
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, built.clone());
                 }
-                node
+                built
             }
-            Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => {
-                    // Checked before the copy is made, so a bomb allocates nothing.
-                    let size = node.size();
-                    alias_nodes += size;
-                    alias_bytes += node.text_bytes();
-                    if alias_nodes > MAX_ALIAS_NODES {
-                        return Err(SyntaxError::at(
-                            span,
-                            format!(
-                                "aliases (`*name`) expand to more than {MAX_ALIAS_NODES} values, each use counted; it is not a wxtoken config"
-                            ),
-                        ));
-                    }
-                    if alias_bytes > MAX_ALIAS_BYTES {
-                        return Err(SyntaxError::at(
-                            span,
-                            format!(
-                                "aliases (`*name`) expand to more than {} MiB of text, each use counted; use fewer or shorter aliases",
-                                MAX_ALIAS_BYTES / 1024 / 1024
-                            ),
-                        ));
-                    }
-                    // The alias itself is counted below, like every node.
-                    nodes += size - 1;
-                    if nodes > MAX_NODES {
-                        return Err(too_large(span));
-                    }
-                    Node {
-                        line,
-                        kind: node.kind.clone(),
-                    }
+            Event::Alias(id) => {
+                let Some(anchored) = anchors.get(&id) else {
+                    return Err(SyntaxError::at(span, "invalid YAML: unknown alias"));
+                };
+                // Checked before the copy is made, so a bomb allocates nothing.
+                alias_nodes += anchored.size;
+                alias_bytes += anchored.bytes;
+                if alias_nodes > MAX_ALIAS_NODES {
+                    return Err(SyntaxError::at(
+                        span,
+                        format!(
+                            "aliases (`*name`) expand to more than {MAX_ALIAS_NODES} values, each use counted; it is not a wxtoken config"
+                        ),
+                    ));
                 }
-                None => return Err(SyntaxError::at(span, "invalid YAML: unknown alias")),
-            },
+                if alias_bytes > MAX_ALIAS_BYTES {
+                    return Err(SyntaxError::at(
+                        span,
+                        format!(
+                            "aliases (`*name`) expand to more than {} MiB of text, each use counted; use fewer or shorter aliases",
+                            MAX_ALIAS_BYTES / 1024 / 1024
+                        ),
+                    ));
+                }
+                nodes += anchored.size;
+                if nodes > MAX_NODES {
+                    return Err(too_large(span));
+                }
+                let Value::Tagged(inner) = &anchored.value else {
+                    unreachable!("every built value is tagged");
+                };
+                if awaiting_key {
+                    if !matches!(inner.value, Value::Null | Value::String(_)) {
+                        return Err(not_a_key(line));
+                    }
+                    let (value, bytes) = (inner.value.clone(), anchored.bytes);
+                    set_key(&mut stack, value, line, bytes);
+                    continue;
+                }
+                // The copy is where the alias is; what is inside keeps its own lines.
+                let keys = index.get(anchored.at).keys.clone();
+                let value = inner.value.clone();
+                let (size, bytes) = (anchored.size, anchored.bytes);
+                let at = index.add(line);
+                index.0[at].keys = keys;
+                Built {
+                    value: tagged(at, value),
+                    at,
+                    size,
+                    bytes,
+                }
+            }
         };
 
-        nodes += 1;
-        if nodes > MAX_NODES {
-            return Err(too_large(span));
-        }
         match stack.last_mut() {
-            None => root = Some(done),
-            Some(Frame::Seq { items, .. }) => items.push(done),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
-                Some((key, key_line)) => entries.push(Entry {
-                    key,
-                    key_line,
-                    value: done,
-                }),
-                None => match done.kind {
-                    Kind::Scalar { text, .. } => *key = Some((text, done.line)),
-                    Kind::Null => *key = Some((String::new(), done.line)),
-                    Kind::Seq(_) | Kind::Map(_) => {
-                        return Err(SyntaxError {
-                            line: Some(done.line),
-                            message: "mapping keys must be plain names, not lists or mappings"
-                                .to_string(),
-                        });
+            None => root = Some(done.value),
+            Some(frame) => {
+                frame.size += done.size;
+                frame.bytes += done.bytes;
+                match &mut frame.kind {
+                    FrameKind::Seq(items) => items.push(done.value),
+                    FrameKind::Map(map, pending) => {
+                        // Scalar keys were taken above: this is a list or mapping as a key.
+                        let Some((key, key_line)) = pending.take() else {
+                            return Err(not_a_key(index.get(done.at).line));
+                        };
+                        index.0[done.at].key_line = Some(key_line);
+                        index.0[frame.at].keys.push((key.clone(), key_line));
+                        // The first of repeated keys is kept; the schema reports the repeat.
+                        if let Entry::Vacant(slot) = map.entry(Value::String(key)) {
+                            slot.insert(done.value);
+                        }
                     }
-                },
-            },
+                }
+            }
         }
     }
-    Ok(root)
+    Ok(root.map(|root| Document { root, index }))
+}
+
+/// Makes `key` (a scalar) the key waiting for its value in the innermost mapping.
+fn set_key(stack: &mut [Frame], key: Value, line: usize, bytes: usize) {
+    let Some(Frame {
+        size,
+        bytes: frame_bytes,
+        kind: FrameKind::Map(_, pending),
+        ..
+    }) = stack.last_mut()
+    else {
+        unreachable!("a key is only awaited by a mapping");
+    };
+    *size += 1;
+    *frame_bytes += bytes;
+    let key = match key {
+        Value::String(text) => text,
+        _ => String::new(),
+    };
+    *pending = Some((key, line));
+}
+
+fn not_a_key(line: usize) -> SyntaxError {
+    SyntaxError {
+        line: Some(line),
+        message: "mapping keys must be plain names, not lists or mappings".to_string(),
+    }
 }
 
 fn too_large(span: Span) -> SyntaxError {
@@ -322,73 +390,89 @@ fn too_large(span: Span) -> SyntaxError {
 mod tests {
     use super::*;
 
-    fn map_entries(node: &Node) -> &[Entry] {
-        match &node.kind {
-            Kind::Map(e) => e,
-            other => panic!("expected a map, got {other:?}"),
-        }
+    /// The value inside a position tag, and its position.
+    fn open<'v>(doc: &'v Document, value: &'v Value) -> (&'v Value, &'v Position) {
+        let Value::Tagged(t) = value else {
+            panic!("untagged value {value:?}")
+        };
+        (
+            &t.value,
+            doc.index
+                .get(t.tag.to_string().trim_start_matches('!').parse().unwrap()),
+        )
+    }
+
+    fn entry<'v>(doc: &'v Document, map: &'v Value, key: &str) -> (&'v Value, &'v Position) {
+        let (Value::Mapping(m), _) = open(doc, map) else {
+            panic!("expected a mapping")
+        };
+        open(doc, &m[key])
     }
 
     #[test]
     fn keys_and_values_carry_their_lines() {
-        let root = parse("# c\nlisten: x\nupstream:\n  timeout: 5s\nlist:\n  - a\n  -\n    k: v\n")
+        let doc = parse("# c\nlisten: x\nupstream:\n  timeout: 5s\nlist:\n  - a\n  -\n    k: v\n")
             .unwrap()
             .unwrap();
-        let top = map_entries(&root);
-        assert_eq!((top[0].key.as_str(), top[0].key_line), ("listen", 2));
-        assert_eq!(top[0].value.line, 2);
-        let up = map_entries(&top[1].value);
+        let (_, top) = open(&doc, &doc.root);
+        assert_eq!(top.keys[0], ("listen".to_string(), 2));
+        let (listen, at) = entry(&doc, &doc.root, "listen");
         assert_eq!(
-            (up[0].key.as_str(), up[0].key_line, up[0].value.line),
-            ("timeout", 4, 4)
+            (listen, at.line, at.key_line),
+            (&Value::String("x".into()), 2, Some(2))
         );
-        let Kind::Seq(items) = &top[2].value.kind else {
+        let (_, up) = entry(&doc, &doc.root, "upstream");
+        assert_eq!(up.keys, [("timeout".to_string(), 4)]);
+        let (Value::Sequence(items), _) = entry(&doc, &doc.root, "list") else {
             panic!("expected a list")
         };
-        assert_eq!(items[0].line, 6);
-        assert_eq!(map_entries(&items[1])[0].key_line, 8);
+        assert_eq!(open(&doc, &items[0]).1.line, 6);
+        assert_eq!(open(&doc, &items[1]).1.keys, [("k".to_string(), 8)]);
     }
 
     #[test]
-    fn plain_null_forms_are_null_and_quoted_ones_are_strings() {
-        let root = parse("a:\nb: ~\nc: \"\"\nd: !!str 12\ne: 12\n")
+    fn scalars_stay_text_as_written_and_only_plain_null_forms_are_null() {
+        let doc = parse("a:\nb: ~\nc: \"\"\nd: !!str 12\ne: 1.50\nf: 0x20\ng: 1234567890123456789012345678901234567890\nh: true\n")
             .unwrap()
             .unwrap();
-        let kinds: Vec<_> = map_entries(&root)
-            .iter()
-            .map(|e| e.value.kind.clone())
-            .collect();
-        assert_eq!(kinds[0], Kind::Null);
-        assert_eq!(kinds[1], Kind::Null);
-        assert_eq!(
-            kinds[2],
-            Kind::Scalar {
-                text: String::new(),
-                plain: false
-            }
-        );
-        assert_eq!(
-            kinds[3],
-            Kind::Scalar {
-                text: "12".into(),
-                plain: false
-            }
-        );
-        assert_eq!(
-            kinds[4],
-            Kind::Scalar {
-                text: "12".into(),
-                plain: true
-            }
-        );
+        let text = |k: &str| entry(&doc, &doc.root, k).0.clone();
+        assert_eq!(text("a"), Value::Null);
+        assert_eq!(text("b"), Value::Null);
+        assert_eq!(text("c"), Value::String(String::new()));
+        for (k, v) in [
+            ("d", "12"),
+            ("e", "1.50"),
+            ("f", "0x20"),
+            ("g", "1234567890123456789012345678901234567890"),
+            ("h", "true"),
+        ] {
+            assert_eq!(text(k), Value::String(v.into()), "{k}");
+        }
     }
 
     #[test]
-    fn aliases_resolve_and_syntax_errors_have_lines() {
-        let root = parse("a: &x [1, 2]\nb: *x\n").unwrap().unwrap();
-        let e = map_entries(&root);
-        assert_eq!(e[0].value.kind, e[1].value.kind);
-        assert_eq!(e[1].value.line, 2);
+    fn repeated_keys_keep_the_first_value_and_both_lines() {
+        let doc = parse("a: 1\nb: 2\na: 3\n").unwrap().unwrap();
+        assert_eq!(entry(&doc, &doc.root, "a").0, &Value::String("1".into()));
+        let keys = &open(&doc, &doc.root).1.keys;
+        assert_eq!(keys[0], ("a".to_string(), 1));
+        assert_eq!(keys[2], ("a".to_string(), 3));
+    }
+
+    #[test]
+    fn aliases_resolve_at_the_line_of_their_use_and_syntax_errors_have_lines() {
+        let doc = parse("a: &x [1, 2]\nb: *x\n").unwrap().unwrap();
+        let (a, _) = entry(&doc, &doc.root, "a");
+        let (b, b_at) = entry(&doc, &doc.root, "b");
+        let items = |v: &Value| match v {
+            Value::Sequence(items) => items
+                .iter()
+                .map(|i| open(&doc, i).0.clone())
+                .collect::<Vec<_>>(),
+            other => panic!("expected a list, got {other:?}"),
+        };
+        assert_eq!(items(a), items(b));
+        assert_eq!(b_at.line, 2);
 
         let err = parse("a: 1\nb: c: d\n").unwrap_err();
         assert_eq!(err.line, Some(2));
@@ -397,9 +481,10 @@ mod tests {
 
     #[test]
     fn empty_files_have_no_document_and_two_documents_are_refused() {
-        assert_eq!(parse("").unwrap(), None);
-        assert_eq!(parse("# only a comment\n").unwrap(), None);
+        assert!(parse("").unwrap().is_none());
+        assert!(parse("# only a comment\n").unwrap().is_none());
         assert_eq!(parse("a: 1\n---\nb: 2\n").unwrap_err().line, Some(2));
+        assert_eq!(parse("? [a]\n: b\n").unwrap_err().line, Some(1));
     }
 
     #[test]

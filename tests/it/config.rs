@@ -1079,3 +1079,70 @@ fn an_alias_of_a_large_scalar_used_many_times_is_refused_not_expanded() {
         lines[0]
     );
 }
+
+#[test]
+fn an_unknown_key_that_belongs_to_another_mapping_says_where() {
+    let yaml = format!(
+        "wecom_base_urls: [https://qyapi.weixin.qq.com]\ncorpid: ww1234567890abcdef\ntickets: [jsapi]\nname: shop\n{MINIMAL}"
+    );
+    let lines = errors(&yaml, &[("S", "x")]);
+    assert_eq!(
+        lines,
+        [
+            "test.yaml:1: unknown key \"wecom_base_urls\" at the top level (it belongs under `upstream:`)",
+            "test.yaml:2: unknown key \"corpid\" at the top level (it belongs in an entry of `accounts:`)",
+            "test.yaml:3: unknown key \"tickets\" at the top level (it belongs in an entry of `accounts:`)",
+            "test.yaml:4: unknown key \"name\" at the top level (it belongs in an entry of `accounts:` or in an entry of `clients:`)",
+        ]
+    );
+}
+
+#[test]
+fn values_are_read_as_written_not_as_yaml_numbers() {
+    // A plain scalar that YAML would call a number keeps its text: a name
+    // keeps its trailing zero, and an all-digit secret too long for any
+    // integer is not rounded into a float.
+    let digits = "1234567890".repeat(4);
+    let yaml =
+        format!("accounts:\n  - appid: wx1111111111111111\n    name: 1.50\n    secret: {digits}\n");
+    let account = &loaded(&yaml, &[]).config.accounts[0];
+    assert_eq!(account.name, "1.50");
+    assert_eq!(account.secret.expose_secret(), digits);
+
+    let lines = errors(
+        &format!("upstream:\n  max_concurrency: 0x20\n{MINIMAL}"),
+        &[("S", "x")],
+    );
+    assert_eq!(
+        lines,
+        ["test.yaml:2: upstream.max_concurrency: \"0x20\" is not a whole number; write e.g. 32"]
+    );
+}
+
+#[test]
+fn repeated_keys_and_wrong_shapes_are_all_reported_in_one_pass() {
+    let yaml = "\
+listen: 127.0.0.1:8080
+listen: 127.0.0.1:9090
+upstream:
+  timeout: [5s]
+  timeout: 5s
+accounts:
+  - appid: wx1111111111111111
+    appid: wx2222222222222222
+    secret: {a: b}
+  - ~
+";
+    let lines = errors(yaml, &[]);
+    assert_eq!(
+        lines,
+        [
+            "test.yaml:2: key \"listen\" appears twice at the top level (first at line 1); keep one",
+            "test.yaml:4: upstream.timeout must be a single value, not a list",
+            "test.yaml:5: key \"timeout\" appears twice in upstream (first at line 4); keep one",
+            "test.yaml:8: key \"appid\" appears twice in accounts[0] (first at line 7); keep one",
+            "test.yaml:9: accounts[0].secret must be a single value, not a mapping",
+            "test.yaml:10: accounts[1] must be a mapping of keys (kind, appid, corpid, agentid, name, secret, secret_file, mode, enabled, tickets), not empty",
+        ]
+    );
+}
