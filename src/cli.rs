@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LoadOptions};
+use crate::engine::EngineOptions;
 use crate::reload::ReloadSource;
 use crate::startup::{Application, BuildOptions};
 use crate::telemetry::LogFormat;
@@ -116,15 +117,18 @@ pub fn main() -> ExitCode {
                     path: args.config.config.clone(),
                     options,
                 }),
-                reset_store: args.reset_store,
-                grace: args
-                    .wechat_grace
-                    .map_or(crate::account::plan::WECHAT_GRACE, Duration::from_secs),
-                replica: crate::replica::ReplicaOptions {
-                    lock_ttl: args
-                        .redis_lock_ttl
-                        .map_or(crate::replica::DEFAULT_LOCK_TTL, Duration::from_secs),
-                    ..Default::default()
+                engine: EngineOptions {
+                    reset_store: args.reset_store,
+                    grace: args
+                        .wechat_grace
+                        .map_or(crate::account::plan::WECHAT_GRACE, Duration::from_secs),
+                    replica: crate::replica::ReplicaOptions {
+                        lock_ttl: args
+                            .redis_lock_ttl
+                            .map_or(crate::replica::DEFAULT_LOCK_TTL, Duration::from_secs),
+                        ..Default::default()
+                    },
+                    ..EngineOptions::default()
                 },
                 ..BuildOptions::default()
             };

@@ -100,6 +100,20 @@ impl Default for EngineOptions {
     }
 }
 
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("clock", &self.clock)
+            .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
+            .field("grace", &self.grace)
+            .field("store", &self.store.as_ref().map(|s| s.describe()))
+            .field("reset_store", &self.reset_store)
+            .field("replica", &self.replica)
+            .field("inline_store", &self.inline_store)
+            .finish()
+    }
+}
+
 /// Why the engine did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

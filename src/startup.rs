@@ -18,78 +18,34 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
-use crate::account::plan::WECHAT_GRACE;
 use crate::api::{self, AppState, Auth, HttpMetrics};
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, EngineOptions};
 use crate::reload::{OnApplied, ReloadSource, Reloader};
-use crate::replica::ReplicaOptions;
-use crate::store::Storage;
-use crate::wechat::TokenSource;
 
 /// The most HTTP workers started by default: token reads take microseconds,
 /// so a few threads saturate a network card.
 pub const DEFAULT_MAX_WORKERS: usize = 4;
 
 /// How the application is built, beyond the configuration. The defaults are
-/// production's: the system clock, WeChat from `upstream:`, WeChat's grace.
-#[derive(Clone)]
+/// production's: the engine's ([`EngineOptions`]: the system clock, WeChat
+/// from `upstream:`, WeChat's grace, the store at `store.path`), as many
+/// workers as cores up to [`DEFAULT_MAX_WORKERS`], no reloading.
+#[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
-    /// The one clock of the process.
-    pub clock: Clock,
-    /// Where tokens come from; `None` builds a [`crate::wechat::WechatClient`] from `config.upstream`.
-    pub upstream: Option<Arc<dyn TokenSource>>,
-    /// How long WeChat keeps a superseded token alive ([`WECHAT_GRACE`]).
-    pub grace: Duration,
+    /// How the token engine is built: clock, token source, grace, store, replicas.
+    pub engine: EngineOptions,
     /// HTTP worker threads; `None` is min(available cores, [`DEFAULT_MAX_WORKERS`]).
     pub workers: Option<usize>,
     /// Where `/v1/admin/reload` (and SIGHUP, and the file watch, when set up)
     /// re-read the configuration; `None` disables reloading.
     pub reload: Option<ReloadSource>,
-    /// The token store; `None` opens the redb file at `store.path`.
-    pub store: Option<Arc<dyn Storage>>,
-    /// When the store file is unreadable or corrupt, move it aside
-    /// (`PATH.broken-<unix>`) and start with an empty one instead of failing.
-    pub reset_store: bool,
-    /// Lock and polling timings of replicas sharing Redis (`store.redis`).
-    pub replica: ReplicaOptions,
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        BuildOptions {
-            clock: Clock::system(),
-            upstream: None,
-            grace: WECHAT_GRACE,
-            workers: None,
-            reload: None,
-            store: None,
-            reset_store: false,
-            replica: ReplicaOptions::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for BuildOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuildOptions")
-            .field("clock", &self.clock)
-            .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
-            .field("grace", &self.grace)
-            .field("workers", &self.workers)
-            .field("reload", &self.reload)
-            .field("store", &self.store.as_ref().map(|s| s.describe()))
-            .field("reset_store", &self.reset_store)
-            .finish()
-    }
 }
 
 /// A built, not yet awaited, wxtoken server.
@@ -122,19 +78,7 @@ impl Application {
             .local_addr()
             .with_context(|| format!("could not read the address bound for {}", config.listen))?;
 
-        let engine = Engine::start(
-            &EngineConfig::from(&config),
-            EngineOptions {
-                clock: options.clock.clone(),
-                upstream: options.upstream,
-                grace: options.grace,
-                store: options.store,
-                reset_store: options.reset_store,
-                replica: options.replica,
-                inline_store: false,
-            },
-        )
-        .await?;
+        let engine = Engine::start(&EngineConfig::from(&config), options.engine).await?;
 
         if config.clients.is_empty() {
             tracing::warn!(listen = %addr, "no clients configured: API open to loopback callers only");
@@ -160,7 +104,7 @@ impl Application {
             registry: engine.registry.clone(),
             auth,
             metrics: engine.metrics.clone(),
-            clock: options.clock,
+            clock: engine.clock.clone(),
             reloader,
             store: engine.store.clone(),
             shared: engine.shared.clone(),

@@ -297,6 +297,7 @@ fn api() -> &'static Mutex<tokio::sync::mpsc::UnboundedSender<Job>> {
 async fn serve_api(mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>, ready: mpsc::Sender<()>) {
     use actix_web::{App, web};
     use wxtoken::api::{self, HttpMetrics};
+    use wxtoken::engine::EngineOptions;
     use wxtoken::simulator::{AppRegistration, InProcess, SimConfig};
     use wxtoken::startup::{Application, BuildOptions};
     use wxtoken::store::MemoryStore;
@@ -329,8 +330,11 @@ async fn serve_api(mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>, ready: mps
     let application = Application::build(
         config,
         BuildOptions {
-            upstream: Some(Arc::new(sim)),
-            store: Some(Arc::new(MemoryStore::new())),
+            engine: EngineOptions {
+                upstream: Some(Arc::new(sim)),
+                store: Some(Arc::new(MemoryStore::new())),
+                ..EngineOptions::default()
+            },
             workers: Some(1),
             ..BuildOptions::default()
         },
@@ -379,7 +383,7 @@ async fn serve_api(mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>, ready: mps
 /// Turns fuzz bytes into a request: `data[0..6]` pick method, key, path,
 /// appid, content type and body; the rest is free text, split at the first
 /// NUL into a string (used for the appid, key, path or query) and the body.
-fn build_request(data: &[u8], state: &wxtoken::startup::AppState) -> Option<actix_http::Request> {
+fn build_request(data: &[u8], state: &wxtoken::api::AppState) -> Option<actix_http::Request> {
     use actix_web::http::header::{HeaderName, HeaderValue};
     use actix_web::http::{Method, Uri};
     use actix_web::test::TestRequest;

@@ -421,7 +421,9 @@ impl Actor for AccountActor {
             &self.slot.status(),
             now,
         );
-        if let (Some(record), false) = (&token, plan == RestartPlan::FetchNow) {
+        if plan != RestartPlan::FetchNow
+            && let Some(record) = &token
+        {
             self.publish_token_metrics(record);
         }
         match (plan, token) {

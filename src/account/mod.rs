@@ -40,5 +40,5 @@ pub use messages::{
     Adopt, Crash, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown, TicketOutcome,
     TicketRefresh,
 };
-pub use persist::{Seed, seeded_slot, stored_account, stored_token};
+pub use persist::{Seed, seeded_slot};
 pub use plan::{FORCE_DAILY_LIMIT, FORCE_MIN_INTERVAL, TICKET_STALE_MIN_INTERVAL};

@@ -18,10 +18,9 @@ use crate::store::{StoredAccount, StoredTicket, StoredToken};
 use super::AccountActor;
 
 /// What a new account's slot starts from.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub enum Seed {
     /// Nothing: the actor fetches at once.
-    #[default]
     Empty,
     /// What the store kept of the account (a process restart). Ignored when
     /// the account's mode changed or it is disabled.
@@ -119,7 +118,7 @@ impl AccountActor {
 }
 
 /// The stored form of a token record.
-pub fn stored_token(record: &TokenRecord) -> StoredToken {
+pub(super) fn stored_token(record: &TokenRecord) -> StoredToken {
     StoredToken {
         token: record.token.clone(),
         fetched_at_ms: record.fetched_at_ms,
@@ -129,7 +128,7 @@ pub fn stored_token(record: &TokenRecord) -> StoredToken {
 }
 
 /// What the store keeps of an account: its token and its counters.
-pub fn stored_account(
+fn stored_account(
     config: &AccountConfig,
     token: Option<&TokenRecord>,
     status: &AccountStatus,

@@ -40,6 +40,18 @@ impl Api {
         Api::WecomToken,
     ];
 
+    /// The simulated API of one of wxtoken's upstream APIs.
+    pub(crate) fn of(api: crate::domain::ApiName) -> Api {
+        use crate::domain::ApiName;
+        match api {
+            ApiName::Token => Api::Token,
+            ApiName::StableToken => Api::StableToken,
+            ApiName::GetTicket => Api::GetTicket,
+            ApiName::GetCallbackIp => Api::GetCallbackIp,
+            ApiName::WecomToken => Api::WecomToken,
+        }
+    }
+
     /// The name used in faults and stats.
     pub(crate) fn as_str(self) -> &'static str {
         match self {

@@ -87,11 +87,7 @@ impl InProcess {
 
     async fn call(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
         let api_name = req.endpoint.api();
-        let api = match &req.endpoint {
-            Endpoint::Legacy => Api::Token,
-            Endpoint::Stable => Api::StableToken,
-            Endpoint::Wecom { .. } => Api::WecomToken,
-        };
+        let api = Api::of(api_name);
         let _in_flight = self.state.enter_token_call();
         let timeout = || UpstreamError::Timeout {
             api: api_name,

@@ -10,7 +10,7 @@
 //! Which [`Storage`] a server uses is decided in [`crate::startup`]: the
 //! [`RedbStore`] at `store.path`; with `store.redis`, the `RedisStore` of
 //! [`crate::replica`] shared by the replicas (it lives there and reuses this
-//! module's record format); or one handed in through `BuildOptions` (tests pass
+//! module's record format); or one handed in through `EngineOptions::store` (tests pass
 //! a [`MemoryStore`]).
 //!
 //! # Files

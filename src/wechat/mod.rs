@@ -1,6 +1,7 @@
 //! The WeChat client: the only code in wxtoken that talks to WeChat.
 //!
-//! Owns: the HTTP calls to `/cgi-bin/token`, `/cgi-bin/stable_token`,
+//! Owns: [`Endpoint`], how each kind of token is obtained; the HTTP calls to
+//! `/cgi-bin/token`, `/cgi-bin/stable_token`, WeCom's `/cgi-bin/gettoken`,
 //! `/cgi-bin/ticket/getticket` and `/cgi-bin/getcallbackip`; failover across
 //! `upstream.base_urls`; the per-request timeout; the global limit on requests
 //! in flight; upstream metrics. Answers are classified by [`error`].

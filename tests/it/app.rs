@@ -18,6 +18,7 @@ use serde_json::Value;
 use wxtoken::api::AppState;
 use wxtoken::config::{LoadOptions, load};
 use wxtoken::domain::{AppId, KeyHash, Mode, TicketKind};
+use wxtoken::engine::EngineOptions;
 use wxtoken::reload::ReloadSource;
 use wxtoken::simulator::{AppRegistration, SimConfig, Simulator};
 use wxtoken::startup::{Application, BuildOptions};
@@ -298,15 +299,17 @@ async fn start_server(
     let app = Application::build(
         loaded.config,
         BuildOptions {
-            clock: sim.clock().clone(),
-            grace,
+            engine: EngineOptions {
+                clock: sim.clock().clone(),
+                grace,
+                store,
+                ..EngineOptions::default()
+            },
             workers: Some(2),
             reload: Some(ReloadSource {
                 path: config_path.to_path_buf(),
                 options,
             }),
-            store,
-            ..BuildOptions::default()
         },
     )
     .await

@@ -19,6 +19,7 @@ use wxtoken::account::Reason;
 use wxtoken::api::AppState;
 use wxtoken::config::{LoadOptions, load_str};
 use wxtoken::domain::{AccessToken, AppId, KeyHash, Mode};
+use wxtoken::engine::EngineOptions;
 use wxtoken::registry::{RouteAdopt, RouteRefresh};
 use wxtoken::replica::ReplicaOptions;
 use wxtoken::simulator::{FaultSpec, SimConfig, Simulator};
@@ -163,13 +164,16 @@ async fn replica(yaml: &str, sim: &Simulator, grace: Duration) -> Replica {
     let app = Application::build(
         loaded.config,
         BuildOptions {
-            clock: sim.clock().clone(),
-            grace,
-            workers: Some(1),
-            replica: ReplicaOptions {
-                lock_ttl: REPLICA_LOCK_TTL,
-                poll_interval: Duration::from_millis(500),
+            engine: EngineOptions {
+                clock: sim.clock().clone(),
+                grace,
+                replica: ReplicaOptions {
+                    lock_ttl: REPLICA_LOCK_TTL,
+                    poll_interval: Duration::from_millis(500),
+                },
+                ..EngineOptions::default()
             },
+            workers: Some(1),
             ..BuildOptions::default()
         },
     )
