@@ -14,6 +14,7 @@
 //!
 //! Must run inside an actix system: the registry is an actor.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::account::Deps;
 use crate::account::plan::{Policy, WECHAT_GRACE, late_answer_bound};
 use crate::clock::Clock;
 use crate::config::{AccountConfig, Config, RefreshConfig, StoreConfig, UpstreamConfig};
+use crate::domain::AppId;
 use crate::metrics::Metrics;
 use crate::registry::{Apply, ApplySummary, Registry, RouteAdopt, StopAll};
 use crate::replica::{AdoptHook, Direct, ReplicaError, ReplicaOptions, Shared, Source};
@@ -223,10 +225,8 @@ impl Engine {
         } else {
             StoreWriter::start(storage.clone(), metrics.clone())
         };
-        for gone in stored
-            .iter()
-            .filter(|s| !config.accounts.iter().any(|a| a.appid == s.appid))
-        {
+        let configured: HashSet<&AppId> = config.accounts.iter().map(|a| &a.appid).collect();
+        for gone in stored.iter().filter(|s| !configured.contains(&s.appid)) {
             tracing::info!(appid = %gone.appid, "removing a stored account that is no longer configured");
             store.remove_later(gone.appid.clone());
         }

@@ -1,4 +1,21 @@
 //! The `wxtoken` binary; everything happens in [`wxtoken::cli`].
+//!
+//! The one thing decided here is the allocator: jemalloc, as vector and
+//! TiKV ship, because glibc's malloc keeps what a fill of many accounts
+//! allocated on the HTTP client's threads (arena fragmentation) long after it
+//! is freed. jemalloc's background thread gives unused pages back to the OS
+//! within seconds ([`MALLOC_CONF`]); `docs/BENCHMARKS.md` §2 has the numbers.
+
+#[cfg(all(unix, not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read once at start: purge with a background thread,
+/// return dirty pages after 1 s and skip the lazily-purged ("muzzy") state.
+#[cfg(all(unix, not(target_env = "msvc")))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> std::process::ExitCode {
     wxtoken::cli::main()

@@ -91,7 +91,8 @@ pub struct StopAll;
 pub struct CrashAccount(pub AppId);
 
 struct Member {
-    config: AccountConfig,
+    /// Shared with the member's actor: one copy of the config per account.
+    config: Arc<AccountConfig>,
     slot: Arc<AccountSlot>,
     addr: Addr<AccountActor>,
     /// Which start of the actor `addr` is; an [`Exited`] notice for an
@@ -147,7 +148,7 @@ impl Registry {
     /// Starts an account actor that reports its end to this registry.
     fn spawn(
         &mut self,
-        config: &AccountConfig,
+        config: &Arc<AccountConfig>,
         slot: &Arc<AccountSlot>,
     ) -> (Addr<AccountActor>, u64) {
         self.starts += 1;
@@ -262,8 +263,10 @@ impl Handler<Apply> for Registry {
 
     fn handle(&mut self, Apply(accounts): Apply, _: &mut Self::Context) -> Self::Result {
         let mut summary = ApplySummary::default();
-        let wanted: HashMap<AppId, AccountConfig> =
-            accounts.into_iter().map(|a| (a.appid.clone(), a)).collect();
+        let wanted: HashMap<AppId, Arc<AccountConfig>> = accounts
+            .into_iter()
+            .map(|a| (a.appid.clone(), Arc::new(a)))
+            .collect();
         let gone: Vec<AppId> = self
             .members
             .keys()

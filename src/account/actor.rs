@@ -50,7 +50,7 @@ pub fn endpoint(config: &AccountConfig) -> Endpoint {
 
 /// The actor of one account.
 pub struct AccountActor {
-    pub(super) config: AccountConfig,
+    pub(super) config: Arc<AccountConfig>,
     pub(super) endpoint: Endpoint,
     pub(super) slot: Arc<AccountSlot>,
     pub(super) deps: Deps,
@@ -77,7 +77,7 @@ pub struct AccountActor {
 impl AccountActor {
     /// An actor for `config` publishing into `slot`. A slot that already holds
     /// a valid token (a restart) is scheduled from it without a fetch.
-    pub fn new(config: AccountConfig, slot: Arc<AccountSlot>, deps: Deps) -> Self {
+    pub fn new(config: Arc<AccountConfig>, slot: Arc<AccountSlot>, deps: Deps) -> Self {
         AccountActor {
             endpoint: endpoint(&config),
             config,
