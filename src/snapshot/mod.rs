@@ -2,7 +2,9 @@
 //! nothing else. Lock-free snapshots published by the control plane.
 //!
 //! Owns: [`Directory`], the published map from appid to [`AccountSlot`]; the
-//! slot and the value types in it ([`slot`]).
+//! slot and the value types in it ([`slot`]); the per-account counters that
+//! `/metrics` exports ([`counters`]); the `/metrics` text, written from the
+//! slots at scrape time ([`exposition`]).
 //!
 //! Invariants:
 //! - Only account actors (and the refresh tasks they spawn) store into a
@@ -11,6 +13,8 @@
 //! - The directory changes only when accounts are added or removed; token
 //!   updates go through the slots, so reads never contend with refreshes.
 
+pub mod counters;
+mod exposition;
 pub mod slot;
 
 use std::collections::HashMap;
@@ -19,9 +23,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::domain::AppId;
-use crate::metrics::{ACCOUNT_STATES, Metrics};
 
-pub use slot::{AccountSlot, AccountStatus, LastError, State, TicketRecord, TokenRecord};
+pub use counters::AccountCounters;
+pub use slot::{
+    AccountSlot, AccountStatus, ConfigFailure, LastError, State, TicketRecord, TokenRecord,
+};
 
 pub(crate) type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
 
@@ -73,25 +79,5 @@ impl Directory {
     /// Replaces the published map (the registry, when accounts come and go).
     pub(crate) fn publish(&self, map: SlotMap) {
         self.0.store(Arc::new(map));
-    }
-
-    /// Sets `wxtoken_accounts{state}` from the accounts' current states. The
-    /// registry does it every watchdog tick and `/metrics` before each scrape.
-    pub fn update_state_gauge(&self, metrics: &Metrics, now_ms: i64) {
-        let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        for slot in self.0.load().values() {
-            *counts
-                .entry(slot.status().state.metric_label())
-                .or_default() += 1;
-        }
-        for state in ACCOUNT_STATES {
-            metrics
-                .accounts
-                .with_label_values(&[state])
-                .set(counts.get(state).copied().unwrap_or(0));
-        }
-        metrics
-            .ready
-            .set(i64::from(self.not_ready(now_ms).is_empty()));
     }
 }
