@@ -45,7 +45,7 @@ fn under_ci() -> bool {
 
 /// The path of `name` on `PATH`. When it is missing: fails under CI, else
 /// prints a loud skip notice and returns `None`.
-fn tool(name: &str, test: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str, test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(name))
@@ -82,6 +82,36 @@ fn promtool(args: &[&str], test: &str) {
         output.status.success(),
         "promtool {} failed ({}):\n{}\n{}",
         args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs `promtool check metrics` on `text` (a `/metrics` body) and asserts
+/// it parses and passes the linter. Skipped (loudly) without promtool.
+pub(crate) fn promtool_check_metrics(text: &str, test: &str) {
+    let Some(promtool) = tool("promtool", test) else {
+        return;
+    };
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    let mut stdin = child.stdin.take().expect("promtool's stdin");
+    let body = text.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(body.as_bytes()));
+    let output = child.wait_with_output().expect("promtool ends");
+    writer
+        .join()
+        .expect("the writer thread ends")
+        .expect("promtool reads the metrics");
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed ({}):\n{}\n{}\n--- metrics ---\n{text}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
