@@ -64,7 +64,10 @@ fn assert_no_secret(app: &TestApp, text: &str) {
         }
         if let Some(slot) = app.state.directory.get(&account.appid) {
             for ticket in slot.tickets() {
-                assert!(!text.contains(ticket.ticket.expose()), "a ticket in /metrics");
+                assert!(
+                    !text.contains(ticket.ticket.expose()),
+                    "a ticket in /metrics"
+                );
             }
         }
     }
@@ -74,16 +77,29 @@ fn assert_no_secret(app: &TestApp, text: &str) {
 async fn full_mode_exports_every_series_with_counters_from_start() {
     let app = app_in(Some("full")).await;
     let text = app.metrics().await;
-    promtool_check_metrics(&text, "full_mode_exports_every_series_with_counters_from_start");
+    promtool_check_metrics(
+        &text,
+        "full_mode_exports_every_series_with_counters_from_start",
+    );
     assert_no_secret(&app, &text);
     let [ticketed, legacy, broken] = [0, 1, 2].map(|i| app.accounts[i].appid.as_str());
 
     for appid in [ticketed, legacy, broken] {
-        assert_eq!(of(&text, "wxtoken_refreshes_total", appid).len(), 10, "{appid}");
-        assert_eq!(of(&text, "wxtoken_account_state", appid).len(), 4, "{appid}");
+        assert_eq!(
+            of(&text, "wxtoken_refreshes_total", appid).len(),
+            10,
+            "{appid}"
+        );
+        assert_eq!(
+            of(&text, "wxtoken_account_state", appid).len(),
+            4,
+            "{appid}"
+        );
         assert_eq!(
             of(&text, "wxtoken_actor_restarts_total", appid),
-            [format!("wxtoken_actor_restarts_total{{appid=\"{appid}\"}} 0")]
+            [format!(
+                "wxtoken_actor_restarts_total{{appid=\"{appid}\"}} 0"
+            )]
         );
         assert_eq!(of(&text, "wxtoken_upstream_calls_today", appid).len(), 1);
         assert_eq!(
@@ -118,8 +134,12 @@ async fn full_mode_exports_every_series_with_counters_from_start() {
     assert_eq!(
         of(&text, "wxtoken_ticket_refreshes_total", ticketed),
         [
-            format!("wxtoken_ticket_refreshes_total{{appid=\"{ticketed}\",result=\"ok\",type=\"jsapi\"}} 1"),
-            format!("wxtoken_ticket_refreshes_total{{appid=\"{ticketed}\",result=\"error\",type=\"jsapi\"}} 0"),
+            format!(
+                "wxtoken_ticket_refreshes_total{{appid=\"{ticketed}\",result=\"ok\",type=\"jsapi\"}} 1"
+            ),
+            format!(
+                "wxtoken_ticket_refreshes_total{{appid=\"{ticketed}\",result=\"error\",type=\"jsapi\"}} 0"
+            ),
         ]
     );
     assert_eq!(
@@ -147,7 +167,9 @@ async fn essential_mode_exports_what_the_dashboard_and_alerts_use_and_no_zeros()
     for (appid, state) in [(ticketed, "ready"), (legacy, "ready"), (broken, "failing")] {
         assert_eq!(
             of(&text, "wxtoken_account_state", appid),
-            [format!("wxtoken_account_state{{appid=\"{appid}\",state=\"{state}\"}} 1")]
+            [format!(
+                "wxtoken_account_state{{appid=\"{appid}\",state=\"{state}\"}} 1"
+            )]
         );
         assert_eq!(of(&text, "wxtoken_upstream_calls_today", appid).len(), 1);
         for absent in [
@@ -165,12 +187,19 @@ async fn essential_mode_exports_what_the_dashboard_and_alerts_use_and_no_zeros()
             of(&text, "wxtoken_token_expiry_timestamp_seconds", appid).len(),
             1
         );
-        assert!(of(&text, "wxtoken_refreshes_total", appid).is_empty(), "{appid}: only failures");
+        assert!(
+            of(&text, "wxtoken_refreshes_total", appid).is_empty(),
+            "{appid}: only failures"
+        );
     }
     // The broken account's failures, and only those.
     let failures = of(&text, "wxtoken_refreshes_total", broken);
     assert!(!failures.is_empty());
-    assert!(failures.iter().all(|l| l.contains("result=\"error\"") && !l.ends_with(" 0")));
+    assert!(
+        failures
+            .iter()
+            .all(|l| l.contains("result=\"error\"") && !l.ends_with(" 0"))
+    );
     assert_eq!(of(&text, "wxtoken_account_config_error", broken).len(), 1);
     assert_eq!(
         of(&text, "wxtoken_ticket_expiry_timestamp_seconds", ticketed).len(),
@@ -219,7 +248,10 @@ async fn essential_mode_exports_what_the_dashboard_and_alerts_use_and_no_zeros()
 async fn none_mode_exports_no_account_but_the_fleet_aggregates() {
     let app = app_in(Some("none")).await;
     let text = app.metrics().await;
-    promtool_check_metrics(&text, "none_mode_exports_no_account_but_the_fleet_aggregates");
+    promtool_check_metrics(
+        &text,
+        "none_mode_exports_no_account_but_the_fleet_aggregates",
+    );
     for account in &app.accounts {
         assert!(!text.contains(account.appid.as_str()), "{}", account.appid);
     }
@@ -290,7 +322,11 @@ async fn a_reload_switches_the_mode_and_keeps_the_counts_of_a_changed_account() 
     assert_eq!(summary["changed"], serde_json::json!([appid]), "{summary}");
     let text = app.metrics().await;
     assert_eq!(of(&text, "wxtoken_account_state", &appid).len(), 4);
-    assert_eq!(startup_ok(&text), 1.0, "the count of the old slot carried over");
+    assert_eq!(
+        startup_ok(&text),
+        1.0,
+        "the count of the old slot carried over"
+    );
 }
 
 // ---------------------------------------------------------------- the key
@@ -344,9 +380,11 @@ fn bad_metrics_settings_are_errors_with_their_line() {
         ),
     ];
     for (section, want) in cases {
-        let problems = load(&format!("{section}{ACCOUNTS}")).err().unwrap_or_else(|| {
-            panic!("{section:?} loaded");
-        });
+        let problems = load(&format!("{section}{ACCOUNTS}"))
+            .err()
+            .unwrap_or_else(|| {
+                panic!("{section:?} loaded");
+            });
         assert!(
             problems.iter().any(|p| p.starts_with(want)),
             "{section:?}: want {want:?}, got {problems:?}"
