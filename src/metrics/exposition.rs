@@ -2,13 +2,13 @@
 //! into a byte buffer: the per-account part of `/metrics`, which is read from
 //! the account slots at scrape time instead of living in the registry.
 //!
-//! Owns [`Exposition`] and [`Family`]: how a family's `# HELP` / `# TYPE`
+//! Owns [`FamilyText`] and [`Family`]: how a family's `# HELP` / `# TYPE`
 //! header, a sample line, a label value and a number are written.
 //!
 //! Invariants:
-//! - A family's header is written once, right before its first sample; a
-//!   family without samples writes nothing. Each family is opened once per
-//!   exposition (a family is written whole, then the next).
+//! - A family is written whole, its header once right before its samples; a
+//!   family without samples writes nothing (the caller keeps one
+//!   [`FamilyText`] per family, so no family appears twice).
 //! - Label values are escaped as the format requires (`\` → `\\`, `"` →
 //!   `\"`, newline → `\n`); label names and metric names are static.
 //! - Counter names end in `_total` (checked by a unit test over
@@ -58,87 +58,77 @@ impl Family {
     }
 }
 
-/// Writes families and samples in the text format into a buffer.
-pub struct Exposition<'a> {
-    out: &'a mut Vec<u8>,
-    /// The family samples go to, and whether its header is written yet.
-    current: Option<(Family, bool)>,
-    /// Families opened so far (a handful), to catch one opened twice in tests.
-    #[cfg(debug_assertions)]
-    opened: Vec<&'static str>,
+/// The samples of one family, collected in their own buffer so that one
+/// pass over the accounts can fill every family; [`FamilyText::write_to`]
+/// then appends the family whole, header first.
+pub struct FamilyText {
+    family: Family,
+    body: Vec<u8>,
 }
 
-impl<'a> Exposition<'a> {
-    /// A writer appending to `out`.
-    pub fn new(out: &'a mut Vec<u8>) -> Self {
-        Exposition {
-            out,
-            current: None,
-            #[cfg(debug_assertions)]
-            opened: Vec::new(),
+impl FamilyText {
+    /// An empty family with room for `capacity` bytes of samples.
+    pub fn with_capacity(family: Family, capacity: usize) -> Self {
+        FamilyText {
+            family,
+            body: Vec::with_capacity(capacity),
         }
     }
 
-    /// Makes `family` the one the next samples belong to. Its header is
-    /// written with its first sample.
-    pub fn family(&mut self, family: Family) {
-        #[cfg(debug_assertions)]
-        {
-            debug_assert!(
-                !self.opened.contains(&family.name),
-                "family {} opened twice",
-                family.name
-            );
-            self.opened.push(family.name);
-        }
-        self.current = Some((family, false));
+    /// True while no sample was added.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
     }
 
-    /// One sample of the current family with an integer value.
+    /// Bytes of samples so far.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// One sample with an integer value.
     pub fn int(&mut self, labels: &[(&str, &str)], value: u64) {
-        if self.start_sample(labels) {
-            let mut buf = itoa::Buffer::new();
-            self.out.extend_from_slice(buf.format(value).as_bytes());
-            self.out.push(b'\n');
-        }
+        self.start_sample(labels);
+        let mut buf = itoa::Buffer::new();
+        self.body.extend_from_slice(buf.format(value).as_bytes());
+        self.body.push(b'\n');
     }
 
-    /// One sample of the current family whose value is the Unix time `ms`
-    /// (milliseconds), written in seconds.
+    /// One sample whose value is the Unix time `ms` (milliseconds), written
+    /// in seconds.
     pub fn millis_as_seconds(&mut self, labels: &[(&str, &str)], ms: i64) {
-        if self.start_sample(labels) {
-            write_millis_as_seconds(self.out, ms);
-            self.out.push(b'\n');
-        }
+        self.start_sample(labels);
+        write_millis_as_seconds(&mut self.body, ms);
+        self.body.push(b'\n');
     }
 
-    /// Writes the header if due, the name and the labels of a sample, and
-    /// the space before its value. False (nothing written) without a family.
-    fn start_sample(&mut self, labels: &[(&str, &str)]) -> bool {
-        let Some((family, started)) = &mut self.current else {
-            debug_assert!(false, "a sample before any family");
-            return false;
-        };
-        if !*started {
-            *started = true;
-            write_header(self.out, family);
+    /// Appends the header and every sample to `out`; nothing when there is
+    /// no sample.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        if self.body.is_empty() {
+            return;
         }
-        self.out.extend_from_slice(family.name.as_bytes());
+        write_header(out, &self.family);
+        out.extend_from_slice(&self.body);
+    }
+
+    /// The name and labels of a sample and the space before its value.
+    fn start_sample(&mut self, labels: &[(&str, &str)]) {
+        let out = &mut self.body;
+        out.extend_from_slice(self.family.name.as_bytes());
         if !labels.is_empty() {
-            self.out.push(b'{');
+            out.push(b'{');
             for (i, (name, value)) in labels.iter().enumerate() {
                 if i > 0 {
-                    self.out.push(b',');
+                    out.push(b',');
                 }
-                self.out.extend_from_slice(name.as_bytes());
-                self.out.extend_from_slice(b"=\"");
-                escape_label_value(self.out, value);
-                self.out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"=\"");
+                escape_label_value(out, value);
+                out.push(b'"');
             }
-            self.out.push(b'}');
+            out.push(b'}');
         }
-        self.out.push(b' ');
-        true
+        out.push(b' ');
     }
 }
 
@@ -194,9 +184,9 @@ pub fn write_millis_as_seconds(out: &mut Vec<u8>, ms: i64) {
             b'0' + (frac / 10 % 10) as u8,
             b'0' + (frac % 10) as u8,
         ];
-        let len = if frac % 100 == 0 {
+        let len = if frac.is_multiple_of(100) {
             1
-        } else if frac % 10 == 0 {
+        } else if frac.is_multiple_of(10) {
             2
         } else {
             3
@@ -213,23 +203,23 @@ mod tests {
     const G: Family = Family::gauge("wxtoken_test_seconds", "A test gauge.");
     const C: Family = Family::counter("wxtoken_test_total", "A test counter.");
 
-    fn text(f: impl FnOnce(&mut Exposition<'_>)) -> String {
+    fn text(families: &[&FamilyText]) -> String {
         let mut out = Vec::new();
-        f(&mut Exposition::new(&mut out));
+        for f in families {
+            f.write_to(&mut out);
+        }
         String::from_utf8(out).unwrap()
     }
 
     #[test]
-    fn the_header_comes_once_before_the_first_sample() {
-        let t = text(|e| {
-            e.family(C);
-            e.int(&[("appid", "wx1"), ("result", "ok")], 3);
-            e.int(&[("appid", "wx2"), ("result", "ok")], 0);
-            e.family(G);
-            e.millis_as_seconds(&[], 1_712_345_678_123);
-        });
+    fn the_header_comes_once_before_the_samples() {
+        let mut c = FamilyText::with_capacity(C, 0);
+        c.int(&[("appid", "wx1"), ("result", "ok")], 3);
+        c.int(&[("appid", "wx2"), ("result", "ok")], 0);
+        let mut g = FamilyText::with_capacity(G, 16);
+        g.millis_as_seconds(&[], 1_712_345_678_123);
         assert_eq!(
-            t,
+            text(&[&c, &g]),
             "# HELP wxtoken_test_total A test counter.\n\
              # TYPE wxtoken_test_total counter\n\
              wxtoken_test_total{appid=\"wx1\",result=\"ok\"} 3\n\
@@ -242,13 +232,17 @@ mod tests {
 
     #[test]
     fn a_family_without_samples_writes_nothing() {
-        let t = text(|e| {
-            e.family(G);
-            e.family(C);
-            e.int(&[], 1);
-        });
+        let g = FamilyText::with_capacity(G, 64);
+        let mut c = FamilyText::with_capacity(C, 0);
+        assert!(g.is_empty() && c.is_empty());
+        c.int(&[], 1);
+        assert_eq!(c.len(), "wxtoken_test_total 1\n".len());
+        let t = text(&[&g, &c]);
         assert!(!t.contains("wxtoken_test_seconds"), "{t}");
-        assert!(t.ends_with("wxtoken_test_total 1\n"), "{t}");
+        assert!(
+            t.ends_with("# TYPE wxtoken_test_total counter\nwxtoken_test_total 1\n"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -256,10 +250,10 @@ mod tests {
         let mut out = Vec::new();
         escape_label_value(&mut out, "a\\b\"c\nd");
         assert_eq!(out, b"a\\\\b\\\"c\\nd");
-        let t = text(|e| {
-            e.family(Family::gauge("wxtoken_x", "say \"hi\" \\ then\nmore"));
-            e.int(&[("ip", "\"")], 1);
-        });
+        let mut x =
+            FamilyText::with_capacity(Family::gauge("wxtoken_x", "say \"hi\" \\ then\nmore"), 0);
+        x.int(&[("ip", "\"")], 1);
+        let t = text(&[&x]);
         assert_eq!(
             t,
             "# HELP wxtoken_x say \"hi\" \\\\ then\\nmore\n# TYPE wxtoken_x gauge\nwxtoken_x{ip=\"\\\"\"} 1\n"

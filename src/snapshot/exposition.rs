@@ -11,20 +11,19 @@
 //! - Nothing per account is stored for metrics beyond the slot's own data
 //!   and its [`super::AccountCounters`]; an account that leaves the
 //!   directory leaves `/metrics` with it.
-//! - Each account is read once per scrape (its status, token and tickets
-//!   are one consistent view), families are written whole in the order of
-//!   [`crate::metrics::PER_ACCOUNT_FAMILIES`], accounts sorted by appid.
+//! - Each account is read once per scrape, in one pass (its status, token
+//!   and tickets are one consistent view, read without copying); families
+//!   are written whole in the order of [`crate::metrics::PER_ACCOUNT_FAMILIES`],
+//!   accounts sorted by appid (the directory keeps them sorted).
 //! - Only appids, fixed vocabularies, errcodes and the IP WeChat reported
 //!   become label values; never a token, ticket or secret.
 
-use std::sync::Arc;
-
 use crate::domain::{Reason, TicketKind};
-use crate::metrics::exposition::Exposition;
+use crate::metrics::exposition::{Family, FamilyText};
 use crate::metrics::{
     ACCOUNT_CONFIG_ERROR, ACCOUNT_STATE, ACCOUNT_STATES, ACTOR_RESTARTS, CALLS_TODAY, Metrics,
-    NEXT_REFRESH, PerAccount, REFRESHES, RESULTS, TICKET_EXPIRY, TICKET_REFRESHES, TOKEN_EXPIRY,
-    TOKEN_FETCHED, TOKEN_SERVE_UNTIL,
+    NEXT_REFRESH, PER_ACCOUNT_FAMILIES, PerAccount, REFRESHES, RESULTS, TICKET_EXPIRY,
+    TICKET_REFRESHES, TOKEN_EXPIRY, TOKEN_FETCHED, TOKEN_SERVE_UNTIL,
 };
 
 use super::{AccountSlot, AccountStatus, Directory, TicketRecord, TokenRecord};
@@ -32,192 +31,225 @@ use super::{AccountSlot, AccountStatus, Directory, TicketRecord, TokenRecord};
 /// Room reserved for the fleet registry's text.
 const FLEET_BYTES: usize = 64 * 1024;
 
-/// One account as a scrape sees it.
-struct View {
-    slot: Arc<AccountSlot>,
-    status: Arc<AccountStatus>,
-    token: Option<Arc<TokenRecord>>,
-    tickets: Arc<Vec<Arc<TicketRecord>>>,
+/// The fleet-wide tallies a scrape takes from the accounts.
+#[derive(Default)]
+struct Tally {
+    by_state: [i64; ACCOUNT_STATES.len()],
+    ready: bool,
+    config_errors: i64,
 }
 
-impl View {
-    fn of(slot: &Arc<AccountSlot>) -> View {
-        View {
-            slot: slot.clone(),
-            status: slot.status(),
-            token: slot.token(),
-            tickets: slot.tickets_shared(),
+impl Tally {
+    fn count(&mut self, status: &AccountStatus, ready: bool) {
+        let label = status.state.metric_label();
+        if let Some(i) = ACCOUNT_STATES.iter().position(|s| *s == label) {
+            self.by_state[i] += 1;
         }
+        self.ready &= ready;
+        self.config_errors += i64::from(status.config_error.is_some());
     }
 
-    fn appid(&self) -> &str {
-        self.slot.appid.as_str()
-    }
-}
-
-/// Bytes per account a mode writes in steady state, to size the buffer.
-fn bytes_hint(mode: PerAccount) -> usize {
-    match mode {
-        PerAccount::Full => 1_800,
-        PerAccount::Essential => 256,
-        PerAccount::None => 0,
+    /// Sets the gauges computed from the accounts, and the mode's.
+    fn publish(&self, metrics: &Metrics, mode: PerAccount) {
+        for (state, count) in ACCOUNT_STATES.iter().zip(self.by_state) {
+            metrics.accounts.with_label_values(&[state]).set(count);
+        }
+        metrics.ready.set(i64::from(self.ready));
+        metrics.fleet_config_errors.set(self.config_errors);
+        metrics.set_mode_gauge(mode);
     }
 }
 
 impl Directory {
-    /// The text of `GET /metrics` at `now_ms`: sets the fleet gauges from the
-    /// slots, encodes `metrics`' registry, then writes the per-account series
-    /// of the mode in force ([`Metrics::per_account_for`] this fleet).
+    /// The text of `GET /metrics` at `now_ms`: one pass over the accounts
+    /// (sorted by appid) fills the per-account families of the mode in force
+    /// ([`Metrics::per_account_for`] this fleet) and the fleet gauges; then
+    /// the registry's text, then each non-empty family.
     pub fn encode_metrics(&self, metrics: &Metrics, now_ms: i64) -> Vec<u8> {
-        let map = self.0.load_full();
-        let mut views: Vec<View> = map.values().map(View::of).collect();
-        drop(map);
-        views.sort_unstable_by(|a, b| a.slot.appid.cmp(&b.slot.appid));
-        let mode = metrics.per_account_for(views.len());
-        set_fleet_gauges(metrics, &views, mode, now_ms);
-        let mut out = Vec::with_capacity(FLEET_BYTES + views.len() * bytes_hint(mode));
+        let published = self.0.load_full();
+        let slots = &published.sorted;
+        let mode = metrics.per_account_for(slots.len());
+        let mut tally = Tally {
+            ready: true,
+            ..Tally::default()
+        };
+        let mut families = Families::new(mode, slots.len());
+        for slot in slots {
+            slot.with_view(now_ms, |status, token, tickets, ready| {
+                tally.count(status, ready);
+                if let Some(families) = &mut families {
+                    families.add(slot, status, token, tickets, now_ms);
+                }
+            });
+        }
+        drop(published);
+        tally.publish(metrics, mode);
+        let per_account: usize = families.as_ref().map_or(0, Families::len);
+        let mut out = Vec::with_capacity(FLEET_BYTES + per_account + 4096);
         metrics.encode_into(&mut out);
-        write_accounts(&mut Exposition::new(&mut out), &views, mode, now_ms);
+        if let Some(families) = families {
+            for family in families.texts() {
+                family.write_to(&mut out);
+            }
+        }
         out
     }
 }
 
-/// The gauges computed from every account: by state, ready, config errors,
-/// and the mode in force.
-fn set_fleet_gauges(metrics: &Metrics, views: &[View], mode: PerAccount, now_ms: i64) {
-    let mut by_state = [0_i64; ACCOUNT_STATES.len()];
-    let mut ready = true;
-    let mut config_errors = 0;
-    for view in views {
-        let label = view.status.state.metric_label();
-        if let Some(i) = ACCOUNT_STATES.iter().position(|s| *s == label) {
-            by_state[i] += 1;
-        }
-        ready &= view.slot.is_ready(now_ms);
-        config_errors += i64::from(view.status.config_error.is_some());
-    }
-    for (state, count) in ACCOUNT_STATES.iter().zip(by_state) {
-        metrics.accounts.with_label_values(&[state]).set(count);
-    }
-    metrics.ready.set(i64::from(ready));
-    metrics.fleet_config_errors.set(config_errors);
-    metrics.set_mode_gauge(mode);
+/// The per-account families of one scrape, filled account by account.
+struct Families {
+    full: bool,
+    token_expiry: FamilyText,
+    token_fetched: FamilyText,
+    token_serve_until: FamilyText,
+    next_refresh: FamilyText,
+    refreshes: FamilyText,
+    calls_today: FamilyText,
+    actor_restarts: FamilyText,
+    account_state: FamilyText,
+    config_error: FamilyText,
+    ticket_expiry: FamilyText,
+    ticket_refreshes: FamilyText,
 }
 
-/// Writes the per-account families of `mode`.
-fn write_accounts(e: &mut Exposition<'_>, views: &[View], mode: PerAccount, now_ms: i64) {
-    let full = match mode {
-        PerAccount::None => return,
-        PerAccount::Full => true,
-        PerAccount::Essential => false,
-    };
-
-    e.family(TOKEN_EXPIRY);
-    for v in views {
-        if let Some(t) = &v.token {
-            e.millis_as_seconds(&[("appid", v.appid())], t.expires_at_ms);
-        }
-    }
-    if full {
-        e.family(TOKEN_FETCHED);
-        for v in views {
-            if let Some(t) = &v.token {
-                e.millis_as_seconds(&[("appid", v.appid())], t.fetched_at_ms);
-            }
-        }
-        e.family(TOKEN_SERVE_UNTIL);
-        for v in views {
-            if let Some(t) = &v.token {
-                e.millis_as_seconds(&[("appid", v.appid())], t.serve_until_ms);
-            }
-        }
-        e.family(NEXT_REFRESH);
-        for v in views {
-            if let Some(ms) = v.status.next_refresh_at_ms {
-                e.millis_as_seconds(&[("appid", v.appid())], ms);
-            }
-        }
+impl Families {
+    /// Empty families sized for `accounts` in `mode`; `None` for
+    /// [`PerAccount::None`].
+    fn new(mode: PerAccount, accounts: usize) -> Option<Families> {
+        let full = match mode {
+            PerAccount::None => return None,
+            PerAccount::Full => true,
+            PerAccount::Essential => false,
+        };
+        // Room for `lines` samples per account of `family`; a sample is its
+        // name, an appid, a label or two and a value.
+        let room = |family: Family, lines: usize| {
+            FamilyText::with_capacity(family, accounts * lines * (family.name.len() + 56))
+        };
+        let (all, some) = (1, usize::from(full));
+        Some(Families {
+            full,
+            token_expiry: room(TOKEN_EXPIRY, all),
+            token_fetched: room(TOKEN_FETCHED, some),
+            token_serve_until: room(TOKEN_SERVE_UNTIL, some),
+            next_refresh: room(NEXT_REFRESH, some),
+            refreshes: room(REFRESHES, 2 * Reason::ALL.len() * some),
+            calls_today: room(CALLS_TODAY, all),
+            actor_restarts: room(ACTOR_RESTARTS, some),
+            account_state: room(ACCOUNT_STATE, if full { ACCOUNT_STATES.len() } else { 1 }),
+            config_error: room(ACCOUNT_CONFIG_ERROR, 0),
+            ticket_expiry: room(TICKET_EXPIRY, 0),
+            ticket_refreshes: room(TICKET_REFRESHES, 0),
+        })
     }
 
-    // Essential: only the failures that happened (the dashboard graphs
-    // errors per account; all results are in wxtoken_fleet_refreshes_total).
-    e.family(REFRESHES);
-    for v in views {
+    /// Every family, in the order of [`PER_ACCOUNT_FAMILIES`].
+    fn texts(&self) -> [&FamilyText; PER_ACCOUNT_FAMILIES.len()] {
+        [
+            &self.token_expiry,
+            &self.token_fetched,
+            &self.token_serve_until,
+            &self.next_refresh,
+            &self.refreshes,
+            &self.calls_today,
+            &self.actor_restarts,
+            &self.account_state,
+            &self.config_error,
+            &self.ticket_expiry,
+            &self.ticket_refreshes,
+        ]
+    }
+
+    /// Bytes of samples in all families.
+    fn len(&self) -> usize {
+        self.texts().iter().map(|f| f.len()).sum()
+    }
+
+    /// Adds the samples of one account.
+    fn add(
+        &mut self,
+        slot: &AccountSlot,
+        status: &AccountStatus,
+        token: Option<&TokenRecord>,
+        tickets: &[std::sync::Arc<TicketRecord>],
+        now_ms: i64,
+    ) {
+        let full = self.full;
+        let appid = slot.appid.as_str();
+        let id = [("appid", appid)];
+        if let Some(t) = token {
+            self.token_expiry.millis_as_seconds(&id, t.expires_at_ms);
+            if full {
+                self.token_fetched.millis_as_seconds(&id, t.fetched_at_ms);
+                self.token_serve_until
+                    .millis_as_seconds(&id, t.serve_until_ms);
+            }
+        }
+        if full && let Some(ms) = status.next_refresh_at_ms {
+            self.next_refresh.millis_as_seconds(&id, ms);
+        }
+
+        // Essential: only the failures that happened (the dashboard graphs
+        // errors per account; every result is in wxtoken_fleet_refreshes_total).
+        let counters = slot.counters();
         for reason in Reason::ALL {
             for (ok, result) in [(true, RESULTS[0]), (false, RESULTS[1])] {
-                let n = v.slot.counters().refreshes(reason, ok);
+                let n = counters.refreshes(reason, ok);
                 if full || (!ok && n > 0) {
                     let labels = [
-                        ("appid", v.appid()),
+                        ("appid", appid),
                         ("reason", reason.as_str()),
                         ("result", result),
                     ];
-                    e.int(&labels, n);
+                    self.refreshes.int(&labels, n);
                 }
             }
         }
-    }
 
-    e.family(CALLS_TODAY);
-    for v in views {
-        let calls = v.status.calls_on_day_of(now_ms);
-        e.int(&[("appid", v.appid())], u64::from(calls));
-    }
+        self.calls_today
+            .int(&id, u64::from(status.calls_on_day_of(now_ms)));
 
-    e.family(ACTOR_RESTARTS);
-    for v in views {
-        let n = v.slot.counters().restarts();
-        if full || n > 0 {
-            e.int(&[("appid", v.appid())], n);
+        let restarts = counters.restarts();
+        if full || restarts > 0 {
+            self.actor_restarts.int(&id, restarts);
         }
-    }
 
-    e.family(ACCOUNT_STATE);
-    for v in views {
-        let current = v.status.state.metric_label();
+        let current = status.state.metric_label();
         if full {
             for state in ACCOUNT_STATES {
-                e.int(
-                    &[("appid", v.appid()), ("state", state)],
+                self.account_state.int(
+                    &[("appid", appid), ("state", state)],
                     u64::from(state == current),
                 );
             }
         } else {
-            e.int(&[("appid", v.appid()), ("state", current)], 1);
+            self.account_state
+                .int(&[("appid", appid), ("state", current)], 1);
         }
-    }
 
-    e.family(ACCOUNT_CONFIG_ERROR);
-    for v in views {
-        if let Some(c) = &v.status.config_error {
+        if let Some(c) = &status.config_error {
             let mut code = itoa::Buffer::new();
             let ip = c.ip.map(|ip| ip.to_string()).unwrap_or_default();
             let labels = [
-                ("appid", v.appid()),
+                ("appid", appid),
                 ("errcode", code.format(c.errcode)),
                 ("ip", ip.as_str()),
             ];
-            e.int(&labels, 1);
+            self.config_error.int(&labels, 1);
         }
-    }
 
-    e.family(TICKET_EXPIRY);
-    for v in views {
-        for t in v.tickets.iter() {
-            e.millis_as_seconds(
-                &[("appid", v.appid()), ("type", t.kind.as_str())],
+        for t in tickets {
+            self.ticket_expiry.millis_as_seconds(
+                &[("appid", appid), ("type", t.kind.as_str())],
                 t.expires_at_ms,
             );
         }
-    }
 
-    // Full: every configured ticket from 0; essential: failures that happened.
-    e.family(TICKET_REFRESHES);
-    for v in views {
+        // Full: every configured ticket from 0; essential: failures that happened.
         for kind in TicketKind::ALL {
-            let configured = v.slot.ticket_kinds.contains(&kind);
+            let configured = slot.ticket_kinds.contains(&kind);
             for (ok, result) in [(true, RESULTS[0]), (false, RESULTS[1])] {
-                let n = v.slot.counters().ticket_fetches(kind, ok);
+                let n = counters.ticket_fetches(kind, ok);
                 let shown = if full {
                     configured || n > 0
                 } else {
@@ -225,11 +257,11 @@ fn write_accounts(e: &mut Exposition<'_>, views: &[View], mode: PerAccount, now_
                 };
                 if shown {
                     let labels = [
-                        ("appid", v.appid()),
+                        ("appid", appid),
                         ("result", result),
                         ("type", kind.as_str()),
                     ];
-                    e.int(&labels, n);
+                    self.ticket_refreshes.int(&labels, n);
                 }
             }
         }
@@ -239,6 +271,7 @@ fn write_accounts(e: &mut Exposition<'_>, views: &[View], mode: PerAccount, now_
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     use super::*;
     use crate::domain::{AccessToken, AppId, Mode};

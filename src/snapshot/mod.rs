@@ -31,33 +31,39 @@ pub use slot::{
 
 pub(crate) type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
 
+/// One publication: the map the read path looks appids up in, and the same
+/// slots sorted by appid (sorted once per publication, not per scrape or
+/// listing).
+#[derive(Default)]
+struct Published {
+    map: SlotMap,
+    sorted: Vec<Arc<AccountSlot>>,
+}
+
 /// The published, immutable map of account slots. Cloning is cheap; clones
 /// see every later publication.
 #[derive(Clone, Default)]
-pub struct Directory(Arc<ArcSwap<SlotMap>>);
+pub struct Directory(Arc<ArcSwap<Published>>);
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Directory({} accounts)", self.0.load().len())
+        write!(f, "Directory({} accounts)", self.0.load().map.len())
     }
 }
 
 impl Directory {
     /// The slot of `appid`, if configured.
     pub fn get(&self, appid: &AppId) -> Option<Arc<AccountSlot>> {
-        self.0.load().get(appid).cloned()
+        self.0.load().map.get(appid).cloned()
     }
 
     /// All slots, sorted by appid.
     pub fn all(&self) -> Vec<Arc<AccountSlot>> {
-        let map = self.0.load();
-        let mut slots: Vec<_> = map.values().cloned().collect();
-        slots.sort_by(|a, b| a.appid.cmp(&b.appid));
-        slots
+        self.0.load().sorted.clone()
     }
 
     pub fn len(&self) -> usize {
-        self.0.load().len()
+        self.0.load().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,18 +72,19 @@ impl Directory {
 
     /// The enabled accounts without a usable token at `now_ms`, sorted.
     pub fn not_ready(&self, now_ms: i64) -> Vec<AppId> {
-        let map = self.0.load();
-        let mut ids: Vec<AppId> = map
-            .values()
+        self.0
+            .load()
+            .sorted
+            .iter()
             .filter(|s| !s.is_ready(now_ms))
             .map(|s| s.appid.clone())
-            .collect();
-        ids.sort();
-        ids
+            .collect()
     }
 
     /// Replaces the published map (the registry, when accounts come and go).
     pub(crate) fn publish(&self, map: SlotMap) {
-        self.0.store(Arc::new(map));
+        let mut sorted: Vec<Arc<AccountSlot>> = map.values().cloned().collect();
+        sorted.sort_unstable_by(|a, b| a.appid.cmp(&b.appid));
+        self.0.store(Arc::new(Published { map, sorted }));
     }
 }

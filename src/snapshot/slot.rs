@@ -221,11 +221,6 @@ impl AccountSlot {
         self.tickets.load().as_ref().clone()
     }
 
-    /// Every current ticket, as published (no copy of the list).
-    pub fn tickets_shared(&self) -> Arc<Vec<Arc<TicketRecord>>> {
-        self.tickets.load_full()
-    }
-
     /// Publishes a ticket, replacing the one of the same kind.
     pub(crate) fn publish_ticket(&self, record: Arc<TicketRecord>) {
         let mut list: Vec<Arc<TicketRecord>> = self
@@ -247,11 +242,26 @@ impl AccountSlot {
 
     /// True when a token is usable now (or the account is disabled).
     pub fn is_ready(&self, now_ms: i64) -> bool {
-        !self.enabled
-            || self
-                .token
-                .load()
-                .as_ref()
-                .is_some_and(|t| t.usable_secs(now_ms).is_some())
+        self.ready_with(self.token.load().as_deref(), now_ms)
+    }
+
+    /// [`is_ready`](Self::is_ready) given the slot's current `token`.
+    fn ready_with(&self, token: Option<&TokenRecord>, now_ms: i64) -> bool {
+        !self.enabled || token.is_some_and(|t| t.usable_secs(now_ms).is_some())
+    }
+
+    /// Calls `f` with the current status, token, tickets and readiness at
+    /// `now_ms`, read once and without copying or counting references (a
+    /// scrape reads every account this way).
+    pub(crate) fn with_view<R>(
+        &self,
+        now_ms: i64,
+        f: impl FnOnce(&AccountStatus, Option<&TokenRecord>, &[Arc<TicketRecord>], bool) -> R,
+    ) -> R {
+        let status = self.status.load();
+        let token = self.token.load();
+        let tickets = self.tickets.load();
+        let ready = self.ready_with(token.as_deref(), now_ms);
+        f(&status, token.as_deref(), &tickets, ready)
     }
 }
