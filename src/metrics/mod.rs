@@ -507,12 +507,14 @@ impl Metrics {
         let mode = self.per_account_for(accounts);
         let rule = match setting {
             Some(_) => "metrics.per_account",
-            None => "default: full up to 1000 accounts, essential up to 50000, none above",
+            None => "the default by fleet size",
         };
         tracing::info!(
             per_account = mode.as_str(),
             accounts,
             rule,
+            full_up_to = FULL_UP_TO,
+            essential_up_to = ESSENTIAL_UP_TO,
             "per-account metrics"
         );
         mode
