@@ -30,8 +30,8 @@ use crate::domain::{AccessToken, AppId, TicketKind};
 use crate::snapshot::{AccountSlot, Directory};
 use crate::store::{StoredAccount, StoredToken};
 
-/// How often the registry checks that every account actor is alive and
-/// updates the fleet gauges. Restarts normally happen at once, on the
+/// How often the registry checks that every account actor is alive (the
+/// fleet gauges are set by each scrape instead). Restarts normally happen at once, on the
 /// [`Exited`] notice a dying actor sends; this tick is the backstop.
 pub const WATCHDOG_TICK: Duration = Duration::from_secs(1);
 
@@ -169,7 +169,7 @@ impl Registry {
         self.directory.publish(map);
     }
 
-    /// Replaces dead actors and refreshes the fleet gauges.
+    /// Replaces dead actors; logs once when every account is ready.
     fn watchdog(&mut self) {
         if self.stopping {
             return;
@@ -183,8 +183,6 @@ impl Registry {
         for appid in dead {
             self.restart(&appid);
         }
-        self.directory
-            .update_state_gauge(&self.deps.metrics, self.deps.clock.now_unix_ms());
         if !self.ready_logged && !self.members.is_empty() {
             let now = self.deps.clock.now_unix_ms();
             if self.directory.not_ready(now).is_empty() {
@@ -206,11 +204,7 @@ impl Registry {
         };
         let (config, slot) = (member.config.clone(), member.slot.clone());
         tracing::warn!(appid = %appid, "account actor died; restarting it from its last token");
-        self.deps
-            .metrics
-            .actor_restarts
-            .with_label_values(&[appid.as_str()])
-            .inc();
+        slot.counters().restarted(&self.deps.metrics);
         let (addr, incarnation) = self.spawn(&config, &slot);
         if let Some(member) = self.members.get_mut(appid) {
             member.addr = addr;
@@ -277,7 +271,6 @@ impl Handler<Apply> for Registry {
             if let Some(member) = self.members.remove(&appid) {
                 member.addr.do_send(Shutdown { forget: true });
                 self.deps.store.remove_later(appid.clone());
-                self.deps.metrics.remove_account(appid.as_str());
                 summary.removed.push(appid);
             }
         }
@@ -291,6 +284,7 @@ impl Handler<Apply> for Registry {
                     member.addr.do_send(Shutdown { forget: false });
                     let seed = member.slot.token().map_or(Seed::Empty, Seed::Carried);
                     let slot = seeded_slot(config, seed, self.deps.policy.grace);
+                    slot.counters().carry_from(member.slot.counters());
                     let (addr, incarnation) = self.spawn(config, &slot);
                     self.members.insert(
                         appid.clone(),

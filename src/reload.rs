@@ -20,8 +20,9 @@
 //!   and which every reload does itself) is not a change. `SIGHUP` and
 //!   `POST /v1/admin/reload` always re-read.
 //! - Untouched accounts keep their actor, token and schedule (the registry's
-//!   [`Apply`] guarantees it); settings that only take effect at start
-//!   (`listen`, `upstream`, `refresh`, `store`) are reported, not applied.
+//!   [`Apply`] guarantees it); `clients` and `metrics.per_account` apply at
+//!   once; settings that only take effect at start (`listen`, `upstream`,
+//!   `refresh`, `store`) are reported, not applied.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -252,9 +253,18 @@ impl Reloader {
         let needs_restart = {
             let mut current = inner.current.lock();
             let changed = restart_only_changes(&current, &new);
-            // What is in force: the new accounts and clients, the old rest.
+            let before = inner.metrics.per_account_for(current.accounts.len());
+            if current.metrics != new.metrics
+                || before != inner.metrics.per_account_for(new.accounts.len())
+            {
+                inner
+                    .metrics
+                    .configure_per_account(new.metrics.per_account, new.accounts.len());
+            }
+            // What is in force: the new accounts, clients and metrics, the old rest.
             current.accounts = new.accounts;
             current.clients = new.clients;
+            current.metrics = new.metrics;
             changed
         };
         if !needs_restart.is_empty() {

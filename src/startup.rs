@@ -79,6 +79,9 @@ impl Application {
             .with_context(|| format!("could not read the address bound for {}", config.listen))?;
 
         let engine = Engine::start(&EngineConfig::from(&config), options.engine).await?;
+        engine
+            .metrics
+            .configure_per_account(config.metrics.per_account, config.accounts.len());
 
         if config.clients.is_empty() {
             tracing::warn!(listen = %addr, "no clients configured: API open to loopback callers only");

@@ -13,7 +13,7 @@ use crate::config::{AccountConfig, AccountKind};
 use crate::domain::{Mode, TicketKind};
 use crate::metrics::Metrics;
 use crate::replica::Source;
-use crate::snapshot::{AccountSlot, AccountStatus, LastError, State, TokenRecord};
+use crate::snapshot::{AccountSlot, AccountStatus, ConfigFailure, LastError, State, TokenRecord};
 use crate::store::StoreWriter;
 use crate::wechat::{Decision, Endpoint};
 
@@ -114,21 +114,6 @@ impl AccountActor {
     pub(super) fn update_status(&self, f: impl FnOnce(&mut AccountStatus)) {
         let mut status = (*self.slot.status()).clone();
         f(&mut status);
-        let appid = self.config.appid.as_str();
-        self.deps
-            .metrics
-            .set_account_state(appid, status.state.metric_label());
-        match status.next_refresh_at_ms {
-            Some(ms) => self
-                .deps
-                .metrics
-                .next_refresh
-                .with_label_values(&[appid])
-                .set(ms as f64 / 1000.0),
-            None => {
-                let _ = self.deps.metrics.next_refresh.remove_label_values(&[appid]);
-            }
-        }
         self.slot.set_status(status);
     }
 
@@ -252,25 +237,6 @@ impl AccountActor {
             }
             s.calls_today += calls;
         });
-        self.deps
-            .metrics
-            .upstream_calls_today
-            .with_label_values(&[self.config.appid.as_str()])
-            .set(self.slot.status().calls_today as i64);
-    }
-
-    fn publish_token_metrics(&self, record: &TokenRecord) {
-        let appid = self.config.appid.as_str();
-        let m = &self.deps.metrics;
-        m.token_expiry
-            .with_label_values(&[appid])
-            .set(record.expires_at_ms as f64 / 1000.0);
-        m.token_fetched
-            .with_label_values(&[appid])
-            .set(record.fetched_at_ms as f64 / 1000.0);
-        m.token_serve_until
-            .with_label_values(&[appid])
-            .set(record.serve_until_ms as f64 / 1000.0);
     }
 
     /// Publishes a new serve time for the current token (same token).
@@ -279,7 +245,6 @@ impl AccountActor {
             serve_until_ms,
             ..record.clone()
         };
-        self.publish_token_metrics(&record);
         self.slot.publish(Arc::new(record));
     }
 
@@ -308,16 +273,9 @@ impl AccountActor {
         if msg.reason == Reason::Admin && msg.calls > 0 {
             self.last_admin_refresh_ms = Some(now);
         }
-        let result_label = if msg.result.is_ok() { "ok" } else { "error" };
-        self.deps
-            .metrics
-            .refreshes
-            .with_label_values(&[
-                self.config.appid.as_str(),
-                msg.reason.as_str(),
-                result_label,
-            ])
-            .inc();
+        self.slot
+            .counters()
+            .refreshed(&self.deps.metrics, msg.reason, msg.result.is_ok());
     }
 
     /// A refresh brought `record`: serve it, plan the next one.
@@ -331,11 +289,10 @@ impl AccountActor {
         let appid = self.config.appid.clone();
         tracing::info!(appid = %appid, reason = msg.reason.as_str(), outcome = "ok", duration_ms = now - msg.started_ms, calls = msg.calls, token = %record.token, expires_in = (record.expires_at_ms - now) / 1000, "token refreshed");
         self.failures = 0;
-        self.deps.metrics.set_config_error(appid.as_str(), None);
-        self.publish_token_metrics(record);
         self.update_status(|s| {
             s.state = State::Ready;
             s.last_error = None;
+            s.config_error = None;
             s.pending_fetch_ms = None;
         });
         self.schedule_from(ctx, record, msg.same_token);
@@ -355,13 +312,13 @@ impl AccountActor {
         let decision = plan::decide(err, now);
         let config_error = match (&decision, err) {
             (Decision::ConfigError { .. }, RefreshError::Upstream { error, .. }) => {
-                error.errcode().map(|code| (code, error.whitelist_ip()))
+                error.errcode().map(|errcode| ConfigFailure {
+                    errcode,
+                    ip: error.whitelist_ip(),
+                })
             }
             _ => None,
         };
-        self.deps
-            .metrics
-            .set_config_error(appid.as_str(), config_error);
         let delay = self
             .deps
             .policy
@@ -376,6 +333,7 @@ impl AccountActor {
                 errmsg,
                 at: now.div_euclid(1000),
             });
+            s.config_error = config_error;
         });
         let retry_at = add_ms(now, delay);
         // Did WeChat perhaps rotate the token although we saw no answer?
@@ -407,8 +365,6 @@ impl Actor for AccountActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
-        let appid = self.config.appid.as_str().to_string();
-        self.deps.metrics.init_account(&appid);
         if !self.config.enabled {
             self.set_state(State::Disabled);
             return;
@@ -421,11 +377,6 @@ impl Actor for AccountActor {
             &self.slot.status(),
             now,
         );
-        if plan != RestartPlan::FetchNow
-            && let Some(record) = &token
-        {
-            self.publish_token_metrics(record);
-        }
         match (plan, token) {
             (RestartPlan::AfterLostFetch { late_until }, _) => {
                 self.update_status(|s| {
@@ -563,17 +514,12 @@ impl Handler<TicketFinished> for AccountActor {
         let kind = msg.kind;
         let appid = self.config.appid.clone();
         let now = self.now_ms();
-        let labels = [appid.as_str(), kind.as_str()];
         match msg.result {
             Ok(record) => {
                 self.ticket_failures.remove(&kind);
-                let m = &self.deps.metrics;
-                m.ticket_refreshes
-                    .with_label_values(&[labels[0], labels[1], "ok"])
-                    .inc();
-                m.ticket_expiry
-                    .with_label_values(&labels)
-                    .set(record.expires_at_ms as f64 / 1000.0);
+                self.slot
+                    .counters()
+                    .ticket_fetched(&self.deps.metrics, kind, true);
                 tracing::info!(appid = %appid, ticket = kind.as_str(), outcome = "ok", expires_in = (record.expires_at_ms - now) / 1000, "ticket refreshed");
                 let at = plan::ticket_plan(&record, now);
                 self.schedule_ticket(ctx, kind, at);
@@ -583,11 +529,9 @@ impl Handler<TicketFinished> for AccountActor {
                 // Fetched again when the next token arrives.
             }
             Err(err) => {
-                self.deps
-                    .metrics
-                    .ticket_refreshes
-                    .with_label_values(&[labels[0], labels[1], "error"])
-                    .inc();
+                self.slot
+                    .counters()
+                    .ticket_fetched(&self.deps.metrics, kind, false);
                 let decision = plan::decide(&err, now);
                 let failures = self.ticket_failures.entry(kind).or_default();
                 let delay = self
@@ -668,11 +612,8 @@ impl Handler<Adopt> for AccountActor {
         });
         self.slot.publish(record.clone());
         tracing::info!(appid = %self.config.appid, token = %record.token, "adopted the token another replica fetched");
-        self.publish_token_metrics(&record);
         self.failures = 0;
-        self.deps
-            .metrics
-            .set_config_error(self.config.appid.as_str(), None);
+        self.update_status(|s| s.config_error = None);
         if self.inflight.is_none() {
             self.update_status(|s| {
                 s.state = State::Ready;

@@ -53,6 +53,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// When tokens are refreshed.
     pub refresh: RefreshConfig,
+    /// What `/metrics` exports.
+    pub metrics: MetricsConfig,
     /// Who may read tokens; empty means unauthenticated loopback access.
     pub clients: Vec<ClientConfig>,
     /// The WeChat accounts whose tokens are kept fresh (at least one).
@@ -153,6 +155,14 @@ impl Default for RefreshConfig {
             backoff_max: Duration::from_secs(300),
         }
     }
+}
+
+/// `metrics:`: what `/metrics` exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// `metrics.per_account`; `None` (absent) means the default rule by
+    /// fleet size, [`crate::metrics::PerAccount::default_for`].
+    pub per_account: Option<crate::metrics::PerAccount>,
 }
 
 /// Which appids a client may read.

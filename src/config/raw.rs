@@ -31,6 +31,7 @@ pub(crate) struct RawConfig {
     pub upstream: Slot<RawUpstream>,
     pub store: Slot<RawStore>,
     pub refresh: Slot<RawRefresh>,
+    pub metrics: Slot<RawMetrics>,
     pub clients: Slot<Vec<Slot<RawClient>>>,
     pub accounts: Slot<Vec<Slot<RawAccount>>>,
 }
@@ -65,6 +66,13 @@ pub(crate) struct RawRefresh {
     pub backoff_max: Slot<String>,
 }
 
+/// `metrics:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawMetrics {
+    pub per_account: Slot<String>,
+}
+
 /// One entry of `clients:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -92,11 +100,12 @@ pub(crate) struct RawAccount {
 }
 
 /// Where each nested mapping's keys belong, for "it belongs under ..." hints.
-pub(crate) fn homes() -> [(&'static [&'static str], &'static str); 5] {
+pub(crate) fn homes() -> [(&'static [&'static str], &'static str); 6] {
     [
         (keys_of::<RawUpstream>(), "under `upstream:`"),
         (keys_of::<RawStore>(), "under `store:`"),
         (keys_of::<RawRefresh>(), "under `refresh:`"),
+        (keys_of::<RawMetrics>(), "under `metrics:`"),
         (keys_of::<RawAccount>(), "in an entry of `accounts:`"),
         (keys_of::<RawClient>(), "in an entry of `clients:`"),
     ]
@@ -166,6 +175,7 @@ mappings!(
     RawUpstream,
     RawStore,
     RawRefresh,
+    RawMetrics,
     RawClient,
     RawAccount
 );
@@ -304,7 +314,7 @@ mod tests {
         assert_eq!(
             keys_of::<RawConfig>(),
             [
-                "listen", "upstream", "store", "refresh", "clients", "accounts"
+                "listen", "upstream", "store", "refresh", "metrics", "clients", "accounts"
             ]
         );
         assert_eq!(

@@ -16,13 +16,16 @@ use url::Url;
 
 use super::files::{OpenError, ReadError, mode, read_regular};
 use super::load::{Fields, Got, Text, Walk, found, lowercase_first};
-use super::raw::{RawAccount, RawClient, RawConfig, RawRefresh, RawStore, RawUpstream, Slot};
+use super::raw::{
+    RawAccount, RawClient, RawConfig, RawMetrics, RawRefresh, RawStore, RawUpstream, Slot,
+};
 use super::values::{self, quote, show_duration};
 use super::{
-    AccountConfig, AccountKind, AppScope, ClientConfig, Config, RefreshConfig, StoreConfig,
-    UpstreamConfig,
+    AccountConfig, AccountKind, AppScope, ClientConfig, Config, MetricsConfig, RefreshConfig,
+    StoreConfig, UpstreamConfig,
 };
 use crate::domain::{AppId, KeyHash, Mode, TicketKind};
+use crate::metrics::PerAccount;
 
 /// The default `listen` address: loopback only.
 pub(crate) const DEFAULT_LISTEN: SocketAddr =
@@ -78,6 +81,7 @@ impl Walk<'_> {
         let upstream = self.upstream(&f.upstream);
         let store = self.store(&f.store);
         let refresh = self.refresh(&f.refresh);
+        let metrics = self.metrics(&f.metrics);
         let clients = self.clients(&f);
         let (accounts, accounts_seen) = self.accounts(&f);
 
@@ -96,6 +100,7 @@ impl Walk<'_> {
             upstream: upstream?,
             store: store?,
             refresh: refresh?,
+            metrics: metrics?,
             clients: clients.valid?,
             accounts: accounts?,
             digest: self.digest,
@@ -323,6 +328,18 @@ impl Walk<'_> {
             stable_window: window.or(defaults.stable_window)?,
             backoff_initial: initial?,
             backoff_max: max?,
+        })
+    }
+
+    /// `metrics:`; absent keys keep the defaults.
+    fn metrics(&mut self, slot: &Slot<RawMetrics>) -> Option<MetricsConfig> {
+        if matches!(slot, Slot::Absent | Slot::Null(_)) {
+            return Some(MetricsConfig::default());
+        }
+        let f = self.fields(slot, "metrics")?;
+        let per_account = self.setting(&f.per_account, "metrics.per_account", parse_per_account);
+        Some(MetricsConfig {
+            per_account: per_account.or(None)?,
         })
     }
 
@@ -1062,6 +1079,15 @@ fn parse_mode(text: &str) -> Result<Mode, String> {
             quote(other)
         )),
     }
+}
+
+fn parse_per_account(text: &str) -> Result<Option<PerAccount>, String> {
+    PerAccount::parse(text.trim()).map(Some).ok_or_else(|| {
+        format!(
+            "unknown per-account mode {}; expected full (every series), essential (what the dashboard and alerts use) or none",
+            quote(text.trim())
+        )
+    })
 }
 
 /// An IP address and port; hints for the usual near misses.

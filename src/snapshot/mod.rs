@@ -2,7 +2,9 @@
 //! nothing else. Lock-free snapshots published by the control plane.
 //!
 //! Owns: [`Directory`], the published map from appid to [`AccountSlot`]; the
-//! slot and the value types in it ([`slot`]).
+//! slot and the value types in it ([`slot`]); the per-account counters that
+//! `/metrics` exports ([`counters`]); the `/metrics` text, written from the
+//! slots at scrape time ([`exposition`]).
 //!
 //! Invariants:
 //! - Only account actors (and the refresh tasks they spawn) store into a
@@ -11,6 +13,8 @@
 //! - The directory changes only when accounts are added or removed; token
 //!   updates go through the slots, so reads never contend with refreshes.
 
+pub mod counters;
+mod exposition;
 pub mod slot;
 
 use std::collections::HashMap;
@@ -19,39 +23,47 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::domain::AppId;
-use crate::metrics::{ACCOUNT_STATES, Metrics};
 
-pub use slot::{AccountSlot, AccountStatus, LastError, State, TicketRecord, TokenRecord};
+pub use counters::AccountCounters;
+pub use slot::{
+    AccountSlot, AccountStatus, ConfigFailure, LastError, State, TicketRecord, TokenRecord,
+};
 
 pub(crate) type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
+
+/// One publication: the map the read path looks appids up in, and the same
+/// slots sorted by appid (sorted once per publication, not per scrape or
+/// listing).
+#[derive(Default)]
+struct Published {
+    map: SlotMap,
+    sorted: Vec<Arc<AccountSlot>>,
+}
 
 /// The published, immutable map of account slots. Cloning is cheap; clones
 /// see every later publication.
 #[derive(Clone, Default)]
-pub struct Directory(Arc<ArcSwap<SlotMap>>);
+pub struct Directory(Arc<ArcSwap<Published>>);
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Directory({} accounts)", self.0.load().len())
+        write!(f, "Directory({} accounts)", self.0.load().map.len())
     }
 }
 
 impl Directory {
     /// The slot of `appid`, if configured.
     pub fn get(&self, appid: &AppId) -> Option<Arc<AccountSlot>> {
-        self.0.load().get(appid).cloned()
+        self.0.load().map.get(appid).cloned()
     }
 
     /// All slots, sorted by appid.
     pub fn all(&self) -> Vec<Arc<AccountSlot>> {
-        let map = self.0.load();
-        let mut slots: Vec<_> = map.values().cloned().collect();
-        slots.sort_by(|a, b| a.appid.cmp(&b.appid));
-        slots
+        self.0.load().sorted.clone()
     }
 
     pub fn len(&self) -> usize {
-        self.0.load().len()
+        self.0.load().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,38 +72,19 @@ impl Directory {
 
     /// The enabled accounts without a usable token at `now_ms`, sorted.
     pub fn not_ready(&self, now_ms: i64) -> Vec<AppId> {
-        let map = self.0.load();
-        let mut ids: Vec<AppId> = map
-            .values()
+        self.0
+            .load()
+            .sorted
+            .iter()
             .filter(|s| !s.is_ready(now_ms))
             .map(|s| s.appid.clone())
-            .collect();
-        ids.sort();
-        ids
+            .collect()
     }
 
     /// Replaces the published map (the registry, when accounts come and go).
     pub(crate) fn publish(&self, map: SlotMap) {
-        self.0.store(Arc::new(map));
-    }
-
-    /// Sets `wxtoken_accounts{state}` from the accounts' current states. The
-    /// registry does it every watchdog tick and `/metrics` before each scrape.
-    pub fn update_state_gauge(&self, metrics: &Metrics, now_ms: i64) {
-        let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        for slot in self.0.load().values() {
-            *counts
-                .entry(slot.status().state.metric_label())
-                .or_default() += 1;
-        }
-        for state in ACCOUNT_STATES {
-            metrics
-                .accounts
-                .with_label_values(&[state])
-                .set(counts.get(state).copied().unwrap_or(0));
-        }
-        metrics
-            .ready
-            .set(i64::from(self.not_ready(now_ms).is_empty()));
+        let mut sorted: Vec<Arc<AccountSlot>> = map.values().cloned().collect();
+        sorted.sort_unstable_by(|a, b| a.appid.cmp(&b.appid));
+        self.0.store(Arc::new(Published { map, sorted }));
     }
 }

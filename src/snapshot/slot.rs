@@ -7,6 +7,7 @@
 //! `account/` only); readers never see a token past its `serve_until_ms`
 //! because [`TokenRecord::usable_secs`] is the only way the API reads one.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -14,6 +15,8 @@ use serde::Serialize;
 
 pub use crate::domain::State;
 use crate::domain::{AccessToken, AppId, Mode, TicketKind};
+
+use super::counters::AccountCounters;
 
 /// One token as wxtoken serves it. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +75,18 @@ pub struct LastError {
     pub at: i64,
 }
 
-/// Everything `/v1/accounts` and `/readyz` show about an account, but the token.
+/// An account's last failure was a configuration error that only a person
+/// can fix (`wxtoken_account_config_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigFailure {
+    /// WeChat's errcode (40125, 40164, ...).
+    pub errcode: i64,
+    /// The IP WeChat saw, when it said (40164 and its kin).
+    pub ip: Option<IpAddr>,
+}
+
+/// Everything `/v1/accounts`, `/readyz` and `/metrics` show about an
+/// account, but the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountStatus {
     pub state: State,
@@ -93,6 +107,20 @@ pub struct AccountStatus {
     /// `account::plan::Policy::guard_late`). `None` once a token fetched after it
     /// is current.
     pub late_until_ms: Option<i64>,
+    /// Set while the last failure is a configuration error.
+    pub config_error: Option<ConfigFailure>,
+}
+
+impl AccountStatus {
+    /// Token fetches counted on the China-time day of `now_ms` (0 when
+    /// `calls_today` belongs to an earlier day).
+    pub fn calls_on_day_of(&self, now_ms: i64) -> u32 {
+        if self.calls_day == crate::clock::china_day(now_ms.div_euclid(1000)) {
+            self.calls_today
+        } else {
+            0
+        }
+    }
 }
 
 impl Default for AccountStatus {
@@ -106,6 +134,7 @@ impl Default for AccountStatus {
             forces: Vec::new(),
             pending_fetch_ms: None,
             late_until_ms: None,
+            config_error: None,
         }
     }
 }
@@ -122,6 +151,8 @@ pub struct AccountSlot {
     token: ArcSwapOption<TokenRecord>,
     status: ArcSwap<AccountStatus>,
     tickets: ArcSwap<Vec<Arc<TicketRecord>>>,
+    /// What `/metrics` counts for the account.
+    counters: AccountCounters,
 }
 
 impl AccountSlot {
@@ -150,7 +181,13 @@ impl AccountSlot {
             token: ArcSwapOption::empty(),
             status: ArcSwap::from_pointee(status),
             tickets: ArcSwap::from_pointee(Vec::new()),
+            counters: AccountCounters::default(),
         }
+    }
+
+    /// The account's exported counters.
+    pub fn counters(&self) -> &AccountCounters {
+        &self.counters
     }
 
     /// The current token record, if any (it may be past its serve time).
@@ -205,11 +242,26 @@ impl AccountSlot {
 
     /// True when a token is usable now (or the account is disabled).
     pub fn is_ready(&self, now_ms: i64) -> bool {
-        !self.enabled
-            || self
-                .token
-                .load()
-                .as_ref()
-                .is_some_and(|t| t.usable_secs(now_ms).is_some())
+        self.ready_with(self.token.load().as_deref(), now_ms)
+    }
+
+    /// [`is_ready`](Self::is_ready) given the slot's current `token`.
+    fn ready_with(&self, token: Option<&TokenRecord>, now_ms: i64) -> bool {
+        !self.enabled || token.is_some_and(|t| t.usable_secs(now_ms).is_some())
+    }
+
+    /// Calls `f` with the current status, token, tickets and readiness at
+    /// `now_ms`, read once and without copying or counting references (a
+    /// scrape reads every account this way).
+    pub(crate) fn with_view<R>(
+        &self,
+        now_ms: i64,
+        f: impl FnOnce(&AccountStatus, Option<&TokenRecord>, &[Arc<TicketRecord>], bool) -> R,
+    ) -> R {
+        let status = self.status.load();
+        let token = self.token.load();
+        let tickets = self.tickets.load();
+        let ready = self.ready_with(token.as_deref(), now_ms);
+        f(&status, token.as_deref(), &tickets, ready)
     }
 }

@@ -83,6 +83,7 @@ pub struct TestApp {
     grace: Duration,
     clients: bool,
     refresh: Vec<String>,
+    metrics: Vec<String>,
     store: Option<Arc<dyn Storage>>,
     dir: tempfile::TempDir,
 }
@@ -93,6 +94,7 @@ pub struct TestAppBuilder {
     sim: SimConfig,
     clients: bool,
     refresh: Vec<String>,
+    metrics: Vec<String>,
     store: Option<Arc<dyn Storage>>,
 }
 
@@ -118,6 +120,7 @@ impl TestAppBuilder {
             sim: SimConfig::default(),
             clients: true,
             refresh: Vec::new(),
+            metrics: Vec::new(),
             store: None,
         }
     }
@@ -186,6 +189,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Adds a `metrics:` setting, like `per_account: essential`.
+    pub fn metrics_setting(mut self, setting: &str) -> Self {
+        self.metrics.push(setting.to_string());
+        self
+    }
+
     /// Uses this token store instead of the redb file in the temporary directory.
     pub fn store(mut self, store: Arc<dyn Storage>) -> Self {
         self.store = Some(store);
@@ -247,7 +256,7 @@ impl TestAppBuilder {
             &sim,
             &accounts,
             self.clients,
-            &self.refresh,
+            (&self.refresh, &self.metrics),
             &store_path,
         );
         let http = reqwest::Client::builder()
@@ -271,6 +280,7 @@ impl TestAppBuilder {
             grace,
             clients: self.clients,
             refresh: self.refresh,
+            metrics: self.metrics,
             store: self.store,
             dir,
         };
@@ -328,7 +338,7 @@ fn write_config(
     sim: &Simulator,
     accounts: &[TestAccount],
     clients: bool,
-    refresh: &[String],
+    settings: (&[String], &[String]),
     store_path: &Path,
 ) {
     let dir = config_path.parent().expect("the config is in a directory");
@@ -340,7 +350,7 @@ fn write_config(
         )
         .expect("write a secret file");
     }
-    let yaml = config_yaml(sim, accounts, clients, refresh, store_path);
+    let yaml = config_yaml(sim, accounts, clients, settings, store_path);
     // Write and rename, as editors do, so a watcher never sees half a file.
     let tmp = dir.join(".accounts.yaml.tmp");
     std::fs::write(&tmp, yaml).expect("write the config");
@@ -352,7 +362,7 @@ fn config_yaml(
     sim: &Simulator,
     accounts: &[TestAccount],
     clients: bool,
-    refresh: &[String],
+    (refresh, metrics): (&[String], &[String]),
     store_path: &Path,
 ) -> String {
     let mut yaml = format!(
@@ -366,6 +376,12 @@ fn config_yaml(
     );
     for setting in refresh {
         yaml.push_str(&format!("  {setting}\n"));
+    }
+    if !metrics.is_empty() {
+        yaml.push_str("metrics:\n");
+        for setting in metrics {
+            yaml.push_str(&format!("  {setting}\n"));
+        }
     }
     if clients {
         let first = accounts
@@ -456,7 +472,7 @@ impl TestApp {
             &self.sim,
             accounts,
             self.clients,
-            &self.refresh,
+            (&self.refresh, &self.metrics),
             &self.store_path,
         );
     }

@@ -97,6 +97,12 @@ impl Fleet {
         Fleet::start(clock, sim, specs).await
     }
 
+    /// The `/metrics` text (fleet registry and per-account series).
+    fn scrape(&self) -> String {
+        String::from_utf8(self.directory.encode_metrics(&self.metrics, self.now_ms()))
+            .expect("the exposition is UTF-8")
+    }
+
     fn now_ms(&self) -> i64 {
         self.clock.now_unix_ms()
     }
@@ -454,7 +460,7 @@ async fn a_panicking_account_actor_is_restarted_with_its_token_and_nobody_else_n
     fleet
         .wait_for(Duration::from_secs(1), "restart", |f| {
             metric_value(
-                &f.metrics.encode(),
+                &f.scrape(),
                 "wxtoken_actor_restarts_total",
                 &[("appid", victim.as_str())],
             ) == 1.0
@@ -472,7 +478,7 @@ async fn a_panicking_account_actor_is_restarted_with_its_token_and_nobody_else_n
         );
         assert_eq!(fleet.state(&account.appid), State::Ready);
     }
-    let text = fleet.metrics.encode();
+    let text = fleet.scrape();
     for other in &fleet.accounts[1..] {
         assert_eq!(
             metric_value(
@@ -683,7 +689,7 @@ async fn a_panicking_refresh_task_is_a_counted_failure_that_is_retried() {
         })
         .await;
     fleet.assert_served_tokens_are_valid();
-    let text = fleet.metrics.encode();
+    let text = fleet.scrape();
     for account in &fleet.accounts {
         let appid = account.appid.as_str();
         assert_eq!(

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod engine;
 mod faults;
+mod metrics;
 mod observability;
 mod persist;
 mod process;
