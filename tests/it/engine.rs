@@ -931,7 +931,7 @@ async fn refreshes_behind_a_congested_upstream_limit_are_never_late_over_three_l
     println!(
         "congestion: fill {:.1} s; {} calls; max in flight {in_flight} (limit {LIMIT}); \
          ever without a valid token {}; late refreshes {} (least slack {:.1} s); \
-         busiest 10 s {} / mean {:.1} / the limit carries {carried_10s:.0}; \
+         busiest 10 s {} (at {:.0} s) / mean {:.1} / the limit carries {carried_10s:.0}; \
          per account-day stable {:.2} (min {:.2}, max {:.2}, long run {:.2}), \
          legacy {:.2} (min {:.2}, max {:.2}, long run {:.2})",
         f.fill_ms as f64 / 1000.0,
@@ -940,6 +940,7 @@ async fn refreshes_behind_a_congested_upstream_limit_are_never_late_over_three_l
         f.late,
         f.least_slack_ms as f64 / 1000.0,
         f.busiest_10s,
+        f.busiest_at_ms as f64 / 1000.0,
         f.mean_10s,
         f.stable.mean,
         f.stable.min,

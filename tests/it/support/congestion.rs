@@ -24,6 +24,23 @@ use wxtoken::wechat::{FetchRequest, TicketGrant, TokenGrant, TokenSource, Upstre
 
 use super::densest_window;
 
+/// Where the densest window of `width` ms over `samples` (ms) begins.
+fn densest_start(samples: &[i64], width: i64) -> i64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let (mut best, mut at, mut start) = (0, sorted.first().copied().unwrap_or(0), 0);
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= width {
+            start += 1;
+        }
+        if end - start + 1 > best {
+            best = end - start + 1;
+            at = sorted[start];
+        }
+    }
+    at
+}
+
 /// WeChat's token lifetime, in ms.
 pub const LIFE_MS: i64 = 7_200_000;
 const DAY_MS: f64 = 86_400_000.0;
@@ -227,6 +244,8 @@ pub struct Figures {
     /// The most refresh calls sent in any 10 s, and the mean per 10 s, over
     /// the run after the fill.
     pub busiest_10s: usize,
+    /// When the busiest 10 s began, from the start (ms).
+    pub busiest_at_ms: i64,
     pub mean_10s: f64,
     pub legacy: PerDay,
     pub stable: PerDay,
@@ -305,6 +324,7 @@ impl Figures {
             late,
             least_slack_ms,
             busiest_10s: densest_window(&sends, WINDOW_MS),
+            busiest_at_ms: densest_start(&sends, WINDOW_MS) - started_ms,
             mean_10s: sends.len() as f64 * WINDOW_MS as f64 / span as f64,
             legacy: per_day(Mode::Legacy),
             stable: per_day(Mode::Stable),
