@@ -3,7 +3,9 @@
 //! (`startup.rs`), the engine tests and the benchmarks all use.
 //!
 //! Owns: choosing the token source (WeChat from `upstream:`, or the one
-//! given; wrapped in the replicas' lock with `store.redis`), opening the store
+//! given), limiting it to `upstream.max_concurrency` calls in flight
+//! ([`Limited`], whichever source it is), wrapping it in the replicas' lock
+//! with `store.redis`; opening the store
 //! and restoring from it, the refresh [`Policy`], starting the registry with
 //! every configured account, and the replica tasks.
 //!
@@ -30,7 +32,7 @@ use crate::registry::{Apply, ApplySummary, Registry, RouteAdopt, StopAll};
 use crate::replica::{AdoptHook, Direct, ReplicaError, ReplicaOptions, Shared, Source};
 use crate::snapshot::Directory;
 use crate::store::{RedbStore, Storage, StoreError, StoreWriter, move_aside};
-use crate::wechat::{ClientBuildError, TokenSource, WechatClient};
+use crate::wechat::{ClientBuildError, Limited, TokenSource, WechatClient};
 
 /// The parts of the configuration the engine runs on.
 #[derive(Debug, Clone)]
@@ -71,7 +73,8 @@ impl From<&Config> for EngineConfig {
 pub struct EngineOptions {
     /// The one clock of the process.
     pub clock: Clock,
-    /// Where tokens come from; `None` builds a [`WechatClient`] from `upstream:`.
+    /// Where tokens come from; `None` builds a [`WechatClient`] from
+    /// `upstream:`. Either way at most `upstream.max_concurrency` calls are in flight.
     pub upstream: Option<Arc<dyn TokenSource>>,
     /// How long WeChat keeps a superseded token alive ([`WECHAT_GRACE`]).
     pub grace: Duration,
@@ -185,13 +188,16 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Engine, EngineError> {
         let metrics = Metrics::new();
-        let wechat: Arc<dyn TokenSource> = match options.upstream {
+        let source: Arc<dyn TokenSource> = match options.upstream {
             Some(upstream) => upstream,
             None => Arc::new(
                 WechatClient::new(&config.upstream, metrics.clone())
                     .map_err(EngineError::WechatClient)?,
             ),
         };
+        // The one limit on calls in flight, for every source alike.
+        let wechat: Arc<dyn TokenSource> =
+            Arc::new(Limited::new(source, config.upstream.max_concurrency));
         let shared = match &config.store.redis {
             Some(url) => Some(
                 Shared::connect(

@@ -108,6 +108,9 @@ impl AccountActor {
                 // keeps the account alive.
                 let _ = deps.store.put(base.clone()).await;
             }
+            // When each fetch was asked for: with its wait for an upstream
+            // slot, when its request was sent.
+            let mut asked = deps.clock.now_unix_ms();
             let mut result = deps.upstream.fetch(ask.clone()).await;
             if !reached_wechat(&result) {
                 calls -= 1;
@@ -133,6 +136,7 @@ impl AccountActor {
                     forced = true;
                     let mut again = ask.clone();
                     again.request.force_refresh = true;
+                    asked = deps.clock.now_unix_ms();
                     result = deps.upstream.fetch(again).await;
                     if !reached_wechat(&result) {
                         calls -= 1;
@@ -148,14 +152,20 @@ impl AccountActor {
                     Err(SourceError::Upstream(e)) => e.outcome_unknown(),
                     Err(SourceError::Coordination(_)) => false,
                 };
+            // A fetched token's life (and the late window of an earlier
+            // attempt of its call) counts from when the request was sent.
+            let sent = match &result {
+                Ok(Sourced::Fetched(grant)) => add_ms(asked, grant.waited),
+                _ => started,
+            };
             let late = deps
                 .policy
-                .late_after(late_before, started, may_rotate, outcome_unknown);
+                .late_after(late_before, sent, may_rotate, outcome_unknown);
             let result = match result {
                 Ok(sourced) => {
                     let (token, origin, expires) = match sourced {
                         Sourced::Fetched(grant) => {
-                            (grant.access_token, None, add_ms(started, grant.expires_in))
+                            (grant.access_token, None, add_ms(sent, grant.expires_in))
                         }
                         Sourced::Shared(origin) => {
                             let expires = origin.expires_at_ms;
@@ -167,7 +177,7 @@ impl AccountActor {
                     let fetched_at = match (&previous, origin) {
                         (Some(p), _) if same_token => p.fetched_at_ms,
                         (_, Some(origin_fetched)) => origin_fetched,
-                        _ => started,
+                        _ => sent,
                     };
                     let serve_until = plan::serve_new_token(
                         &deps.policy,

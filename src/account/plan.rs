@@ -9,7 +9,24 @@
 //! restart ([`restart_plan`]); tickets ([`ticket_plan`]); the force and call
 //! budgets ([`request_budget`], [`force_budget`], [`stale_fetch_budget`]).
 //!
-//! Invariants: a planned refresh is never after the token's expiry; a legacy
+//! Times: a token's life counts from when its request was sent, after any
+//! wait for an upstream slot ([`crate::wechat::Limited`]), never from when the
+//! refresh was asked for: that is when WeChat's own clock for it starts.
+//!
+//! The schedule (see [`Policy::planned_refresh`]) uses all the room it has, so
+//! that many accounts started at one instant (a cold start) need no more
+//! calls per second than the upstream limit carries: stable refreshes spread
+//! over the whole window but its first seconds and its last fifth, legacy
+//! ones over `legacy_at` ± `jitter` of the life. The fill itself already sends
+//! the first requests at the rate the limit carries, and since lives count
+//! from the send, one lifetime later the refreshes come at most at that rate
+//! too; the spread only lowers it. A refresh that still waits for a slot has
+//! the last fifth of the stable window (the legacy grace) before its token
+//! stops being served; the wait is first come, first served.
+//!
+//! Invariants: a planned refresh is never after the token's expiry, and a
+//! stable one never before its window nor in the window's last fifth (kept
+//! for retries); the mean legacy refresh is at `legacy_at` of the life; a legacy
 //! token is never offered to clients past the next planned refresh plus
 //! WeChat's grace (a legacy refresh kills the old token `grace` later); backoff
 //! never exceeds `backoff_max`, and config-class failures never retry sooner
@@ -33,6 +50,12 @@ pub const WECHAT_GRACE: Duration = Duration::from_secs(300);
 
 /// The most a stable refresh waits after its window opens (see `planned_refresh`).
 const STABLE_MARGIN_MS: f64 = 5_000.0;
+
+/// The last this share of the stable window is kept for retries: no stable
+/// refresh is planned in it (60 s of the default 5 minutes: room for six
+/// attempts at the default backoff of 1, 2, 4, ... s, or for a wait behind
+/// the upstream limit).
+pub const STABLE_RETRY_SHARE: f64 = 0.2;
 
 /// In stable mode, when WeChat still returned the same token inside the window,
 /// ask again after this long (bounded by the expiry).
@@ -72,9 +95,12 @@ impl Policy {
     /// When to refresh a token fetched at `fetched_ms` that expires at
     /// `expires_ms` (Unix milliseconds). `draw` is a uniform sample in [0, 1).
     ///
-    /// Legacy: after `legacy_at` ± `jitter` of the lifetime. Stable: inside the
-    /// last `stable_window`, spread over its first half by `jitter` of the
-    /// lifetime, so that WeChat has already rotated the token when we ask.
+    /// Legacy: after `legacy_at` ± `jitter` of the lifetime (uniform, so the
+    /// mean is `legacy_at`: 0.8 is 15 calls a day). Stable: inside the last
+    /// `stable_window`, when WeChat has already rotated the token, uniform
+    /// over all of it but its first seconds (a margin for the answer's
+    /// latency) and its last [`STABLE_RETRY_SHARE`] (room for retries); at
+    /// most `2 × jitter` of the lifetime wide, like legacy's spread.
     pub fn planned_refresh(&self, mode: Mode, fetched_ms: i64, expires_ms: i64, draw: f64) -> i64 {
         // Times saturate and the result is clamped into [fetched, expires]
         // without `clamp` (which panics when an absurd expiry precedes the fetch).
@@ -93,7 +119,8 @@ impl Policy {
                 // from the request, WeChat's from its answer, so at exactly
                 // `window` before it WeChat may still return the old token.
                 let margin = (window / 10.0).min(STABLE_MARGIN_MS);
-                let spread = (self.refresh.jitter * life).min(window / 2.0);
+                let room = (window * (1.0 - STABLE_RETRY_SHARE) - margin).max(0.0);
+                let spread = (2.0 * self.refresh.jitter * life).min(room);
                 expires_ms
                     .saturating_sub(window as i64)
                     .saturating_add(margin as i64)
@@ -735,13 +762,98 @@ mod tests {
         assert!(p.planned_refresh(Mode::Legacy, 0, H2, 0.999_999) <= 6_120_000);
     }
 
+    /// `n` evenly spaced draws in [0, 1).
+    fn draws(n: u32) -> impl Iterator<Item = f64> {
+        (0..n).map(move |i| f64::from(i) / f64::from(n))
+    }
+
     #[test]
-    fn stable_refreshes_in_the_first_half_of_the_last_window() {
+    fn stable_refreshes_spread_over_the_window_but_its_margin_and_its_last_fifth() {
         let p = policy();
+        let window = 300_000;
         let earliest = p.planned_refresh(Mode::Stable, 0, H2, 0.0);
         let latest = p.planned_refresh(Mode::Stable, 0, H2, 0.999_999);
-        assert_eq!(earliest, H2 - 295_000);
-        assert!(latest <= H2 - 145_000 && latest > earliest);
+        assert_eq!(earliest, H2 - window + 5_000, "5 s into the window");
+        assert!(
+            (H2 - window / 5 - 1..=H2 - window / 5).contains(&latest),
+            "{latest}: the last 60 s are kept for retries"
+        );
+        // Uniform in between: the mean is halfway.
+        let mean = draws(1000)
+            .map(|d| p.planned_refresh(Mode::Stable, 0, H2, d) as f64)
+            .sum::<f64>()
+            / 1000.0;
+        assert!(
+            (mean - (earliest + latest) as f64 / 2.0).abs() < 200.0,
+            "{mean}"
+        );
+    }
+
+    #[test]
+    fn stable_refreshes_are_never_before_the_window_nor_in_its_last_fifth_for_any_window_or_jitter()
+    {
+        for (window_s, jitter, life) in [
+            (300, 0.05, H2),
+            (300, 0.0, H2),
+            (300, 0.49, H2),
+            (30, 0.05, H2),
+            (3_600, 0.01, H2),
+            (300, 0.05, 200_000),
+            (300, 0.05, 1_000),
+        ] {
+            let p = Policy::new(RefreshConfig {
+                stable_window: Duration::from_secs(window_s),
+                jitter,
+                ..RefreshConfig::default()
+            });
+            let window = (window_s as i64 * 1000).min(life);
+            for d in draws(200).chain([0.999_999]) {
+                let fetched = 1_000_000;
+                let at = p.planned_refresh(Mode::Stable, fetched, fetched + life, d);
+                let case =
+                    format!("window {window_s} s, jitter {jitter}, life {life} ms, draw {d}");
+                assert!(
+                    at >= fetched + life - window,
+                    "{case}: {at} before the window"
+                );
+                assert!(
+                    at <= fetched + life - window / 5,
+                    "{case}: {at} in the last fifth"
+                );
+            }
+        }
+        // No jitter: at the start of the window (after its margin).
+        let p = Policy::new(RefreshConfig {
+            jitter: 0.0,
+            ..RefreshConfig::default()
+        });
+        assert_eq!(p.planned_refresh(Mode::Stable, 0, H2, 0.9), H2 - 295_000);
+    }
+
+    #[test]
+    fn legacy_refreshes_average_legacy_at_and_never_come_after_expiry() {
+        for (at, jitter) in [(0.8, 0.05), (0.8, 0.0), (0.9, 0.09), (0.5, 0.3)] {
+            let p = Policy::new(RefreshConfig {
+                legacy_at: at,
+                jitter,
+                ..RefreshConfig::default()
+            });
+            let planned: Vec<i64> = draws(1000)
+                .chain([0.999_999])
+                .map(|d| p.planned_refresh(Mode::Legacy, 0, H2, d))
+                .collect();
+            let mean = planned.iter().sum::<i64>() as f64 / planned.len() as f64;
+            assert!(
+                (mean / H2 as f64 - at).abs() < 0.001,
+                "legacy_at {at}, jitter {jitter}: mean {}",
+                mean / H2 as f64
+            );
+            let lo = ((at - jitter) * H2 as f64) as i64;
+            let hi = ((at + jitter) * H2 as f64) as i64;
+            for t in planned {
+                assert!((lo..=hi).contains(&t) && t < H2, "{t} outside [{lo}, {hi}]");
+            }
+        }
     }
 
     #[test]

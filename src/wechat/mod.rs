@@ -3,24 +3,25 @@
 //! Owns: [`Endpoint`], how each kind of token is obtained; the HTTP calls to
 //! `/cgi-bin/token`, `/cgi-bin/stable_token`, WeCom's `/cgi-bin/gettoken`,
 //! `/cgi-bin/ticket/getticket` and `/cgi-bin/getcallbackip`; failover across
-//! `upstream.base_urls`; the per-request timeout; the global limit on requests
-//! in flight; upstream metrics. Answers are classified by [`error`].
+//! `upstream.base_urls`; the per-request timeout; upstream metrics. Answers
+//! are classified by [`error`]. The limit on requests in flight is [`limit`]'s
+//! [`Limited`], which the engine puts around whichever [`TokenSource`] it uses.
 //!
 //! Invariants: `expires_in` always comes from WeChat's answer, never assumed;
-//! at most `max_concurrency` upstream requests are in flight per client; no
-//! secret or token ever appears in an error, a log line or a metric label.
+//! no secret or token ever appears in an error, a log line or a metric label.
 
 pub mod error;
+pub mod limit;
 
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 use url::Url;
 
 pub use error::{Decision, UpstreamError, WaitCause};
+pub use limit::Limited;
 
 use crate::config::UpstreamConfig;
 use crate::domain::{AccessToken, ApiName, AppId, TicketKind};
@@ -86,6 +87,9 @@ pub struct TokenGrant {
     /// ended with an unknown outcome: WeChat may still process it and, for a
     /// legacy fetch or a forced rotation, mint a token that supersedes this one.
     pub after_unknown: bool,
+    /// How long the call waited for an upstream slot ([`Limited`]) before it
+    /// was sent: the token's life counts from the send, not from the ask.
+    pub waited: Duration,
 }
 
 /// A JS-SDK ticket as WeChat granted it.
@@ -105,14 +109,13 @@ pub enum ClientBuildError {
 }
 
 /// The client for WeChat's token APIs. Cheap to clone; clones share the
-/// connection pool and the in-flight limit.
+/// connection pool. It does not limit requests in flight: [`Limited`] does.
 #[derive(Clone)]
 pub struct WechatClient {
     http: reqwest::Client,
     base_urls: Arc<Vec<Url>>,
     wecom_base_urls: Arc<Vec<Url>>,
     timeout: Duration,
-    limiter: Arc<Semaphore>,
     metrics: Metrics,
 }
 
@@ -186,14 +189,8 @@ impl WechatClient {
                 config.wecom_base_urls.clone()
             }),
             timeout: config.timeout,
-            limiter: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             metrics,
         })
-    }
-
-    /// The number of upstream requests that may start now without waiting.
-    pub fn available_permits(&self) -> usize {
-        self.limiter.available_permits()
     }
 
     /// Legacy `GET /cgi-bin/token`: a new token, the previous one dies 5 minutes later.
@@ -284,19 +281,14 @@ impl WechatClient {
             .ok_or_else(|| decode(ApiName::GetCallbackIp, "the answer has no ip_list"))
     }
 
-    /// Runs one logical call: waits for an in-flight slot, then tries each base
-    /// URL in order until one gives an answer that does not fail over.
+    /// Runs one logical call: tries each base URL in order until one gives an
+    /// answer that does not fail over.
     async fn call(
         &self,
         api: ApiName,
         call: Call<'_>,
         sensitive: Option<&str>,
     ) -> Result<Answer, UpstreamError> {
-        let _permit = self
-            .limiter
-            .acquire()
-            .await
-            .expect("the limiter semaphore is never closed");
         let mut last = None;
         let mut unknown = false;
         let bases = match api {
@@ -506,6 +498,7 @@ fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError
         access_token: credential(api, "access_token", answer.access_token)?,
         expires_in: expiry(api, answer.expires_in)?,
         after_unknown: answer.after_unknown,
+        waited: Duration::ZERO,
     })
 }
 

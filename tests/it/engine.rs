@@ -68,8 +68,20 @@ impl Fleet {
         accounts: Vec<AccountConfig>,
         upstream: Arc<dyn TokenSource>,
     ) -> Fleet {
+        let config = EngineConfig::new(accounts);
+        Fleet::launch_with(clock, sim, config, upstream).await
+    }
+
+    /// Starts a registry with `config` fetching from `upstream`.
+    async fn launch_with(
+        clock: Clock,
+        sim: InProcess,
+        config: EngineConfig,
+        upstream: Arc<dyn TokenSource>,
+    ) -> Fleet {
+        let accounts = config.accounts.clone();
         let engine = Engine::start(
-            &EngineConfig::new(accounts.clone()),
+            &config,
             EngineOptions {
                 clock: clock.clone(),
                 upstream: Some(upstream),
@@ -581,7 +593,9 @@ async fn a_thousand_accounts_fill_without_exceeding_max_concurrency() {
     let accounts = make_accounts(&specs, |reg| sim.register_app(reg));
     // The fleet's own in-process simulator is unused: tokens come over HTTP.
     let unused = InProcess::new(SimConfig::default(), Duration::from_secs(5)).expect("config");
-    let fleet = Fleet::launch(Clock::system(), unused, accounts, Arc::new(client)).await;
+    let mut config = EngineConfig::new(accounts);
+    config.upstream.max_concurrency = MAX_CONCURRENCY;
+    let fleet = Fleet::launch_with(Clock::system(), unused, config, Arc::new(client)).await;
     fleet
         .wait_for(
             Duration::from_secs(60),
@@ -846,4 +860,137 @@ async fn one_client_makes_an_account_refresh_at_most_once_a_minute_and_admins_ev
         .admin_refresh(&administered, Some("admin-2"))
         .await
         .expect("allowed again after 30 s");
+}
+
+/// The congestion of 100,000 accounts (half legacy, half stable) behind 32
+/// upstream calls in flight with 100 ms of latency, scaled down with the same
+/// pressure: the limit needs `accounts × latency / limit` = 312.5 s for one
+/// call per account, so the calls a refresh window needs per second stand in
+/// the same ratio to what the limit carries. All accounts start at once (a
+/// cold start); over three lifetimes no account may ever lack a valid token,
+/// no refresh may finish after the serve time of the token it replaces, a
+/// stable account makes one call per lifetime (12 a day) and a legacy one at
+/// most 15 a day.
+#[actix_web::test]
+async fn refreshes_behind_a_congested_upstream_limit_are_never_late_over_three_lifetimes() {
+    use support::congestion::{Figures, LIFE_MS, Timed, Watch, with_latency};
+    const ACCOUNTS: usize = 500;
+    const LIMIT: usize = 2;
+    const LATENCY: Duration = Duration::from_millis(1_250);
+    const LIFETIMES: u32 = 3;
+    assert_eq!(
+        ACCOUNTS as u128 * LATENCY.as_millis() / LIMIT as u128,
+        100_000 * 100 / 32,
+        "the pressure of 100,000 accounts at 32 in flight and 100 ms"
+    );
+    let (clock, sim) = support::virtual_simulator();
+    with_latency(&sim, LATENCY);
+    let specs: Vec<Spec> = (0..ACCOUNTS)
+        .map(|i| {
+            working(if i % 2 == 0 {
+                Mode::Legacy
+            } else {
+                Mode::Stable
+            })
+        })
+        .collect();
+    let accounts = make_accounts(&specs, |reg| {
+        sim.try_register_app(reg).expect("valid registration")
+    });
+    let timed = Timed::new(Arc::new(sim.clone()), clock.clone(), &accounts);
+    let mut config = EngineConfig::new(accounts);
+    config.upstream.max_concurrency = LIMIT;
+    let started = clock.now_unix_ms();
+    let fleet = Fleet::launch_with(clock, sim, config, Arc::new(timed.clone())).await;
+    timed.watch(fleet.directory.clone());
+    let mut watch = Watch::new(&fleet.directory, &fleet.accounts);
+
+    // Until every account is filled, then three lifetimes more: every 2 s
+    // whether each account has a token to serve, every 10 s whether WeChat
+    // still accepts it.
+    let step = Duration::from_secs(2);
+    let mut end = None;
+    for i in 0u64.. {
+        if end.is_some_and(|end| fleet.now_ms() >= end) {
+            break;
+        }
+        tokio::time::sleep(step).await;
+        let now = fleet.now_ms();
+        watch.observe(now, (i % 5 == 0).then_some(&fleet.sim));
+        if end.is_none() && watch.filled() == ACCOUNTS {
+            end = Some(now + i64::from(LIFETIMES) * LIFE_MS + step.as_millis() as i64);
+        }
+        assert!(
+            now - started < 2 * i64::from(LIFETIMES) * LIFE_MS,
+            "the fill never completed"
+        );
+    }
+    let f = Figures::of(
+        &timed.calls(),
+        &fleet.accounts,
+        started,
+        fleet.now_ms(),
+        LIFETIMES,
+    );
+    let in_flight = fleet.sim.stats().max_token_calls_in_flight;
+    let carried_10s = LIMIT as f64 * 10_000.0 / LATENCY.as_millis() as f64;
+    println!(
+        "congestion: fill {:.1} s; {} calls; max in flight {in_flight} (limit {LIMIT}); \
+         ever without a valid token {}; late refreshes {} (least slack {:.1} s); \
+         busiest 10 s {} (at {:.0} s) / mean {:.1} / the limit carries {carried_10s:.0}; \
+         per account-day stable {:.2} (min {:.2}, max {:.2}, long run {:.2}), \
+         legacy {:.2} (min {:.2}, max {:.2}, long run {:.2})",
+        f.fill_ms as f64 / 1000.0,
+        f.calls,
+        watch.ever_without_valid_token(),
+        f.late,
+        f.least_slack_ms as f64 / 1000.0,
+        f.busiest_10s,
+        f.busiest_at_ms as f64 / 1000.0,
+        f.mean_10s,
+        f.stable.mean,
+        f.stable.min,
+        f.stable.max,
+        f.stable.long_run,
+        f.legacy.mean,
+        f.legacy.min,
+        f.legacy.max,
+        f.legacy.long_run,
+    );
+    assert_eq!(in_flight, LIMIT as u64, "the limit was reached and held");
+    assert_eq!(
+        watch.ever_without_valid_token(),
+        0,
+        "accounts once without a valid token"
+    );
+    assert_eq!(
+        f.late, 0,
+        "refreshes finished after their token's serve time"
+    );
+    assert_eq!(
+        (f.stable.min, f.stable.max),
+        (12.0, 12.0),
+        "stable calls per account-day: one per lifetime"
+    );
+    assert!(
+        f.legacy.max <= 15.0,
+        "legacy calls per account-day up to {}",
+        f.legacy.max
+    );
+    // A legacy token is refreshed at legacy_at ± jitter of its life counted
+    // from when its request was sent: never sooner...
+    let refresh = RefreshConfig::default();
+    let soonest = ((refresh.legacy_at - refresh.jitter) * LIFE_MS as f64) as i64;
+    assert!(
+        f.legacy.shortest_gap_ms >= soonest,
+        "a legacy token was refreshed {} ms after it was fetched (soonest {soonest})",
+        f.legacy.shortest_gap_ms
+    );
+    // ...and at legacy_at (0.8: 15 a day) on average; the sampling error of
+    // 750 intervals is about 0.02 a day, so 0.1 is five of them.
+    assert!(
+        f.legacy.long_run <= 15.1,
+        "legacy calls per account-day in the long run: {}",
+        f.legacy.long_run
+    );
 }

@@ -453,10 +453,21 @@ async fn upstream_requests_in_flight_never_exceed_max_concurrency() {
         ..Default::default()
     });
     let (client, _) = client_with(vec![url(&sim)], Duration::from_secs(5), 2);
+    // The limit the engine puts around the client.
+    let client = wxtoken::wechat::Limited::new(std::sync::Arc::new(client), 2);
 
     let started = Instant::now();
-    let secret = secret(SECRET);
-    let calls = (0..6).map(|_| client.fetch_stable_token(&appid, &secret, false));
+    let calls = (0..6).map(|_| {
+        wxtoken::wechat::TokenSource::fetch(
+            &client,
+            wxtoken::wechat::FetchRequest {
+                appid: appid.clone(),
+                secret: secret(SECRET),
+                endpoint: wxtoken::wechat::Endpoint::Stable,
+                force_refresh: false,
+            },
+        )
+    });
     for result in futures::future::join_all(calls).await {
         result.expect("delayed but fine");
     }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod congestion;
 pub mod probe;
 pub mod process;
 pub mod raw_http;
