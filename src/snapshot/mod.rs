@@ -23,7 +23,10 @@ use crate::metrics::{ACCOUNT_STATES, Metrics};
 
 pub use slot::{AccountSlot, AccountStatus, LastError, State, TicketRecord, TokenRecord};
 
-pub(crate) type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
+/// The directory's map. Hashed with foldhash rather than SipHash: its keys
+/// come from the configuration (never from clients), so it needs no defence
+/// against chosen collisions, and every token read hashes an appid.
+pub(crate) type SlotMap = HashMap<AppId, Arc<AccountSlot>, foldhash::fast::RandomState>;
 
 /// The published, immutable map of account slots. Cloning is cheap; clones
 /// see every later publication.
