@@ -29,8 +29,9 @@
 #   REDIS_REQUESTS  GETs per redis-benchmark round (default 400000)
 #   READY_TIMEOUT seconds to wait for every token (default 300)
 #   KEEP_DIR=1    keep the temporary directory (configs, bodies, raw wrk output)
-#   HOLD=1        after the rounds, keep both servers up until Enter is pressed
-#                 (to profile them by hand; the addresses are printed)
+#   HOLD=1        after the rounds, keep both servers up until the file it
+#                 names is created (to profile them by hand; with ROUNDS=0
+#                 there are no rounds and no summary)
 #
 # Exit status: 0 when the run completed (whether or not targets were met),
 # non-zero when a tool is missing or a server did not start.
@@ -237,15 +238,60 @@ to_us() {
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
+# CPU seconds used on the whole machine so far: user, nice, system and steal
+# time of all cores. Interrupt time is left out: with IRQ time accounting the
+# loopback traffic of wrk and the server is counted there, not in theirs.
+machine_cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {
+        printf "%.2f", ($2 + $3 + $4 + $9) / hz; exit }' /proc/stat
+}
+
+# CPU seconds used so far by the given processes (all their threads).
+procs_cpu() {
+    local hz pid total=0
+    hz="$(getconf CLK_TCK)"
+    for pid in "$@"; do
+        [[ -r "/proc/$pid/stat" ]] || continue
+        total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    awk -v t="$total" -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}'
+}
+
+# CPU seconds used so far by this script's finished children (wrk, curl, ...).
+# `times` must run in this shell, not in a $(...) subshell: it reads to a file.
+children_cpu_to() {
+    times >"$WORK/times.txt"
+    awk 'NR == 2 {
+        n = split($1 " " $2, f, " "); s = 0;
+        for (i = 1; i <= n; i++) { split(f[i], p, "m"); s += p[1] * 60 + p[2] }
+        printf "%.2f", s }' "$WORK/times.txt" >"$1"
+}
+
+# The processes of the server under test: wxtoken, or nginx's master and workers.
+server_pids() {
+    if [[ "$1" == wxtoken ]]; then echo "$WX_PID"; else echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"; fi
+}
+
 # Runs one wrk round with a random appid per request; appends
-# "rps p50_us p99_us errors max_us load1" to $2.
+# "rps p50_us p99_us errors max_us load1 others_pct" to $2, where others_pct
+# is the CPU that neither wrk nor the server used during the round, in
+# percent of all cores (the load average counts wrk and the server too).
 wrk_round() {
     local name=$1 out=$2 base=$3
     shift 3
-    local raw
+    local raw pids m0 s0 c0 m1 s1 c1 others
     raw="$WORK/wrk-$name-$(date +%s%N).txt"
+    read -r -a pids <<<"$(server_pids "$name")"
+    children_cpu_to "$WORK/c0"
+    m0="$(machine_cpu)" s0="$(procs_cpu "${pids[@]}")"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" -s "$LUA" \
         "$base" -- "$WORK/appids.txt" >"$raw"
+    m1="$(machine_cpu)" s1="$(procs_cpu "${pids[@]}")"
+    children_cpu_to "$WORK/c1"
+    c0="$(cat "$WORK/c0")" c1="$(cat "$WORK/c1")"
+    others="$(awk -v a="$m0" -v b="$m1" -v s0="$s0" -v s1="$s1" -v c0="$c0" -v c1="$c1" \
+        -v d="$DURATION" -v n="$NPROC" 'BEGIN {
+        o = (b - a) - (s1 - s0) - (c1 - c0); if (o < 0) o = 0; printf "%.1f", 100 * o / (d * n) }')"
     local rps p50 p99 errors max load
     rps="$(awk '/^Requests\/sec:/ {print $2}' "$raw")"
     p50="$(to_us "$(awk '$1 == "50%" {print $2}' "$raw")")"
@@ -253,9 +299,9 @@ wrk_round() {
     max="$(to_us "$(awk '$1 == "Latency" {print $4; exit}' "$raw")")"
     errors="$(awk '/Non-2xx or 3xx responses:/ {e += $NF} /Socket errors:/ {e += 1} END {print e + 0}' "$raw")"
     load="$(load1)"
-    echo "$rps $p50 $p99 $errors $max $load" >>"$out"
-    printf '  %-8s %10.0f req/s  p50 %8.1f us  p99 %8.1f us  max %9.1f us  errors %s  load %s\n' \
-        "$name" "$rps" "$p50" "$p99" "$max" "$errors" "$load"
+    echo "$rps $p50 $p99 $errors $max $load $others" >>"$out"
+    printf '  %-8s %10.0f req/s  p50 %8.1f us  p99 %8.1f us  max %9.1f us  errors %s  load %s  others %s%%\n' \
+        "$name" "$rps" "$p50" "$p99" "$max" "$errors" "$load" "$others"
 }
 
 # Runs one redis-benchmark round (random key per GET); appends
@@ -320,10 +366,14 @@ status="$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$WX_BASE/v1/token/$
 [[ "$status" == 200 ]] || die "after the load GET /v1/token/$FIRST_APPID answered $status"
 
 if [[ "${HOLD:-0}" == 1 ]]; then
-    echo "holding: wxtoken pid $WX_PID at $WX_BASE (key in $WORK/wxtoken.out), nginx pid $NGINX_PID at $NGINX_BASE,"
-    echo "         appids in $WORK/appids.txt; press Enter to finish"
-    read -r _
+    # For profiling by hand: the servers stay up, the key and list are in files.
+    echo "$AUTH" >"$WORK/auth-header"
+    echo "holding: wxtoken pid $WX_PID at $WX_BASE, nginx pid $NGINX_PID at $NGINX_BASE"
+    echo "  wrk -t$THREADS -c$CONNECTIONS -d10s --latency -H \"\$(cat $WORK/auth-header)\" -s $LUA $WX_BASE -- $WORK/appids.txt"
+    echo "  touch $WORK/release to finish"
+    until [[ -e "$WORK/release" ]]; do sleep 1; done
 fi
+((ROUNDS > 0)) || exit 0
 
 WX_RPS="$(median "$WORK/wxtoken.rounds" 1)"
 WX_P50="$(median "$WORK/wxtoken.rounds" 2)"
@@ -348,10 +398,14 @@ verdict() { # $1 value, $2 op, $3 target
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "median of $ROUNDS rounds:"
-printf '%-28s %12s %10s %10s %8s\n' "" "requests/s" "p50 (us)" "p99 (us)" "errors"
-printf '%-28s %12.0f %10.1f %10.1f %8s\n' "wxtoken GET /v1/token" "$WX_RPS" "$WX_P50" "$WX_P99" "$WX_ERR"
-printf '%-28s %12.0f %10.1f %10.1f %8s\n' "nginx static files" "$NG_RPS" "$NG_P50" "$NG_P99" "$NG_ERR"
-printf '%-28s %12.0f %10.1f %10.1f %8s\n' "redis-benchmark GET -r" "$RD_RPS" "$RD_P50" "$RD_P99" "-"
+printf '%-28s %12s %10s %10s %8s %10s\n' "" "requests/s" "p50 (us)" "p99 (us)" "errors" "others %"
+printf '%-28s %12.0f %10.1f %10.1f %8s %10s\n' "wxtoken GET /v1/token" "$WX_RPS" "$WX_P50" "$WX_P99" "$WX_ERR" \
+    "$(median "$WORK/wxtoken.rounds" 7)"
+printf '%-28s %12.0f %10.1f %10.1f %8s %10s\n' "nginx static files" "$NG_RPS" "$NG_P50" "$NG_P99" "$NG_ERR" \
+    "$(median "$WORK/nginx.rounds" 7)"
+printf '%-28s %12.0f %10.1f %10.1f %8s %10s\n' "redis-benchmark GET -r" "$RD_RPS" "$RD_P50" "$RD_P99" "-" "-"
+echo "(others %: CPU used by neither wrk nor the server during a round, share of all cores;"
+echo " above a few percent the machine was not quiet and the round says little)"
 echo
 echo "wxtoken / nginx:"
 printf '  throughput %s (target >= 1.00: %s)\n' "$R_RPS" "$(verdict "$R_RPS" ">=" 1.00)"
