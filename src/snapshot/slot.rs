@@ -7,7 +7,7 @@
 //! `account/` only); readers never see a token past its `serve_until_ms`
 //! because [`TokenRecord::usable_secs`] is the only way the API reads one.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
@@ -36,7 +36,7 @@ pub struct TokenRecord {
 /// cost of a token read. A cache, not data: it compares equal to every other
 /// `JsonToken` and its `Debug` never shows the (secret) value.
 #[derive(Clone, Default)]
-pub struct JsonToken(OnceLock<Box<str>>);
+pub struct JsonToken(std::sync::OnceLock<Box<str>>);
 
 impl PartialEq for JsonToken {
     fn eq(&self, _: &Self) -> bool {
