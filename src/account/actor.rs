@@ -609,6 +609,7 @@ impl Handler<Adopt> for AccountActor {
             fetched_at_ms: t.fetched_at_ms,
             expires_at_ms: t.expires_at_ms,
             serve_until_ms: t.expires_at_ms,
+            json: Default::default(),
         });
         self.slot.publish(record.clone());
         tracing::info!(appid = %self.config.appid, token = %record.token, "adopted the token another replica fetched");

@@ -193,6 +193,7 @@ impl AccountActor {
                         fetched_at_ms: fetched_at,
                         expires_at_ms: expires,
                         serve_until_ms: serve_until,
+                        json: Default::default(),
                     });
                     // Durable before served: a crash after this point cannot
                     // lose a token that clients already hold.

@@ -67,6 +67,7 @@ fn restore(slot: &AccountSlot, stored: StoredAccount, grace: Duration) {
             fetched_at_ms: t.fetched_at_ms,
             expires_at_ms: t.expires_at_ms,
             serve_until_ms: serve_until,
+            json: Default::default(),
         }));
     }
     for t in stored.tickets {

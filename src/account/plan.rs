@@ -571,6 +571,7 @@ mod tests {
             fetched_at_ms: fetched,
             expires_at_ms: expires,
             serve_until_ms: serve,
+            json: Default::default(),
         }
     }
 

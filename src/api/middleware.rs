@@ -6,9 +6,16 @@
 //! Owns [`HttpMetrics`], an actix-web middleware wrapped around the whole app.
 //! Invariant: the `route` label is the matched resource pattern (each resource
 //! is named after its pattern, see `super::routes`), or `unmatched`; never the
-//! raw path, so label values stay bounded whatever clients send. Per request it
-//! costs two series lookups and no allocation.
+//! raw path, so label values stay bounded whatever clients send.
+//!
+//! Per request it costs no label hashing and no lock: each worker keeps the
+//! counter and histogram handles it has resolved, per route and per
+//! (route, status), and only the first request of a combination on a worker
+//! goes through `with_label_values`. The handles stay valid because nothing
+//! removes or resets the HTTP series; the cache is bounded as the labels are
+//! (routes × statuses actix-web can answer with).
 
+use std::cell::RefCell;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -17,17 +24,69 @@ use std::time::Instant;
 
 use actix_web::Error;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use prometheus::{HistogramVec, IntCounterVec};
+use actix_web::http::StatusCode;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 use crate::metrics::Metrics;
 
 /// The `route` label of requests that matched no endpoint.
 pub const UNMATCHED: &str = "unmatched";
 
-/// The two series the middleware writes.
+/// The two series the middleware writes, and one worker's resolved handles.
 struct Series {
     requests: IntCounterVec,
     duration: HistogramVec,
+    /// Handles resolved so far, one entry per route seen by this worker.
+    cache: RefCell<Vec<RouteHandles>>,
+}
+
+/// The resolved series of one route.
+struct RouteHandles {
+    route: Box<str>,
+    duration: Histogram,
+    /// `wxtoken_http_requests_total{route, status}` per status seen.
+    requests: Vec<(StatusCode, IntCounter)>,
+}
+
+impl Series {
+    /// Counts one request of `route` answered with `status` that took
+    /// `elapsed` seconds.
+    fn record(&self, route: &str, status: StatusCode, elapsed: f64) {
+        // The cache is only borrowed here, never across an await or a call
+        // that could come back; should it be busy anyway, resolve afresh.
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            self.record_uncached(route, status, elapsed);
+            return;
+        };
+        let at = match cache.iter().position(|r| &*r.route == route) {
+            Some(at) => at,
+            None => {
+                cache.push(RouteHandles {
+                    route: route.into(),
+                    duration: self.duration.with_label_values(&[route]),
+                    requests: Vec::new(),
+                });
+                cache.len() - 1
+            }
+        };
+        let handles = &mut cache[at];
+        match handles.requests.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.inc(),
+            None => {
+                let counter = self.requests.with_label_values(&[route, status.as_str()]);
+                counter.inc();
+                handles.requests.push((status, counter));
+            }
+        }
+        handles.duration.observe(elapsed);
+    }
+
+    fn record_uncached(&self, route: &str, status: StatusCode, elapsed: f64) {
+        self.requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+        self.duration.with_label_values(&[route]).observe(elapsed);
+    }
 }
 
 /// Middleware factory recording every request into [`Metrics`].
@@ -36,12 +95,14 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    /// Records into `metrics`' HTTP series.
+    /// Records into `metrics`' HTTP series. Make one per worker (in the
+    /// `HttpServer::new` factory): its handle cache is not shared.
     pub fn new(metrics: &Metrics) -> Self {
         HttpMetrics {
             series: Rc::new(Series {
                 requests: metrics.http_requests.clone(),
                 duration: metrics.http_duration.clone(),
+                cache: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -119,14 +180,7 @@ where
             ),
             Err(err) => (UNMATCHED, err.as_response_error().status_code()),
         };
-        this.series
-            .requests
-            .with_label_values(&[route, status.as_str()])
-            .inc();
-        this.series
-            .duration
-            .with_label_values(&[route])
-            .observe(elapsed);
+        this.series.record(route, status, elapsed);
         tracing::debug!(
             route,
             status = status.as_u16(),
@@ -134,5 +188,106 @@ where
             "http request"
         );
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::*;
+
+    const ROUTE: &str = "/things/{id}";
+    const OTHER: &str = "/other";
+
+    /// An app with two named routes, wrapped like the real one.
+    fn app(
+        middleware: HttpMetrics,
+    ) -> App<
+        impl actix_web::dev::ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<impl actix_web::body::MessageBody>,
+            Error = Error,
+            InitError = (),
+        >,
+    > {
+        App::new()
+            .wrap(middleware)
+            .service(web::resource(ROUTE).name(ROUTE).route(web::get().to(
+                |id: web::Path<String>| async move {
+                    match id.as_str() {
+                        "ok" => HttpResponse::Ok().finish(),
+                        "gone" => HttpResponse::Gone().finish(),
+                        _ => HttpResponse::NotFound().finish(),
+                    }
+                },
+            )))
+            .service(
+                web::resource(OTHER)
+                    .name(OTHER)
+                    .route(web::get().to(|| async { HttpResponse::Accepted().finish() })),
+            )
+            .default_service(web::to(|| async { HttpResponse::NotFound().finish() }))
+    }
+
+    fn count(metrics: &Metrics, route: &str, status: &str) -> u64 {
+        metrics
+            .http_requests
+            .with_label_values(&[route, status])
+            .get()
+    }
+
+    fn observed(metrics: &Metrics, route: &str) -> u64 {
+        metrics
+            .http_duration
+            .with_label_values(&[route])
+            .get_sample_count()
+    }
+
+    #[actix_web::test]
+    async fn cached_handles_count_each_request_under_its_route_and_status() {
+        let metrics = Metrics::new();
+        // Two services from two factories, as two HTTP workers have: each
+        // has its own cache, both count into the same series.
+        let first = test::init_service(app(HttpMetrics::new(&metrics))).await;
+        let second = test::init_service(app(HttpMetrics::new(&metrics))).await;
+        // Interleaved so that every cache lookup after the first hits an
+        // entry resolved for another (route, status).
+        let paths = [
+            "/things/ok",
+            "/things/missing",
+            "/other",
+            "/things/ok",
+            "/nowhere",
+            "/things/gone",
+            "/things/ok",
+            "/things/missing",
+            "/other",
+            "/nowhere/else",
+        ];
+        for (i, path) in paths.iter().enumerate() {
+            let req = test::TestRequest::get().uri(path).to_request();
+            let service = if i % 3 == 0 { &first } else { &second };
+            test::call_service(service, req).await;
+        }
+        assert_eq!(count(&metrics, ROUTE, "200"), 3);
+        assert_eq!(count(&metrics, ROUTE, "404"), 2);
+        assert_eq!(count(&metrics, ROUTE, "410"), 1);
+        assert_eq!(count(&metrics, OTHER, "202"), 2);
+        assert_eq!(count(&metrics, UNMATCHED, "404"), 2);
+        // Nothing landed on a combination that was never answered.
+        assert_eq!(count(&metrics, ROUTE, "202"), 0);
+        assert_eq!(count(&metrics, OTHER, "200"), 0);
+        assert_eq!(count(&metrics, UNMATCHED, "200"), 0);
+        assert_eq!(observed(&metrics, ROUTE), 6);
+        assert_eq!(observed(&metrics, OTHER), 2);
+        assert_eq!(observed(&metrics, UNMATCHED), 2);
+        // And the exposition shows them (the handles are the registry's).
+        let text = metrics.encode();
+        assert!(
+            text.contains("wxtoken_http_requests_total{route=\"/things/{id}\",status=\"200\"} 3"),
+            "{text}"
+        );
     }
 }

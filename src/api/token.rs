@@ -14,7 +14,6 @@ use std::sync::LazyLock;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Serialize;
 
 use super::state::AppState;
 use crate::domain::AppId;
@@ -39,17 +38,6 @@ static CACHE_CONTROL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
         })
         .collect()
 });
-
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    appid: &'a str,
-    access_token: &'a str,
-    expires_in: u64,
-    expires_at: i64,
-    fetched_at: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refreshed: Option<bool>,
-}
 
 /// `GET /v1/token/{appid}`: the current token of an account.
 ///
@@ -84,16 +72,15 @@ pub(crate) fn token_response(
     };
     let now = now_ms.div_euclid(1000);
     let body = TokenBody {
-        appid: slot.appid.as_str(),
-        access_token: record.token.expose(),
+        appid: &slot.appid,
+        record,
         expires_in,
         expires_at: now.saturating_add(i64::try_from(expires_in).unwrap_or(i64::MAX)),
         fetched_at: record.fetched_at_ms.div_euclid(1000),
         refreshed,
-    };
-    let mut buf = Vec::with_capacity(128 + record.token.expose().len());
-    serde_json::to_writer(&mut buf, &body)
-        .map_err(|_| ApiError::internal("the token answer could not be encoded"))?;
+    }
+    .encode()
+    .ok_or_else(|| ApiError::internal("the token answer could not be encoded"))?;
     let cache_control = cache_control(expires_in);
     Ok(HttpResponse::Ok()
         .insert_header((
@@ -101,7 +88,49 @@ pub(crate) fn token_response(
             HeaderValue::from_static("application/json"),
         ))
         .insert_header((header::CACHE_CONTROL, cache_control))
-        .body(buf))
+        .body(body))
+}
+
+/// The fields of one token answer.
+struct TokenBody<'a> {
+    appid: &'a AppId,
+    record: &'a TokenRecord,
+    expires_in: u64,
+    expires_at: i64,
+    fetched_at: i64,
+    refreshed: Option<bool>,
+}
+
+impl TokenBody<'_> {
+    /// The answer's JSON, byte for byte what `serde_json` writes for the
+    /// struct of these fields in this order (`refreshed` left out when
+    /// `None`), without escaping the token again: the record keeps its token
+    /// escaped ([`TokenRecord::token_json`]), so per answer only the appid
+    /// (at most 64 characters) is escaped and three numbers are formatted.
+    ///
+    /// `None` only if `serde_json` failed, which it does not for a `str`.
+    fn encode(&self) -> Option<Vec<u8>> {
+        let token = self.record.token_json()?;
+        let mut numbers = itoa::Buffer::new();
+        let mut buf = Vec::with_capacity(token.len() + self.appid.as_str().len() + 160);
+        buf.extend_from_slice(b"{\"appid\":");
+        serde_json::to_writer(&mut buf, self.appid.as_str()).ok()?;
+        buf.extend_from_slice(b",\"access_token\":");
+        buf.extend_from_slice(token.as_bytes());
+        buf.extend_from_slice(b",\"expires_in\":");
+        buf.extend_from_slice(numbers.format(self.expires_in).as_bytes());
+        buf.extend_from_slice(b",\"expires_at\":");
+        buf.extend_from_slice(numbers.format(self.expires_at).as_bytes());
+        buf.extend_from_slice(b",\"fetched_at\":");
+        buf.extend_from_slice(numbers.format(self.fetched_at).as_bytes());
+        match self.refreshed {
+            Some(true) => buf.extend_from_slice(b",\"refreshed\":true"),
+            Some(false) => buf.extend_from_slice(b",\"refreshed\":false"),
+            None => {}
+        }
+        buf.push(b'}');
+        Some(buf)
+    }
 }
 
 /// `Cache-Control: private, max-age=min(expires_in, 60)` (contract §3), prebuilt.
@@ -147,4 +176,155 @@ pub(crate) fn disabled(appid: &AppId) -> ApiError {
         ),
         DISABLED_RETRY_SECS,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    use super::*;
+    use crate::domain::{AccessToken, Mode};
+
+    /// The answer as `serde_json` writes it: the reference the prebuilt
+    /// encoding must match byte for byte.
+    #[derive(Serialize)]
+    struct Reference<'a> {
+        appid: &'a str,
+        access_token: &'a str,
+        expires_in: u64,
+        expires_at: i64,
+        fetched_at: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refreshed: Option<bool>,
+    }
+
+    fn record(token: &str) -> TokenRecord {
+        TokenRecord {
+            token: AccessToken::new(token),
+            mode: Mode::Stable,
+            fetched_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_007_200_123,
+            serve_until_ms: 1_700_007_000_123,
+            json: Default::default(),
+        }
+    }
+
+    /// Tokens come from upstream and are untrusted (the store and a replica
+    /// can hold anything): every character JSON must escape, and some it must not.
+    const TOKENS: &[&str] = &[
+        "plain-token_0123456789ABCDEFabcdef",
+        "quote\"backslash\\slash/",
+        "controls\u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f}",
+        "unicode é ü 中文 😀 \u{2028}\u{2029} \u{feff}",
+        "\"",
+        "\\",
+        "",
+        "</script><!--",
+    ];
+
+    #[test]
+    fn the_prebuilt_answer_is_what_serde_json_writes() {
+        let appid = AppId::parse("wx0b0e0c0a0f0e0d01").expect("valid appid");
+        let long = "ab\"c\\\n".repeat(400);
+        let numbers = [
+            (0u64, 0i64, 0i64),
+            (7199, 1_700_007_199, 1_700_000_000),
+            (u64::MAX, i64::MAX, i64::MIN),
+            (1, -1, -1_700_000_000),
+        ];
+        for token in TOKENS.iter().copied().chain([long.as_str()]) {
+            let record = record(token);
+            for (expires_in, expires_at, fetched_at) in numbers {
+                for refreshed in [None, Some(true), Some(false)] {
+                    let body = TokenBody {
+                        appid: &appid,
+                        record: &record,
+                        expires_in,
+                        expires_at,
+                        fetched_at,
+                        refreshed,
+                    };
+                    let reference = serde_json::to_vec(&Reference {
+                        appid: appid.as_str(),
+                        access_token: token,
+                        expires_in,
+                        expires_at,
+                        fetched_at,
+                        refreshed,
+                    })
+                    .expect("serde_json encodes");
+                    let ours = body.encode().expect("encodes");
+                    assert_eq!(
+                        String::from_utf8_lossy(&ours),
+                        String::from_utf8_lossy(&reference),
+                        "token {token:?}"
+                    );
+                    // And it decodes back to the token, whatever it holds.
+                    let parsed: serde_json::Value =
+                        serde_json::from_slice(&ours).expect("valid JSON");
+                    assert_eq!(parsed["access_token"], token);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_escaped_token_is_built_once() {
+        let record = record("quote\"token");
+        let first = record.token_json().expect("escapes");
+        assert_eq!(first, r#""quote\"token""#);
+        let again = record.token_json().expect("escapes");
+        assert!(
+            std::ptr::eq(first, again),
+            "escaped again instead of reused"
+        );
+        // The cache is not data: a record equals its uncached twin, and its
+        // Debug shows neither the token nor its escaped form.
+        assert_eq!(record, self::record("quote\"token"));
+        assert!(
+            !format!("{record:?}").contains("quote"),
+            "Debug shows the token"
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_token_answer_carries_the_contract_headers_and_body() {
+        let slot = AccountSlot::new(
+            AppId::parse("wx0b0e0c0a0f0e0d01").expect("valid appid"),
+            "shop".to_string(),
+            Mode::Stable,
+            true,
+            Vec::new(),
+        );
+        let record = record("tok\"en");
+        let now_ms = record.serve_until_ms - 30_500;
+        let res = token_response(&slot, &record, now_ms, Some(true)).expect("usable");
+        assert_eq!(res.status(), 200);
+        let headers = res.headers();
+        assert_eq!(
+            headers.get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+        assert_eq!(
+            headers.get(header::CACHE_CONTROL),
+            Some(&HeaderValue::from_static("private, max-age=30"))
+        );
+        let body = actix_web::body::to_bytes(res.into_body())
+            .await
+            .expect("body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "appid": "wx0b0e0c0a0f0e0d01",
+                "access_token": "tok\"en",
+                "expires_in": 30,
+                "expires_at": now_ms.div_euclid(1000) + 30,
+                "fetched_at": 1_700_000_000,
+                "refreshed": true,
+            })
+        );
+        // Less than a second left: no answer with a token.
+        assert!(token_response(&slot, &record, record.serve_until_ms - 999, None).is_err());
+    }
 }

@@ -29,7 +29,10 @@ pub use slot::{
     AccountSlot, AccountStatus, ConfigFailure, LastError, State, TicketRecord, TokenRecord,
 };
 
-pub(crate) type SlotMap = HashMap<AppId, Arc<AccountSlot>>;
+/// The directory's map. Hashed with foldhash rather than SipHash: its keys
+/// come from the configuration (never from clients), so it needs no defence
+/// against chosen collisions, and every token read hashes an appid.
+pub(crate) type SlotMap = HashMap<AppId, Arc<AccountSlot>, foldhash::fast::RandomState>;
 
 /// One publication: the map the read path looks appids up in, and the same
 /// slots sorted by appid (sorted once per publication, not per scrape or

@@ -28,9 +28,45 @@ pub struct TokenRecord {
     pub expires_at_ms: i64,
     /// Until when clients may use it (see `account::plan::Policy::serve_until`).
     pub serve_until_ms: i64,
+    /// `token` as a JSON string, escaped on first use (see
+    /// [`TokenRecord::token_json`]); `Default::default()` when building one.
+    pub json: JsonToken,
+}
+
+/// The JSON string literal of a record's token (quotes included), escaped
+/// once by `serde_json` on first use and kept for every later answer: tokens
+/// are 128 to 2048 characters and escaping them byte by byte was the largest
+/// cost of a token read. A cache, not data: it compares equal to every other
+/// `JsonToken` and its `Debug` never shows the (secret) value.
+#[derive(Clone, Default)]
+pub struct JsonToken(std::sync::OnceLock<Box<str>>);
+
+impl PartialEq for JsonToken {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for JsonToken {}
+
+impl std::fmt::Debug for JsonToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonToken")
+    }
 }
 
 impl TokenRecord {
+    /// The token as a JSON string literal (quotes included, escaped exactly as
+    /// `serde_json` escapes it), built on the first call.
+    /// `None` only if `serde_json` failed, which it does not for a `str`.
+    pub fn token_json(&self) -> Option<&str> {
+        if let Some(json) = self.json.0.get() {
+            return Some(json);
+        }
+        let json = serde_json::to_string(self.token.expose()).ok()?;
+        Some(self.json.0.get_or_init(|| json.into_boxed_str()))
+    }
+
     /// Whole seconds a client may keep using this token from `now_ms`, or
     /// `None` when less than one second is left (then it is not served).
     pub fn usable_secs(&self, now_ms: i64) -> Option<u64> {
