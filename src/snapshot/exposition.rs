@@ -270,7 +270,7 @@ impl Families {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+
     use std::sync::Arc;
 
     use super::*;
@@ -302,6 +302,7 @@ mod tests {
             fetched_at_ms: NOW - 1_000,
             expires_at_ms: NOW + 7_199_123,
             serve_until_ms: NOW + 7_000_000,
+            json: Default::default(),
         }));
         a.publish_ticket(Arc::new(TicketRecord {
             kind: TicketKind::Jsapi,
@@ -339,7 +340,7 @@ mod tests {
 
         let c = slot(C, false, vec![]);
         let directory = Directory::default();
-        let map: HashMap<_, _> = [a, b, c]
+        let map: crate::snapshot::SlotMap = [a, b, c]
             .into_iter()
             .map(|s| (s.appid.clone(), s))
             .collect();
