@@ -1,8 +1,9 @@
 //! Scale benchmark: thousands of accounts on one wxtoken.
 //!
-//! `cargo bench --bench scale [-- --accounts N --idle-secs S --lifetimes L
-//! --cost-accounts M --skip-serve --only-spread]` measures, in this order
-//! (`--only-spread`: phase 3 alone):
+//! `cargo bench --bench scale [-- --accounts N | --100k, --latency-ms MS
+//! --idle-secs S --lifetimes L --cost-accounts M --skip-serve --only-spread]`
+//! (10,000 accounts by default, 50 ms of simulator latency in phases 1 and 2,
+//! 60 s idle) measures, in this order (`--only-spread`: phase 3 alone):
 //!
 //! 1. **Fill and restart through the library** (real HTTP upstream): a
 //!    `wxtoken simulator` child process (so that its memory is not counted
@@ -939,15 +940,18 @@ async fn register_over_http(http: &reqwest::Client, base: &str, accounts: &[Acco
 
 /// Token calls (`token` and `stable_token`) the simulator at `base` received.
 async fn token_calls(http: &reqwest::Client, base: &str) -> u64 {
-    let stats: Stats = http
-        .get(format!("{base}/sim/stats"))
+    all_token_calls(&sim_stats(http, base).await)
+}
+
+/// The counters of the simulator at `base` (`GET /sim/stats`).
+async fn sim_stats(http: &reqwest::Client, base: &str) -> Stats {
+    http.get(format!("{base}/sim/stats"))
         .send()
         .await
         .expect("the simulator answers")
         .json()
         .await
-        .expect("the simulator's stats are JSON");
-    all_token_calls(&stats)
+        .expect("the simulator's stats are JSON")
 }
 
 /// `VmRSS` of a `/proc/PID/status` file, in KiB.
@@ -1050,15 +1054,7 @@ impl SimProcess {
 
 /// The most token calls the simulator at `base` had in flight at once.
 async fn max_in_flight(http: &reqwest::Client, base: &str) -> u64 {
-    let stats: Stats = http
-        .get(format!("{base}/sim/stats"))
-        .send()
-        .await
-        .expect("the simulator answers")
-        .json()
-        .await
-        .expect("the simulator's stats are JSON");
-    stats.max_token_calls_in_flight
+    sim_stats(http, base).await.max_token_calls_in_flight
 }
 
 /// The figures of the table that depend on the fleet size:
