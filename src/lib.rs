@@ -11,6 +11,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod metrics;
+pub mod openplatform;
 pub mod panics;
 pub mod registry;
 pub mod reload;

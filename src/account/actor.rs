@@ -223,7 +223,7 @@ impl AccountActor {
             last_stale_fetch_ms: self.last_stale_fetch_ms,
             last_admin_refresh_ms: self.last_admin_refresh_ms,
             client_last_ms: client.and_then(|c| self.client_refreshes.get(c).copied()),
-            calls_today: plan::calls_today(&status, now),
+            calls_today: status.calls_on_day_of(now),
         };
         plan::request_budget(reason, &self.endpoint, &spent, now)
     }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::clock::{add_ms, china_day, until_ms};
+use crate::clock::{add_ms, until_ms};
 use crate::config::RefreshConfig;
 use crate::domain::Mode;
 use crate::snapshot::{AccountStatus, State, TicketRecord, TokenRecord};
@@ -537,15 +537,6 @@ pub fn request_budget(
     match (by_client, by_account) {
         (Ok(()), Ok(())) => Ok(()),
         (a, b) => Err(a.err().max(b.err()).unwrap_or_default()),
-    }
-}
-
-/// The token calls of `status` that count today (China time) at `now_ms`.
-pub fn calls_today(status: &AccountStatus, now_ms: i64) -> u32 {
-    if status.calls_day == china_day(now_ms.div_euclid(1000)) {
-        status.calls_today
-    } else {
-        0
     }
 }
 

@@ -14,10 +14,9 @@ use serde::Serialize;
 
 use super::state::AppState;
 use crate::account::Reason;
-use crate::clock::china_day;
 use crate::domain::Mode;
 use crate::registry::RouteRefresh;
-use crate::snapshot::{AccountStatus, LastError, State};
+use crate::snapshot::{LastError, State};
 
 use super::error::ApiError;
 use super::path_account;
@@ -50,7 +49,6 @@ pub async fn list_accounts(
     let caller = auth.authenticate(&req)?;
     caller.check_admin()?;
     let now_ms = state.clock.now_unix_ms();
-    let today = china_day(now_ms.div_euclid(1000));
     let rows: Vec<_> = state
         .directory
         .all()
@@ -72,7 +70,7 @@ pub async fn list_accounts(
             expires_at: token.as_ref().map(|t| t.expires_at_ms.div_euclid(1000)),
             next_refresh_at: status.next_refresh_at_ms.map(|ms| ms.div_euclid(1000)),
             last_error: status.last_error.as_ref(),
-            upstream_calls_today: calls_today(status, today),
+            upstream_calls_today: status.calls_on_day_of(now_ms),
         })
         .collect();
     let body = serde_json::to_vec(&views)
@@ -84,15 +82,6 @@ pub async fn list_accounts(
         ))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .body(body))
-}
-
-/// Upstream token calls counted on China-time day `today`.
-fn calls_today(status: &AccountStatus, today: i64) -> u32 {
-    if status.calls_day == today {
-        status.calls_today
-    } else {
-        0
-    }
 }
 
 /// `POST /v1/accounts/{appid}/refresh` (admin): fetch a new token now (in
