@@ -252,15 +252,33 @@ pub enum ApiName {
     GetCallbackIp,
     /// WeCom's `GET /cgi-bin/gettoken` on `qyapi.weixin.qq.com`.
     WecomToken,
+    /// Open Platform `POST /cgi-bin/component/api_component_token`.
+    ComponentToken,
+    /// Open Platform `api_query_auth` (authorization code → authorizer tokens).
+    QueryAuth,
+    /// Open Platform `api_authorizer_token` (refresh token → authorizer token).
+    AuthorizerToken,
+    /// Open Platform `api_get_authorizer_list` (pages of refresh tokens).
+    AuthorizerList,
+    /// Open Platform `api_create_preauthcode`.
+    PreAuthCode,
+    /// Open Platform `api_start_push_ticket`.
+    StartPushTicket,
 }
 
 impl ApiName {
-    pub const ALL: [ApiName; 5] = [
+    pub const ALL: [ApiName; 11] = [
         ApiName::Token,
         ApiName::StableToken,
         ApiName::GetTicket,
         ApiName::GetCallbackIp,
         ApiName::WecomToken,
+        ApiName::ComponentToken,
+        ApiName::QueryAuth,
+        ApiName::AuthorizerToken,
+        ApiName::AuthorizerList,
+        ApiName::PreAuthCode,
+        ApiName::StartPushTicket,
     ];
 
     /// The metric label and the name used in messages.
@@ -271,6 +289,12 @@ impl ApiName {
             ApiName::GetTicket => "getticket",
             ApiName::GetCallbackIp => "getcallbackip",
             ApiName::WecomToken => "wecom_gettoken",
+            ApiName::ComponentToken => "api_component_token",
+            ApiName::QueryAuth => "api_query_auth",
+            ApiName::AuthorizerToken => "api_authorizer_token",
+            ApiName::AuthorizerList => "api_get_authorizer_list",
+            ApiName::PreAuthCode => "api_create_preauthcode",
+            ApiName::StartPushTicket => "api_start_push_ticket",
         }
     }
 }

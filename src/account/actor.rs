@@ -45,6 +45,10 @@ pub fn endpoint(config: &AccountConfig) -> Endpoint {
         },
         (AccountKind::Wechat, Mode::Legacy) => Endpoint::Legacy,
         (AccountKind::Wechat, Mode::Stable) => Endpoint::Stable,
+        (AccountKind::Component, _) => Endpoint::Component,
+        (AccountKind::Authorizer { component }, _) => Endpoint::Authorizer {
+            component: component.clone(),
+        },
     }
 }
 

@@ -71,6 +71,7 @@ impl AccountActor {
                 secret: self.config.secret.clone(),
                 force_refresh: force && endpoint.can_force(),
                 endpoint: endpoint.clone(),
+                open: None,
             },
             known: self.slot.token().map(|t| t.token.clone()),
         };

@@ -223,6 +223,11 @@ impl Policy {
                     .max(Duration::from_millis(100))
             }
             Decision::ConfigError { retry_after } => (*retry_after).max(exp),
+            // The actor recovers the refresh token first and then retries at once.
+            Decision::Recover => exp,
+            // Never again; the actor stops its timer (this only bounds a retry
+            // that a bug might still arm).
+            Decision::Revoked => Duration::from_secs(24 * 3600),
             Decision::NotBefore { unix, .. } => {
                 until_ms(now_ms, unix.saturating_mul(1000))
                     + Duration::from_millis((draw * 5000.0) as u64)
@@ -343,7 +348,8 @@ pub fn retry_after(decision: &Decision, now_ms: i64) -> Duration {
     let secs = match decision {
         Decision::NotBefore { unix, .. } => unix.saturating_sub(now).max(1).unsigned_abs(),
         Decision::ConfigError { retry_after } => retry_after.as_secs().max(1),
-        Decision::Retry | Decision::TokenRejected => 1,
+        Decision::Retry | Decision::TokenRejected | Decision::Recover => 1,
+        Decision::Revoked => 24 * 3600,
     };
     Duration::from_secs(secs)
 }

@@ -57,7 +57,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Who may read tokens; empty means unauthenticated loopback access.
     pub clients: Vec<ClientConfig>,
-    /// The WeChat accounts whose tokens are kept fresh (at least one).
+    /// Open Platform third-party platforms (contract §6); their authorizers
+    /// are not in the file: they arrive by events and live in the store.
+    pub components: Vec<ComponentConfig>,
+    /// The WeChat accounts whose tokens are kept fresh (at least one unless
+    /// components are configured).
     pub accounts: Vec<AccountConfig>,
     /// The digest of the text this configuration was read from, so a reload
     /// can tell whether the file changed since.
@@ -216,6 +220,57 @@ pub struct AccountConfig {
     pub tickets: Vec<crate::domain::TicketKind>,
 }
 
+/// One Open Platform third-party platform (`components:`).
+#[derive(Debug, Clone)]
+pub struct ComponentConfig {
+    /// The `component_appid` (WeChat appid syntax), unique across accounts
+    /// and components.
+    pub appid: AppId,
+    /// Free text for status and dashboards (defaults to the appid).
+    pub name: String,
+    /// The `component_appsecret`.
+    pub secret: SecretString,
+    /// The message-check Token set on the platform (signs pushed events).
+    pub token: SecretString,
+    /// The 43-character EncodingAESKey (decrypts pushed events).
+    pub encoding_aes_key: SecretString,
+    /// A disabled component keeps its record but is neither refreshed nor
+    /// served, and its authorizers neither.
+    pub enabled: bool,
+}
+
+impl ComponentConfig {
+    /// The component as an account of the registry: its own token
+    /// (`component_access_token`, legacy semantics: every fetch mints one).
+    pub fn account(&self) -> AccountConfig {
+        AccountConfig {
+            appid: self.appid.clone(),
+            name: self.name.clone(),
+            secret: self.secret.clone(),
+            mode: Mode::Legacy,
+            enabled: self.enabled,
+            kind: AccountKind::Component,
+            tickets: Vec::new(),
+        }
+    }
+}
+
+/// The account of an authorizer of `component` (its secret is the refresh
+/// token, which lives in the slot and the store, not here).
+pub fn authorizer_account(component: &ComponentConfig, appid: AppId) -> AccountConfig {
+    AccountConfig {
+        name: appid.as_str().to_string(),
+        appid,
+        secret: SecretString::from(String::new()),
+        mode: Mode::Legacy,
+        enabled: component.enabled,
+        kind: AccountKind::Authorizer {
+            component: component.appid.clone(),
+        },
+        tickets: Vec::new(),
+    }
+}
+
 /// What kind of account a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AccountKind {
@@ -225,4 +280,30 @@ pub enum AccountKind {
     /// A WeCom (企业微信) application: one token per (corpid, agentid), from
     /// `qyapi.weixin.qq.com/cgi-bin/gettoken`. Its id is `corpid:agentid`.
     Wecom { corpid: String, agentid: u64 },
+    /// An Open Platform third-party platform's own `component_access_token`
+    /// (configured under `components:`).
+    Component,
+    /// An Open Platform authorizer of `component`: its
+    /// `authorizer_access_token`, refreshed with its refresh token.
+    Authorizer { component: AppId },
+}
+
+impl AccountKind {
+    /// The `kind` word of `/v1/accounts`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AccountKind::Wechat => "account",
+            AccountKind::Wecom { .. } => "wecom",
+            AccountKind::Component => "component",
+            AccountKind::Authorizer { .. } => "authorizer",
+        }
+    }
+
+    /// The component an authorizer belongs to.
+    pub fn component(&self) -> Option<&AppId> {
+        match self {
+            AccountKind::Authorizer { component } => Some(component),
+            _ => None,
+        }
+    }
 }

@@ -102,6 +102,7 @@ impl Walk<'_> {
             refresh: refresh?,
             metrics: metrics?,
             clients: clients.valid?,
+            components: Vec::new(),
             accounts: accounts?,
             digest: self.digest,
         })

@@ -28,16 +28,29 @@ pub(crate) enum Api {
     GetCallbackIp,
     /// WeCom's `GET /cgi-bin/gettoken`.
     WecomToken,
+    /// The Open Platform's component APIs (`/cgi-bin/component/...`).
+    ComponentToken,
+    QueryAuth,
+    AuthorizerToken,
+    AuthorizerList,
+    PreAuthCode,
+    StartPushTicket,
 }
 
 impl Api {
     /// Every API, in the order the control API lists them.
-    pub(crate) const ALL: [Api; 5] = [
+    pub(crate) const ALL: [Api; 11] = [
         Api::Token,
         Api::StableToken,
         Api::GetTicket,
         Api::GetCallbackIp,
         Api::WecomToken,
+        Api::ComponentToken,
+        Api::QueryAuth,
+        Api::AuthorizerToken,
+        Api::AuthorizerList,
+        Api::PreAuthCode,
+        Api::StartPushTicket,
     ];
 
     /// The simulated API of one of wxtoken's upstream APIs.
@@ -49,6 +62,12 @@ impl Api {
             ApiName::GetTicket => Api::GetTicket,
             ApiName::GetCallbackIp => Api::GetCallbackIp,
             ApiName::WecomToken => Api::WecomToken,
+            ApiName::ComponentToken => Api::ComponentToken,
+            ApiName::QueryAuth => Api::QueryAuth,
+            ApiName::AuthorizerToken => Api::AuthorizerToken,
+            ApiName::AuthorizerList => Api::AuthorizerList,
+            ApiName::PreAuthCode => Api::PreAuthCode,
+            ApiName::StartPushTicket => Api::StartPushTicket,
         }
     }
 
@@ -60,6 +79,12 @@ impl Api {
             Api::GetTicket => "getticket",
             Api::GetCallbackIp => "getcallbackip",
             Api::WecomToken => "gettoken",
+            Api::ComponentToken => "api_component_token",
+            Api::QueryAuth => "api_query_auth",
+            Api::AuthorizerToken => "api_authorizer_token",
+            Api::AuthorizerList => "api_get_authorizer_list",
+            Api::PreAuthCode => "api_create_preauthcode",
+            Api::StartPushTicket => "api_start_push_ticket",
         }
     }
 
@@ -344,6 +369,12 @@ fn truncated_json(api: Api) -> &'static str {
         Api::Token | Api::StableToken | Api::WecomToken => r#"{"access_token":"81_Xq3vT0kP"#,
         Api::GetTicket => r#"{"errcode":0,"errmsg":"ok","ticket":"bxLdikRXVbTP"#,
         Api::GetCallbackIp => r#"{"ip_list":["101.226.10"#,
+        Api::ComponentToken => r#"{"component_access_token":"61_W9x"#,
+        Api::QueryAuth => r#"{"authorization_info":{"authorizer_appid":"wx"#,
+        Api::AuthorizerToken => r#"{"authorizer_access_token":"61_Ab3"#,
+        Api::AuthorizerList => r#"{"total_count":3,"list":[{"authorizer_appid":"#,
+        Api::PreAuthCode => r#"{"pre_auth_code":"preauthcode@@@"#,
+        Api::StartPushTicket => r#"{"errcode":0,"errm"#,
     }
 }
 

@@ -138,6 +138,13 @@ impl InProcess {
             }
             Endpoint::Legacy => self.state.legacy_token(&creds, peer),
             Endpoint::Stable => self.state.stable_token(&creds, req.force_refresh, peer),
+            Endpoint::Component | Endpoint::Authorizer { .. } => {
+                // Filled in with the simulator's Open Platform.
+                return Err(UpstreamError::Decode {
+                    api: api_name,
+                    detail: "the Open Platform is not simulated yet".to_string(),
+                });
+            }
         };
         match answer {
             Ok(issued) => {

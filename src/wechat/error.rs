@@ -22,7 +22,8 @@ pub const CONFIG_ERROR_RETRY: Duration = Duration::from_secs(300);
 /// upstream cannot create unbounded label values.
 pub const KNOWN_ERRCODES: &[i64] = &[
     -1, 40001, 40002, 40013, 40014, 40056, 40091, 40125, 40164, 40243, 41002, 41004, 42001, 45009,
-    45011, 48001, 48002, 60020, 89501, 89503, 89506, 89507,
+    45011, 48001, 48002, 60020, 61003, 61004, 61005, 61006, 61007, 61009, 61010, 61011, 61023,
+    61024, 89501, 89503, 89506, 89507,
 ];
 
 /// A failed call to WeChat.
@@ -77,8 +78,16 @@ pub enum Decision {
     /// limit, IP blocked for a period).
     NotBefore { unix: i64, cause: WaitCause },
     /// The token that was used was rejected (40001/40014/42001 on use):
-    /// compare-and-refresh it.
+    /// compare-and-refresh it. On an authorizer's call, the token used is
+    /// its component's.
     TokenRejected,
+    /// Open Platform: the authorizer's refresh token (61023) or authorization
+    /// code (61009/61010) is unusable: recover it once through
+    /// `api_get_authorizer_list`, then the merchant must authorize again.
+    Recover,
+    /// Open Platform 61003: the merchant revoked the platform; never refresh
+    /// this authorizer again.
+    Revoked,
 }
 
 /// Why a [`Decision::NotBefore`] waits.
@@ -199,8 +208,20 @@ impl UpstreamError {
             self.api(),
             ApiName::Token | ApiName::StableToken | ApiName::WecomToken
         );
+        let component = self.api() == ApiName::ComponentToken;
+        let authorizer = matches!(self.api(), ApiName::AuthorizerToken | ApiName::QueryAuth);
         match code {
             -1 => Decision::Retry,
+            // Open Platform. Ticket expired or invalid: mint again with the
+            // newest ticket (a new one is pushed every 10 minutes); 48001
+            // comes in bursts from api_component_token.
+            61005 | 61006 | 48001 if component => Decision::Retry,
+            61004 | 61011 | 61024 => config,
+            61003 if authorizer => Decision::Revoked,
+            61023 | 61009 | 61010 if authorizer => Decision::Recover,
+            61007 => config,
+            // The component's secret is wrong (as 40001 on /cgi-bin/token).
+            40001 if component => config,
             // On a fetch, 40001 means the secret is wrong; on use, the token is stale.
             40001 if fetching => config,
             40001 | 40014 | 42001 => Decision::TokenRejected,

@@ -121,6 +121,7 @@ mod tests {
                     expires_in: Duration::from_secs(7200),
                     after_unknown: false,
                     waited: Duration::ZERO,
+                    refresh_token: None,
                 })
             })
         }
@@ -147,6 +148,7 @@ mod tests {
             secret: SecretString::from("s".to_string()),
             endpoint: Endpoint::Stable,
             force_refresh: false,
+            open: None,
         }
     }
 

@@ -35,6 +35,12 @@ fn path(api: ApiName) -> &'static str {
         ApiName::GetTicket => "cgi-bin/ticket/getticket",
         ApiName::GetCallbackIp => "cgi-bin/getcallbackip",
         ApiName::WecomToken => "cgi-bin/gettoken",
+        ApiName::ComponentToken => "cgi-bin/component/api_component_token",
+        ApiName::QueryAuth => "cgi-bin/component/api_query_auth",
+        ApiName::AuthorizerToken => "cgi-bin/component/api_authorizer_token",
+        ApiName::AuthorizerList => "cgi-bin/component/api_get_authorizer_list",
+        ApiName::PreAuthCode => "cgi-bin/component/api_create_preauthcode",
+        ApiName::StartPushTicket => "cgi-bin/component/api_start_push_ticket",
     }
 }
 
@@ -54,6 +60,15 @@ pub enum Endpoint {
     /// WeCom corpsecret, `GET /cgi-bin/gettoken?corpid=`: the token of one
     /// WeCom application; a call never rotates it.
     Wecom { corpid: String },
+    /// Open Platform component: `POST /cgi-bin/component/api_component_token`
+    /// with the `component_appsecret` and the newest verify ticket
+    /// ([`OpenCredential::Ticket`]). Every call mints a new token and the
+    /// previous one dies WeChat's grace later (legacy semantics).
+    Component,
+    /// Open Platform authorizer of `component`: `api_authorizer_token` with
+    /// its refresh token, or `api_query_auth` with a fresh authorization code
+    /// ([`OpenCredential`]). Assumed to have legacy semantics.
+    Authorizer { component: AppId },
 }
 
 impl Endpoint {
@@ -63,12 +78,17 @@ impl Endpoint {
             Endpoint::Legacy => ApiName::Token,
             Endpoint::Stable => ApiName::StableToken,
             Endpoint::Wecom { .. } => ApiName::WecomToken,
+            Endpoint::Component => ApiName::ComponentToken,
+            Endpoint::Authorizer { .. } => ApiName::AuthorizerToken,
         }
     }
 
     /// True when every call mints a new token (and so kills the previous one).
     pub fn rotates_on_fetch(&self) -> bool {
-        matches!(self, Endpoint::Legacy)
+        matches!(
+            self,
+            Endpoint::Legacy | Endpoint::Component | Endpoint::Authorizer { .. }
+        )
     }
 
     /// True when a call may ask for a rotation now (`force_refresh`).
@@ -90,6 +110,10 @@ pub struct TokenGrant {
     /// How long the call waited for an upstream slot ([`Limited`]) before it
     /// was sent: the token's life counts from the send, not from the ask.
     pub waited: Duration,
+    /// [`Endpoint::Authorizer`] only: the `authorizer_refresh_token` WeChat
+    /// returned with the token (`None` when absent or empty: an empty one
+    /// never replaces the stored one).
+    pub refresh_token: Option<AccessToken>,
 }
 
 /// A JS-SDK ticket as WeChat granted it.
@@ -125,6 +149,18 @@ impl std::fmt::Debug for WechatClient {
             .field("base_urls", &self.base_urls)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl WechatClient {
+    /// An Open Platform token call: `api_component_token`,
+    /// `api_authorizer_token` or `api_query_auth` as `req.open` says.
+    async fn fetch_open_token(&self, req: &FetchRequest) -> Result<TokenGrant, UpstreamError> {
+        // Filled in with the Open Platform calls.
+        Err(UpstreamError::Decode {
+            api: req.endpoint.api(),
+            detail: "the Open Platform calls are not built yet".to_string(),
+        })
     }
 }
 
@@ -499,6 +535,7 @@ fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError
         expires_in: expiry(api, answer.expires_in)?,
         after_unknown: answer.after_unknown,
         waited: Duration::ZERO,
+        refresh_token: None,
     })
 }
 
@@ -579,6 +616,53 @@ pub struct FetchRequest {
     pub endpoint: Endpoint,
     /// [`Endpoint::Stable`] only: ask WeChat to rotate now.
     pub force_refresh: bool,
+    /// The Open Platform endpoints' inputs of the moment (`None` for the others).
+    pub open: Option<OpenCredential>,
+}
+
+/// What an Open Platform token call needs besides the appid and secret.
+#[derive(Clone)]
+pub enum OpenCredential {
+    /// [`Endpoint::Component`]: the newest `component_verify_ticket`.
+    Ticket(AccessToken),
+    /// [`Endpoint::Authorizer`]: refresh with `refresh_token`
+    /// (`api_authorizer_token`) using the component's current token.
+    RefreshToken {
+        component_token: AccessToken,
+        refresh_token: AccessToken,
+    },
+    /// [`Endpoint::Authorizer`]: exchange a fresh authorization `code`
+    /// (`api_query_auth`); the answer carries the first refresh token.
+    AuthCode {
+        component_token: AccessToken,
+        code: AccessToken,
+    },
+}
+
+impl OpenCredential {
+    /// The component token this call uses, if any (for compare-and-refresh
+    /// of the component on 40001/42001).
+    pub fn component_token(&self) -> Option<&AccessToken> {
+        match self {
+            OpenCredential::Ticket(_) => None,
+            OpenCredential::RefreshToken {
+                component_token, ..
+            }
+            | OpenCredential::AuthCode {
+                component_token, ..
+            } => Some(component_token),
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenCredential::Ticket(_) => "Ticket(..)",
+            OpenCredential::RefreshToken { .. } => "RefreshToken(..)",
+            OpenCredential::AuthCode { .. } => "AuthCode(..)",
+        })
+    }
 }
 
 /// Where account actors get tokens from: WeChat over HTTP ([`WechatClient`])
@@ -614,6 +698,9 @@ impl TokenSource for WechatClient {
                         .await
                 }
                 Endpoint::Wecom { corpid } => client.fetch_wecom_token(corpid, &req.secret).await,
+                Endpoint::Component | Endpoint::Authorizer { .. } => {
+                    client.fetch_open_token(&req).await
+                }
             }
         })
     }

@@ -465,6 +465,7 @@ async fn upstream_requests_in_flight_never_exceed_max_concurrency() {
                 secret: secret(SECRET),
                 endpoint: wxtoken::wechat::Endpoint::Stable,
                 force_refresh: false,
+                open: None,
             },
         )
     });
