@@ -305,6 +305,38 @@ impl std::fmt::Display for ApiName {
     }
 }
 
+/// Where an Open Platform authorizer stands with its merchant (contract §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authorization {
+    /// Authorized: its token is refreshed and served.
+    Authorized,
+    /// Its refresh token is lost and the recovery through
+    /// `api_get_authorizer_list` did not find one: the merchant must
+    /// authorize again (its current token is served while valid).
+    NeedsReauth,
+    /// The merchant revoked the platform: served as 410, never refreshed.
+    Unauthorized,
+}
+
+impl Authorization {
+    /// Every state, for the `state` label of the authorizer gauge.
+    pub const ALL: [Authorization; 3] = [
+        Authorization::Authorized,
+        Authorization::NeedsReauth,
+        Authorization::Unauthorized,
+    ];
+
+    /// The word of `/v1/accounts` and of the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Authorization::Authorized => "authorized",
+            Authorization::NeedsReauth => "needs_reauth",
+            Authorization::Unauthorized => "unauthorized",
+        }
+    }
+}
+
 /// Why a refresh happens (the `reason` label of `wxtoken_refreshes_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {

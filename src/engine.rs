@@ -252,6 +252,7 @@ impl Engine {
             "token store opened"
         );
         let restored = stored.len();
+        let directory = Directory::default();
         let mut policy = Policy::new(config.refresh.clone());
         policy.grace = options.grace;
         policy.late_answer_bound = late_answer_bound(config.upstream.timeout);
@@ -261,8 +262,9 @@ impl Engine {
             clock: options.clock.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
+            directory: directory.clone(),
+            hub: None,
         };
-        let directory = Directory::default();
         let registry = Registry::new(directory.clone(), deps)
             .with_restored(stored)
             .start();

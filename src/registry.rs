@@ -282,7 +282,10 @@ impl Handler<Apply> for Registry {
                 Some(member) if same_account(&member.config, config) => summary.unchanged += 1,
                 Some(member) => {
                     member.addr.do_send(Shutdown { forget: false });
-                    let seed = member.slot.token().map_or(Seed::Empty, Seed::Carried);
+                    let seed = Seed::Carried {
+                        token: member.slot.token(),
+                        open: member.slot.open(),
+                    };
                     let slot = seeded_slot(config, seed, self.deps.policy.grace);
                     slot.counters().carry_from(member.slot.counters());
                     let (addr, incarnation) = self.spawn(config, &slot);

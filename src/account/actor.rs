@@ -34,6 +34,11 @@ pub struct Deps {
     pub metrics: Metrics,
     /// Where tokens and counters persist; written before a token is served.
     pub store: StoreWriter,
+    /// Every account's slot: an authorizer reads its component's token here.
+    pub directory: crate::snapshot::Directory,
+    /// Who hears an Open Platform account's requests ([`OpenNotice`]): the
+    /// registry, which sets itself here when it starts.
+    pub hub: Option<Recipient<super::open::OpenNotice>>,
 }
 
 /// The endpoint an account's tokens come from: the one mapping from an
@@ -76,6 +81,9 @@ pub struct AccountActor {
     pub(super) ticket_timers: HashMap<TicketKind, SpawnHandle>,
     ticket_failures: HashMap<TicketKind, u32>,
     shutting_down: bool,
+    /// An authorizer asked its hub for a recovery of its refresh token and
+    /// has not heard back, or heard of none since its last success.
+    pub(super) recovery_asked: bool,
 }
 
 impl AccountActor {
@@ -100,6 +108,7 @@ impl AccountActor {
             ticket_timers: HashMap::new(),
             ticket_failures: HashMap::new(),
             shutting_down: false,
+            recovery_asked: false,
         }
     }
 
@@ -293,6 +302,7 @@ impl AccountActor {
         let appid = self.config.appid.clone();
         tracing::info!(appid = %appid, reason = msg.reason.as_str(), outcome = "ok", duration_ms = now - msg.started_ms, calls = msg.calls, token = %record.token, expires_in = (record.expires_at_ms - now) / 1000, "token refreshed");
         self.failures = 0;
+        self.recovery_asked = false;
         self.update_status(|s| {
             s.state = State::Ready;
             s.last_error = None;
@@ -314,6 +324,19 @@ impl AccountActor {
     ) {
         let appid = self.config.appid.clone();
         let decision = plan::decide(err, now);
+        if self.open_failed(msg, err, &decision) {
+            self.failures = self.failures.saturating_add(1);
+            self.update_status(|s| {
+                s.state = if self.slot.is_ready(now) { State::Ready } else { State::Failing };
+                s.last_error = Some(LastError {
+                    errcode: err.errcode(),
+                    errmsg: err.errmsg(),
+                    at: now.div_euclid(1000),
+                });
+                s.pending_fetch_ms = None;
+            });
+            return;
+        }
         let config_error = match (&decision, err) {
             (Decision::ConfigError { .. }, RefreshError::Upstream { error, .. }) => {
                 error.errcode().map(|errcode| ConfigFailure {
@@ -371,6 +394,13 @@ impl Actor for AccountActor {
         ctx.set_mailbox_capacity(1024);
         if !self.config.enabled {
             self.set_state(State::Disabled);
+            return;
+        }
+        if self.open_parked() {
+            // A revoked authorizer, or one waiting for its merchant: served
+            // (when not revoked) while its token lasts, never refreshed.
+            let revoked = self.slot.authorization() == Some(crate::domain::Authorization::Unauthorized);
+            self.set_state(if revoked { State::Disabled } else { State::Failing });
             return;
         }
         let now = self.now_ms();

@@ -65,19 +65,28 @@ impl AccountActor {
         let slot = self.slot.clone();
         let mode = self.config.mode;
         let endpoint = self.endpoint.clone();
+        // Open Platform accounts need inputs of the moment (a verify ticket,
+        // the component's token, a refresh token); without them WeChat is
+        // not called at all.
+        let credential = self.open_credential();
+        let open = credential.as_ref().ok().cloned().flatten();
+        let component_token = open
+            .as_ref()
+            .and_then(|o| o.component_token().cloned());
         let ask = Ask {
             request: FetchRequest {
                 appid: self.config.appid.clone(),
                 secret: self.config.secret.clone(),
                 force_refresh: force && endpoint.can_force(),
                 endpoint: endpoint.clone(),
-                open: None,
+                open,
             },
             known: self.slot.token().map(|t| t.token.clone()),
         };
         let stale_retry = reason == Reason::StaleReport && endpoint.can_force() && !force;
         let force_allowed = self.force_budget(true).is_ok();
-        let may_rotate = endpoint.rotates_on_fetch() || ask.request.force_refresh || stale_retry;
+        let may_rotate = credential.is_ok()
+            && (endpoint.rotates_on_fetch() || ask.request.force_refresh || stale_retry);
         let started = self.now_ms();
         if may_rotate {
             self.update_status(|s| s.pending_fetch_ms = Some(started));
@@ -86,7 +95,9 @@ impl AccountActor {
         let base = self.stored();
         let on_panic = {
             let policy = self.deps.policy.clone();
+            let component_token = component_token.clone();
             move |detail: String| Finished {
+                component_token,
                 generation,
                 reason,
                 calls: 0,
@@ -100,6 +111,21 @@ impl AccountActor {
             }
         };
         let task = async move {
+            if let Err(err) = credential {
+                return Finished {
+                    generation,
+                    reason,
+                    calls: 0,
+                    forced: false,
+                    same_token: false,
+                    result: Err(err),
+                    started_ms: started,
+                    may_rotate: false,
+                    outcome_unknown: false,
+                    late_until_ms: late_before,
+                    component_token: None,
+                };
+            }
             let mut calls = 1;
             let mut forced = ask.request.force_refresh;
             if may_rotate {
@@ -164,15 +190,28 @@ impl AccountActor {
                 .late_after(late_before, sent, may_rotate, outcome_unknown);
             let result = match result {
                 Ok(sourced) => {
-                    let (token, origin, expires) = match sourced {
-                        Sourced::Fetched(grant) => {
-                            (grant.access_token, None, add_ms(sent, grant.expires_in))
-                        }
+                    let (token, origin, expires, refresh_token) = match sourced {
+                        Sourced::Fetched(grant) => (
+                            grant.access_token,
+                            None,
+                            add_ms(sent, grant.expires_in),
+                            grant.refresh_token,
+                        ),
                         Sourced::Shared(origin) => {
                             let expires = origin.expires_at_ms;
-                            (origin.token, Some(origin.fetched_at_ms), expires)
+                            (origin.token, Some(origin.fetched_at_ms), expires, None)
                         }
                     };
+                    // An authorizer's new refresh token (or its first, from
+                    // a code) is stored with the token, before it is served.
+                    // Read now, not at the start: a verify ticket or a code may
+                    // have arrived while the call was in flight.
+                    let current_open = slot.open();
+                    let open = super::open::after_grant(
+                        current_open.as_deref(),
+                        &ask.request,
+                        refresh_token,
+                    );
                     let previous = slot.token();
                     same_token = previous.as_ref().is_some_and(|p| p.token == token);
                     let fetched_at = match (&previous, origin) {
@@ -201,8 +240,12 @@ impl AccountActor {
                     let durable = StoredAccount {
                         token: Some(stored_token(&record)),
                         pending_fetch_ms: None,
+                        open: open.clone().or_else(|| current_open.map(|o| (*o).clone())),
                         ..base
                     };
+                    if let Some(open) = open {
+                        slot.publish_open(Arc::new(open));
+                    }
                     let _ = deps.store.put(durable).await;
                     slot.publish(record.clone());
                     Ok(record)
@@ -223,6 +266,7 @@ impl AccountActor {
                 may_rotate,
                 outcome_unknown,
                 late_until_ms: late,
+                component_token,
             }
         };
         let shared: SharedRefresh = spawn_shared(
@@ -321,6 +365,7 @@ impl Finished {
             result: Err(RefreshError::Throttled {
                 retry_after: FORCE_MIN_INTERVAL,
             }),
+            component_token: None,
         }
     }
 }

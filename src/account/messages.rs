@@ -41,6 +41,28 @@ pub enum RefreshError {
     Unavailable,
     #[error("the account has no {} ticket configured", .0.as_str())]
     UnknownTicket(TicketKind),
+    /// A component without a `component_verify_ticket` (WeChat pushes one to
+    /// the event URL every 10 minutes): WeChat was not called.
+    #[error("no component_verify_ticket has arrived yet; WeChat pushes one to the event URL every 10 minutes (check the URL set on the platform)")]
+    NoVerifyTicket,
+    /// An authorizer whose component has no usable token: WeChat was not called.
+    #[error("the component's own token is not available yet")]
+    ComponentUnavailable,
+    /// An authorizer without a refresh token or code: the merchant must
+    /// authorize again (or an operator imports its refresh token).
+    #[error("the authorizer's refresh token is lost; the merchant must authorize the platform again, or import the refresh token")]
+    NeedsReauth,
+    /// The merchant revoked the platform.
+    #[error("the merchant revoked the authorization of the platform")]
+    Revoked,
+    /// The change could not be made durable (the store failed); nothing is
+    /// acknowledged, so WeChat pushes it again.
+    #[error("the token store could not write it ({detail})")]
+    NotDurable { detail: String },
+    /// A request for one kind of account sent to another (e.g. a verify
+    /// ticket to an account that is not a component).
+    #[error("this account is not an Open Platform {0}")]
+    WrongKind(&'static str),
     /// A bug: the refresh task panicked. It counts as a failed attempt and is
     /// retried with backoff.
     #[error("an internal error interrupted the refresh ({detail}); it is retried")]
@@ -160,6 +182,9 @@ pub(super) struct Finished {
     pub outcome_unknown: bool,
     /// The late window after this attempt (`AccountStatus::late_until_ms`).
     pub late_until_ms: Option<i64>,
+    /// Authorizers: the component token the attempt used (reported stale
+    /// to the component when WeChat rejects it).
+    pub component_token: Option<AccessToken>,
 }
 
 /// A ticket fetch this actor spawned has finished (sent by the ticket task).

@@ -32,6 +32,7 @@
 pub mod actor;
 pub mod fetch;
 pub mod messages;
+pub mod open;
 pub mod persist;
 pub mod plan;
 
@@ -40,5 +41,6 @@ pub use messages::{
     Adopt, Crash, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown, TicketOutcome,
     TicketRefresh,
 };
+pub use open::{OpenNotice, OpenUpdate};
 pub use persist::{Seed, seeded_slot};
 pub use plan::{FORCE_DAILY_LIMIT, FORCE_MIN_INTERVAL, TICKET_STALE_MIN_INTERVAL};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::AccountConfig;
 use crate::snapshot::{AccountSlot, AccountStatus, TicketRecord, TokenRecord};
-use crate::store::{StoredAccount, StoredTicket, StoredToken};
+use crate::store::{StoredAccount, StoredOpen, StoredTicket, StoredToken};
 
 use super::AccountActor;
 
@@ -25,9 +25,13 @@ pub enum Seed {
     /// What the store kept of the account (a process restart). Ignored when
     /// the account's mode changed or it is disabled.
     Stored(StoredAccount),
-    /// The token of the account's previous configuration (a reload changed
-    /// something else about it). Ignored when the mode changed.
-    Carried(Arc<TokenRecord>),
+    /// The token (ignored when the mode changed) and the Open Platform state
+    /// of the account's previous configuration (a reload changed something
+    /// else about it).
+    Carried {
+        token: Option<Arc<TokenRecord>>,
+        open: Option<Arc<StoredOpen>>,
+    },
 }
 
 /// A fresh slot for `config`, filled from `seed`. `grace` is how long WeChat
@@ -44,8 +48,21 @@ pub fn seeded_slot(config: &AccountConfig, seed: Seed, grace: Duration) -> Arc<A
         Seed::Stored(stored) if stored.mode == config.mode && config.enabled => {
             restore(&slot, stored, grace);
         }
-        Seed::Carried(token) if token.mode == config.mode => slot.publish(token),
-        _ => {}
+        // A refresh token is never dropped, whatever else changed.
+        Seed::Stored(stored) => {
+            if let Some(open) = stored.open {
+                slot.publish_open(Arc::new(open));
+            }
+        }
+        Seed::Carried { token, open } => {
+            if let Some(token) = token.filter(|t| t.mode == config.mode) {
+                slot.publish(token);
+            }
+            if let Some(open) = open {
+                slot.publish_open(open);
+            }
+        }
+        Seed::Empty => {}
     }
     slot
 }
@@ -54,6 +71,9 @@ pub fn seeded_slot(config: &AccountConfig, seed: Seed, grace: Duration) -> Arc<A
 /// an unrecorded rotation (a crash mid-refresh) is served at most until the
 /// rotation's grace runs out; its actor refreshes it at once.
 fn restore(slot: &AccountSlot, stored: StoredAccount, grace: Duration) {
+    if let Some(open) = stored.open {
+        slot.publish_open(Arc::new(open));
+    }
     if let Some(t) = stored.token {
         let mut serve_until = t.serve_until_ms;
         if let Some(pending) = stored.pending_fetch_ms
@@ -107,6 +127,7 @@ impl AccountActor {
                 serve_until_ms: t.serve_until_ms,
             })
             .collect();
+        stored.open = self.slot.open().map(|o| (*o).clone());
         stored
     }
 
@@ -143,5 +164,6 @@ fn stored_account(
         calls_today: status.calls_today,
         forces: status.forces.clone(),
         tickets: Vec::new(),
+        open: None,
     }
 }

@@ -145,6 +145,33 @@ impl ApiError {
         )
     }
 
+    /// 410 `authorization_revoked`: the merchant revoked the Open Platform
+    /// authorization of this authorizer; it is never served again.
+    pub fn authorization_revoked(appid: &str) -> Self {
+        Self::new(
+            StatusCode::GONE,
+            "authorization_revoked",
+            format!(
+                "the merchant revoked the authorization of authorizer {appid}; it is served again only after the merchant authorizes the platform again"
+            ),
+        )
+    }
+
+    /// 400 `bad_event`: a pushed Open Platform event that is refused
+    /// (signature, ciphertext, appid, size or shape); nothing changed.
+    pub fn bad_event(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_event", message)
+    }
+
+    /// 404 `unknown_component`: no such component is configured.
+    pub fn unknown_component(appid: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_component",
+            format!("component {appid} is not configured on this server; add it under `components:` in accounts.yaml"),
+        )
+    }
+
     /// 404 `unknown_ticket`: the account has no such ticket configured.
     pub fn unknown_ticket(appid: &str, kind: &str) -> Self {
         Self::new(

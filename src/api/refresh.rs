@@ -135,5 +135,14 @@ fn refresh_error(slot: &AccountSlot, err: RefreshError, now_ms: i64) -> ApiError
         RefreshError::UnknownTicket(kind) => {
             ApiError::unknown_ticket(appid.as_str(), kind.as_str())
         }
+        RefreshError::Revoked => ApiError::authorization_revoked(appid.as_str()),
+        e @ (RefreshError::NoVerifyTicket
+        | RefreshError::ComponentUnavailable
+        | RefreshError::NeedsReauth
+        | RefreshError::NotDurable { .. }
+        | RefreshError::WrongKind(_)) => ApiError::token_unavailable(
+            format!("could not refresh the token of {appid}: {e}"),
+            RESTART_RETRY_SECS,
+        ),
     }
 }

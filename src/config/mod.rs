@@ -255,17 +255,18 @@ impl ComponentConfig {
     }
 }
 
-/// The account of an authorizer of `component` (its secret is the refresh
-/// token, which lives in the slot and the store, not here).
-pub fn authorizer_account(component: &ComponentConfig, appid: AppId) -> AccountConfig {
+/// The account of authorizer `appid` of the component `component` (its
+/// secret is the refresh token, which lives in the slot and the store, not
+/// here); it is enabled when its component is.
+pub fn authorizer_account(component: &AppId, enabled: bool, appid: AppId) -> AccountConfig {
     AccountConfig {
         name: appid.as_str().to_string(),
         appid,
         secret: SecretString::from(String::new()),
         mode: Mode::Legacy,
-        enabled: component.enabled,
+        enabled,
         kind: AccountKind::Authorizer {
-            component: component.appid.clone(),
+            component: component.clone(),
         },
         tickets: Vec::new(),
     }

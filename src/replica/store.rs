@@ -171,6 +171,7 @@ impl Storage for RedisStore {
                         calls_today: 0,
                         forces: Vec::new(),
                         tickets: Vec::new(),
+                        open: None,
                     },
                     None => continue,
                 },

@@ -17,6 +17,7 @@ pub use crate::domain::State;
 use crate::domain::{AccessToken, AppId, Mode, TicketKind};
 
 use super::counters::AccountCounters;
+use crate::store::StoredOpen;
 
 /// One token as wxtoken serves it. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +188,10 @@ pub struct AccountSlot {
     token: ArcSwapOption<TokenRecord>,
     status: ArcSwap<AccountStatus>,
     tickets: ArcSwap<Vec<Arc<TicketRecord>>>,
+    /// Open Platform components and authorizers: verify tickets, refresh
+    /// token, authorization (never served; kept here so that it survives an
+    /// actor restart and is stored with the token).
+    open: ArcSwapOption<StoredOpen>,
     /// What `/metrics` counts for the account.
     counters: AccountCounters,
 }
@@ -217,6 +222,7 @@ impl AccountSlot {
             token: ArcSwapOption::empty(),
             status: ArcSwap::from_pointee(status),
             tickets: ArcSwap::from_pointee(Vec::new()),
+            open: ArcSwapOption::empty(),
             counters: AccountCounters::default(),
         }
     }
@@ -269,6 +275,21 @@ impl AccountSlot {
         list.push(record);
         list.sort_by_key(|t| t.kind.as_str());
         self.tickets.store(Arc::new(list));
+    }
+
+    /// The Open Platform state (components and authorizers only).
+    pub fn open(&self) -> Option<Arc<StoredOpen>> {
+        self.open.load_full()
+    }
+
+    /// Where an authorizer stands (`None` for every other kind).
+    pub fn authorization(&self) -> Option<crate::domain::Authorization> {
+        self.open.load().as_ref().and_then(|o| o.authorization)
+    }
+
+    /// Publishes the Open Platform state.
+    pub(crate) fn publish_open(&self, open: Arc<StoredOpen>) {
+        self.open.store(Some(open));
     }
 
     /// Replaces the status.

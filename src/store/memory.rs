@@ -62,6 +62,7 @@ mod tests {
             calls_today: calls,
             forces: vec![],
             tickets: Vec::new(),
+            open: None,
         }
     }
 

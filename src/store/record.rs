@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{StoredAccount, StoredTicket, StoredToken};
+use super::{StoredAccount, StoredCode, StoredOpen, StoredTicket, StoredToken, VerifyTicket};
 use crate::domain::{AccessToken, AppId, AppIdError, Mode};
 
 /// The record version this build writes and reads.
@@ -32,6 +32,82 @@ struct RecordV1 {
     /// Added after version 1 shipped; absent in older records.
     #[serde(default)]
     tickets: Vec<TicketV1>,
+    /// Open Platform components and authorizers (added after version 1
+    /// shipped; absent in older records and for accounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    open: Option<OpenV1>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct OpenV1 {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    component: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    authorization: Option<crate::domain::Authorization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_code: Option<CodeV1>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    verify_tickets: Vec<VerifyTicketV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CodeV1 {
+    code: String,
+    expires_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VerifyTicketV1 {
+    ticket: String,
+    created_at_ms: i64,
+    received_at_ms: i64,
+}
+
+fn encode_open(open: &StoredOpen) -> OpenV1 {
+    OpenV1 {
+        component: open.component.as_ref().map(|c| c.as_str().to_string()),
+        authorization: open.authorization,
+        refresh_token: open.refresh_token.as_ref().map(|t| t.expose().to_string()),
+        auth_code: open.auth_code.as_ref().map(|c| CodeV1 {
+            code: c.code.expose().to_string(),
+            expires_at_ms: c.expires_at_ms,
+        }),
+        verify_tickets: open
+            .verify_tickets
+            .iter()
+            .map(|t| VerifyTicketV1 {
+                ticket: t.ticket.expose().to_string(),
+                created_at_ms: t.created_at_ms,
+                received_at_ms: t.received_at_ms,
+            })
+            .collect(),
+    }
+}
+
+fn decode_open(open: OpenV1) -> Result<StoredOpen, RecordError> {
+    Ok(StoredOpen {
+        component: open
+            .component
+            .map(|c| AppId::parse(&c).map_err(|_| RecordError::Component))
+            .transpose()?,
+        authorization: open.authorization,
+        refresh_token: open.refresh_token.map(AccessToken::new),
+        auth_code: open.auth_code.map(|c| StoredCode {
+            code: AccessToken::new(c.code),
+            expires_at_ms: c.expires_at_ms,
+        }),
+        verify_tickets: open
+            .verify_tickets
+            .into_iter()
+            .map(|t| VerifyTicket {
+                ticket: AccessToken::new(t.ticket),
+                created_at_ms: t.created_at_ms,
+                received_at_ms: t.received_at_ms,
+            })
+            .collect(),
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +153,7 @@ pub(crate) fn encode(account: &StoredAccount) -> Vec<u8> {
                 serve_until_ms: t.serve_until_ms,
             })
             .collect(),
+        open: account.open.as_ref().map(encode_open),
     };
     // Serializing plain strings, integers and vectors into memory cannot fail.
     serde_json::to_vec(&record).unwrap_or_default()
@@ -102,6 +179,9 @@ pub(crate) enum RecordError {
     /// The mode is not one of the two words.
     #[error("the mode is neither \"legacy\" nor \"stable\"")]
     Mode,
+    /// An authorizer's component is not a valid appid.
+    #[error("the authorizer's component is not a valid appid")]
+    Component,
 }
 
 /// Decodes the record stored under `key`.
@@ -144,6 +224,7 @@ pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<StoredAccount, RecordErr
                 serve_until_ms: t.serve_until_ms,
             })
             .collect(),
+        open: record.open.map(decode_open).transpose()?,
     })
 }
 
@@ -182,7 +263,31 @@ mod tests {
             calls_today: 3,
             forces: vec![1_700_000_100_000, 1_700_000_200_000],
             tickets: Vec::new(),
+            open: None,
         }
+    }
+
+    #[test]
+    fn an_authorizer_record_round_trips_with_its_refresh_token() {
+        let mut a = account();
+        a.open = Some(StoredOpen {
+            component: Some(AppId::parse("wx9999999999999999").unwrap()),
+            authorization: Some(crate::domain::Authorization::NeedsReauth),
+            refresh_token: Some(AccessToken::new("refreshtoken@@@0123456789")),
+            auth_code: Some(StoredCode {
+                code: AccessToken::new("queryauthcode@@@0123456789"),
+                expires_at_ms: 1_700_000_600_000,
+            }),
+            verify_tickets: vec![VerifyTicket {
+                ticket: AccessToken::new("ticket@@@0123456789"),
+                created_at_ms: 1_700_000_000_000,
+                received_at_ms: 1_700_000_000_500,
+            }],
+        });
+        assert_eq!(decode("wx1111111111111111", &encode(&a)).unwrap(), a);
+        // Accounts keep writing the record older builds read.
+        let plain = serde_json::from_slice::<serde_json::Value>(&encode(&account())).unwrap();
+        assert!(plain.get("open").is_none());
     }
 
     #[test]

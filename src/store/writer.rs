@@ -587,6 +587,7 @@ mod tests {
             calls_today: calls,
             forces: vec![],
             tickets: Vec::new(),
+            open: None,
         }
     }
 

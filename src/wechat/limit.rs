@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-use super::{FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
+use super::{FetchRequest, OpenAnswer, OpenCall, TicketGrant, TokenGrant, TokenSource, UpstreamError};
 use crate::domain::{AccessToken, TicketKind};
 
 /// A token source of which at most `max_concurrency` calls are in flight.
@@ -81,6 +81,14 @@ impl TokenSource for Limited {
         Box::pin(async move {
             let (_permit, _) = Limited::slot(slots).await;
             inner.fetch_ticket(token, kind).await
+        })
+    }
+
+    fn open_call(&self, call: OpenCall) -> BoxFuture<'static, Result<OpenAnswer, UpstreamError>> {
+        let (inner, slots) = (self.inner.clone(), self.slots.clone());
+        Box::pin(async move {
+            let (_permit, _) = Limited::slot(slots).await;
+            inner.open_call(call).await
         })
     }
 }

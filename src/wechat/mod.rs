@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod limit;
+pub mod open_calls;
 
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use url::Url;
 
 pub use error::{Decision, UpstreamError, WaitCause};
 pub use limit::Limited;
+pub use open_calls::{AUTHORIZER_PAGE, OpenAnswer, OpenCall};
 
 use crate::config::UpstreamConfig;
 use crate::domain::{AccessToken, ApiName, AppId, TicketKind};
@@ -681,6 +683,21 @@ pub trait TokenSource: Send + Sync + 'static {
         token: AccessToken,
         kind: TicketKind,
     ) -> futures::future::BoxFuture<'static, Result<TicketGrant, UpstreamError>>;
+
+    /// Makes an Open Platform call that is not a token fetch. Sources that
+    /// only fetch tokens (test wrappers) answer that they cannot.
+    fn open_call(
+        &self,
+        call: OpenCall,
+    ) -> futures::future::BoxFuture<'static, Result<OpenAnswer, UpstreamError>> {
+        let api = call.api();
+        Box::pin(async move {
+            Err(UpstreamError::Decode {
+                api,
+                detail: "this token source makes no Open Platform calls".to_string(),
+            })
+        })
+    }
 }
 
 impl TokenSource for WechatClient {

@@ -193,6 +193,7 @@ fn a_corrupt_store_stops_serve_with_one_sentence_and_no_panic_dump() {
         calls_today: 1,
         forces: vec![],
         tickets: Vec::new(),
+        open: None,
     };
     let opened = RedbStore::open(&store).expect("a new store");
     opened.put(&account).expect("write");

@@ -39,6 +39,7 @@ fn legacy_with_token(id: &str, token: &str) -> StoredAccount {
         calls_today: 7,
         forces: vec![],
         tickets: Vec::new(),
+        open: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn stable_without_token(id: &str) -> StoredAccount {
         calls_today: 2,
         forces: vec![1_750_000_100_000, 1_750_000_200_000],
         tickets: Vec::new(),
+        open: None,
     }
 }
 
