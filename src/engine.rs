@@ -58,7 +58,7 @@ impl EngineConfig {
 impl From<&Config> for EngineConfig {
     fn from(config: &Config) -> EngineConfig {
         EngineConfig {
-            accounts: config.accounts.clone(),
+            accounts: config.registry_accounts(),
             refresh: config.refresh.clone(),
             upstream: config.upstream.clone(),
             store: config.store.clone(),
@@ -212,8 +212,8 @@ impl Engine {
             None => None,
         };
         let upstream: Arc<dyn Source> = match &shared {
-            Some(shared) => Arc::new(shared.leader(wechat)),
-            None => Arc::new(Direct(wechat)),
+            Some(shared) => Arc::new(shared.leader(wechat.clone())),
+            None => Arc::new(Direct(wechat.clone())),
         };
         let storage: Arc<dyn Storage> = match (options.store, &shared) {
             (Some(storage), _) => storage,
@@ -232,7 +232,15 @@ impl Engine {
             StoreWriter::start(storage.clone(), metrics.clone())
         };
         let configured: HashSet<&AppId> = config.accounts.iter().map(|a| &a.appid).collect();
-        for gone in stored.iter().filter(|s| !configured.contains(&s.appid)) {
+        // An authorizer's record holds its refresh token: never deleted, even
+        // when its component is no longer configured.
+        let authorizer = |s: &&crate::store::StoredAccount| {
+            s.open.as_ref().is_some_and(|o| o.component.is_some())
+        };
+        for gone in stored
+            .iter()
+            .filter(|s| !configured.contains(&s.appid) && !authorizer(s))
+        {
             tracing::info!(appid = %gone.appid, "removing a stored account that is no longer configured");
             store.remove_later(gone.appid.clone());
         }
@@ -267,6 +275,7 @@ impl Engine {
         };
         let registry = Registry::new(directory.clone(), deps)
             .with_restored(stored)
+            .with_open_calls(wechat.clone())
             .start();
         let started = registry
             .send(Apply(config.accounts.clone()))

@@ -242,7 +242,7 @@ impl Reloader {
             tracing::warn!(trigger, "{warning}");
         }
         let new = loaded.config;
-        let summary = match inner.registry.send(Apply(new.accounts.clone())).await {
+        let summary = match inner.registry.send(Apply(new.registry_accounts())).await {
             Ok(summary) => summary,
             Err(_) => {
                 self.count(false);
@@ -263,6 +263,7 @@ impl Reloader {
             }
             // What is in force: the new accounts, clients and metrics, the old rest.
             current.accounts = new.accounts;
+            current.components = new.components;
             current.clients = new.clients;
             current.metrics = new.metrics;
             changed

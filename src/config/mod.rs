@@ -68,6 +68,16 @@ pub struct Config {
     pub digest: Digest,
 }
 
+impl Config {
+    /// Every account the registry runs from this file: the accounts, then
+    /// each component's own token (its authorizers come from the store).
+    pub fn registry_accounts(&self) -> Vec<AccountConfig> {
+        let mut all = self.accounts.clone();
+        all.extend(self.components.iter().map(ComponentConfig::account));
+        all
+    }
+}
+
 /// The SHA-256 of a configuration file's text.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest([u8; 32]);

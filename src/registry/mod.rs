@@ -13,7 +13,11 @@
 //! - The directory changes only when accounts are added or removed; token
 //!   updates go through the slots, so reads never contend with refreshes.
 
-use std::collections::HashMap;
+mod open;
+
+pub use open::{Reconcile, ReconcileSummary, RouteOpen};
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +116,8 @@ pub struct Registry {
     /// State read from the store at start, taken by each account's first slot.
     restored: HashMap<AppId, StoredAccount>,
     me: Option<Addr<Registry>>,
+    /// Where the Open Platform calls that are not token fetches go.
+    wechat: Option<Arc<dyn crate::wechat::TokenSource>>,
 }
 
 impl Registry {
@@ -126,6 +132,7 @@ impl Registry {
             starts: 0,
             me: None,
             restored: HashMap::new(),
+            wechat: None,
         }
     }
 
@@ -248,6 +255,7 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1 << 20);
         self.me = Some(ctx.address());
+        self.deps.hub = Some(ctx.address().recipient());
         ctx.run_interval(WATCHDOG_TICK, |act, _| act.watchdog());
     }
 }
@@ -261,16 +269,29 @@ impl Handler<Apply> for Registry {
             .into_iter()
             .map(|a| (a.appid.clone(), Arc::new(a)))
             .collect();
+        // Authorizers are not in the file: they stay while their component does.
+        let components: HashSet<&AppId> = wanted
+            .values()
+            .filter(|a| a.kind == crate::config::AccountKind::Component)
+            .map(|a| &a.appid)
+            .collect();
         let gone: Vec<AppId> = self
             .members
-            .keys()
-            .filter(|id| !wanted.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|(id, m)| {
+                !wanted.contains_key(*id)
+                    && !m.config.kind.component().is_some_and(|c| components.contains(c))
+            })
+            .map(|(id, _)| id.clone())
             .collect();
         for appid in gone {
             if let Some(member) = self.members.remove(&appid) {
                 member.addr.do_send(Shutdown { forget: true });
-                self.deps.store.remove_later(appid.clone());
+                // An authorizer's record holds its refresh token, which only
+                // the merchant can give again: it is never deleted.
+                if member.config.kind.component().is_none() {
+                    self.deps.store.remove_later(appid.clone());
+                }
                 summary.removed.push(appid);
             }
         }
@@ -316,6 +337,7 @@ impl Handler<Apply> for Registry {
                 }
             }
         }
+        self.restore_authorizers();
         self.publish();
         self.ready_logged = false;
         MessageResult(summary)
