@@ -87,10 +87,13 @@ impl Application {
             tracing::warn!(listen = %addr, "no clients configured: API open to loopback callers only");
         }
         let auth = Arc::new(ArcSwap::from_pointee(Auth::new(&config.clients)));
+        let components = Arc::new(ArcSwap::from_pointee(crate::api::open::components_of(&config)));
         let reloader = options.reload.map(|source| {
             let clients = auth.clone();
+            let crypts = components.clone();
             let on_applied: OnApplied = Arc::new(move |applied: &Config| {
-                clients.store(Arc::new(Auth::new(&applied.clients)))
+                clients.store(Arc::new(Auth::new(&applied.clients)));
+                crypts.store(Arc::new(crate::api::open::components_of(applied)));
             });
             Reloader::new(
                 source,
@@ -112,6 +115,7 @@ impl Application {
             store: engine.store.clone(),
             shared: engine.shared.clone(),
             tokens_loaded: Arc::new(AtomicBool::new(false)),
+            components,
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()

@@ -37,13 +37,16 @@ pub enum Seed {
 /// A fresh slot for `config`, filled from `seed`. `grace` is how long WeChat
 /// keeps a superseded token alive.
 pub fn seeded_slot(config: &AccountConfig, seed: Seed, grace: Duration) -> Arc<AccountSlot> {
-    let slot = Arc::new(AccountSlot::new(
-        config.appid.clone(),
-        config.name.clone(),
-        config.mode,
-        config.enabled,
-        config.tickets.clone(),
-    ));
+    let slot = Arc::new(
+        AccountSlot::new(
+            config.appid.clone(),
+            config.name.clone(),
+            config.mode,
+            config.enabled,
+            config.tickets.clone(),
+        )
+        .with_kind(config.kind.clone()),
+    );
     match seed {
         Seed::Stored(stored) if stored.mode == config.mode && config.enabled => {
             restore(&slot, stored, grace);

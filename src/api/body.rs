@@ -34,37 +34,20 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// accepted, so `curl -d` works without `-H content-type:`.
 pub async fn read_json<T: DeserializeOwned>(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     shape: &'static str,
 ) -> Result<T, ApiError> {
-    let too_large = || {
-        ApiError::bad_request(format!(
-            "the request body is larger than {MAX_BODY_BYTES} bytes; send {shape}"
-        ))
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let read = async {
-        let mut body = web::BytesMut::with_capacity(declared.map_or(256, |len| len as usize));
-        while let Some(chunk) = payload.next().await {
-            let chunk =
-                chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    };
-    let body = actix_web::rt::time::timeout(BODY_TIMEOUT, read)
-        .await
-        .map_err(|_| ApiError::body_timeout(BODY_TIMEOUT))??;
+    read_json_up_to(req, payload, MAX_BODY_BYTES, shape).await
+}
+
+/// [`read_json`] with a limit of `limit` bytes instead of 8 KiB (imports).
+pub async fn read_json_up_to<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    shape: &'static str,
+) -> Result<T, ApiError> {
+    let body = read_bytes(req, payload, limit, shape).await?;
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => {
             return Err(ApiError::bad_request(format!(
@@ -80,6 +63,48 @@ pub async fn read_json<T: DeserializeOwned>(
         }
     }
     serde_json::from_slice(&body).map_err(|e| describe(&e, shape))
+}
+
+/// Reads the whole body of `req`, at most `limit` bytes, within
+/// [`BODY_TIMEOUT`]. `shape` names what to send in messages.
+///
+/// Errors with 400 when the body is larger than `limit` or cannot be read,
+/// 408 when it has not fully arrived in time.
+pub async fn read_bytes(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    shape: &'static str,
+) -> Result<web::BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::bad_request(format!(
+            "the request body is larger than {limit} bytes; send {shape}"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut body =
+            web::BytesMut::with_capacity(declared.map_or(256, |len| len as usize).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    actix_web::rt::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| ApiError::body_timeout(BODY_TIMEOUT))?
 }
 
 /// A message for a JSON decoding error that does not quote the input.

@@ -23,6 +23,7 @@ mod error;
 mod health;
 mod metrics;
 mod middleware;
+pub mod open;
 mod refresh;
 mod state;
 mod ticket;
@@ -65,6 +66,16 @@ pub mod routes {
     pub const READYZ: &str = "/readyz";
     /// `GET`: Prometheus metrics.
     pub const METRICS: &str = "/metrics";
+    /// `POST` (no key: signed by WeChat): the component's event URL.
+    pub const COMPONENT_EVENTS: &str = "/v1/component/{appid}/events";
+    /// `GET`: the component's own token.
+    pub const COMPONENT_TOKEN: &str = "/v1/component/{appid}/token";
+    /// `POST` (admin): reconcile the authorizers with WeChat's list.
+    pub const COMPONENT_RECONCILE: &str = "/v1/component/{appid}/reconcile";
+    /// `POST` (admin): import authorizer refresh tokens.
+    pub const COMPONENT_AUTHORIZERS: &str = "/v1/component/{appid}/authorizers";
+    /// `POST` (admin): a pre-auth code and the consent links.
+    pub const COMPONENT_PREAUTHCODE: &str = "/v1/component/{appid}/preauthcode";
 }
 
 /// Registers every endpoint of the API and the JSON 404 for unknown paths.
@@ -99,6 +110,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::head().to(health::readyz)),
         )
         .service(resource(routes::METRICS, "GET").route(web::get().to(metrics::metrics)))
+        .service(resource(routes::COMPONENT_EVENTS, "POST").route(web::post().to(open::events)))
+        .service(
+            resource(routes::COMPONENT_TOKEN, "GET").route(web::get().to(open::component_token)),
+        )
+        .service(
+            resource(routes::COMPONENT_RECONCILE, "POST").route(web::post().to(open::reconcile)),
+        )
+        .service(
+            resource(routes::COMPONENT_AUTHORIZERS, "POST").route(web::post().to(open::import)),
+        )
+        .service(
+            resource(routes::COMPONENT_PREAUTHCODE, "POST")
+                .route(web::post().to(open::preauthcode)),
+        )
         .default_service(web::to(not_found));
 }
 

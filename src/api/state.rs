@@ -44,6 +44,9 @@ pub struct AppState {
     /// its first token fetch; from then on the load-balancer check answers
     /// 200, whatever accounts fail or are added later.
     pub tokens_loaded: Arc<AtomicBool>,
+    /// The configured Open Platform components' message crypts (the event
+    /// URL's keys); swapped whole when the configuration is reloaded.
+    pub components: Arc<ArcSwap<super::open::Components>>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -146,6 +146,9 @@ pub(crate) fn cache_control(expires_in: u64) -> HeaderValue {
 /// least one second) and `errcode` is WeChat's last error code, when known.
 pub(crate) fn unavailable(slot: &AccountSlot, now_ms: i64) -> ApiError {
     let appid = &slot.appid;
+    if slot.authorization() == Some(crate::domain::Authorization::Unauthorized) {
+        return ApiError::authorization_revoked(appid.as_str());
+    }
     if !slot.enabled {
         return disabled(appid);
     }

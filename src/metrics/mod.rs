@@ -241,9 +241,50 @@ pub struct Metrics {
     /// Panics caught inside background tasks, by task ([`PANIC_TASKS`]);
     /// each is also a failed attempt that is retried.
     pub task_panics: IntCounterVec,
+    /// Open Platform events pushed to the event URL, by `info_type`
+    /// ([`OPEN_EVENT_TYPES`]) and `result` ([`OPEN_EVENT_RESULTS`]).
+    pub open_events: IntCounterVec,
+    /// Authorizer refresh tokens added or repaired from WeChat's authorizer list.
+    pub refresh_token_repairs: IntCounter,
     /// `metrics.per_account` as configured (`None`: the default rule).
     per_account: Arc<AtomicU8>,
 }
+
+impl Metrics {
+    /// Counts one pushed Open Platform event (labels outside the bounded
+    /// sets are counted as `other` / `error`).
+    pub fn open_event(&self, info_type: &str, result: &str) {
+        let info_type = OPEN_EVENT_TYPES
+            .iter()
+            .find(|t| **t == info_type)
+            .copied()
+            .unwrap_or("other");
+        let result = OPEN_EVENT_RESULTS
+            .iter()
+            .find(|r| **r == result)
+            .copied()
+            .unwrap_or("error");
+        self.open_events.with_label_values(&[info_type, result]).inc();
+    }
+
+    /// Counts `n` refresh tokens added or repaired.
+    pub fn refresh_token_repairs(&self, n: usize) {
+        self.refresh_token_repairs.inc_by(n as u64);
+    }
+}
+
+/// The `info_type` label of `wxtoken_open_events_total` (bounded: any other
+/// InfoType is `other`; an event that could not be opened is `unreadable`).
+pub const OPEN_EVENT_TYPES: [&str; 6] = [
+    "component_verify_ticket",
+    "authorized",
+    "updateauthorized",
+    "unauthorized",
+    "other",
+    "unreadable",
+];
+/// The `result` label of `wxtoken_open_events_total`.
+pub const OPEN_EVENT_RESULTS: [&str; 4] = ["ok", "ignored", "refused", "error"];
 
 /// The tasks whose panics are caught and counted, the `task` label of
 /// `wxtoken_task_panics_total`.
@@ -457,6 +498,25 @@ impl Metrics {
                         "Panics caught inside background tasks (a bug); each is a failed attempt that is retried.",
                     ),
                     &["task"],
+                )
+                .expect("valid metric"),
+            ),
+            open_events: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_open_events_total",
+                        "Open Platform events pushed to the event URL, by InfoType and result (ok: durable and answered success; refused: a 4xx).",
+                    ),
+                    &["info_type", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            refresh_token_repairs: reg(
+                &r,
+                IntCounter::new(
+                    "wxtoken_refresh_token_repairs_total",
+                    "Authorizer refresh tokens added or repaired from WeChat's authorizer list (reconcile, and the recovery after 61023).",
                 )
                 .expect("valid metric"),
             ),

@@ -15,7 +15,7 @@
 
 mod open;
 
-pub use open::{Reconcile, ReconcileSummary, RouteOpen};
+pub use open::{PreAuthCode, Reconcile, ReconcileSummary, RouteOpen};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -353,3 +353,47 @@ impl Registry {
         (summary, updates)
     }
 }
+
+/// Ask WeChat for a pre-auth code of `component` (the consent link's code).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(AccessToken, std::time::Duration), RefreshError>")]
+pub struct PreAuthCode {
+    pub component: AppId,
+}
+
+impl Handler<PreAuthCode> for Registry {
+    type Result = ResponseFuture<Result<(AccessToken, std::time::Duration), RefreshError>>;
+
+    fn handle(&mut self, msg: PreAuthCode, _: &mut Self::Context) -> Self::Result {
+        let now = self.deps.clock.now_unix_ms();
+        let token = self
+            .members
+            .get(&msg.component)
+            .filter(|m| m.config.kind == AccountKind::Component)
+            .map(|m| {
+                m.slot
+                    .token()
+                    .filter(|t| t.usable_secs(now).is_some())
+                    .map(|t| t.token.clone())
+            });
+        let wechat = self.wechat.clone();
+        let clock = self.deps.clock.clone();
+        Box::pin(async move {
+            let token = token
+                .ok_or(RefreshError::UnknownAccount)?
+                .ok_or(RefreshError::ComponentUnavailable)?;
+            let wechat = wechat.ok_or(RefreshError::Unavailable)?;
+            let call = OpenCall::PreAuthCode {
+                component: msg.component,
+                component_token: token,
+            };
+            match wechat.open_call(call).await {
+                Ok(OpenAnswer::PreAuthCode { code, expires_in }) => Ok((code, expires_in)),
+                Ok(_) => Err(RefreshError::Internal {
+                    detail: "api_create_preauthcode answered something else".to_string(),
+                }),
+                Err(e) => Err(upstream(e, clock.now_unix_ms())),
+            }
+        })
+    }
+}

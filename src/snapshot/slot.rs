@@ -185,6 +185,8 @@ pub struct AccountSlot {
     pub enabled: bool,
     /// The JS-SDK tickets configured for the account.
     pub ticket_kinds: Vec<TicketKind>,
+    /// What kind of account it is (an account, WeCom, a component, an authorizer).
+    pub kind: crate::config::AccountKind,
     token: ArcSwapOption<TokenRecord>,
     status: ArcSwap<AccountStatus>,
     tickets: ArcSwap<Vec<Arc<TicketRecord>>>,
@@ -219,12 +221,19 @@ impl AccountSlot {
             mode,
             enabled,
             ticket_kinds,
+            kind: crate::config::AccountKind::default(),
             token: ArcSwapOption::empty(),
             status: ArcSwap::from_pointee(status),
             tickets: ArcSwap::from_pointee(Vec::new()),
             open: ArcSwapOption::empty(),
             counters: AccountCounters::default(),
         }
+    }
+
+    /// The same slot for an account of `kind`.
+    pub fn with_kind(mut self, kind: crate::config::AccountKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// The account's exported counters.
