@@ -57,7 +57,9 @@ pub fn summary(config: &Config) -> String {
     let enabled = accounts.iter().filter(|a| a.enabled).count();
     let mut line = plural(accounts.len(), "account");
     if !accounts.is_empty() || config.components.is_empty() {
-        line.push_str(&format!(" ({stable} stable, {legacy} legacy, {enabled} enabled)"));
+        line.push_str(&format!(
+            " ({stable} stable, {legacy} legacy, {enabled} enabled)"
+        ));
     }
     if !config.components.is_empty() {
         line.push_str(&format!(", {}", components(&config.components)));

@@ -19,8 +19,8 @@ use url::Url;
 use super::files::{OpenError, ReadError, mode, read_regular};
 use super::load::{Fields, Got, Text, Walk, found, lowercase_first};
 use super::raw::{
-    RawAccount, RawClient, RawComponent, RawConfig, RawMetrics, RawRefresh, RawStore,
-    RawUpstream, Slot,
+    RawAccount, RawClient, RawComponent, RawConfig, RawMetrics, RawRefresh, RawStore, RawUpstream,
+    Slot,
 };
 use super::values::{self, quote, show_duration};
 use super::{
@@ -719,16 +719,20 @@ impl Walk<'_> {
             .and_then(|got| self.encoding_aes_key(got));
 
         let component = match (&seen.appid, secret, token, encoding_aes_key, enabled) {
-            (Some((appid, _)), Some(secret), Some(token), Some(encoding_aes_key), Some(enabled)) => {
-                name.or(appid.to_string()).map(|name| ComponentConfig {
-                    appid: appid.clone(),
-                    name,
-                    secret,
-                    token,
-                    encoding_aes_key,
-                    enabled,
-                })
-            }
+            (
+                Some((appid, _)),
+                Some(secret),
+                Some(token),
+                Some(encoding_aes_key),
+                Some(enabled),
+            ) => name.or(appid.to_string()).map(|name| ComponentConfig {
+                appid: appid.clone(),
+                name,
+                secret,
+                token,
+                encoding_aes_key,
+                enabled,
+            }),
             _ => None,
         };
         (component, seen)
@@ -1529,10 +1533,12 @@ mod tests {
     #[test]
     fn a_token_must_be_3_to_32_letters_or_digits() {
         for bad in ["ab", "a-b-c", &"a".repeat(33)] {
-            let lines = errors(&component("").replace("token: pamtest", &format!("token: \"{bad}\"")));
+            let lines =
+                errors(&component("").replace("token: pamtest", &format!("token: \"{bad}\"")));
             assert_eq!(lines.len(), 1, "{lines:?}");
             assert!(
-                lines[0].starts_with("t.yaml:4: components[0].token must be 3 to 32 letters or digits"),
+                lines[0]
+                    .starts_with("t.yaml:4: components[0].token must be 3 to 32 letters or digits"),
                 "{}",
                 lines[0]
             );
@@ -1576,7 +1582,11 @@ mod tests {
 
     #[test]
     fn neither_accounts_nor_components_is_the_no_accounts_problem() {
-        for yaml in ["listen: 127.0.0.1:8080\n", "components: []\n", "components:\n"] {
+        for yaml in [
+            "listen: 127.0.0.1:8080\n",
+            "components: []\n",
+            "components:\n",
+        ] {
             let lines = errors(yaml);
             assert_eq!(lines.len(), 1, "{lines:?}");
             assert!(
@@ -1590,12 +1600,23 @@ mod tests {
     #[test]
     fn an_invalid_component_does_not_also_claim_there_are_no_accounts() {
         let lines = errors("components:\n  - appid: wx1\n");
-        assert!(lines.iter().all(|l| !l.contains("no accounts")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("t.yaml:2: components[0].appid: \"wx1\" is not a WeChat appid")), "{lines:?}");
+        assert!(
+            lines.iter().all(|l| !l.contains("no accounts")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l
+                    .starts_with("t.yaml:2: components[0].appid: \"wx1\" is not a WeChat appid")),
+            "{lines:?}"
+        );
         let lines = errors("components: wx9999999999999999\n");
         assert_eq!(
             lines,
-            ["t.yaml:1: components must be a list of third-party platforms (- appid: ..., secret: ..., token: ..., encoding_aes_key: ...), not a single value"]
+            [
+                "t.yaml:1: components must be a list of third-party platforms (- appid: ..., secret: ..., token: ..., encoding_aes_key: ...), not a single value"
+            ]
         );
     }
 }

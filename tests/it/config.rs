@@ -1314,7 +1314,9 @@ accounts: []
 #[test]
 fn an_appid_is_configured_once_across_accounts_and_components() {
     let platform = |appid: &str| {
-        format!("  - appid: {appid}\n    secret: s\n    token: abc\n    encoding_aes_key: {AES_KEY}\n")
+        format!(
+            "  - appid: {appid}\n    secret: s\n    token: abc\n    encoding_aes_key: {AES_KEY}\n"
+        )
     };
     let yaml = format!(
         "accounts:\n  - appid: wx1111111111111111\n    secret: x\ncomponents:\n{}{}{}",
@@ -1359,7 +1361,12 @@ components:
 ";
     std::fs::write(&path, valid).unwrap();
     let loaded = load(&path, &env(&[("SECRETS", "secrets")])).unwrap();
-    assert!(loaded.warnings.iter().all(|w| !w.message.contains("open to other users")));
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .all(|w| !w.message.contains("open to other users"))
+    );
     let p = &loaded.config.components[0];
     assert_eq!(p.secret.expose_secret(), "file-secret-1111");
     assert_eq!(p.token.expose_secret(), "fileToken2222");
@@ -1399,7 +1406,10 @@ components:
         "{}",
         lines[2]
     );
-    assert!(lines.iter().all(|l| !l.contains("fileToken2222")), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| !l.contains("fileToken2222")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -1442,7 +1452,10 @@ fn component_secrets_never_appear_in_problems_debug_or_check_output() {
     // Each secret broken in a way that tempts a message to quote it.
     std::fs::write(dir.path().join("token"), "fileTokenSecret31-\n").unwrap();
     let broken = valid
-        .replace("secret: literal-component-secret-77", "secret: literal-component-secret-77 ${BAD NAME}")
+        .replace(
+            "secret: literal-component-secret-77",
+            "secret: literal-component-secret-77 ${BAD NAME}",
+        )
         .replace("${AES}", "${AES}x");
     std::fs::write(&path, &broken).unwrap();
     let problems = load(&path, &env(&[("AES", key)])).unwrap_err();
@@ -1493,10 +1506,60 @@ fn check_accepts_a_components_only_file_and_reports_its_mistakes() {
     let stderr = stderr_of(&out);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
-    assert!(lines[0].starts_with("c.yaml:5: components[0].token must be 3 to 32"), "{stderr}");
+    assert!(
+        lines[0].starts_with("c.yaml:5: components[0].token must be 3 to 32"),
+        "{stderr}"
+    );
     assert!(
         lines[1].starts_with("c.yaml:6: components[0].encoding_aes_key must be the 43-character"),
         "{stderr}"
     );
     assert!(!stderr.contains("too-short-key") && stdout_of(&out).is_empty());
+}
+
+#[actix_web::test]
+async fn a_reload_to_a_components_only_file_is_applied_and_back_again() {
+    use reqwest::StatusCode;
+
+    let app = crate::app::TestAppBuilder::new()
+        .accounts(&[Mode::Stable, Mode::Legacy])
+        .spawn()
+        .await;
+    let original = std::fs::read_to_string(&app.config_path).unwrap();
+    let (head, _accounts) = original
+        .split_once("accounts:\n")
+        .expect("the test config lists accounts last");
+    let platform = format!(
+        "components:\n  - appid: wx9999999999999999\n    secret: s\n    token: abc\n    encoding_aes_key: {AES_KEY}\n"
+    );
+    app.write_config_text(&format!("{head}{platform}"));
+    let summary = crate::app::json(
+        app.admin_reload(Some(crate::app::ADMIN_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut removed: Vec<&str> = summary["removed"]
+        .as_array()
+        .expect("removed is a list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    removed.sort();
+    let mut want: Vec<&str> = app.accounts.iter().map(|a| a.appid.as_str()).collect();
+    want.sort();
+    assert_eq!(removed, want);
+
+    app.write_config(&app.accounts);
+    let summary = crate::app::json(
+        app.admin_reload(Some(crate::app::ADMIN_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(summary["added"].as_array().map(Vec::len), Some(2));
+    for account in &app.accounts {
+        crate::support::wait::eventually("the account is back and ready", || {
+            app.is_ready(&account.appid)
+        })
+        .await;
+    }
 }
