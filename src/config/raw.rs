@@ -33,6 +33,7 @@ pub(crate) struct RawConfig {
     pub refresh: Slot<RawRefresh>,
     pub metrics: Slot<RawMetrics>,
     pub clients: Slot<Vec<Slot<RawClient>>>,
+    pub components: Slot<Vec<Slot<RawComponent>>>,
     pub accounts: Slot<Vec<Slot<RawAccount>>>,
 }
 
@@ -99,14 +100,31 @@ pub(crate) struct RawAccount {
     pub tickets: Slot<Vec<Slot<String>>>,
 }
 
+/// One entry of `components:` (an Open Platform third-party platform). Each
+/// of its three secrets is given inline or as a `*_file`, like an account's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawComponent {
+    pub appid: Slot<String>,
+    pub name: Slot<String>,
+    pub secret: Slot<String>,
+    pub secret_file: Slot<String>,
+    pub token: Slot<String>,
+    pub token_file: Slot<String>,
+    pub encoding_aes_key: Slot<String>,
+    pub encoding_aes_key_file: Slot<String>,
+    pub enabled: Slot<String>,
+}
+
 /// Where each nested mapping's keys belong, for "it belongs under ..." hints.
-pub(crate) fn homes() -> [(&'static [&'static str], &'static str); 6] {
+pub(crate) fn homes() -> [(&'static [&'static str], &'static str); 7] {
     [
         (keys_of::<RawUpstream>(), "under `upstream:`"),
         (keys_of::<RawStore>(), "under `store:`"),
         (keys_of::<RawRefresh>(), "under `refresh:`"),
         (keys_of::<RawMetrics>(), "under `metrics:`"),
         (keys_of::<RawAccount>(), "in an entry of `accounts:`"),
+        (keys_of::<RawComponent>(), "in an entry of `components:`"),
         (keys_of::<RawClient>(), "in an entry of `clients:`"),
     ]
 }
@@ -177,6 +195,7 @@ mappings!(
     RawRefresh,
     RawMetrics,
     RawClient,
+    RawComponent,
     RawAccount
 );
 
@@ -314,7 +333,28 @@ mod tests {
         assert_eq!(
             keys_of::<RawConfig>(),
             [
-                "listen", "upstream", "store", "refresh", "metrics", "clients", "accounts"
+                "listen",
+                "upstream",
+                "store",
+                "refresh",
+                "metrics",
+                "clients",
+                "components",
+                "accounts"
+            ]
+        );
+        assert_eq!(
+            keys_of::<RawComponent>(),
+            [
+                "appid",
+                "name",
+                "secret",
+                "secret_file",
+                "token",
+                "token_file",
+                "encoding_aes_key",
+                "encoding_aes_key_file",
+                "enabled"
             ]
         );
         assert_eq!(

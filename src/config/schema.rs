@@ -2,30 +2,34 @@
 //!
 //! Owns how each value of the `raw` structs is read (which keys exist is
 //! `raw.rs`), the defaults, and every rule that involves several values
-//! (duplicates, client scopes, `listen` versus `clients`). Invariant: secrets (account secrets, client keys that may be
-//! plain keys by mistake, the Redis URL) are read here but never quoted in a
-//! message; only variable names and file paths are.
+//! (duplicates across accounts and components, client scopes, `listen`
+//! versus `clients`). Invariant: secrets (account secrets, a component's
+//! secret, Token and EncodingAESKey, client keys that may be plain keys by
+//! mistake, the Redis URL) are read here but never quoted in a message; only
+//! variable names, file paths and lengths are.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::files::{OpenError, ReadError, mode, read_regular};
 use super::load::{Fields, Got, Text, Walk, found, lowercase_first};
 use super::raw::{
-    RawAccount, RawClient, RawConfig, RawMetrics, RawRefresh, RawStore, RawUpstream, Slot,
+    RawAccount, RawClient, RawComponent, RawConfig, RawMetrics, RawRefresh, RawStore, RawUpstream,
+    Slot,
 };
 use super::values::{self, quote, show_duration};
 use super::{
-    AccountConfig, AccountKind, AppScope, ClientConfig, Config, MetricsConfig, RefreshConfig,
-    StoreConfig, UpstreamConfig,
+    AccountConfig, AccountKind, AppScope, ClientConfig, ComponentConfig, Config, MetricsConfig,
+    RefreshConfig, StoreConfig, UpstreamConfig,
 };
 use crate::domain::{AppId, KeyHash, Mode, TicketKind};
 use crate::metrics::PerAccount;
+use crate::openplatform::crypto::{ENCODING_AES_KEY_LEN, check_encoding_aes_key};
 
 /// The default `listen` address: loopback only.
 pub(crate) const DEFAULT_LISTEN: SocketAddr =
@@ -37,7 +41,12 @@ const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 /// An example appid for hints.
 const EXAMPLE_APPID: &str = "wx1111111111111111";
 
-/// What the cross-checks need to know about one account, even an invalid one.
+/// The shortest and longest message-check Token WeChat accepts (letters and
+/// digits only).
+const TOKEN_LEN: std::ops::RangeInclusive<usize> = 3..=32;
+
+/// What the cross-checks need to know about one account or component, even
+/// an invalid one.
 #[derive(Default)]
 struct AccountSeen {
     path: String,
@@ -52,6 +61,48 @@ struct ClientSeen {
     name: Option<(String, usize)>,
     key: Option<(KeyHash, usize)>,
     scope: Vec<(AppId, usize)>,
+}
+
+/// The `components:` list as read: the valid components, what was seen of
+/// all of them, and whether the file tries to configure any (a non-empty
+/// list, or a value of the wrong shape), which lets `accounts:` be empty.
+struct ComponentsRead {
+    valid: Option<Vec<ComponentConfig>>,
+    seen: Vec<AccountSeen>,
+    present: bool,
+}
+
+/// A secret-typed value as read, before any rule about its content.
+enum SecretGot {
+    /// The value, the line it (or its file's name) is on, and how messages
+    /// name it (`components[0].token`, or `... (read from token_file)`).
+    Given(SecretString, Option<usize>, String),
+    /// Not needed (`demo`) and not available: the caller makes up one.
+    Placeholder,
+}
+
+impl SecretGot {
+    /// The secret, or `placeholder()` when none was needed.
+    fn or_placeholder(self, placeholder: fn() -> SecretString) -> SecretString {
+        match self {
+            SecretGot::Given(secret, ..) => secret,
+            SecretGot::Placeholder => placeholder(),
+        }
+    }
+}
+
+/// Where one secret-typed value of an entry may be: its two keys.
+struct Secret<'r> {
+    /// `key:` (a literal or `${VAR}`).
+    inline: &'r Slot<String>,
+    /// `key_file:`.
+    file: &'r Slot<String>,
+    /// The key's name (`secret`, `token`, ...).
+    key: &'static str,
+    /// A variable name for the hint when both keys are missing.
+    example_var: &'static str,
+    /// The line of the entry, for "has no ..." problems.
+    entry_line: usize,
 }
 
 /// The `clients:` list as read: the valid clients, what was seen of all of
@@ -69,7 +120,7 @@ impl Walk<'_> {
         let Some(root) = root else {
             self.report.error(
                 None,
-                "the file is empty; it needs at least an `accounts:` list with one account",
+                "the file is empty; it needs at least an `accounts:` list with one account, or a `components:` list with one platform",
             );
             return None;
         };
@@ -83,10 +134,11 @@ impl Walk<'_> {
         let refresh = self.refresh(&f.refresh);
         let metrics = self.metrics(&f.metrics);
         let clients = self.clients(&f);
-        let (accounts, accounts_seen) = self.accounts(&f);
+        let components = self.components(&f);
+        let (accounts, accounts_seen) = self.accounts(&f, components.present);
 
-        self.check_accounts(&accounts_seen);
-        self.check_clients(&clients.seen, &accounts_seen);
+        self.check_appids(&accounts_seen, &components.seen);
+        self.check_clients(&clients.seen, &accounts_seen, &components.seen);
         if let Some(listen) = listen
             && clients.entries == 0
             && clients.valid.is_some()
@@ -102,7 +154,7 @@ impl Walk<'_> {
             refresh: refresh?,
             metrics: metrics?,
             clients: clients.valid?,
-            components: Vec::new(),
+            components: components.valid?,
             accounts: accounts?,
             digest: self.digest,
         })
@@ -553,17 +605,204 @@ impl Walk<'_> {
         }
     }
 
-    /// `accounts:`; at least one is required.
+    /// `components:`; an absent or empty list means none.
+    fn components(&mut self, top: &Fields<'_, RawConfig>) -> ComponentsRead {
+        let mut read = ComponentsRead {
+            valid: Some(Vec::new()),
+            seen: Vec::new(),
+            present: false,
+        };
+        let items = match &top.components {
+            Slot::Absent | Slot::Null(_) => return read,
+            Slot::Given(_, items) => items,
+            Slot::Wrong(at, shape) => {
+                self.report.error(
+                    self.line(*at),
+                    format!(
+                        "components must be a list of third-party platforms (- appid: ..., secret: ..., token: ..., encoding_aes_key: ...), not {shape}"
+                    ),
+                );
+                read.valid = None;
+                read.present = true;
+                return read;
+            }
+        };
+        read.present = !items.is_empty();
+        let mut valid = Some(Vec::with_capacity(items.len()));
+        for (i, item) in items.iter().enumerate() {
+            let (component, seen) = self.component(i, item);
+            match (component, valid.as_mut()) {
+                (Some(c), Some(list)) => list.push(c),
+                _ => valid = None,
+            }
+            read.seen.push(seen);
+        }
+        read.valid = valid;
+        read
+    }
+
+    fn component(
+        &mut self,
+        i: usize,
+        slot: &Slot<RawComponent>,
+    ) -> (Option<ComponentConfig>, AccountSeen) {
+        let path = format!("components[{i}]");
+        let mut seen = AccountSeen {
+            path: path.clone(),
+            appid: None,
+            enabled: true,
+        };
+        let Some(f) = self.fields(slot, &path) else {
+            return (None, seen);
+        };
+        seen.appid = match &f.appid {
+            Slot::Absent => {
+                self.report.error(
+                    f.line,
+                    format!(
+                        "{path} has no appid; add its component_appid, e.g. `appid: {EXAMPLE_APPID}`"
+                    ),
+                );
+                None
+            }
+            s => self
+                .setting(s, &format!("{path}.appid"), wechat_appid)
+                .value(),
+        };
+        let label = match &seen.appid {
+            Some((id, _)) => format!("{path} ({id})"),
+            None => path.clone(),
+        };
+        let name = self.setting(&f.name, &format!("{path}.name"), non_empty);
+        let enabled = self
+            .setting(&f.enabled, &format!("{path}.enabled"), values::boolean)
+            .or(true);
+        seen.enabled = enabled.unwrap_or(true);
+        let secret = self
+            .secret(
+                Secret {
+                    inline: &f.secret,
+                    file: &f.secret_file,
+                    key: "secret",
+                    example_var: "WX_COMPONENT_SECRET",
+                    entry_line: f.line,
+                },
+                &path,
+                &label,
+            )
+            .map(|got| got.or_placeholder(placeholder_secret));
+        let token = self
+            .secret(
+                Secret {
+                    inline: &f.token,
+                    file: &f.token_file,
+                    key: "token",
+                    example_var: "WX_COMPONENT_TOKEN",
+                    entry_line: f.line,
+                },
+                &path,
+                &label,
+            )
+            .and_then(|got| self.message_token(got));
+        let encoding_aes_key = self
+            .secret(
+                Secret {
+                    inline: &f.encoding_aes_key,
+                    file: &f.encoding_aes_key_file,
+                    key: "encoding_aes_key",
+                    example_var: "WX_COMPONENT_AES",
+                    entry_line: f.line,
+                },
+                &path,
+                &label,
+            )
+            .and_then(|got| self.encoding_aes_key(got));
+
+        let component = match (&seen.appid, secret, token, encoding_aes_key, enabled) {
+            (
+                Some((appid, _)),
+                Some(secret),
+                Some(token),
+                Some(encoding_aes_key),
+                Some(enabled),
+            ) => name.or(appid.to_string()).map(|name| ComponentConfig {
+                appid: appid.clone(),
+                name,
+                secret,
+                token,
+                encoding_aes_key,
+                enabled,
+            }),
+            _ => None,
+        };
+        (component, seen)
+    }
+
+    /// A component's message-check Token: 3 to 32 letters or digits, as
+    /// WeChat requires of it. Never quoted.
+    fn message_token(&mut self, got: SecretGot) -> Option<SecretString> {
+        let SecretGot::Given(token, line, named) = got else {
+            return Some(placeholder_secret());
+        };
+        let text = token.expose_secret();
+        let length = text.chars().count();
+        let why = if !TOKEN_LEN.contains(&length) {
+            format!("it has {length} characters")
+        } else if !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            "it has characters other than letters and digits".to_string()
+        } else {
+            return Some(token);
+        };
+        self.report.error(
+            line,
+            format!(
+                "{named} must be 3 to 32 letters or digits, the Token set in the platform's development settings, but {why}; the value is not shown"
+            ),
+        );
+        None
+    }
+
+    /// A component's EncodingAESKey: 43 characters of Base64 that decode to
+    /// 32 bytes (`openplatform::crypto` decides). Never quoted.
+    fn encoding_aes_key(&mut self, got: SecretGot) -> Option<SecretString> {
+        let SecretGot::Given(key, line, named) = got else {
+            return Some(placeholder_aes_key());
+        };
+        if check_encoding_aes_key(key.expose_secret()).is_ok() {
+            return Some(key);
+        }
+        let length = key.expose_secret().chars().count();
+        let why = if length == ENCODING_AES_KEY_LEN {
+            format!("its {length} characters are not all Base64 (letters, digits, + and /)")
+        } else {
+            format!("it has {length} characters")
+        };
+        self.report.error(
+            line,
+            format!(
+                "{named} must be the {ENCODING_AES_KEY_LEN}-character EncodingAESKey set on the platform (Base64 that decodes to 32 bytes), but {why}; the value is not shown"
+            ),
+        );
+        None
+    }
+
+    /// `accounts:`; at least one is required unless `components` is true
+    /// (the file configures components), when it may be empty or absent.
     fn accounts(
         &mut self,
         top: &Fields<'_, RawConfig>,
+        components: bool,
     ) -> (Option<Vec<AccountConfig>>, Vec<AccountSeen>) {
         let items = match &top.accounts {
+            Slot::Absent | Slot::Null(_) if components => return (Some(Vec::new()), Vec::new()),
+            Slot::Given(_, items) if items.is_empty() && components => {
+                return (Some(Vec::new()), Vec::new());
+            }
             Slot::Absent => {
                 self.report.error(
                     None,
                     format!(
-                        "no accounts: add an `accounts:` list with at least one account (appid: {EXAMPLE_APPID}, secret: ${{WX_SECRET_...}})"
+                        "no accounts: add an `accounts:` list with at least one account (appid: {EXAMPLE_APPID}, secret: ${{WX_SECRET_...}}), or a `components:` list of Open Platform third-party platforms"
                     ),
                 );
                 return (None, Vec::new());
@@ -572,7 +811,7 @@ impl Walk<'_> {
             Slot::Null(_) | Slot::Given(..) => {
                 self.report.error(
                     self.key_line(&top.accounts),
-                    "accounts is empty; add at least one account (appid and secret)",
+                    "accounts is empty; add at least one account (appid and secret), or a `components:` list of Open Platform third-party platforms",
                 );
                 return (None, Vec::new());
             }
@@ -709,7 +948,19 @@ impl Walk<'_> {
             .setting(&f.enabled, &format!("{path}.enabled"), values::boolean)
             .or(true);
         seen.enabled = enabled.unwrap_or(true);
-        let secret = self.secret(&f, &path, &label);
+        let secret = self
+            .secret(
+                Secret {
+                    inline: &f.secret,
+                    file: &f.secret_file,
+                    key: "secret",
+                    example_var: "WX_SECRET_...",
+                    entry_line: f.line,
+                },
+                &path,
+                &label,
+            )
+            .map(|got| got.or_placeholder(placeholder_secret));
         let tickets = match &f.tickets {
             Slot::Absent => Some(Vec::new()),
             s => self.tickets(s, &format!("{path}.tickets")),
@@ -774,40 +1025,42 @@ impl Walk<'_> {
         ok.then_some(out)
     }
 
-    /// Exactly one of `secret` and `secret_file`.
-    fn secret(
-        &mut self,
-        f: &Fields<'_, RawAccount>,
-        path: &str,
-        label: &str,
-    ) -> Option<SecretString> {
-        match (&f.secret, &f.secret_file) {
+    /// A secret given as `key` (a literal or `${VAR}`) or as `key_file` (a
+    /// file read with `read_regular`): exactly one of them.
+    fn secret(&mut self, s: Secret<'_>, path: &str, label: &str) -> Option<SecretGot> {
+        let key = s.key;
+        match (s.inline, s.file) {
             (Slot::Absent, Slot::Absent) => {
                 self.report.error(
-                    f.line,
+                    s.entry_line,
                     format!(
-                        "{label} has no secret; add `secret: ${{WX_SECRET_...}}` or `secret_file: PATH`"
+                        "{label} has no {key}; add `{key}: ${{{}}}` or `{key}_file: PATH`",
+                        s.example_var
                     ),
                 );
                 None
             }
-            (s, Slot::Absent) => self.inline_secret(s, &format!("{path}.secret")),
-            (Slot::Absent, s) => self.file_secret(s, &format!("{path}.secret_file")),
-            (_, s) => {
+            (inline, Slot::Absent) => self.inline_secret(inline, &format!("{path}.{key}")),
+            (Slot::Absent, file) => self.file_secret(
+                file,
+                &format!("{path}.{key}_file"),
+                format!("{path}.{key} (read from {key}_file)"),
+            ),
+            (_, file) => {
                 self.report.error(
-                    self.key_line(s),
-                    format!("{label} has both secret and secret_file; keep one"),
+                    self.key_line(file),
+                    format!("{label} has both {key} and {key}_file; keep one"),
                 );
                 None
             }
         }
     }
 
-    fn inline_secret(&mut self, slot: &Slot<String>, path: &str) -> Option<SecretString> {
+    fn inline_secret(&mut self, slot: &Slot<String>, path: &str) -> Option<SecretGot> {
         let require = self.opts.require_secrets;
         match self.expand_text(slot, path, false, require) {
             Text::Bad => None,
-            Text::MissingVars => Some(placeholder_secret()),
+            Text::MissingVars => Some(SecretGot::Placeholder),
             Text::Value(value, used) if value.trim().is_empty() => {
                 let why = match used.as_slice() {
                     [] => String::new(),
@@ -821,16 +1074,22 @@ impl Walk<'_> {
                     .error(self.line_of(slot), format!("{path} is empty{why}"));
                 None
             }
-            Text::Value(value, _) => Some(SecretString::from(value)),
+            Text::Value(value, _) => Some(SecretGot::Given(
+                SecretString::from(value),
+                self.line_of(slot),
+                path.to_string(),
+            )),
         }
     }
 
-    fn file_secret(&mut self, slot: &Slot<String>, path: &str) -> Option<SecretString> {
+    /// The secret in the file `slot` names; `named` is how later messages
+    /// name the value read.
+    fn file_secret(&mut self, slot: &Slot<String>, path: &str, named: String) -> Option<SecretGot> {
         let require = self.opts.require_secrets;
         let line = self.line_of(slot);
         let name = match self.expand_text(slot, path, true, require) {
             Text::Bad => return None,
-            Text::MissingVars => return Some(placeholder_secret()),
+            Text::MissingVars => return Some(SecretGot::Placeholder),
             Text::Value(name, _) => name,
         };
         if name.trim().is_empty() {
@@ -859,9 +1118,13 @@ impl Walk<'_> {
                         ),
                     );
                 }
-                Some(SecretString::from(read.secret))
+                Some(SecretGot::Given(
+                    SecretString::from(read.secret),
+                    line,
+                    named,
+                ))
             }
-            Err(_) if !require => Some(placeholder_secret()),
+            Err(_) if !require => Some(SecretGot::Placeholder),
             Err(SecretFileError::NotRegular(what)) => {
                 self.report.error(
                     line,
@@ -895,15 +1158,17 @@ impl Walk<'_> {
         }
     }
 
-    /// Every appid is configured once; warns when every account is disabled.
-    fn check_accounts(&mut self, seen: &[AccountSeen]) {
-        let mut first_lines: HashMap<&AppId, usize> = HashMap::with_capacity(seen.len());
-        for account in seen {
+    /// Every appid is configured once, as an account or as a component;
+    /// warns when everything is disabled.
+    fn check_appids(&mut self, accounts: &[AccountSeen], components: &[AccountSeen]) {
+        let mut account_lines: HashMap<&AppId, (&str, usize)> =
+            HashMap::with_capacity(accounts.len());
+        for account in accounts {
             let Some((id, line)) = &account.appid else {
                 continue;
             };
-            match first_lines.get(id) {
-                Some(first) => self.report.error(
+            match account_lines.get(id) {
+                Some((_, first)) => self.report.error(
                     *line,
                     format!(
                         "{}.appid: duplicate appid {id} (first at line {first}); each account must appear once",
@@ -911,20 +1176,59 @@ impl Walk<'_> {
                     ),
                 ),
                 None => {
-                    first_lines.insert(id, *line);
+                    account_lines.insert(id, (&account.path, *line));
                 }
             }
         }
-        if !seen.is_empty() && seen.iter().all(|a| !a.enabled) {
+        let mut component_lines: HashMap<&AppId, usize> = HashMap::with_capacity(components.len());
+        for component in components {
+            let Some((id, line)) = &component.appid else {
+                continue;
+            };
+            if let Some(first) = component_lines.get(id) {
+                self.report.error(
+                    *line,
+                    format!(
+                        "{}.appid: duplicate appid {id} (first at line {first}); each component must appear once",
+                        component.path
+                    ),
+                );
+                continue;
+            }
+            component_lines.insert(id, *line);
+            if let Some((account, account_line)) = account_lines.get(id) {
+                self.report.error(
+                    *line,
+                    format!(
+                        "{}.appid: {id} is also the appid of {account} (line {account_line}); an appid is configured once, as an account (with its AppSecret) or as a component, not both",
+                        component.path
+                    ),
+                );
+            }
+        }
+        let all = || accounts.iter().chain(components);
+        if all().next().is_some() && all().all(|a| !a.enabled) {
+            let what = if components.is_empty() {
+                "every account is"
+            } else if accounts.is_empty() {
+                "every component is"
+            } else {
+                "every account and component is"
+            };
             self.report.warn(
                 None,
-                "every account is disabled (enabled: false); wxtoken will serve no token",
+                format!("{what} disabled (enabled: false); wxtoken will serve no token"),
             );
         }
     }
 
     /// Client names and keys are unique; scopes name configured accounts.
-    fn check_clients(&mut self, clients: &[ClientSeen], accounts: &[AccountSeen]) {
+    fn check_clients(
+        &mut self,
+        clients: &[ClientSeen],
+        accounts: &[AccountSeen],
+        components: &[AccountSeen],
+    ) {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut keys: HashMap<[u8; 32], (&str, usize)> = HashMap::new();
         for client in clients {
@@ -958,7 +1262,9 @@ impl Walk<'_> {
                 }
             }
         }
-        if clients.iter().all(|c| c.scope.is_empty()) {
+        // With components, a scope may name an authorizer, which joins at
+        // run time and is in no file: an unknown appid is no mistake then.
+        if clients.iter().all(|c| c.scope.is_empty()) || !components.is_empty() {
             return;
         }
         let configured: HashSet<&AppId> = accounts
@@ -1164,8 +1470,153 @@ fn read_secret_file(path: &Path) -> Result<SecretRead, SecretFileError> {
     })
 }
 
-/// A made-up secret for an account whose real one is not needed (`demo`).
+/// A made-up secret for an account whose real one is not needed (`demo`);
+/// 32 hex digits, so it is also a valid message-check Token.
 fn placeholder_secret() -> SecretString {
     let bytes: [u8; 16] = rand::random();
     SecretString::from(hex::encode(bytes))
+}
+
+/// A made-up EncodingAESKey (43 characters of Base64, 32 random bytes) for a
+/// component whose real one is not needed (`demo`).
+fn placeholder_aes_key() -> SecretString {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    SecretString::from(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use secrecy::ExposeSecret;
+
+    use crate::config::{LoadOptions, load_str};
+    use crate::openplatform::crypto::check_encoding_aes_key;
+
+    /// Tencent's sample EncodingAESKey (open-platform.md, vector A).
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    fn component(extra: &str) -> String {
+        format!(
+            "components:\n  - appid: wx9999999999999999\n    secret: platform-secret\n    token: pamtest\n    encoding_aes_key: {KEY}\n{extra}"
+        )
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match load_str(yaml, Path::new("t.yaml"), &LoadOptions::from_pairs([])) {
+            Ok(_) => panic!("expected problems:\n{yaml}"),
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_file_with_only_components_is_valid_and_takes_the_defaults() {
+        let opts = LoadOptions::from_pairs([]);
+        let loaded = load_str(&component(""), Path::new("t.yaml"), &opts).unwrap();
+        let c = &loaded.config;
+        assert!(c.accounts.is_empty());
+        assert_eq!(c.components.len(), 1);
+        let p = &c.components[0];
+        assert_eq!(p.appid.as_str(), "wx9999999999999999");
+        assert_eq!(p.name, "wx9999999999999999");
+        assert!(p.enabled);
+        assert_eq!(p.secret.expose_secret(), "platform-secret");
+        assert_eq!(p.token.expose_secret(), "pamtest");
+        assert_eq!(p.encoding_aes_key.expose_secret(), KEY);
+
+        for accounts in ["accounts:\n", "accounts: []\n"] {
+            assert!(load_str(&component(accounts), Path::new("t.yaml"), &opts).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_token_must_be_3_to_32_letters_or_digits() {
+        for bad in ["ab", "a-b-c", &"a".repeat(33)] {
+            let lines =
+                errors(&component("").replace("token: pamtest", &format!("token: \"{bad}\"")));
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(
+                lines[0]
+                    .starts_with("t.yaml:4: components[0].token must be 3 to 32 letters or digits"),
+                "{}",
+                lines[0]
+            );
+            assert!(!lines[0].contains(&format!("\"{bad}\"")), "{}", lines[0]);
+        }
+    }
+
+    #[test]
+    fn an_encoding_aes_key_must_be_43_characters_of_base64() {
+        let short = &KEY[..42];
+        let not_base64 = format!("{}!", &KEY[..42]);
+        for (bad, why) in [
+            (short, "it has 42 characters"),
+            (not_base64.as_str(), "are not all Base64"),
+        ] {
+            let lines = errors(&component("").replace(KEY, bad));
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(
+                lines[0].starts_with("t.yaml:5: components[0].encoding_aes_key must be the 43-character EncodingAESKey")
+                    && lines[0].contains(why),
+                "{}",
+                lines[0]
+            );
+            assert!(!lines[0].contains(bad), "{}", lines[0]);
+        }
+    }
+
+    #[test]
+    fn demo_placeholders_are_a_valid_token_and_key() {
+        let yaml = "components:\n  - appid: wx9999999999999999\n    secret: ${A}\n    token: ${B}\n    encoding_aes_key_file: /nonexistent/key\n";
+        let opts = LoadOptions::from_pairs([]).secrets_optional();
+        let config = load_str(yaml, Path::new("t.yaml"), &opts).unwrap().config;
+        let p = &config.components[0];
+        assert!(check_encoding_aes_key(p.encoding_aes_key.expose_secret()).is_ok());
+        let token = p.token.expose_secret();
+        assert!(
+            (3..=32).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric())
+        );
+        assert!(!p.secret.expose_secret().is_empty());
+    }
+
+    #[test]
+    fn neither_accounts_nor_components_is_the_no_accounts_problem() {
+        for yaml in [
+            "listen: 127.0.0.1:8080\n",
+            "components: []\n",
+            "components:\n",
+        ] {
+            let lines = errors(yaml);
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(
+                lines[0].contains("no accounts") && lines[0].contains("`components:`"),
+                "{}",
+                lines[0]
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_component_does_not_also_claim_there_are_no_accounts() {
+        let lines = errors("components:\n  - appid: wx1\n");
+        assert!(
+            lines.iter().all(|l| !l.contains("no accounts")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l
+                    .starts_with("t.yaml:2: components[0].appid: \"wx1\" is not a WeChat appid")),
+            "{lines:?}"
+        );
+        let lines = errors("components: wx9999999999999999\n");
+        assert_eq!(
+            lines,
+            [
+                "t.yaml:1: components must be a list of third-party platforms (- appid: ..., secret: ..., token: ..., encoding_aes_key: ...), not a single value"
+            ]
+        );
+    }
 }

@@ -540,12 +540,14 @@ fn no_accounts_is_an_error() {
     assert_eq!(
         errors("listen: 127.0.0.1:8080\n", &[]),
         [
-            "test.yaml: no accounts: add an `accounts:` list with at least one account (appid: wx1111111111111111, secret: ${WX_SECRET_...})"
+            "test.yaml: no accounts: add an `accounts:` list with at least one account (appid: wx1111111111111111, secret: ${WX_SECRET_...}), or a `components:` list of Open Platform third-party platforms"
         ]
     );
     assert_eq!(
         errors("accounts: []\n", &[]),
-        ["test.yaml:1: accounts is empty; add at least one account (appid and secret)"]
+        [
+            "test.yaml:1: accounts is empty; add at least one account (appid and secret), or a `components:` list of Open Platform third-party platforms"
+        ]
     );
     assert_eq!(errors("", &[]).len(), 1);
     assert_eq!(errors("# just comments\n", &[]).len(), 1);
@@ -1092,7 +1094,7 @@ fn an_unknown_key_that_belongs_to_another_mapping_says_where() {
             "test.yaml:1: unknown key \"wecom_base_urls\" at the top level (it belongs under `upstream:`)",
             "test.yaml:2: unknown key \"corpid\" at the top level (it belongs in an entry of `accounts:`)",
             "test.yaml:3: unknown key \"tickets\" at the top level (it belongs in an entry of `accounts:`)",
-            "test.yaml:4: unknown key \"name\" at the top level (it belongs in an entry of `accounts:` or in an entry of `clients:`)",
+            "test.yaml:4: unknown key \"name\" at the top level (it belongs in an entry of `accounts:` or in an entry of `components:` or in an entry of `clients:`)",
         ]
     );
 }
@@ -1145,4 +1147,419 @@ accounts:
             "test.yaml:10: accounts[1] must be a mapping of keys (kind, appid, corpid, agentid, name, secret, secret_file, mode, enabled, tickets), not empty",
         ]
     );
+}
+
+// `components:`: Open Platform third-party platforms (contract §2, §6).
+
+/// Tencent's sample EncodingAESKey (open-platform.md, vector A).
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// One platform whose three secrets come from `$CS`, `$CT` and `$CK`.
+const COMPONENT: &str = "\
+components:
+  - appid: wx9999999999999999
+    name: Agency platform
+    secret: ${CS}
+    token: ${CT}
+    encoding_aes_key: ${CK}
+";
+
+const COMPONENT_VARS: [(&str, &str); 3] = [
+    ("CS", "component-secret-4242"),
+    ("CT", "pamtest"),
+    ("CK", AES_KEY),
+];
+
+/// A client that may read `appids`, as YAML.
+fn client_reading(appids: &str) -> String {
+    format!(
+        "clients:\n  - name: shop\n    key: sha256:{}\n    appids: [{appids}]\n",
+        "ab".repeat(32)
+    )
+}
+
+#[test]
+fn a_file_with_only_components_loads_with_secrets_from_the_environment() {
+    // The client may read an authorizer's appid, which no file lists: no warning.
+    let yaml = format!("{COMPONENT}{}", client_reading("wx5555555555555555"));
+    let first = loaded(&yaml, &COMPONENT_VARS);
+    assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+    let c = &first.config;
+    assert!(c.accounts.is_empty());
+    let [p] = c.components.as_slice() else {
+        panic!("one component: {:?}", c.components)
+    };
+    assert_eq!(p.appid, AppId::parse("wx9999999999999999").unwrap());
+    assert_eq!(p.name, "Agency platform");
+    assert!(p.enabled);
+    assert_eq!(p.secret.expose_secret(), "component-secret-4242");
+    assert_eq!(p.token.expose_secret(), "pamtest");
+    assert_eq!(p.encoding_aes_key.expose_secret(), AES_KEY);
+    // The component as the registry's account: legacy semantics, its own kind.
+    let account = p.account();
+    assert_eq!(account.mode, Mode::Legacy);
+    assert_eq!(account.kind, wxtoken::config::AccountKind::Component);
+    assert_eq!(
+        summary(c),
+        "0 accounts, 1 component (1 enabled: wx9999999999999999 \"Agency platform\"), 1 client, listen 127.0.0.1:8080"
+    );
+
+    for accounts in ["accounts:\n", "accounts: []\n"] {
+        let c = loaded(&format!("{COMPONENT}{accounts}"), &COMPONENT_VARS).config;
+        assert!(c.accounts.is_empty() && c.components.len() == 1);
+    }
+}
+
+#[test]
+fn components_and_accounts_together_are_summarized_with_enabled_and_disabled_platforms() {
+    let yaml = format!(
+        "{COMPONENT}  - appid: wx8888888888888888\n    secret: s\n    token: abc\n    encoding_aes_key: {AES_KEY}\n    enabled: false\n{MINIMAL}"
+    );
+    let c = loaded(&yaml, &[COMPONENT_VARS.as_slice(), &[("S", "x")]].concat()).config;
+    assert!(!c.components[1].enabled);
+    assert_eq!(c.components[1].name, "wx8888888888888888");
+    assert_eq!(
+        summary(&c),
+        "1 account (1 stable, 0 legacy, 1 enabled), 2 components (1 enabled: wx9999999999999999 \"Agency platform\"; disabled: wx8888888888888888), 0 clients, listen 127.0.0.1:8080"
+    );
+
+    // Only disabled things: warned, still valid.
+    let off = format!("{COMPONENT}    enabled: false\n");
+    let all_off = loaded(&off, &COMPONENT_VARS);
+    let warnings: Vec<String> = all_off.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.contains(
+            &"test.yaml: every component is disabled (enabled: false); wxtoken will serve no token"
+                .to_string()
+        ),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn every_mistake_in_a_component_is_reported_at_its_line() {
+    let yaml = "\
+components:
+  - appid: wx99
+    secret: s
+    tokn: abc
+    encoding_aes_key: short-key-5555
+    enabled: sometimes
+  - appid: wx8888888888888888
+    token: bad-token-7777
+    encoding_aes_key: abcdefghijklmnopqrstuvwxyz0123456789ABCDE*G
+  - appid: wx7777777777777777
+    secret: s
+    token: ${UNSET_TOKEN}
+    encoding_aes_key: x
+    encoding_aes_key_file: key
+accounts: []
+";
+    let lines = errors(yaml, &[]);
+    let expected: &[(&str, &str)] = &[
+        (
+            "test.yaml:2: ",
+            "components[0].appid: \"wx99\" is not a WeChat appid",
+        ),
+        (
+            "test.yaml:2: ",
+            "components[0] has no token; add `token: ${WX_COMPONENT_TOKEN}` or `token_file: PATH`",
+        ),
+        (
+            "test.yaml:4: ",
+            "unknown key \"tokn\" in components[0] (did you mean \"token\"?)",
+        ),
+        (
+            "test.yaml:5: ",
+            "components[0].encoding_aes_key must be the 43-character EncodingAESKey set on the platform (Base64 that decodes to 32 bytes), but it has 14 characters; the value is not shown",
+        ),
+        (
+            "test.yaml:6: ",
+            "components[0].enabled: \"sometimes\" is not a boolean",
+        ),
+        (
+            "test.yaml:7: ",
+            "components[1] (wx8888888888888888) has no secret; add `secret: ${WX_COMPONENT_SECRET}` or `secret_file: PATH`",
+        ),
+        (
+            "test.yaml:8: ",
+            "components[1].token must be 3 to 32 letters or digits, the Token set in the platform's development settings, but it has characters other than letters and digits; the value is not shown",
+        ),
+        (
+            "test.yaml:9: ",
+            "components[1].encoding_aes_key must be the 43-character EncodingAESKey set on the platform (Base64 that decodes to 32 bytes), but its 43 characters are not all Base64",
+        ),
+        (
+            "test.yaml:12: ",
+            "components[2].token: environment variable UNSET_TOKEN is not set",
+        ),
+        (
+            "test.yaml:14: ",
+            "components[2] (wx7777777777777777) has both encoding_aes_key and encoding_aes_key_file; keep one",
+        ),
+    ];
+    for (prefix, fragment) in expected {
+        assert_has(&lines, prefix, fragment);
+    }
+    assert_eq!(lines.len(), expected.len(), "{}", lines.join("\n"));
+    for value in ["short-key-5555", "bad-token-7777", "ABCDE*G"] {
+        assert!(
+            lines.iter().all(|l| !l.contains(value)),
+            "{value} was echoed: {}",
+            lines.join("\n")
+        );
+    }
+}
+
+#[test]
+fn an_appid_is_configured_once_across_accounts_and_components() {
+    let platform = |appid: &str| {
+        format!(
+            "  - appid: {appid}\n    secret: s\n    token: abc\n    encoding_aes_key: {AES_KEY}\n"
+        )
+    };
+    let yaml = format!(
+        "accounts:\n  - appid: wx1111111111111111\n    secret: x\ncomponents:\n{}{}{}",
+        platform("wx1111111111111111"),
+        platform("wx9999999999999999"),
+        platform("wx9999999999999999"),
+    );
+    assert_eq!(
+        errors(&yaml, &[]),
+        [
+            "test.yaml:5: components[0].appid: wx1111111111111111 is also the appid of accounts[0] (line 2); an appid is configured once, as an account (with its AppSecret) or as a component, not both",
+            "test.yaml:13: components[2].appid: duplicate appid wx9999999999999999 (first at line 9); each component must appear once",
+        ]
+    );
+}
+
+#[test]
+fn component_secrets_are_read_from_their_files_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for (name, text) in [
+        ("secret", "file-secret-1111\n".to_string()),
+        ("token", "fileToken2222\n".to_string()),
+        ("aes", format!("{AES_KEY}\r\n")),
+        ("short", "ab\n".to_string()),
+    ] {
+        let file = dir.path().join("secrets").join(name);
+        std::fs::write(&file, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let path = dir.path().join("accounts.yaml");
+    let valid = "\
+components:
+  - appid: wx9999999999999999
+    secret_file: secrets/secret
+    token_file: ${SECRETS}/token
+    encoding_aes_key_file: secrets/aes
+";
+    std::fs::write(&path, valid).unwrap();
+    let loaded = load(&path, &env(&[("SECRETS", "secrets")])).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .all(|w| !w.message.contains("open to other users"))
+    );
+    let p = &loaded.config.components[0];
+    assert_eq!(p.secret.expose_secret(), "file-secret-1111");
+    assert_eq!(p.token.expose_secret(), "fileToken2222");
+    assert_eq!(p.encoding_aes_key.expose_secret(), AES_KEY);
+
+    let broken = "\
+components:
+  - appid: wx9999999999999999
+    secret_file: secrets/missing
+    token_file: secrets/short
+    encoding_aes_key_file: secrets/token
+";
+    std::fs::write(&path, broken).unwrap();
+    let lines: Vec<String> = load(&path, &env(&[]))
+        .unwrap_err()
+        .iter()
+        .map(|p| format!("{}: {}", p.line.unwrap_or(0), p.message))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("3: components[0].secret_file: cannot read ")
+            && lines[0].ends_with("no such file"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(
+            "4: components[0].token (read from token_file) must be 3 to 32 letters or digits"
+        ) && lines[1].contains("it has 2 characters"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(
+            "5: components[0].encoding_aes_key (read from encoding_aes_key_file) must be the 43-character EncodingAESKey"
+        ) && lines[2].contains("it has 13 characters"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("fileToken2222")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn component_secrets_never_appear_in_problems_debug_or_check_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "fileTokenSecret31\n").unwrap();
+    let key = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
+    let valid = format!(
+        "components:\n  - appid: wx9999999999999999\n    secret: literal-component-secret-77\n    token_file: token\n    encoding_aes_key: ${{AES}}\n{}",
+        client_reading("\"*\"")
+    );
+    let path = dir.path().join("accounts.yaml");
+    std::fs::write(&path, &valid).unwrap();
+    let secrets = ["literal-component-secret-77", "fileTokenSecret31", key];
+
+    let loaded = load(&path, &env(&[("AES", key)])).unwrap();
+    let debug = format!("{:?}", loaded.config);
+    for s in secrets {
+        assert!(!debug.contains(s), "{s} leaked into Debug: {debug}");
+    }
+    let check = || {
+        wxtoken()
+            .current_dir(dir.path())
+            .env("AES", key)
+            .args(["check", "--config", "accounts.yaml"])
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        "accounts.yaml: ok, 0 accounts, 1 component (1 enabled: wx9999999999999999), 1 client, listen 127.0.0.1:8080\n"
+    );
+    let all = stdout_of(&out) + &stderr_of(&out);
+    for s in secrets {
+        assert!(!all.contains(s), "{s} leaked into check output: {all}");
+    }
+
+    // Each secret broken in a way that tempts a message to quote it.
+    std::fs::write(dir.path().join("token"), "fileTokenSecret31-\n").unwrap();
+    let broken = valid
+        .replace(
+            "secret: literal-component-secret-77",
+            "secret: literal-component-secret-77 ${BAD NAME}",
+        )
+        .replace("${AES}", "${AES}x");
+    std::fs::write(&path, &broken).unwrap();
+    let problems = load(&path, &env(&[("AES", key)])).unwrap_err();
+    assert_eq!(problems.len(), 3, "{problems}");
+    let text = problems.to_string();
+    for s in secrets {
+        assert!(!text.contains(s), "{s} leaked into a problem: {text}");
+    }
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let all = stdout_of(&out) + &stderr_of(&out);
+    assert_eq!(stderr_of(&out).lines().count(), 3, "{all}");
+    for s in secrets {
+        assert!(!all.contains(s), "{s} leaked into check output: {all}");
+    }
+}
+
+#[test]
+fn check_accepts_a_components_only_file_and_reports_its_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.yaml"), COMPONENT).unwrap();
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .envs(COMPONENT_VARS)
+        .args(["check", "--config", "c.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        "c.yaml: ok, 0 accounts, 1 component (1 enabled: wx9999999999999999 \"Agency platform\"), 0 clients, listen 127.0.0.1:8080\n"
+    );
+    assert!(
+        stderr_of(&out).contains("warning: no clients are configured"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let out = wxtoken()
+        .current_dir(dir.path())
+        .env("CS", "component-secret-4242")
+        .env("CT", "x")
+        .env("CK", "too-short-key")
+        .args(["check", "--config", "c.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = stderr_of(&out);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("c.yaml:5: components[0].token must be 3 to 32"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("c.yaml:6: components[0].encoding_aes_key must be the 43-character"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("too-short-key") && stdout_of(&out).is_empty());
+}
+
+#[actix_web::test]
+async fn a_reload_to_a_components_only_file_is_applied_and_back_again() {
+    use reqwest::StatusCode;
+
+    let app = crate::app::TestAppBuilder::new()
+        .accounts(&[Mode::Stable, Mode::Legacy])
+        .spawn()
+        .await;
+    let original = std::fs::read_to_string(&app.config_path).unwrap();
+    let (head, _accounts) = original
+        .split_once("accounts:\n")
+        .expect("the test config lists accounts last");
+    let platform = format!(
+        "components:\n  - appid: wx9999999999999999\n    secret: s\n    token: abc\n    encoding_aes_key: {AES_KEY}\n"
+    );
+    app.write_config_text(&format!("{head}{platform}"));
+    let summary = crate::app::json(
+        app.admin_reload(Some(crate::app::ADMIN_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut removed: Vec<&str> = summary["removed"]
+        .as_array()
+        .expect("removed is a list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    removed.sort();
+    let mut want: Vec<&str> = app.accounts.iter().map(|a| a.appid.as_str()).collect();
+    want.sort();
+    assert_eq!(removed, want);
+
+    app.write_config(&app.accounts);
+    let summary = crate::app::json(
+        app.admin_reload(Some(crate::app::ADMIN_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(summary["added"].as_array().map(Vec::len), Some(2));
+    for account in &app.accounts {
+        crate::support::wait::eventually("the account is back and ready", || {
+            app.is_ready(&account.appid)
+        })
+        .await;
+    }
 }
