@@ -87,7 +87,9 @@ impl Application {
             tracing::warn!(listen = %addr, "no clients configured: API open to loopback callers only");
         }
         let auth = Arc::new(ArcSwap::from_pointee(Auth::new(&config.clients)));
-        let components = Arc::new(ArcSwap::from_pointee(crate::api::open::components_of(&config)));
+        let components = Arc::new(ArcSwap::from_pointee(crate::api::open::components_of(
+            &config,
+        )));
         let reloader = options.reload.map(|source| {
             let clients = auth.clone();
             let crypts = components.clone();

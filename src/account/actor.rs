@@ -327,7 +327,11 @@ impl AccountActor {
         if self.open_failed(msg, err, &decision) {
             self.failures = self.failures.saturating_add(1);
             self.update_status(|s| {
-                s.state = if self.slot.is_ready(now) { State::Ready } else { State::Failing };
+                s.state = if self.slot.is_ready(now) {
+                    State::Ready
+                } else {
+                    State::Failing
+                };
                 s.last_error = Some(LastError {
                     errcode: err.errcode(),
                     errmsg: err.errmsg(),
@@ -399,8 +403,13 @@ impl Actor for AccountActor {
         if self.open_parked() {
             // A revoked authorizer, or one waiting for its merchant: served
             // (when not revoked) while its token lasts, never refreshed.
-            let revoked = self.slot.authorization() == Some(crate::domain::Authorization::Unauthorized);
-            self.set_state(if revoked { State::Disabled } else { State::Failing });
+            let revoked =
+                self.slot.authorization() == Some(crate::domain::Authorization::Unauthorized);
+            self.set_state(if revoked {
+                State::Disabled
+            } else {
+                State::Failing
+            });
             return;
         }
         let now = self.now_ms();

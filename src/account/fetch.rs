@@ -70,9 +70,7 @@ impl AccountActor {
         // not called at all.
         let credential = self.open_credential();
         let open = credential.as_ref().ok().cloned().flatten();
-        let component_token = open
-            .as_ref()
-            .and_then(|o| o.component_token().cloned());
+        let component_token = open.as_ref().and_then(|o| o.component_token().cloned());
         let ask = Ask {
             request: FetchRequest {
                 appid: self.config.appid.clone(),

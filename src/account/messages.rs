@@ -43,14 +43,18 @@ pub enum RefreshError {
     UnknownTicket(TicketKind),
     /// A component without a `component_verify_ticket` (WeChat pushes one to
     /// the event URL every 10 minutes): WeChat was not called.
-    #[error("no component_verify_ticket has arrived yet; WeChat pushes one to the event URL every 10 minutes (check the URL set on the platform)")]
+    #[error(
+        "no component_verify_ticket has arrived yet; WeChat pushes one to the event URL every 10 minutes (check the URL set on the platform)"
+    )]
     NoVerifyTicket,
     /// An authorizer whose component has no usable token: WeChat was not called.
     #[error("the component's own token is not available yet")]
     ComponentUnavailable,
     /// An authorizer without a refresh token or code: the merchant must
     /// authorize again (or an operator imports its refresh token).
-    #[error("the authorizer's refresh token is lost; the merchant must authorize the platform again, or import the refresh token")]
+    #[error(
+        "the authorizer's refresh token is lost; the merchant must authorize the platform again, or import the refresh token"
+    )]
     NeedsReauth,
     /// The merchant revoked the platform.
     #[error("the merchant revoked the authorization of the platform")]

@@ -72,14 +72,14 @@ impl std::fmt::Debug for OpenUpdate {
 pub enum OpenNotice {
     /// WeChat rejected the component token an authorizer used:
     /// compare-and-refresh it.
-    ComponentStale { component: AppId, token: AccessToken },
+    ComponentStale {
+        component: AppId,
+        token: AccessToken,
+    },
     /// An authorizer's refresh token or code is unusable: look for it in
     /// `api_get_authorizer_list`, then answer [`OpenUpdate::RefreshToken`]
     /// or [`OpenUpdate::RecoveryFailed`].
-    Recover {
-        component: AppId,
-        authorizer: AppId,
-    },
+    Recover { component: AppId, authorizer: AppId },
 }
 
 /// The Open Platform state after a successful grant of `request`, when it
@@ -177,7 +177,10 @@ impl AccountActor {
     pub(super) fn open_parked(&self) -> bool {
         matches!(
             (&self.endpoint, self.slot.authorization()),
-            (Endpoint::Authorizer { .. }, Some(Authorization::Unauthorized))
+            (
+                Endpoint::Authorizer { .. },
+                Some(Authorization::Unauthorized)
+            )
         ) || matches!(
             (&self.endpoint, self.slot.open()),
             (Endpoint::Authorizer { .. }, Some(o))
@@ -188,7 +191,12 @@ impl AccountActor {
     /// After a failed refresh of an Open Platform account: report a stale
     /// component token, ask for a recovery, or park a revoked authorizer.
     /// True when the failure is handled here and no retry may be armed.
-    pub(super) fn open_failed(&mut self, msg: &Finished, err: &RefreshError, decision: &Decision) -> bool {
+    pub(super) fn open_failed(
+        &mut self,
+        msg: &Finished,
+        err: &RefreshError,
+        decision: &Decision,
+    ) -> bool {
         let Endpoint::Authorizer { component } = &self.endpoint else {
             return false;
         };
@@ -286,11 +294,14 @@ impl Handler<OpenUpdate> for AccountActor {
                 });
                 open.verify_tickets
                     .sort_by_key(|t| (t.created_at_ms, t.received_at_ms));
-                let excess = open.verify_tickets.len().saturating_sub(VERIFY_TICKETS_KEPT);
+                let excess = open
+                    .verify_tickets
+                    .len()
+                    .saturating_sub(VERIFY_TICKETS_KEPT);
                 open.verify_tickets.drain(..excess);
                 // A component that was waiting for a ticket fetches at once.
-                refresh_now = !self.slot.is_ready(now)
-                    || self.slot.status().state == State::Failing;
+                refresh_now =
+                    !self.slot.is_ready(now) || self.slot.status().state == State::Failing;
             }
             OpenUpdate::Code {
                 code,
@@ -345,7 +356,9 @@ impl Handler<OpenUpdate> for AccountActor {
                 }
                 self.update_status(|s| s.next_refresh_at_ms = None);
             }
-            OpenUpdate::Ticket { .. } => return Box::pin(async { Err(RefreshError::WrongKind("component")) }),
+            OpenUpdate::Ticket { .. } => {
+                return Box::pin(async { Err(RefreshError::WrongKind("component")) });
+            }
             _ => return Box::pin(async { Err(RefreshError::WrongKind("authorizer")) }),
         }
         self.slot.publish_open(Arc::new(open));

@@ -19,6 +19,8 @@ use super::AccountActor;
 
 /// What a new account's slot starts from.
 #[derive(Debug)]
+// Short-lived values, one per write or start: not worth a box each.
+#[allow(clippy::large_enum_variant)]
 pub enum Seed {
     /// Nothing: the actor fetches at once.
     Empty,

@@ -168,7 +168,9 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "unknown_component",
-            format!("component {appid} is not configured on this server; add it under `components:` in accounts.yaml"),
+            format!(
+                "component {appid} is not configured on this server; add it under `components:` in accounts.yaml"
+            ),
         )
     }
 

@@ -22,8 +22,8 @@ use super::state::AppState;
 use crate::account::{OpenUpdate, RefreshError};
 use crate::config::Config;
 use crate::domain::{AccessToken, AppId};
-use crate::openplatform::event::{self, Event, EventQuery, MAX_EVENT_BYTES};
 use crate::openplatform::MsgCrypt;
+use crate::openplatform::event::{self, Event, EventQuery, MAX_EVENT_BYTES};
 use crate::registry::{PreAuthCode, Reconcile, RouteOpen};
 
 /// How long an authorization code is honoured when WeChat does not say (10 min).
@@ -76,7 +76,11 @@ pub async fn events(
     };
     let body = read_bytes(&req, payload, MAX_EVENT_BYTES, "WeChat's <xml> event").await?;
     let query = web::Query::<EventQuery>::from_query(req.query_string())
-        .map_err(|_| ApiError::bad_event("the query string is not WeChat's timestamp, nonce, encrypt_type and msg_signature"))?
+        .map_err(|_| {
+            ApiError::bad_event(
+                "the query string is not WeChat's timestamp, nonce, encrypt_type and msg_signature",
+            )
+        })?
         .into_inner();
     let event = match event::open(&crypt, &query, &body) {
         Ok(event) => event,
@@ -99,7 +103,9 @@ pub async fn events(
             create_time,
         } => {
             let ticket = AccessToken::from_upstream(ticket).map_err(|_| {
-                ApiError::bad_event("the component_verify_ticket is not 16 to 2048 visible characters")
+                ApiError::bad_event(
+                    "the component_verify_ticket is not 16 to 2048 visible characters",
+                )
             })?;
             let created = if create_time > 0 {
                 create_time.saturating_mul(1000)
@@ -228,8 +234,14 @@ pub async fn component_token(
     })
     .map_err(|_| ApiError::internal("the answer could not be written"))?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .insert_header((header::CACHE_CONTROL, super::token::cache_control(expires_in)))
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .insert_header((
+            header::CACHE_CONTROL,
+            super::token::cache_control(expires_in),
+        ))
         .body(body))
 }
 
@@ -240,7 +252,13 @@ pub async fn reconcile(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let component = admin_component(&req, &state)?;
-    match state.registry.send(Reconcile { component: component.clone() }).await {
+    match state
+        .registry
+        .send(Reconcile {
+            component: component.clone(),
+        })
+        .await
+    {
         Ok(Ok(summary)) => {
             tracing::info!(component = %component, listed = summary.total_count, added = summary.added.len(), repaired = summary.repaired.len(), "reconciled the authorizers");
             state
@@ -348,8 +366,12 @@ pub async fn preauthcode(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let component = admin_component(&req, &state)?;
-    let body: PreAuthRequest =
-        read_json(&req, payload, r#"{"redirect_uri": "https://...", "auth_type": 3}"#).await?;
+    let body: PreAuthRequest = read_json(
+        &req,
+        payload,
+        r#"{"redirect_uri": "https://...", "auth_type": 3}"#,
+    )
+    .await?;
     let redirect = url::Url::parse(&body.redirect_uri)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
@@ -381,7 +403,8 @@ pub async fn preauthcode(
         url
     };
     let pc_url = query("https://mp.weixin.qq.com/cgi-bin/componentloginpage").to_string();
-    let mut mobile = query("https://mp.weixin.qq.com/safe/bindcomponent?action=bindcomponent&no_scan=1");
+    let mut mobile =
+        query("https://mp.weixin.qq.com/safe/bindcomponent?action=bindcomponent&no_scan=1");
     mobile.set_fragment(Some("wechat_redirect"));
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))

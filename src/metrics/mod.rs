@@ -264,7 +264,9 @@ impl Metrics {
             .find(|r| **r == result)
             .copied()
             .unwrap_or("error");
-        self.open_events.with_label_values(&[info_type, result]).inc();
+        self.open_events
+            .with_label_values(&[info_type, result])
+            .inc();
     }
 
     /// Counts `n` refresh tokens added or repaired.

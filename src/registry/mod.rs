@@ -280,7 +280,11 @@ impl Handler<Apply> for Registry {
             .iter()
             .filter(|(id, m)| {
                 !wanted.contains_key(*id)
-                    && !m.config.kind.component().is_some_and(|c| components.contains(c))
+                    && !m
+                        .config
+                        .kind
+                        .component()
+                        .is_some_and(|c| components.contains(c))
             })
             .map(|(id, _)| id.clone())
             .collect();

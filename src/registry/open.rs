@@ -84,7 +84,12 @@ impl Registry {
 
     /// Starts the actor of authorizer `appid` of `component` from `stored`
     /// (a restart) or empty (a new authorization).
-    pub(super) fn add_authorizer(&mut self, component: &AppId, appid: &AppId, stored: Option<StoredAccount>) {
+    pub(super) fn add_authorizer(
+        &mut self,
+        component: &AppId,
+        appid: &AppId,
+        stored: Option<StoredAccount>,
+    ) {
         let enabled = self
             .members
             .get(component)
@@ -325,7 +330,8 @@ impl Registry {
             if seen.insert(appid.clone(), ()).is_some() {
                 continue;
             }
-            let (existed, current): (bool, Option<Arc<StoredOpen>>) = match self.members.get(&appid) {
+            let (existed, current): (bool, Option<Arc<StoredOpen>>) = match self.members.get(&appid)
+            {
                 Some(m) if m.config.kind.component() == Some(component) => (true, m.slot.open()),
                 // A configured account or another component's: left alone.
                 Some(_) => continue,

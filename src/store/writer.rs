@@ -55,6 +55,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Retries that keep failing are logged at most this often.
 const RETRY_LOG_EVERY: Duration = Duration::from_secs(60);
 
+// Short-lived values, one per write or start: not worth a box each.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Put {
         account: StoredAccount,
@@ -280,6 +282,8 @@ fn report(kind: &'static str, metrics: &Metrics, appid: &AppId, error: &StoreErr
 }
 
 /// The newest state of an account whose write is not durable yet.
+// Short-lived values, one per write or start: not worth a box each.
+#[allow(clippy::large_enum_variant)]
 enum Pending {
     Put(StoredAccount),
     Remove,

@@ -18,7 +18,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-use super::{FetchRequest, OpenAnswer, OpenCall, TicketGrant, TokenGrant, TokenSource, UpstreamError};
+use super::{
+    FetchRequest, OpenAnswer, OpenCall, TicketGrant, TokenGrant, TokenSource, UpstreamError,
+};
 use crate::domain::{AccessToken, TicketKind};
 
 /// A token source of which at most `max_concurrency` calls are in flight.

@@ -36,8 +36,16 @@ pub enum OpenCall {
 impl std::fmt::Debug for OpenCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OpenCall::AuthorizerList { component, offset, count, .. } => {
-                write!(f, "AuthorizerList {{ {component}, offset: {offset}, count: {count} }}")
+            OpenCall::AuthorizerList {
+                component,
+                offset,
+                count,
+                ..
+            } => {
+                write!(
+                    f,
+                    "AuthorizerList {{ {component}, offset: {offset}, count: {count} }}"
+                )
             }
             OpenCall::PreAuthCode { component, .. } => write!(f, "PreAuthCode {{ {component} }}"),
             OpenCall::StartPushTicket { component, .. } => {
