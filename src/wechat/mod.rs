@@ -703,7 +703,7 @@ impl WechatClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no content type")
             .to_string();
-        let body = read_limited(api, response, MAX_ANSWER_BYTES)
+        let body = read_limited(api, response, answer_limit(api))
             .await
             .map_err(|e| e.map_transport(transport))?;
         decode_answer(api, &body, &content_type, sensitive)
@@ -713,6 +713,20 @@ impl WechatClient {
 /// The most bytes of a WeChat answer that are read (contract §9); a longer
 /// answer is a decode error, and the rest of it is never downloaded.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The most bytes of an `api_get_authorizer_list` answer that are read: a
+/// page of 500 authorizers with their refresh tokens is about 60 KiB at
+/// WeChat's lengths and more with longer tokens, so the 64 KiB of the other
+/// answers would refuse full pages.
+pub const MAX_LIST_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The most bytes of an answer of `api` that are read.
+fn answer_limit(api: ApiName) -> usize {
+    match api {
+        ApiName::AuthorizerList => MAX_LIST_ANSWER_BYTES,
+        _ => MAX_ANSWER_BYTES,
+    }
+}
 
 /// The `expires_in` values (seconds) a token or ticket answer may carry
 /// (contract §9); anything else is a decode error.
@@ -756,11 +770,15 @@ async fn read_limited(
     Ok(body)
 }
 
-/// The error for an answer longer than [`MAX_ANSWER_BYTES`].
+/// The error for an answer longer than [`MAX_ANSWER_BYTES`] (for
+/// `api_get_authorizer_list`, [`MAX_LIST_ANSWER_BYTES`]).
 pub fn answer_too_large(api: ApiName) -> UpstreamError {
     decode(
         api,
-        &format!("the answer is larger than {MAX_ANSWER_BYTES} bytes; it was not read"),
+        &format!(
+            "the answer is larger than {} bytes; it was not read",
+            answer_limit(api)
+        ),
     )
 }
 
