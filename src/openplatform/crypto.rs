@@ -124,8 +124,7 @@ impl MsgCrypt {
     ) -> Result<(), CryptError> {
         let expected = self.signature(timestamp, nonce, encrypt);
         let given = signature.to_ascii_lowercase();
-        if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
-        {
+        if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             Ok(())
         } else {
             Err(CryptError::Signature)
@@ -134,9 +133,7 @@ impl MsgCrypt {
 
     /// Decrypts `encrypt` (Base64) and checks that it is meant for this appid.
     pub fn decrypt(&self, encrypt: &str) -> Result<String, CryptError> {
-        let mut buf = STANDARD
-            .decode(encrypt.trim())
-            .map_err(|_| CryptError::Base64)?;
+        let mut buf = STANDARD.decode(encrypt.trim()).map_err(|_| CryptError::Base64)?;
         if buf.is_empty() || buf.len() % PAD_BLOCK != 0 {
             return Err(CryptError::Length);
         }
@@ -216,24 +213,14 @@ mod tests {
     fn vector_b_verifies_and_decrypts_easywechats_message() {
         let crypt = MsgCrypt::new(TOKEN_A, KEY_A, APPID_A).unwrap();
         crypt
-            .verify(
-                "4f3ad57b6989f09f4eb392acce4f9e93942ed890",
-                "1458300676",
-                "260774613",
-                ENCRYPT_B,
-            )
+            .verify("4f3ad57b6989f09f4eb392acce4f9e93942ed890", "1458300676", "260774613", ENCRYPT_B)
             .unwrap();
         let xml = crypt.decrypt(ENCRYPT_B).unwrap();
         assert!(xml.contains("asdasdasdsadasd"), "FromUserName");
         assert!(xml.contains("1234567898"), "CreateTime");
         assert!(xml.contains("hello"), "Content");
         assert_eq!(
-            crypt.verify(
-                "4f3ad57b6989f09f4eb392acce4f9e93942ed890",
-                "1458300676",
-                "260774614",
-                ENCRYPT_B
-            ),
+            crypt.verify("4f3ad57b6989f09f4eb392acce4f9e93942ed890", "1458300676", "260774614", ENCRYPT_B),
             Err(CryptError::Signature)
         );
     }
@@ -248,39 +235,20 @@ mod tests {
     fn vector_c_wecom_message_echo_and_reply() {
         let crypt = MsgCrypt::new(TOKEN_C, KEY_C, CORP_C).unwrap();
         crypt
-            .verify(
-                "74d92dfeb87ba7c714f89d98870ae5eb62dff26d",
-                "1411525903",
-                "461056294",
-                ENCRYPT_C,
-            )
+            .verify("74d92dfeb87ba7c714f89d98870ae5eb62dff26d", "1411525903", "461056294", ENCRYPT_C)
             .unwrap();
         let xml = crypt.decrypt(ENCRYPT_C).unwrap();
-        assert!(
-            xml.contains("<Content><![CDATA[test]]></Content>"),
-            "{}",
-            xml.len()
-        );
+        assert!(xml.contains("<Content><![CDATA[test]]></Content>"), "{}", xml.len());
         assert!(xml.contains("messense"));
 
         // The URL check's echostr.
         let echo = "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==";
         crypt
-            .verify(
-                "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96",
-                "1411443780",
-                "437374425",
-                echo,
-            )
+            .verify("dd6b9c95b495b3f7e2901bfbc76c664930ffdb96", "1411443780", "437374425", echo)
             .unwrap();
         crypt.decrypt(echo).unwrap();
         assert_eq!(
-            crypt.verify(
-                "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96",
-                "1411443780",
-                "437374424",
-                echo
-            ),
+            crypt.verify("dd6b9c95b495b3f7e2901bfbc76c664930ffdb96", "1411443780", "437374424", echo),
             Err(CryptError::Signature)
         );
 
@@ -307,13 +275,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error_never_a_panic() {
         let crypt = MsgCrypt::new(TOKEN_A, KEY_A, APPID_A).unwrap();
-        for bad in [
-            "",
-            "!!!",
-            "AAAA",
-            &STANDARD.encode([0u8; 16]),
-            &STANDARD.encode([7u8; 64]),
-        ] {
+        for bad in ["", "!!!", "AAAA", &STANDARD.encode([0u8; 16]), &STANDARD.encode([7u8; 64])] {
             assert!(crypt.decrypt(bad).is_err(), "{bad:?}");
         }
         // Valid padding, absurd length field.
@@ -326,10 +288,7 @@ mod tests {
             .encrypt_padded_mut::<NoPadding>(&mut plain, len)
             .unwrap()
             .to_vec();
-        assert_eq!(
-            crypt.decrypt(&STANDARD.encode(sealed)),
-            Err(CryptError::Layout)
-        );
+        assert_eq!(crypt.decrypt(&STANDARD.encode(sealed)), Err(CryptError::Layout));
     }
 
     #[test]
@@ -337,9 +296,6 @@ mod tests {
         assert!(check_encoding_aes_key(KEY_A).is_ok());
         assert!(check_encoding_aes_key(KEY_C).is_ok());
         assert_eq!(check_encoding_aes_key("short"), Err(CryptError::Key));
-        assert_eq!(
-            check_encoding_aes_key(&"*".repeat(43)),
-            Err(CryptError::Key)
-        );
+        assert_eq!(check_encoding_aes_key(&"*".repeat(43)), Err(CryptError::Key));
     }
 }

@@ -60,31 +60,15 @@ struct EnvelopeXml {
 struct EventXml {
     #[serde(rename = "AppId", default, skip_serializing_if = "Option::is_none")]
     app_id: Option<String>,
-    #[serde(
-        rename = "CreateTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "CreateTime", default, skip_serializing_if = "Option::is_none")]
     create_time: Option<i64>,
     #[serde(rename = "InfoType", default, skip_serializing_if = "Option::is_none")]
     info_type: Option<String>,
-    #[serde(
-        rename = "ComponentVerifyTicket",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "ComponentVerifyTicket", default, skip_serializing_if = "Option::is_none")]
     ticket: Option<String>,
-    #[serde(
-        rename = "AuthorizerAppid",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "AuthorizerAppid", default, skip_serializing_if = "Option::is_none")]
     authorizer_appid: Option<String>,
-    #[serde(
-        rename = "AuthorizationCode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "AuthorizationCode", default, skip_serializing_if = "Option::is_none")]
     code: Option<String>,
     #[serde(
         rename = "AuthorizationCodeExpiredTime",
@@ -92,11 +76,7 @@ struct EventXml {
         skip_serializing_if = "Option::is_none"
     )]
     code_expired_time: Option<i64>,
-    #[serde(
-        rename = "PreAuthCode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "PreAuthCode", default, skip_serializing_if = "Option::is_none")]
     pre_auth_code: Option<String>,
 }
 
@@ -175,12 +155,7 @@ pub fn open(crypt: &MsgCrypt, query: &EventQuery, body: &[u8]) -> Result<Event, 
         .encrypt
         .filter(|e| !e.trim().is_empty())
         .ok_or(EventError::Envelope)?;
-    crypt.verify(
-        &query.msg_signature,
-        &query.timestamp,
-        &query.nonce,
-        encrypt.trim(),
-    )?;
+    crypt.verify(&query.msg_signature, &query.timestamp, &query.nonce, encrypt.trim())?;
     let xml = crypt.decrypt(&encrypt)?;
     // The outer AppId is informative only; the one inside the ciphertext was checked.
     let _ = envelope.app_id;
@@ -195,10 +170,7 @@ fn parse(platform: &str, xml: &str) -> Result<Event, EventError> {
         }
     }
     let create_time = event.create_time.unwrap_or(0);
-    let non_empty = |v: Option<String>, name| {
-        v.filter(|s| !s.trim().is_empty())
-            .ok_or(EventError::Missing(name))
-    };
+    let non_empty = |v: Option<String>, name| v.filter(|s| !s.trim().is_empty()).ok_or(EventError::Missing(name));
     match event.info_type.as_deref().map(str::trim) {
         None | Some("") => Err(EventError::Xml),
         Some("component_verify_ticket") => Ok(Event::Ticket {
@@ -327,10 +299,7 @@ mod tests {
         ];
         for event in events {
             let sealed = seal(&crypt(), &event, 1_700_000_000);
-            assert_eq!(
-                open(&crypt(), &sealed.query, sealed.body.as_bytes()),
-                Ok(event)
-            );
+            assert_eq!(open(&crypt(), &sealed.query, sealed.body.as_bytes()), Ok(event));
         }
     }
 
@@ -345,9 +314,7 @@ mod tests {
             encrypt_type: Some("aes".into()),
             msg_signature: c.signature("1413192605", "1", &encrypt),
         };
-        let body = format!(
-            "<xml>\n<AppId><![CDATA[{APPID}]]></AppId>\n<Encrypt><![CDATA[{encrypt}]]></Encrypt>\n</xml>"
-        );
+        let body = format!("<xml>\n<AppId><![CDATA[{APPID}]]></AppId>\n<Encrypt><![CDATA[{encrypt}]]></Encrypt>\n</xml>");
         assert_eq!(
             open(&c, &query, body.as_bytes()),
             Ok(Event::Ticket {
@@ -386,20 +353,11 @@ mod tests {
         // Oversized, not XML, no Encrypt, wrong encrypt_type, missing query.
         let big = vec![b'a'; MAX_EVENT_BYTES + 1];
         assert_eq!(open(&c, &sealed.query, &big), Err(EventError::TooLarge));
-        assert_eq!(
-            open(&c, &sealed.query, b"not xml"),
-            Err(EventError::Envelope)
-        );
-        assert_eq!(
-            open(&c, &sealed.query, b"<xml><AppId>x</AppId></xml>"),
-            Err(EventError::Envelope)
-        );
+        assert_eq!(open(&c, &sealed.query, b"not xml"), Err(EventError::Envelope));
+        assert_eq!(open(&c, &sealed.query, b"<xml><AppId>x</AppId></xml>"), Err(EventError::Envelope));
         let mut q = sealed.query.clone();
         q.encrypt_type = Some("raw".into());
-        assert_eq!(
-            open(&c, &q, sealed.body.as_bytes()),
-            Err(EventError::EncryptType)
-        );
+        assert_eq!(open(&c, &q, sealed.body.as_bytes()), Err(EventError::EncryptType));
         assert_eq!(
             open(&c, &EventQuery::default(), sealed.body.as_bytes()),
             Err(EventError::Query)
