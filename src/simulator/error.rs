@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::domain::AppIdError;
+use crate::openplatform::CryptError;
 
 /// Why the simulator could not start or refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,33 @@ pub enum RegistrationProblem {
     /// An `ip_whitelist` entry does not parse.
     #[error(transparent)]
     Whitelist(#[from] WhitelistError),
+    /// A component's message-check token is empty.
+    #[error("token is empty")]
+    EmptyToken,
+    /// A component's `encoding_aes_key` is unusable.
+    #[error("encoding_aes_key: {0}")]
+    EncodingAesKey(CryptError),
+    /// A component's `callback_url` is not an http or https URL.
+    #[error("callback_url {url:?} is not an http or https url")]
+    CallbackUrl { url: String },
+}
+
+/// Why an Open Platform control call (authorize, unauthorize, push a
+/// ticket, break a refresh token) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenControlError {
+    /// No component is registered with this appid.
+    #[error("no component {component:?} is registered")]
+    UnknownComponent { component: String },
+    /// The component has no such authorizer.
+    #[error("component {component:?} has no authorizer {authorizer:?}")]
+    UnknownAuthorizer {
+        component: String,
+        authorizer: String,
+    },
+    /// The authorizer appid is not a valid AppID.
+    #[error("authorizer_appid: {0}")]
+    AuthorizerAppId(AppIdError),
 }
 
 /// Why an `ip_whitelist` entry is not an address or CIDR range. `entry` is
@@ -109,7 +137,7 @@ pub enum WhitelistError {
 pub enum FaultError {
     /// `api` names no simulated API.
     #[error(
-        "unknown api {api:?}; expected one of token, stable_token, getticket, getcallbackip, gettoken"
+        "unknown api {api:?}; expected one of token, stable_token, getticket, getcallbackip, gettoken, api_component_token, api_query_auth, api_authorizer_token, api_get_authorizer_list, api_create_preauthcode, api_start_push_ticket"
     )]
     UnknownApi { api: String },
     /// `count` is 0.

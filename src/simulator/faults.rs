@@ -109,7 +109,12 @@ impl Api {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
-    /// `"token"`, `"stable_token"`, `"getticket"` or `"getcallbackip"`; `None` = all.
+    /// `"token"`, `"stable_token"`, `"getticket"`, `"getcallbackip"`,
+    /// `"gettoken"` or an Open Platform API (`"api_component_token"`,
+    /// `"api_query_auth"`, `"api_authorizer_token"`, `"api_get_authorizer_list"`,
+    /// `"api_create_preauthcode"`, `"api_start_push_ticket"`); `None` = all.
+    /// Open Platform calls match by the component appid, except
+    /// `api_authorizer_token` and `api_query_auth`, which match by the authorizer.
     #[serde(default)]
     pub api: Option<String>,
     /// Only calls for this app; `None` = all apps.

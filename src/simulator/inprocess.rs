@@ -13,12 +13,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 
-use super::error::{FaultError, RegistrationError, SimConfigError};
+use super::error::{FaultError, OpenControlError, RegistrationError, SimConfigError};
 use super::faults::{Api, FaultSpec};
+use super::open::{AuthorizeRequest, ComponentRegistration, RefreshTokenFault};
 use super::state::{AppRegistration, Credentials, SimState, TokenStatus};
 use super::{SimConfig, Stats};
 use crate::clock::Clock;
 use crate::domain::{AccessToken, ApiName, TicketKind};
+use crate::openplatform::event::Sealed;
 use crate::wechat::{Endpoint, FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
 
 /// The base URL in-process errors name.
@@ -49,6 +51,73 @@ impl InProcess {
     /// Errors with every problem of an invalid registration; nothing changes then.
     pub fn try_register_app(&self, app: AppRegistration) -> Result<(), RegistrationError> {
         self.state.register(app)
+    }
+
+    /// Registers or updates an Open Platform component. Nothing is pushed
+    /// in-process: tests take its events from [`InProcess::ticket_event`],
+    /// [`InProcess::authorize`] and [`InProcess::unauthorize`] and hand them
+    /// to the code under test themselves.
+    ///
+    /// Errors with every problem of an invalid registration; nothing changes then.
+    pub fn try_register_component(
+        &self,
+        reg: ComponentRegistration,
+    ) -> Result<(), RegistrationError> {
+        self.state.register_component(reg).map(|_| ())
+    }
+
+    /// Mints a new verify ticket for `component` (valid 12 h of the
+    /// simulator's clock) and returns the encrypted `component_verify_ticket`
+    /// event WeChat would push.
+    ///
+    /// Errors when the component is unknown.
+    pub fn ticket_event(&self, component: &str) -> Result<Sealed, OpenControlError> {
+        self.state.ticket_event(component).map(|out| out.sealed)
+    }
+
+    /// A merchant authorizes `component` for the first time (or again):
+    /// returns the encrypted `authorized` event with a fresh code.
+    ///
+    /// Errors when the component is unknown or the appid invalid.
+    pub fn authorize(&self, component: &str, authorizer: &str) -> Result<Sealed, OpenControlError> {
+        self.authorize_with(component, &AuthorizeRequest::new(authorizer))
+    }
+
+    /// [`InProcess::authorize`] with every option (`updateauthorized`, no
+    /// API permission).
+    ///
+    /// Errors when the component is unknown or the appid invalid.
+    pub fn authorize_with(
+        &self,
+        component: &str,
+        req: &AuthorizeRequest,
+    ) -> Result<Sealed, OpenControlError> {
+        self.state.authorize(component, req).map(|out| out.sealed)
+    }
+
+    /// A merchant revokes `component`: its tokens die, its refresh token
+    /// answers 61003; returns the encrypted `unauthorized` event.
+    ///
+    /// Errors when the component or the authorizer is unknown.
+    pub fn unauthorize(
+        &self,
+        component: &str,
+        authorizer: &str,
+    ) -> Result<Sealed, OpenControlError> {
+        self.state
+            .unauthorize(component, authorizer)
+            .map(|out| out.sealed)
+    }
+
+    /// Breaks an authorizer's refresh token (see [`RefreshTokenFault`]).
+    ///
+    /// Errors when the component or the authorizer is unknown.
+    pub fn break_refresh_token(
+        &self,
+        component: &str,
+        fault: &RefreshTokenFault,
+    ) -> Result<(), OpenControlError> {
+        self.state.break_refresh_token(component, fault)
     }
 
     /// Injects a fault.
@@ -86,7 +155,14 @@ impl InProcess {
     }
 
     async fn call(&self, req: FetchRequest) -> Result<TokenGrant, UpstreamError> {
-        let api_name = req.endpoint.api();
+        let api_name = req.api();
+        if matches!(
+            req.endpoint,
+            Endpoint::Component | Endpoint::Authorizer { .. }
+        ) {
+            // As in the client: a request without its credential is never sent.
+            crate::wechat::open_call(&req)?;
+        }
         let api = Api::of(api_name);
         let _in_flight = self.state.enter_token_call();
         let timeout = || UpstreamError::Timeout {
@@ -139,11 +215,24 @@ impl InProcess {
             Endpoint::Legacy => self.state.legacy_token(&creds, peer),
             Endpoint::Stable => self.state.stable_token(&creds, req.force_refresh, peer),
             Endpoint::Component | Endpoint::Authorizer { .. } => {
-                // Filled in with the simulator's Open Platform.
-                return Err(UpstreamError::Decode {
-                    api: api_name,
-                    detail: "the Open Platform is not simulated yet".to_string(),
-                });
+                // The body the client would send, answered by the same code
+                // as over HTTP and decoded by the client's decoding.
+                let call = crate::wechat::open_call(req)?;
+                let body = call.body.to_string();
+                let token = call.component_token.map(AccessToken::expose);
+                return match self
+                    .state
+                    .open_call(Api::of(call.api), token, body.as_bytes(), peer)
+                {
+                    Ok(answer) => {
+                        crate::wechat::decode_token_answer(call.api, answer.to_string().as_bytes())
+                    }
+                    Err(e) => Err(UpstreamError::Api {
+                        api: call.api,
+                        errcode: e.errcode,
+                        errmsg: e.errmsg,
+                    }),
+                };
             }
         };
         match answer {

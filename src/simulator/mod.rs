@@ -3,7 +3,8 @@
 //!
 //! It owns the simulator's public API ([`SimConfig`], [`Simulator`],
 //! [`InProcess`], [`run_standalone`]); the state machine lives in `state`, the
-//! HTTP surface in `routes`, fault injection in `faults`, the errors every
+//! HTTP surface in `routes`, the Open Platform (components, tickets,
+//! authorizers, pushed events) in `open`, fault injection in `faults`, the errors every
 //! fallible call returns in `error` ([`SimError`] and its parts).
 //!
 //! Invariant: every notion of time in the simulator comes from
@@ -14,6 +15,7 @@ mod answers;
 mod error;
 mod faults;
 mod inprocess;
+mod open;
 mod routes;
 mod state;
 mod stats;
@@ -29,10 +31,15 @@ use actix_web::{App, HttpServer, web};
 use crate::clock::Clock;
 
 pub use error::{
-    FaultError, RegistrationError, RegistrationProblem, SimConfigError, SimError, WhitelistError,
+    FaultError, OpenControlError, RegistrationError, RegistrationProblem, SimConfigError, SimError,
+    WhitelistError,
 };
 pub use faults::FaultSpec;
 pub use inprocess::InProcess;
+pub use open::{
+    AuthorizeRequest, CODE_LIFE, ComponentRegistration, MAX_LIST_COUNT, REFRESH_OVERLAP,
+    RefreshTokenFault, TICKET_LIFE,
+};
 pub use state::AppRegistration;
 pub use stats::{IssuedTokens, ProbeResults, Stats, UNKNOWN_APPID};
 
@@ -183,6 +190,21 @@ impl Simulator {
     /// Errors with every problem of an invalid registration; nothing changes then.
     pub fn try_register_app(&self, app: AppRegistration) -> Result<(), RegistrationError> {
         self.state.register(app)
+    }
+
+    /// Registers or updates an Open Platform component, like `POST
+    /// /sim/components`, and starts its ticket pusher (a ticket now, then
+    /// every `ticket_interval_ms`) when it has a `callback_url`.
+    ///
+    /// Errors with every problem of an invalid registration; nothing changes then.
+    pub fn try_register_component(
+        &self,
+        reg: ComponentRegistration,
+    ) -> Result<(), RegistrationError> {
+        let appid = reg.component_appid.clone();
+        let generation = self.state.register_component(reg)?;
+        open::start_pusher(&self.state, appid, generation);
+        Ok(())
     }
 
     /// Injects a fault, like `POST /sim/faults`.

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::answers::{WxError, json_response};
+use super::error::OpenControlError;
 use super::faults::{self, Api, FaultSpec};
+use super::open::{self, AuthorizeRequest, ComponentRegistration, Outgoing, RefreshTokenFault};
 use super::state::{AppRegistration, CALLBACK_IPS, Credentials, SimState};
 
 /// The largest clock step one `POST /sim/clock` may take (about ten years).
@@ -30,6 +32,21 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/cgi-bin/ticket/getticket").route(web::get().to(getticket)))
         .service(web::resource("/cgi-bin/getcallbackip").route(web::get().to(getcallbackip)))
         .service(web::resource("/sim/apps").route(web::post().to(register_app)))
+        .service(web::resource("/sim/components").route(web::post().to(register_component)))
+        .service(
+            web::resource("/sim/components/{appid}/authorize").route(web::post().to(authorize)),
+        )
+        .service(
+            web::resource("/sim/components/{appid}/unauthorize").route(web::post().to(unauthorize)),
+        )
+        .service(
+            web::resource("/sim/components/{appid}/push_ticket").route(web::post().to(push_ticket)),
+        )
+        .service(web::resource("/sim/components/{appid}/pushing").route(web::post().to(pushing)))
+        .service(
+            web::resource("/sim/components/{appid}/refresh_tokens")
+                .route(web::post().to(break_refresh_token)),
+        )
         .service(
             web::resource("/sim/faults")
                 .route(web::post().to(add_fault))
@@ -42,6 +59,22 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(clock))
                 .route(web::post().to(advance_clock)),
         );
+    for api in [
+        Api::ComponentToken,
+        Api::PreAuthCode,
+        Api::QueryAuth,
+        Api::AuthorizerToken,
+        Api::AuthorizerList,
+        Api::StartPushTicket,
+    ] {
+        cfg.service(
+            web::resource(format!("/cgi-bin/component/{}", api.as_str())).route(web::post().to(
+                move |state: State, req: HttpRequest, body: web::Bytes| {
+                    open_api(api, state, req, body)
+                },
+            )),
+        );
+    }
 }
 
 type State = web::Data<SimState>;
@@ -209,6 +242,133 @@ async fn getcallbackip(state: State, req: HttpRequest) -> HttpResponse {
     match state.probe(token) {
         Ok(()) => json_response(&json!({ "ip_list": CALLBACK_IPS })),
         Err(e) => e.into_response(),
+    }
+}
+
+/// One Open Platform API call (`POST /cgi-bin/component/...`): the token
+/// comes from `component_access_token` or `access_token` in the query (both
+/// spellings are in WeChat's docs). Counted under the component (the
+/// authorizer for `api_authorizer_token` and `api_query_auth`).
+async fn open_api(api: Api, state: State, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let q = query(&req);
+    let token = q
+        .get("component_access_token")
+        .or_else(|| q.get("access_token"))
+        .map(String::as_str);
+    let peer = peer_ip(&req);
+    let _in_flight = matches!(
+        api,
+        Api::ComponentToken | Api::QueryAuth | Api::AuthorizerToken
+    )
+    .then(|| state.enter_token_call());
+    let appid = state.open_call_appid(api, &body);
+    if let Some(answer) = faulted(&state, api, appid.as_deref(), peer).await {
+        return answer;
+    }
+    match state.open_call(api, token, &body, peer) {
+        Ok(answer) => {
+            if api == Api::StartPushTicket
+                && let Some(component) = appid
+            {
+                // WeChat answers, then pushes a ticket at once.
+                let state = state.clone().into_inner();
+                if let Ok(out) = state.ticket_event(&component) {
+                    tokio::spawn(async move {
+                        open::deliver(&state, out).await;
+                    });
+                }
+            }
+            json_response(&answer)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Answers a control call that sealed an event: pushes it (when the
+/// component has a callback) and reports the delivery.
+async fn push_and_report(
+    state: &SimState,
+    sealed: Result<Outgoing, OpenControlError>,
+) -> HttpResponse {
+    match sealed {
+        Ok(out) => HttpResponse::Ok().json(open::deliver(state, out).await),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn register_component(state: State, body: web::Bytes) -> HttpResponse {
+    let reg: ComponentRegistration = match control_body(&body, "component registration") {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let appid = reg.component_appid.clone();
+    match state.register_component(reg) {
+        Ok(generation) => {
+            tracing::debug!(component = appid.as_str(), "simulator component registered");
+            open::start_pusher(&state.clone().into_inner(), appid.clone(), generation);
+            HttpResponse::Ok().json(json!({ "registered": appid }))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn authorize(state: State, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    let req: AuthorizeRequest = match control_body(&body, "authorization") {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    push_and_report(&state, state.authorize(&path, &req)).await
+}
+
+/// The body of `POST /sim/components/{appid}/unauthorize`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Unauthorize {
+    authorizer_appid: String,
+}
+
+async fn unauthorize(state: State, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    let req: Unauthorize = match control_body(&body, "unauthorization") {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    push_and_report(&state, state.unauthorize(&path, &req.authorizer_appid)).await
+}
+
+async fn push_ticket(state: State, path: web::Path<String>) -> HttpResponse {
+    push_and_report(&state, state.ticket_event(&path)).await
+}
+
+/// The body of `POST /sim/components/{appid}/pushing`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pushing {
+    on: bool,
+}
+
+async fn pushing(state: State, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    let req: Pushing = match control_body(&body, "pushing switch") {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    match state.set_pushing(&path, req.on) {
+        Ok(()) => HttpResponse::Ok().json(json!({ "pushing": req.on })),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn break_refresh_token(
+    state: State,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let req: RefreshTokenFault = match control_body(&body, "refresh token fault") {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    match state.break_refresh_token(&path, &req) {
+        Ok(()) => HttpResponse::Ok().json(json!({ "broken": req.authorizer_appid })),
+        Err(e) => bad_request(e),
     }
 }
 

@@ -24,6 +24,7 @@ use super::SimConfig;
 use super::answers::WxError;
 use super::error::{FaultError, RegistrationError, RegistrationProblem};
 use super::faults::{Api, FaultList, FaultSpec};
+use super::open::OpenState;
 use super::stats::{Stats, UNKNOWN_APPID};
 use super::whitelist::{self, IpRange};
 use crate::clock::{Clock, china_day};
@@ -79,16 +80,16 @@ pub(crate) const CALLBACK_IPS: [&str; 6] = [
 
 /// The simulator's limits, in milliseconds where they are durations.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
-    token_ttl_ms: i64,
-    grace_ms: i64,
+pub(super) struct Limits {
+    pub(super) token_ttl_ms: i64,
+    pub(super) grace_ms: i64,
     legacy_daily_quota: u32,
     force_daily_limit: u32,
     force_min_interval_ms: i64,
     ticket_ttl_ms: i64,
 }
 
-fn ms(d: Duration) -> i64 {
+pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
@@ -100,11 +101,25 @@ enum TokenKind {
 }
 
 #[derive(Debug)]
-struct TokenRecord {
-    appid: String,
-    expires_ms: i64,
+pub(super) struct TokenRecord {
+    pub(super) appid: String,
+    pub(super) expires_ms: i64,
     /// When supersession kills the token, if that is before `expires_ms`.
-    revoked_ms: Option<i64>,
+    pub(super) revoked_ms: Option<i64>,
+    /// What kind of token this is, which decides where it is accepted.
+    pub(super) kind: TokenUse,
+}
+
+/// What a token is for: an account's own (`token`, `stable_token`,
+/// `gettoken`), an Open Platform component's, or an authorizer's (issued
+/// through its component). Account and authorizer tokens work on the
+/// account APIs (`getticket`); component tokens only on the component APIs;
+/// the probe accepts every kind, so soak probes can check any served token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TokenUse {
+    Account,
+    Component,
+    Authorizer { component: String },
 }
 
 /// What the simulator knows about a presented access token right now.
@@ -121,7 +136,7 @@ pub(crate) enum TokenStatus {
 }
 
 impl TokenRecord {
-    fn status(&self, now_ms: i64) -> TokenStatus {
+    pub(super) fn status(&self, now_ms: i64) -> TokenStatus {
         let appid = self.appid.clone();
         match self.revoked_ms {
             Some(r) if now_ms >= r => TokenStatus::Superseded { appid },
@@ -176,13 +191,15 @@ struct TicketRecord {
 }
 
 #[derive(Debug, Default)]
-struct Inner {
+pub(super) struct Inner {
     apps: HashMap<String, App>,
-    tokens: HashMap<String, TokenRecord>,
+    pub(super) tokens: HashMap<String, TokenRecord>,
     tickets: HashMap<(String, TicketKind), TicketRecord>,
     faults: FaultList,
-    stats: Stats,
+    pub(super) stats: Stats,
     prune_at: usize,
+    /// The Open Platform: components, their tickets, codes and authorizers.
+    pub(super) open: OpenState,
 }
 
 /// The credentials of a token request, from the query string or JSON body.
@@ -204,9 +221,9 @@ pub(crate) struct Issued {
 /// The simulator's shared state.
 #[derive(Debug)]
 pub(crate) struct SimState {
-    limits: Limits,
+    pub(super) limits: Limits,
     pub(crate) clock: Clock,
-    inner: Mutex<Inner>,
+    pub(super) inner: Mutex<Inner>,
     /// Token requests (`token`, `stable_token`) being answered right now.
     token_calls_in_flight: AtomicU64,
     /// The most token requests ever answered at once.
@@ -308,7 +325,7 @@ impl SimState {
     pub(crate) fn begin_call(&self, api: Api, appid: Option<&str>) -> Option<FaultSpec> {
         let mut inner = self.inner.lock();
         let key = match appid {
-            Some(id) if inner.apps.contains_key(id) => id.to_string(),
+            Some(id) if inner.apps.contains_key(id) || inner.open.knows(id) => id.to_string(),
             _ => UNKNOWN_APPID.to_string(),
         };
         *inner
@@ -379,7 +396,7 @@ impl SimState {
         let limits = self.limits;
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        let appid = authenticate(&inner.apps, creds, peer)?;
+        let appid = authenticate(&inner.apps, &inner.open, creds, peer)?;
         let Some(app) = inner.apps.get_mut(&appid) else {
             return Err(WxError::new(40013));
         };
@@ -387,7 +404,13 @@ impl SimState {
             return Err(WxError::new(45009));
         }
         app.legacy_quota.incr(day);
-        let value = issue_token(&mut inner.tokens, &appid, now, limits.token_ttl_ms);
+        let value = issue_token(
+            &mut inner.tokens,
+            &appid,
+            TokenUse::Account,
+            now,
+            limits.token_ttl_ms,
+        );
         if let Some(old) = app.legacy_current.replace(value.clone()) {
             revoke_after_grace(&mut inner.tokens, &old, now, limits.grace_ms);
         }
@@ -415,7 +438,7 @@ impl SimState {
         let limits = self.limits;
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        let appid = authenticate(&inner.apps, creds, peer)?;
+        let appid = authenticate(&inner.apps, &inner.open, creds, peer)?;
         let Some(app) = inner.apps.get_mut(&appid) else {
             return Err(WxError::new(40013));
         };
@@ -432,7 +455,13 @@ impl SimState {
                 .force_refreshes
                 .entry(appid.clone())
                 .or_default() += 1;
-            let value = issue_token(&mut inner.tokens, &appid, now, limits.token_ttl_ms);
+            let value = issue_token(
+                &mut inner.tokens,
+                &appid,
+                TokenUse::Account,
+                now,
+                limits.token_ttl_ms,
+            );
             if let Some(old) = app.stable_current.replace(value.clone()) {
                 revoke_after_grace(&mut inner.tokens, &old, now, limits.grace_ms);
             }
@@ -456,7 +485,13 @@ impl SimState {
             });
         }
         // Inside the last `grace` (or gone): rotate; the old token keeps its own expiry.
-        let value = issue_token(&mut inner.tokens, &appid, now, limits.token_ttl_ms);
+        let value = issue_token(
+            &mut inner.tokens,
+            &appid,
+            TokenUse::Account,
+            now,
+            limits.token_ttl_ms,
+        );
         app.stable_current = Some(value.clone());
         count_issue(&mut inner.stats, &appid, TokenKind::Stable);
         prune(inner, now);
@@ -526,7 +561,7 @@ impl SimState {
         let Some(token) = token else {
             return Err(WxError::new(41001));
         };
-        let result = check_token(inner, token, now).map(|_| ());
+        let result = check_token(inner, token, now, |_| true).map(|_| ());
         let probe = &mut inner.stats.probe_results;
         match &result {
             Ok(()) => probe.ok += 1,
@@ -551,7 +586,9 @@ impl SimState {
         let Some(token) = token else {
             return Err(WxError::new(41001));
         };
-        let appid = check_token(inner, token, now)?;
+        let appid = check_token(inner, token, now, |kind| {
+            !matches!(kind, TokenUse::Component)
+        })?;
         let kind = match kind {
             Some("jsapi") => TicketKind::Jsapi,
             Some("wx_card") => TicketKind::WxCard,
@@ -585,6 +622,7 @@ impl SimState {
 /// Checks a token request's credentials in WeChat's order; returns the appid.
 fn authenticate(
     apps: &HashMap<String, App>,
+    open: &OpenState,
     creds: &Credentials,
     peer: Option<IpAddr>,
 ) -> Result<String, WxError> {
@@ -598,6 +636,10 @@ fn authenticate(
         return Err(WxError::new(41004));
     };
     let Some(app) = apps.get(appid) else {
+        // A component's appid on an account API.
+        if open.has_component(appid) {
+            return Err(WxError::new(61024));
+        }
         return Err(WxError::new(40013));
     };
     if !whitelist::allows(&app.whitelist, peer) {
@@ -610,10 +652,16 @@ fn authenticate(
 }
 
 /// Classifies a presented token; a non-live one counts as an invalid use.
-fn check_token(inner: &mut Inner, token: &str, now: i64) -> Result<String, WxError> {
+pub(super) fn check_token(
+    inner: &mut Inner,
+    token: &str,
+    now: i64,
+    accepts: impl Fn(&TokenUse) -> bool,
+) -> Result<String, WxError> {
     let status = inner
         .tokens
         .get(token)
+        .filter(|r| accepts(&r.kind))
         .map_or(TokenStatus::Unknown, |r| r.status(now));
     let err = match status {
         TokenStatus::Live { appid, .. } => return Ok(appid),
@@ -626,9 +674,10 @@ fn check_token(inner: &mut Inner, token: &str, now: i64) -> Result<String, WxErr
 }
 
 /// Creates and records a new token with a full lifetime.
-fn issue_token(
+pub(super) fn issue_token(
     tokens: &mut HashMap<String, TokenRecord>,
     appid: &str,
+    kind: TokenUse,
     now: i64,
     ttl_ms: i64,
 ) -> String {
@@ -640,13 +689,14 @@ fn issue_token(
             appid: appid.to_string(),
             expires_ms: now.saturating_add(ttl_ms),
             revoked_ms: None,
+            kind,
         },
     );
     value
 }
 
 /// Marks a superseded token to die `grace` from now, unless it expires first.
-fn revoke_after_grace(
+pub(super) fn revoke_after_grace(
     tokens: &mut HashMap<String, TokenRecord>,
     token: &str,
     now: i64,
@@ -670,7 +720,7 @@ fn count_issue(stats: &mut Stats, appid: &str, kind: TokenKind) {
 
 /// Forgets tokens dead for over a day once there are many records, so a
 /// long-running simulator does not grow without bound.
-fn prune(inner: &mut Inner, now: i64) {
+pub(super) fn prune(inner: &mut Inner, now: i64) {
     if inner.tokens.len() <= inner.prune_at {
         return;
     }
@@ -681,7 +731,7 @@ fn prune(inner: &mut Inner, now: i64) {
 }
 
 /// A random string of URL-safe characters.
-fn random_string(len: usize) -> String {
+pub(super) fn random_string(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
         .map(|_| char::from(URL_SAFE[rng.random_range(0..URL_SAFE.len())]))

@@ -37,6 +37,11 @@ pub struct Stats {
     /// The most token requests (`token` and `stable_token`) that were being
     /// answered at the same time, injected delays included.
     pub max_token_calls_in_flight: u64,
+    /// Open Platform events (tickets, authorizations) pushed to a
+    /// component's `callback_url` and answered with a 2xx status.
+    pub events_delivered: u64,
+    /// Open Platform event pushes that failed (no answer, or not 2xx).
+    pub event_push_failures: u64,
 }
 
 /// Access tokens issued to one app, by endpoint.
@@ -47,6 +52,10 @@ pub struct IssuedTokens {
     pub legacy: u64,
     /// Issued by `POST /cgi-bin/stable_token`.
     pub stable: u64,
+    /// Open Platform component tokens (`api_component_token`).
+    pub component: u64,
+    /// Open Platform authorizer tokens (`api_query_auth`, `api_authorizer_token`).
+    pub authorizer: u64,
 }
 
 /// Probe outcomes, keyed in JSON by WeChat's answer (`ok` or the errcode).
@@ -81,11 +90,12 @@ impl Stats {
         self.calls.values().filter_map(|apis| apis.get(api)).sum()
     }
 
-    /// Access tokens (legacy plus stable) issued to `appid`.
+    /// Access tokens of every kind (legacy, stable, component, authorizer)
+    /// issued to `appid`.
     pub fn tokens_issued_to(&self, appid: &str) -> u64 {
         self.tokens_issued
             .get(appid)
-            .map_or(0, |t| t.legacy + t.stable)
+            .map_or(0, |t| t.legacy + t.stable + t.component + t.authorizer)
     }
 
     /// Stable-token force refreshes that rotated the token of `appid`.

@@ -2,7 +2,8 @@
 //!
 //! Owns: [`Endpoint`], how each kind of token is obtained; the HTTP calls to
 //! `/cgi-bin/token`, `/cgi-bin/stable_token`, WeCom's `/cgi-bin/gettoken`,
-//! `/cgi-bin/ticket/getticket` and `/cgi-bin/getcallbackip`; failover across
+//! `/cgi-bin/ticket/getticket`, `/cgi-bin/getcallbackip` and the Open
+//! Platform's `/cgi-bin/component/...` APIs; failover across
 //! `upstream.base_urls`; the per-request timeout; upstream metrics. Answers
 //! are classified by [`error`]. The limit on requests in flight is [`limit`]'s
 //! [`Limited`], which the engine puts around whichever [`TokenSource`] it uses.
@@ -157,13 +158,288 @@ impl std::fmt::Debug for WechatClient {
 impl WechatClient {
     /// An Open Platform token call: `api_component_token`,
     /// `api_authorizer_token` or `api_query_auth` as `req.open` says.
+    ///
+    /// Errors like the other token calls; a request without the credential
+    /// its endpoint needs is not sent (see [`open_call`]).
     async fn fetch_open_token(&self, req: &FetchRequest) -> Result<TokenGrant, UpstreamError> {
-        // Filled in with the Open Platform calls.
-        Err(UpstreamError::Decode {
-            api: req.endpoint.api(),
-            detail: "the Open Platform calls are not built yet".to_string(),
-        })
+        let open = open_call(req)?;
+        let call = match open.component_token {
+            Some(token) => {
+                Call::PostJsonWith(vec![("component_access_token", token.expose())], open.body)
+            }
+            None => Call::PostJson(open.body),
+        };
+        let answer = self.call(open.api, call, Some(open.sensitive)).await?;
+        open_grant(open.api, answer)
     }
+
+    /// `api_get_authorizer_list`: one page (`offset`, `count`, at most
+    /// [`MAX_AUTHORIZER_PAGE`]; more is asked as that) of the component's
+    /// authorizers with their refresh tokens, the way to recover a lost or
+    /// rejected refresh token. Entries with an invalid appid or an empty or
+    /// implausible refresh token are skipped (counted in
+    /// [`AuthorizerPage::skipped`]), not fatal.
+    ///
+    /// Errors with the classified [`UpstreamError`]; a rejected component
+    /// token decides to [`Decision::TokenRejected`].
+    pub async fn authorizer_list(
+        &self,
+        component_appid: &AppId,
+        component_token: &AccessToken,
+        offset: u32,
+        count: u32,
+    ) -> Result<AuthorizerPage, UpstreamError> {
+        let api = ApiName::AuthorizerList;
+        let body = serde_json::json!({
+            "component_appid": component_appid.as_str(),
+            "offset": offset,
+            "count": count.clamp(1, MAX_AUTHORIZER_PAGE),
+        });
+        let call = Call::PostJsonWith(
+            vec![("component_access_token", component_token.expose())],
+            body,
+        );
+        let answer = self.call(api, call, Some(component_token.expose())).await?;
+        authorizer_page(api, answer)
+    }
+
+    /// `api_create_preauthcode`: a pre-auth code for the consent links, and
+    /// how long it lives (as WeChat announced it).
+    ///
+    /// Errors with the classified [`UpstreamError`]; a rejected component
+    /// token decides to [`Decision::TokenRejected`].
+    pub async fn create_preauthcode(
+        &self,
+        component_appid: &AppId,
+        component_token: &AccessToken,
+    ) -> Result<(AccessToken, Duration), UpstreamError> {
+        let api = ApiName::PreAuthCode;
+        let body = serde_json::json!({ "component_appid": component_appid.as_str() });
+        let call = Call::PostJsonWith(
+            vec![("component_access_token", component_token.expose())],
+            body,
+        );
+        let answer = self.call(api, call, Some(component_token.expose())).await?;
+        Ok((
+            credential(api, "pre_auth_code", answer.pre_auth_code)?,
+            expiry(api, answer.expires_in)?,
+        ))
+    }
+
+    /// `api_start_push_ticket`: asks WeChat to push a verify ticket now (and
+    /// to resume pushing); also the component's health probe.
+    ///
+    /// Errors with the classified [`UpstreamError`] (a wrong secret, an
+    /// unknown component, a caller IP not whitelisted).
+    pub async fn start_push_ticket(
+        &self,
+        component_appid: &AppId,
+        secret: &SecretString,
+    ) -> Result<(), UpstreamError> {
+        let s = secret.expose_secret();
+        let body = serde_json::json!({
+            "component_appid": component_appid.as_str(),
+            "component_secret": s,
+        });
+        self.call(ApiName::StartPushTicket, Call::PostJson(body), Some(s))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The most authorizers one `api_get_authorizer_list` page holds.
+pub const MAX_AUTHORIZER_PAGE: u32 = 500;
+
+/// One page of `api_get_authorizer_list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizerPage {
+    /// How many authorizers the component has in all (for paging).
+    pub total_count: u64,
+    /// The usable entries of this page: the authorizer, its current refresh
+    /// token, and when it authorized (Unix seconds, 0 when absent).
+    pub list: Vec<(AppId, AccessToken, i64)>,
+    /// Entries of this page that were skipped as unusable (an invalid appid,
+    /// an empty or implausible refresh token); the next page's offset still
+    /// counts them.
+    pub skipped: usize,
+}
+
+/// One Open Platform token call as it is sent: the API, the component token
+/// for the query (none for `api_component_token`), the JSON body, and the
+/// value to scrub from error messages. Built in one place for the client and
+/// the in-process simulator.
+pub(crate) struct OpenCall<'a> {
+    pub(crate) api: ApiName,
+    pub(crate) component_token: Option<&'a AccessToken>,
+    pub(crate) body: serde_json::Value,
+    pub(crate) sensitive: &'a str,
+}
+
+/// The call `req` makes. A request without the credential its endpoint
+/// needs is never sent: it fails at once with the errcode WeChat gives for
+/// that (61006 for a missing ticket, which retries until a ticket arrives;
+/// 61023 for an authorizer without refresh token or code, which recovers
+/// through `api_get_authorizer_list`), with a message saying nothing was sent.
+pub(crate) fn open_call(req: &FetchRequest) -> Result<OpenCall<'_>, UpstreamError> {
+    let not_sent = |api: ApiName, errcode: i64, what: &str| UpstreamError::Api {
+        api,
+        errcode,
+        errmsg: format!("not sent: wxtoken holds no {what} for {}", req.appid),
+    };
+    match (&req.endpoint, &req.open) {
+        (Endpoint::Component, Some(OpenCredential::Ticket(ticket))) => Ok(OpenCall {
+            api: ApiName::ComponentToken,
+            component_token: None,
+            body: serde_json::json!({
+                "component_appid": req.appid.as_str(),
+                "component_appsecret": req.secret.expose_secret(),
+                "component_verify_ticket": ticket.expose(),
+            }),
+            sensitive: req.secret.expose_secret(),
+        }),
+        (
+            Endpoint::Authorizer { component },
+            Some(OpenCredential::RefreshToken {
+                component_token,
+                refresh_token,
+            }),
+        ) => Ok(OpenCall {
+            api: ApiName::AuthorizerToken,
+            component_token: Some(component_token),
+            body: serde_json::json!({
+                "component_appid": component.as_str(),
+                "authorizer_appid": req.appid.as_str(),
+                "authorizer_refresh_token": refresh_token.expose(),
+            }),
+            sensitive: refresh_token.expose(),
+        }),
+        (
+            Endpoint::Authorizer { component },
+            Some(OpenCredential::AuthCode {
+                component_token,
+                code,
+            }),
+        ) => Ok(OpenCall {
+            api: ApiName::QueryAuth,
+            component_token: Some(component_token),
+            body: serde_json::json!({
+                "component_appid": component.as_str(),
+                "authorization_code": code.expose(),
+            }),
+            sensitive: code.expose(),
+        }),
+        (Endpoint::Component, _) => Err(not_sent(
+            ApiName::ComponentToken,
+            61006,
+            "component_verify_ticket",
+        )),
+        (Endpoint::Authorizer { .. }, _) => Err(not_sent(
+            ApiName::AuthorizerToken,
+            61023,
+            "refresh token or authorization code",
+        )),
+        (other, _) => Err(decode(other.api(), "not an Open Platform endpoint")),
+    }
+}
+
+/// The grant of an Open Platform token answer of `api`.
+fn open_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError> {
+    let (token, field, expires_in, refresh) = match api {
+        ApiName::ComponentToken => (
+            answer.component_access_token,
+            "component_access_token",
+            answer.expires_in,
+            None,
+        ),
+        ApiName::AuthorizerToken => (
+            answer.authorizer_access_token,
+            "authorizer_access_token",
+            answer.expires_in,
+            answer.authorizer_refresh_token,
+        ),
+        ApiName::QueryAuth => {
+            let info = answer
+                .authorization_info
+                .ok_or_else(|| decode(api, "the answer has no authorization_info"))?;
+            if info.authorizer_access_token.is_none() {
+                return Err(decode(
+                    api,
+                    "the authorization_info has no authorizer_access_token: the account granted the platform no API permission",
+                ));
+            }
+            (
+                info.authorizer_access_token,
+                "authorizer_access_token",
+                info.expires_in,
+                info.authorizer_refresh_token,
+            )
+        }
+        other => return token_grant(other, answer),
+    };
+    let refresh_token = match refresh.filter(|r| !r.is_empty()) {
+        Some(r) => Some(credential(api, "authorizer_refresh_token", Some(r))?),
+        None => None,
+    };
+    Ok(TokenGrant {
+        access_token: credential(api, field, token)?,
+        expires_in: expiry(api, expires_in)?,
+        after_unknown: answer.after_unknown,
+        waited: Duration::ZERO,
+        refresh_token,
+    })
+}
+
+/// A page of `api_get_authorizer_list`, skipping unusable entries.
+fn authorizer_page(api: ApiName, answer: Answer) -> Result<AuthorizerPage, UpstreamError> {
+    let total_count = answer
+        .total_count
+        .ok_or_else(|| decode(api, "the answer has no total_count"))?;
+    let total_count = u64::try_from(total_count)
+        .map_err(|_| decode(api, &format!("total_count is {total_count}, not a count")))?;
+    let entries = answer.list.unwrap_or_default();
+    let mut list = Vec::with_capacity(entries.len());
+    let mut skipped = 0;
+    for entry in entries {
+        let parsed = serde_json::from_value::<ListEntry>(entry)
+            .ok()
+            .and_then(|e| {
+                let appid = AppId::parse(e.authorizer_appid.as_deref()?).ok()?;
+                let refresh = AccessToken::from_upstream(e.refresh_token?).ok()?;
+                Some((appid, refresh, e.auth_time.unwrap_or(0)))
+            });
+        match parsed {
+            Some(entry) => list.push(entry),
+            None => skipped += 1,
+        }
+    }
+    Ok(AuthorizerPage {
+        total_count,
+        list,
+        skipped,
+    })
+}
+
+/// One entry of `api_get_authorizer_list` (note: `refresh_token`, not
+/// `authorizer_refresh_token`).
+#[derive(Deserialize)]
+struct ListEntry {
+    #[serde(default)]
+    authorizer_appid: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    auth_time: Option<i64>,
+}
+
+/// `api_query_auth`'s `authorization_info`.
+#[derive(Deserialize)]
+struct AuthorizationInfo {
+    #[serde(default)]
+    authorizer_access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<i64>,
+    #[serde(default)]
+    authorizer_refresh_token: Option<String>,
 }
 
 /// The superset of fields WeChat's token, ticket and probe answers carry.
@@ -181,6 +457,22 @@ struct Answer {
     expires_in: Option<i64>,
     #[serde(default)]
     ip_list: Option<Vec<String>>,
+    // The Open Platform's fields.
+    #[serde(default)]
+    component_access_token: Option<String>,
+    #[serde(default)]
+    authorizer_access_token: Option<String>,
+    #[serde(default)]
+    authorizer_refresh_token: Option<String>,
+    #[serde(default)]
+    authorization_info: Option<AuthorizationInfo>,
+    #[serde(default)]
+    pre_auth_code: Option<String>,
+    #[serde(default)]
+    total_count: Option<i64>,
+    /// Entries are read one by one, so one bad entry does not spoil a page.
+    #[serde(default)]
+    list: Option<Vec<serde_json::Value>>,
     /// Not WeChat's: set by [`WechatClient::call`] when an earlier attempt
     /// of the call failed over with an unknown outcome.
     #[serde(skip)]
@@ -191,6 +483,8 @@ struct Answer {
 enum Call<'a> {
     Get(Vec<(&'static str, &'a str)>),
     PostJson(serde_json::Value),
+    /// A JSON body plus a query (the Open Platform's `component_access_token`).
+    PostJsonWith(Vec<(&'static str, &'a str)>, serde_json::Value),
 }
 
 fn install_crypto_provider() {
@@ -376,6 +670,7 @@ impl WechatClient {
         let request = match call {
             Call::Get(query) => self.http.get(url).query(query),
             Call::PostJson(body) => self.http.post(url).json(body),
+            Call::PostJsonWith(query, body) => self.http.post(url).query(query).json(body),
         };
         let base_url = base.as_str().trim_end_matches('/').to_string();
         let transport = |e: reqwest::Error| {
@@ -410,7 +705,7 @@ impl WechatClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no content type")
             .to_string();
-        let body = read_limited(api, response, MAX_ANSWER_BYTES)
+        let body = read_limited(api, response, answer_limit(api))
             .await
             .map_err(|e| e.map_transport(transport))?;
         decode_answer(api, &body, &content_type, sensitive)
@@ -420,6 +715,20 @@ impl WechatClient {
 /// The most bytes of a WeChat answer that are read (contract §9); a longer
 /// answer is a decode error, and the rest of it is never downloaded.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The most bytes of an `api_get_authorizer_list` answer that are read: a
+/// page of 500 authorizers with their refresh tokens is about 60 KiB at
+/// WeChat's lengths and more with longer tokens, so the 64 KiB of the other
+/// answers would refuse full pages.
+pub const MAX_LIST_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The most bytes of an answer of `api` that are read.
+fn answer_limit(api: ApiName) -> usize {
+    match api {
+        ApiName::AuthorizerList => MAX_LIST_ANSWER_BYTES,
+        _ => MAX_ANSWER_BYTES,
+    }
+}
 
 /// The `expires_in` values (seconds) a token or ticket answer may carry
 /// (contract §9); anything else is a decode error.
@@ -463,11 +772,15 @@ async fn read_limited(
     Ok(body)
 }
 
-/// The error for an answer longer than [`MAX_ANSWER_BYTES`].
+/// The error for an answer longer than [`MAX_ANSWER_BYTES`] (for
+/// `api_get_authorizer_list`, [`MAX_LIST_ANSWER_BYTES`]).
 pub fn answer_too_large(api: ApiName) -> UpstreamError {
     decode(
         api,
-        &format!("the answer is larger than {MAX_ANSWER_BYTES} bytes; it was not read"),
+        &format!(
+            "the answer is larger than {} bytes; it was not read",
+            answer_limit(api)
+        ),
     )
 }
 
@@ -501,7 +814,8 @@ fn decode_answer(
 }
 
 /// Decodes a token answer body of `api` as [`WechatClient`] does for an HTTP
-/// answer: for callers that hold a body without HTTP (the in-process simulator).
+/// answer (the Open Platform's shapes for its APIs): for callers that hold a
+/// body without HTTP (the in-process simulator).
 ///
 /// Errors like the client: a decode error for anything but a valid token
 /// answer, [`UpstreamError::Api`] for an errcode.
@@ -509,7 +823,7 @@ pub fn decode_token_answer(api: ApiName, body: &[u8]) -> Result<TokenGrant, Upst
     if body.len() > MAX_ANSWER_BYTES {
         return Err(answer_too_large(api));
     }
-    token_grant(api, decode_answer(api, body, "application/json", None)?)
+    open_grant(api, decode_answer(api, body, "application/json", None)?)
 }
 
 /// Decodes a ticket answer body as [`WechatClient::fetch_ticket`] does.
@@ -620,6 +934,19 @@ pub struct FetchRequest {
     pub force_refresh: bool,
     /// The Open Platform endpoints' inputs of the moment (`None` for the others).
     pub open: Option<OpenCredential>,
+}
+
+impl FetchRequest {
+    /// The API this request calls: its endpoint's, except that an
+    /// authorizer with an authorization code calls `api_query_auth`.
+    pub fn api(&self) -> ApiName {
+        match (&self.endpoint, &self.open) {
+            (Endpoint::Authorizer { .. }, Some(OpenCredential::AuthCode { .. })) => {
+                ApiName::QueryAuth
+            }
+            (endpoint, _) => endpoint.api(),
+        }
+    }
 }
 
 /// What an Open Platform token call needs besides the appid and secret.
