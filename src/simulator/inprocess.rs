@@ -161,7 +161,7 @@ impl InProcess {
             Endpoint::Component | Endpoint::Authorizer { .. }
         ) {
             // As in the client: a request without its credential is never sent.
-            crate::wechat::open_call(&req)?;
+            crate::wechat::open_token_call(&req)?;
         }
         let api = Api::of(api_name);
         let _in_flight = self.state.enter_token_call();
@@ -217,7 +217,7 @@ impl InProcess {
             Endpoint::Component | Endpoint::Authorizer { .. } => {
                 // The body the client would send, answered by the same code
                 // as over HTTP and decoded by the client's decoding.
-                let call = crate::wechat::open_call(req)?;
+                let call = crate::wechat::open_token_call(req)?;
                 let body = call.body.to_string();
                 let token = call.component_token.map(AccessToken::expose);
                 return match self
@@ -346,6 +346,54 @@ impl TokenSource for InProcess {
                     });
                     crate::wechat::decode_ticket_answer(api, body.to_string().as_bytes())
                 }
+                Err(e) => Err(UpstreamError::Api {
+                    api,
+                    errcode: e.errcode,
+                    errmsg: e.errmsg,
+                }),
+            }
+        })
+    }
+
+    fn open_call(
+        &self,
+        call: crate::wechat::OpenCall,
+    ) -> BoxFuture<'static, Result<crate::wechat::OpenAnswer, UpstreamError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let api = call.api();
+            let component = match &call {
+                crate::wechat::OpenCall::AuthorizerList { component, .. }
+                | crate::wechat::OpenCall::PreAuthCode { component, .. }
+                | crate::wechat::OpenCall::StartPushTicket { component, .. } => component.clone(),
+            };
+            if let Some(spec) = this.state.begin_call(Api::of(api), Some(component.as_str())) {
+                if let Some(delay) = spec.delay() {
+                    tokio::time::sleep(delay.min(this.timeout)).await;
+                    if delay >= this.timeout {
+                        return Err(UpstreamError::Timeout {
+                            api,
+                            base_url: IN_PROCESS_URL.to_string(),
+                            timeout: this.timeout,
+                        });
+                    }
+                }
+                if let Some(err) = fault_error(&spec, api) {
+                    return Err(err);
+                }
+                if let Some(body) = fault_body(&spec) {
+                    return crate::wechat::decode_open_answer(&call, &body);
+                }
+            }
+            let (body, token) = crate::wechat::open_call_body(&call);
+            let peer = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            match this.state.open_call(
+                Api::of(api),
+                token.map(AccessToken::expose),
+                body.to_string().as_bytes(),
+                peer,
+            ) {
+                Ok(answer) => crate::wechat::decode_open_answer(&call, answer.to_string().as_bytes()),
                 Err(e) => Err(UpstreamError::Api {
                     api,
                     errcode: e.errcode,

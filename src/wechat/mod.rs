@@ -162,7 +162,7 @@ impl WechatClient {
     /// Errors like the other token calls; a request without the credential
     /// its endpoint needs is not sent (see [`open_call`]).
     async fn fetch_open_token(&self, req: &FetchRequest) -> Result<TokenGrant, UpstreamError> {
-        let open = open_call(req)?;
+        let open = open_token_call(req)?;
         let call = match open.component_token {
             Some(token) => {
                 Call::PostJsonWith(vec![("component_access_token", token.expose())], open.body)
@@ -268,7 +268,7 @@ pub struct AuthorizerPage {
 /// for the query (none for `api_component_token`), the JSON body, and the
 /// value to scrub from error messages. Built in one place for the client and
 /// the in-process simulator.
-pub(crate) struct OpenCall<'a> {
+pub(crate) struct OpenTokenCall<'a> {
     pub(crate) api: ApiName,
     pub(crate) component_token: Option<&'a AccessToken>,
     pub(crate) body: serde_json::Value,
@@ -280,14 +280,14 @@ pub(crate) struct OpenCall<'a> {
 /// that (61006 for a missing ticket, which retries until a ticket arrives;
 /// 61023 for an authorizer without refresh token or code, which recovers
 /// through `api_get_authorizer_list`), with a message saying nothing was sent.
-pub(crate) fn open_call(req: &FetchRequest) -> Result<OpenCall<'_>, UpstreamError> {
+pub(crate) fn open_token_call(req: &FetchRequest) -> Result<OpenTokenCall<'_>, UpstreamError> {
     let not_sent = |api: ApiName, errcode: i64, what: &str| UpstreamError::Api {
         api,
         errcode,
         errmsg: format!("not sent: wxtoken holds no {what} for {}", req.appid),
     };
     match (&req.endpoint, &req.open) {
-        (Endpoint::Component, Some(OpenCredential::Ticket(ticket))) => Ok(OpenCall {
+        (Endpoint::Component, Some(OpenCredential::Ticket(ticket))) => Ok(OpenTokenCall {
             api: ApiName::ComponentToken,
             component_token: None,
             body: serde_json::json!({
@@ -303,7 +303,7 @@ pub(crate) fn open_call(req: &FetchRequest) -> Result<OpenCall<'_>, UpstreamErro
                 component_token,
                 refresh_token,
             }),
-        ) => Ok(OpenCall {
+        ) => Ok(OpenTokenCall {
             api: ApiName::AuthorizerToken,
             component_token: Some(component_token),
             body: serde_json::json!({
@@ -319,7 +319,7 @@ pub(crate) fn open_call(req: &FetchRequest) -> Result<OpenCall<'_>, UpstreamErro
                 component_token,
                 code,
             }),
-        ) => Ok(OpenCall {
+        ) => Ok(OpenTokenCall {
             api: ApiName::QueryAuth,
             component_token: Some(component_token),
             body: serde_json::json!({
@@ -1056,5 +1056,96 @@ impl TokenSource for WechatClient {
     ) -> futures::future::BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
         let client = self.clone();
         Box::pin(async move { client.fetch_ticket(&token, kind).await })
+    }
+
+    fn open_call(
+        &self,
+        call: OpenCall,
+    ) -> futures::future::BoxFuture<'static, Result<OpenAnswer, UpstreamError>> {
+        let client = self.clone();
+        Box::pin(async move {
+            match call {
+                OpenCall::AuthorizerList {
+                    component,
+                    component_token,
+                    offset,
+                    count,
+                } => client
+                    .authorizer_list(&component, &component_token, offset, count)
+                    .await
+                    .map(OpenAnswer::from),
+                OpenCall::PreAuthCode {
+                    component,
+                    component_token,
+                } => client
+                    .create_preauthcode(&component, &component_token)
+                    .await
+                    .map(|(code, expires_in)| OpenAnswer::PreAuthCode { code, expires_in }),
+                OpenCall::StartPushTicket { component, secret } => client
+                    .start_push_ticket(&component, &secret)
+                    .await
+                    .map(|()| OpenAnswer::Done),
+            }
+        })
+    }
+}
+
+impl From<AuthorizerPage> for OpenAnswer {
+    fn from(page: AuthorizerPage) -> OpenAnswer {
+        OpenAnswer::AuthorizerList {
+            total_count: u32::try_from(page.total_count).unwrap_or(u32::MAX),
+            authorizers: page.list.into_iter().map(|(appid, token, _)| (appid, token)).collect(),
+        }
+    }
+}
+
+/// Decodes the answer `body` of an [`OpenCall`] as [`WechatClient`] does
+/// (for the in-process simulator, which holds bodies without HTTP).
+pub fn decode_open_answer(call: &OpenCall, body: &[u8]) -> Result<OpenAnswer, UpstreamError> {
+    let api = call.api();
+    if body.len() > answer_limit(api) {
+        return Err(answer_too_large(api));
+    }
+    let answer = decode_answer(api, body, "application/json", None)?;
+    match call {
+        OpenCall::AuthorizerList { .. } => authorizer_page(api, answer).map(OpenAnswer::from),
+        OpenCall::PreAuthCode { .. } => Ok(OpenAnswer::PreAuthCode {
+            code: credential(api, "pre_auth_code", answer.pre_auth_code)?,
+            expires_in: expiry(api, answer.expires_in)?,
+        }),
+        OpenCall::StartPushTicket { .. } => Ok(OpenAnswer::Done),
+    }
+}
+
+/// The JSON body an [`OpenCall`] sends, and the component token of its query.
+pub fn open_call_body(call: &OpenCall) -> (serde_json::Value, Option<&AccessToken>) {
+    match call {
+        OpenCall::AuthorizerList {
+            component,
+            component_token,
+            offset,
+            count,
+        } => (
+            serde_json::json!({
+                "component_appid": component.as_str(),
+                "offset": offset,
+                "count": (*count).clamp(1, MAX_AUTHORIZER_PAGE),
+            }),
+            Some(component_token),
+        ),
+        OpenCall::PreAuthCode {
+            component,
+            component_token,
+        } => (
+            serde_json::json!({ "component_appid": component.as_str() }),
+            Some(component_token),
+        ),
+        OpenCall::StartPushTicket { component, secret } => (
+            serde_json::json!({
+                "component_appid": component.as_str(),
+                "component_secret": secret.expose_secret(),
+            }),
+            None,
+        ),
     }
 }
