@@ -400,6 +400,10 @@ impl Actor for AccountActor {
             self.set_state(State::Disabled);
             return;
         }
+        if matches!(self.endpoint, Endpoint::Authorizer { .. }) && self.slot.open().is_none() {
+            // A new authorizer: its code or refresh token is the next message.
+            return;
+        }
         if self.open_parked() {
             // A revoked authorizer, or one waiting for its merchant: served
             // (when not revoked) while its token lasts, never refreshed.

@@ -96,6 +96,12 @@ pub(super) fn after_grant(
     }
     let mut open = current.cloned().unwrap_or_default();
     let mut changed = false;
+    if let Endpoint::Authorizer { component } = &request.endpoint
+        && open.component.is_none()
+    {
+        open.component = Some(component.clone());
+        changed = true;
+    }
     if matches!(request.open, Some(OpenCredential::AuthCode { .. })) && open.auth_code.is_some() {
         open.auth_code = None;
         changed = true;
@@ -122,8 +128,16 @@ pub fn newest_ticket(open: &StoredOpen, now_ms: i64) -> Option<&VerifyTicket> {
 }
 
 impl AccountActor {
+    /// The Open Platform state to change: the slot's, or a new one (for an
+    /// authorizer, naming its component so that a restart finds it).
     fn open_state(&self) -> StoredOpen {
-        self.slot.open().map(|o| (*o).clone()).unwrap_or_default()
+        let mut open = self.slot.open().map(|o| (*o).clone()).unwrap_or_default();
+        if let Endpoint::Authorizer { component } = &self.endpoint
+            && open.component.is_none()
+        {
+            open.component = Some(component.clone());
+        }
+        open
     }
 
     /// The inputs of the next fetch for an Open Platform account (`None` for

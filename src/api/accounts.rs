@@ -21,6 +21,7 @@ use crate::snapshot::{LastError, State};
 use super::error::ApiError;
 use super::path_account;
 use super::refresh::respond;
+use crate::domain::AppId;
 
 /// One account in `GET /v1/accounts`.
 #[derive(Serialize)]
@@ -35,6 +36,14 @@ struct AccountView<'a> {
     next_refresh_at: Option<i64>,
     last_error: Option<&'a LastError>,
     upstream_calls_today: u32,
+    /// `account`, `wecom`, `component` or `authorizer`.
+    kind: &'static str,
+    /// An authorizer's component.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    component: Option<&'a str>,
+    /// An authorizer's standing: `authorized`, `needs_reauth`, `unauthorized`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorization: Option<&'static str>,
 }
 
 /// `GET /v1/accounts` (admin): the status of every account the caller may see,
@@ -71,6 +80,9 @@ pub async fn list_accounts(
             next_refresh_at: status.next_refresh_at_ms.map(|ms| ms.div_euclid(1000)),
             last_error: status.last_error.as_ref(),
             upstream_calls_today: status.calls_on_day_of(now_ms),
+            kind: slot.kind.as_str(),
+            component: slot.kind.component().map(AppId::as_str),
+            authorization: slot.authorization().map(|a| a.as_str()),
         })
         .collect();
     let body = serde_json::to_vec(&views)

@@ -48,6 +48,26 @@ pub async fn read_json_up_to<T: DeserializeOwned>(
     shape: &'static str,
 ) -> Result<T, ApiError> {
     let body = read_bytes(req, payload, limit, shape).await?;
+    decode_json(&body, b'{', shape)
+}
+
+/// Reads a JSON array body of at most `limit` bytes (an import's list).
+pub async fn read_json_list_up_to<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    shape: &'static str,
+) -> Result<Vec<T>, ApiError> {
+    let body = read_bytes(req, payload, limit, shape).await?;
+    decode_json(&body, b'[', shape)
+}
+
+/// Decodes `body` as JSON whose first character must be `opener` (`{` or `[`).
+fn decode_json<T: DeserializeOwned>(
+    body: &[u8],
+    opener: u8,
+    shape: &'static str,
+) -> Result<T, ApiError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => {
             return Err(ApiError::bad_request(format!(
@@ -55,14 +75,19 @@ pub async fn read_json_up_to<T: DeserializeOwned>(
             )));
         }
         // serde would also accept a struct written as an array; the API does not.
-        Some(b'{') => {}
+        Some(b) if *b == opener => {}
         Some(_) => {
+            let what = if opener == b'[' {
+                "a JSON array"
+            } else {
+                "a JSON object"
+            };
             return Err(ApiError::bad_request(format!(
-                "the request body is not a JSON object; send {shape}"
+                "the request body is not {what}; send {shape}"
             )));
         }
     }
-    serde_json::from_slice(&body).map_err(|e| describe(&e, shape))
+    serde_json::from_slice(body).map_err(|e| describe(&e, shape))
 }
 
 /// Reads the whole body of `req`, at most `limit` bytes, within

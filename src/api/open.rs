@@ -15,7 +15,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::body::{read_bytes, read_json, read_json_up_to};
+use super::body::{read_bytes, read_json, read_json_list_up_to};
 use super::error::ApiError;
 use super::path_appid;
 use super::state::AppState;
@@ -299,7 +299,7 @@ pub async fn import(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let component = admin_component(&req, &state)?;
-    let entries: Vec<Import> = read_json_up_to(
+    let entries: Vec<Import> = read_json_list_up_to(
         &req,
         payload,
         MAX_IMPORT_BYTES,

@@ -367,7 +367,10 @@ impl TokenSource for InProcess {
                 | crate::wechat::OpenCall::PreAuthCode { component, .. }
                 | crate::wechat::OpenCall::StartPushTicket { component, .. } => component.clone(),
             };
-            if let Some(spec) = this.state.begin_call(Api::of(api), Some(component.as_str())) {
+            if let Some(spec) = this
+                .state
+                .begin_call(Api::of(api), Some(component.as_str()))
+            {
                 if let Some(delay) = spec.delay() {
                     tokio::time::sleep(delay.min(this.timeout)).await;
                     if delay >= this.timeout {
@@ -393,7 +396,9 @@ impl TokenSource for InProcess {
                 body.to_string().as_bytes(),
                 peer,
             ) {
-                Ok(answer) => crate::wechat::decode_open_answer(&call, answer.to_string().as_bytes()),
+                Ok(answer) => {
+                    crate::wechat::decode_open_answer(&call, answer.to_string().as_bytes())
+                }
                 Err(e) => Err(UpstreamError::Api {
                     api,
                     errcode: e.errcode,

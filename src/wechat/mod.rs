@@ -1094,7 +1094,11 @@ impl From<AuthorizerPage> for OpenAnswer {
     fn from(page: AuthorizerPage) -> OpenAnswer {
         OpenAnswer::AuthorizerList {
             total_count: u32::try_from(page.total_count).unwrap_or(u32::MAX),
-            authorizers: page.list.into_iter().map(|(appid, token, _)| (appid, token)).collect(),
+            authorizers: page
+                .list
+                .into_iter()
+                .map(|(appid, token, _)| (appid, token))
+                .collect(),
         }
     }
 }

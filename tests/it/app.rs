@@ -57,6 +57,28 @@ pub struct TestAccount {
     pub wecom: Option<(String, u64)>,
 }
 
+/// One Open Platform component of a [`TestApp`], known to the simulator
+/// with the server's event URL as its callback.
+#[derive(Debug, Clone)]
+pub struct TestComponent {
+    pub appid: AppId,
+    pub secret: String,
+    /// The message-check Token.
+    pub token: String,
+    /// The 43-character EncodingAESKey.
+    pub aes_key: String,
+    /// The simulator rotates refresh tokens on every refresh.
+    pub rotate: bool,
+}
+
+impl TestComponent {
+    /// The crypt WeChat seals this component's events with.
+    pub fn crypt(&self) -> wxtoken::openplatform::MsgCrypt {
+        wxtoken::openplatform::MsgCrypt::new(&self.token, &self.aes_key, self.appid.as_str())
+            .expect("a valid test key")
+    }
+}
+
 /// What the builder is asked for, per account.
 #[derive(Debug, Clone)]
 struct AccountSpec {
@@ -73,6 +95,8 @@ pub struct TestApp {
     pub sim: Simulator,
     pub state: AppState,
     pub accounts: Vec<TestAccount>,
+    /// The Open Platform components (their authorizers come by events).
+    pub components: Vec<TestComponent>,
     /// The configuration file the server reads (and reloads).
     pub config_path: PathBuf,
     /// The token store file.
@@ -91,6 +115,7 @@ pub struct TestApp {
 /// Builds a [`TestApp`] with chosen accounts, clients and simulator settings.
 pub struct TestAppBuilder {
     accounts: Vec<AccountSpec>,
+    components: Vec<bool>,
     sim: SimConfig,
     clients: bool,
     refresh: Vec<String>,
@@ -117,12 +142,20 @@ impl TestAppBuilder {
     pub fn new() -> Self {
         TestAppBuilder {
             accounts: Vec::new(),
+            components: Vec::new(),
             sim: SimConfig::default(),
             clients: true,
             refresh: Vec::new(),
             metrics: Vec::new(),
             store: None,
         }
+    }
+
+    /// Adds an Open Platform component; the simulator rotates its
+    /// authorizers' refresh tokens when `rotate`.
+    pub fn component(mut self, rotate: bool) -> Self {
+        self.components.push(rotate);
+        self
     }
 
     /// Adds a working account in `mode`.
@@ -248,13 +281,24 @@ impl TestAppBuilder {
             })
             .collect();
 
+        let components: Vec<TestComponent> = self
+            .components
+            .iter()
+            .map(|&rotate| TestComponent {
+                appid: support::unique_appid(),
+                secret: format!("component-secret-{}", rand::random::<u32>()),
+                token: format!("tok{}", rand::random::<u32>()),
+                aes_key: support::encoding_aes_key(),
+                rotate,
+            })
+            .collect();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config_path = dir.path().join("accounts.yaml");
         let store_path = dir.path().join("data").join("wxtoken.redb");
         write_config(
             &config_path,
             &sim,
-            &accounts,
+            (&accounts, &components),
             self.clients,
             (&self.refresh, &self.metrics),
             &store_path,
@@ -272,6 +316,7 @@ impl TestAppBuilder {
             sim,
             state,
             accounts,
+            components,
             config_path,
             store_path,
             http,
@@ -284,6 +329,7 @@ impl TestAppBuilder {
             store: self.store,
             dir,
         };
+        test_app.register_components();
         test_app.wait_until_settled().await;
         test_app
     }
@@ -336,7 +382,7 @@ async fn start_server(
 fn write_config(
     config_path: &Path,
     sim: &Simulator,
-    accounts: &[TestAccount],
+    (accounts, components): (&[TestAccount], &[TestComponent]),
     clients: bool,
     settings: (&[String], &[String]),
     store_path: &Path,
@@ -350,7 +396,7 @@ fn write_config(
         )
         .expect("write a secret file");
     }
-    let yaml = config_yaml(sim, accounts, clients, settings, store_path);
+    let yaml = config_yaml(sim, (accounts, components), clients, settings, store_path);
     // Write and rename, as editors do, so a watcher never sees half a file.
     let tmp = dir.join(".accounts.yaml.tmp");
     std::fs::write(&tmp, yaml).expect("write the config");
@@ -360,7 +406,7 @@ fn write_config(
 /// The YAML configuration of a test app.
 fn config_yaml(
     sim: &Simulator,
-    accounts: &[TestAccount],
+    (accounts, components): (&[TestAccount], &[TestComponent]),
     clients: bool,
     (refresh, metrics): (&[String], &[String]),
     store_path: &Path,
@@ -396,6 +442,15 @@ fn config_yaml(
             KeyHash::of_key(READER_KEY),
             KeyHash::of_key(SCOPED_KEY),
         ));
+    }
+    if !components.is_empty() {
+        yaml.push_str("components:\n");
+        for (i, c) in components.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - appid: {}\n    name: Test platform {i}\n    secret: {}\n    token: {}\n    encoding_aes_key: {}\n",
+                c.appid, c.secret, c.token, c.aes_key
+            ));
+        }
     }
     yaml.push_str("accounts:\n");
     for (i, a) in accounts.iter().enumerate() {
@@ -470,7 +525,7 @@ impl TestApp {
         write_config(
             &self.config_path,
             &self.sim,
-            accounts,
+            (accounts, &self.components),
             self.clients,
             (&self.refresh, &self.metrics),
             &self.store_path,
@@ -505,7 +560,47 @@ impl TestApp {
         self.state = state;
         self.handle = handle;
         self.server = Some(server);
+        self.register_components();
         self.wait_until_settled().await;
+    }
+
+    /// (Re-)registers the components with the simulator, their callback the
+    /// server's event URL (the simulator keeps their tokens and authorizers,
+    /// and pushes a verify ticket at once).
+    fn register_components(&self) {
+        for c in &self.components {
+            let mut reg = wxtoken::simulator::ComponentRegistration::new(
+                c.appid.as_str(),
+                &c.secret,
+                &c.token,
+                &c.aes_key,
+            );
+            reg.callback_url = Some(format!("{}/v1/component/{}/events", self.base_url, c.appid));
+            reg.rotate_refresh_tokens = c.rotate;
+            self.sim
+                .try_register_component(reg)
+                .expect("the simulator takes the component");
+        }
+    }
+
+    /// The first component.
+    pub fn component(&self) -> &TestComponent {
+        self.components.first().expect("a component was configured")
+    }
+
+    /// `POST` JSON to the simulator's control API; the answer's JSON.
+    pub async fn sim_control(&self, path: &str, body: Value) -> Value {
+        let answer = self
+            .http
+            .post(format!("{}{path}", self.sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("the simulator answers");
+        let status = answer.status();
+        let json: Value = answer.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {json}");
+        json
     }
 
     /// `POST /v1/admin/reload`.

@@ -8,6 +8,7 @@ mod engine;
 mod faults;
 mod metrics;
 mod observability;
+mod open_platform;
 mod open_protocol;
 mod persist;
 mod process;

@@ -42,6 +42,16 @@ pub async fn simulator(config: SimConfig) -> Simulator {
         .expect("the simulator binds a free loopback port")
 }
 
+/// A random 43-character EncodingAESKey (32 random bytes in Base64, without
+/// the `=`), as the Open Platform's settings page generates one.
+pub fn encoding_aes_key() -> String {
+    use base64::Engine as _;
+    let key: [u8; 32] = rand::random();
+    let mut text = base64::engine::general_purpose::STANDARD.encode(key);
+    text.pop();
+    text
+}
+
 /// A process-unique WeChat-shaped appid, so tests never share simulator state by accident.
 pub fn unique_appid() -> AppId {
     static NEXT: AtomicU32 = AtomicU32::new(1);
