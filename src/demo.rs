@@ -14,9 +14,11 @@ use rand::distr::Alphanumeric;
 use secrecy::ExposeSecret;
 use url::Url;
 
-use crate::config::{AppScope, ClientConfig, Config};
-use crate::domain::KeyHash;
-use crate::simulator::{AppRegistration, SimConfig, Simulator};
+use secrecy::SecretString;
+
+use crate::config::{AppScope, ClientConfig, ComponentConfig, Config};
+use crate::domain::{AppId, KeyHash};
+use crate::simulator::{AppRegistration, ComponentRegistration, SimConfig, Simulator};
 use crate::startup::{Application, BuildOptions};
 
 /// Runs the demo until Ctrl-C.
@@ -36,11 +38,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.upstream.base_urls = vec![Url::parse(&sim.base_url())?];
     config.upstream.wecom_base_urls = vec![Url::parse(&sim.base_url())?];
 
-    let key: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
+    let key = random_text(32);
     config.clients.push(ClientConfig {
         name: "demo".to_string(),
         key: KeyHash::of_key(&key),
@@ -54,6 +52,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             config.listen
         );
         config.listen = fallback;
+    }
+    if config.components.is_empty() {
+        config.components.extend(demo_component(&config));
     }
     let demo_dir = std::env::temp_dir().join(format!("wxtoken-demo-{}", std::process::id()));
     config.store.path = demo_dir.join("wxtoken.redb");
@@ -70,10 +71,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .iter()
         .find(|a| a.enabled && a.tickets.contains(&crate::domain::TicketKind::Jsapi))
         .map(|a| a.appid.to_string());
+    let components = config.components.clone();
     let app = Application::build(config, BuildOptions::default()).await?;
     let addr = app.addr();
     let state = app.state();
     let server = actix_web::rt::spawn(app.run_until_stopped());
+    let authorizers = authorize_demo_merchants(&sim, addr, &components).await;
 
     // Wait (bounded) until every enabled account has its token and tickets,
     // so the lines below work at once.
@@ -92,12 +95,120 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     print_guide(&sim, addr, &key, &accounts, with_jsapi.as_deref());
+    print_open_platform(addr, &key, &components, &authorizers);
     let result = server.await;
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&demo_dir);
     result
         .context("the server task failed")?
         .context("the server stopped with an error")
+}
+
+/// The Open Platform component the demo runs when the file has none: an
+/// agency's third-party platform with made-up keys.
+fn demo_component(config: &Config) -> Option<ComponentConfig> {
+    let taken = |id: &AppId| config.accounts.iter().any(|a| &a.appid == id);
+    let appid = (0u32..1000)
+        .map(|n| match n {
+            0 => "wx9999999999999999".to_string(),
+            n => format!("wx99999999{n:08}"),
+        })
+        .filter_map(|id| AppId::parse(&id).ok())
+        .find(|id| !taken(id))?;
+    Some(ComponentConfig {
+        appid,
+        name: "Demo agency platform".to_string(),
+        secret: SecretString::from(random_text(32)),
+        token: SecretString::from(random_text(32)),
+        encoding_aes_key: SecretString::from(random_text(43)),
+        enabled: true,
+    })
+}
+
+/// Letters and digits (valid Base64 too, so 43 of them are an EncodingAESKey).
+fn random_text(n: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+/// Registers each component with the simulator (its event URL the
+/// server's) and has three demo merchants authorize the first one; the
+/// simulator pushes the encrypted ticket and `authorized` events.
+async fn authorize_demo_merchants(
+    sim: &Simulator,
+    addr: SocketAddr,
+    components: &[ComponentConfig],
+) -> Vec<String> {
+    let http = reqwest::Client::builder().no_proxy().build();
+    let mut authorizers = Vec::new();
+    for (i, c) in components.iter().enumerate() {
+        let mut reg = ComponentRegistration::new(
+            c.appid.as_str(),
+            c.secret.expose_secret(),
+            c.token.expose_secret(),
+            c.encoding_aes_key.expose_secret(),
+        );
+        reg.callback_url = Some(format!("http://{addr}/v1/component/{}/events", c.appid));
+        if let Err(e) = sim.try_register_component(reg) {
+            eprintln!("demo: the simulator refused component {}: {e}", c.appid);
+            continue;
+        }
+        let Ok(http) = &http else { continue };
+        if i > 0 {
+            continue;
+        }
+        for n in 1..=3u32 {
+            let authorizer = format!("wx8888888888{n:06}");
+            let url = format!("{}/sim/components/{}/authorize", sim.base_url(), c.appid);
+            let sent = http
+                .post(url)
+                .json(&serde_json::json!({ "authorizer_appid": authorizer }))
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                authorizers.push(authorizer);
+            }
+        }
+    }
+    authorizers
+}
+
+fn print_open_platform(
+    addr: SocketAddr,
+    key: &str,
+    components: &[ComponentConfig],
+    authorizers: &[String],
+) {
+    let Some(component) = components.first() else {
+        return;
+    };
+    let base = format!("http://{addr}");
+    let auth = format!("-H 'Authorization: Bearer {key}'");
+    println!("Open Platform (an agency's third-party platform, contract section 6):");
+    println!(
+        "  component {} with authorizers {}",
+        component.appid,
+        authorizers.join(", ")
+    );
+    println!();
+    println!("  # the component's own token (fetched with the verify ticket the simulator pushed)");
+    println!(
+        "  curl -s {auth} {base}/v1/component/{}/token",
+        component.appid
+    );
+    if let Some(first) = authorizers.first() {
+        println!("  # an authorizer's token, served exactly like an account's");
+        println!("  curl -s {auth} {base}/v1/token/{first}");
+    }
+    println!("  # page through WeChat's authorizer list: add missing ones, repair refresh tokens");
+    println!(
+        "  curl -s {auth} -X POST {base}/v1/component/{}/reconcile",
+        component.appid
+    );
+    println!();
 }
 
 fn print_guide(
