@@ -252,7 +252,7 @@ fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
     ]);
     cmd.current_dir(std::env::temp_dir());
     let demo = Running::spawn(cmd);
-    let printed = demo.read_until(|l| l.contains("grep '^wxtoken_accounts'"));
+    let printed = demo.read_until(|l| l.contains("/reconcile"));
     let commands: Vec<&String> = printed
         .iter()
         .filter(|l| l.trim_start().starts_with("curl ") || l.trim_start().starts_with("TOKEN="))
@@ -305,9 +305,12 @@ fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
         text.contains("ip_list"),
         "the refreshed token is live at the simulator"
     );
+    // Three accounts, the demo component and its three authorizers.
     assert!(
-        text.contains("wxtoken_accounts{state=\"ready\"} 3"),
+        text.contains("wxtoken_accounts{state=\"ready\"} 7"),
         "{text}"
     );
+    assert!(text.contains("component_access_token"), "{text}");
+    assert!(text.contains("\"unchanged\":3"), "the reconcile finds the three authorizers: {text}");
     assert_eq!(demo.terminate(), Some(0), "SIGTERM stops the demo cleanly");
 }
