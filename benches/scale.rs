@@ -1,7 +1,8 @@
 //! Scale benchmark: thousands of accounts on one wxtoken.
 //!
 //! `cargo bench --bench scale [-- --accounts N | --100k, --latency-ms MS
-//! --idle-secs S --lifetimes L --cost-accounts M --skip-serve --only-spread]`
+//! --idle-secs S --lifetimes L --cost-accounts M --skip-serve --only-spread
+//! --only-serve]`
 //! (10,000 accounts by default, 50 ms of simulator latency in phases 1 and 2,
 //! 60 s idle) measures, in this order (`--only-spread`: phase 3 alone):
 //!
@@ -72,6 +73,7 @@ struct Options {
     cost_accounts: usize,
     serve: bool,
     only_spread: bool,
+    only_serve: bool,
 }
 
 impl Options {
@@ -84,6 +86,7 @@ impl Options {
             cost_accounts: 400,
             serve: true,
             only_spread: false,
+            only_serve: false,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -111,6 +114,11 @@ impl Options {
                 }
                 "--only-spread" => {
                     o.only_spread = true;
+                    i += 1;
+                    continue;
+                }
+                "--only-serve" => {
+                    o.only_serve = true;
                     i += 1;
                     continue;
                 }
@@ -168,15 +176,21 @@ fn main() {
     );
     sim.add_latency(options.latency_ms);
 
-    let o = options.clone();
-    let base = sim.base.clone();
-    rows.extend(in_thread(move || library_fill_and_restart(&o, &base)));
+    if !options.only_serve {
+        let o = options.clone();
+        let base = sim.base.clone();
+        rows.extend(in_thread(move || library_fill_and_restart(&o, &base)));
+    }
     if options.serve {
         let o = options.clone();
         let base = sim.base.clone();
         rows.extend(in_thread(move || serve_fill_and_restart(&o, &base)));
     }
     drop(sim);
+    if options.only_serve {
+        print_summary(rows);
+        return;
+    }
     let o = options.clone();
     rows.extend(in_thread(move || refresh_spread(&o)));
     let o = options.clone();

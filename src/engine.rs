@@ -272,6 +272,9 @@ impl Engine {
             store: store.clone(),
             directory: directory.clone(),
             hub: None,
+            fill: Arc::new(tokio::sync::Semaphore::new(
+                config.upstream.max_concurrency.max(1) * crate::account::actor::FILL_PER_SLOT,
+            )),
         };
         let registry = Registry::new(directory.clone(), deps)
             .with_restored(stored)

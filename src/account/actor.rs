@@ -36,6 +36,11 @@ pub struct Deps {
     pub store: StoreWriter,
     /// Every account's slot: an authorizer reads its component's token here.
     pub directory: crate::snapshot::Directory,
+    /// How many first fetches (a cold start's fill) may be under way at once
+    /// ([`FILL_PER_SLOT`] per upstream slot): a refresh task holds about
+    /// 6 KiB until it ends, so 100,000 of them queued behind the upstream
+    /// limit at once would cost 600 MiB, most of it never returned to the OS.
+    pub fill: Arc<tokio::sync::Semaphore>,
     /// Who hears an Open Platform account's requests ([`OpenNotice`]): the
     /// registry, which sets itself here when it starts.
     pub hub: Option<Recipient<super::open::OpenNotice>>,
@@ -84,7 +89,13 @@ pub struct AccountActor {
     /// An authorizer asked its hub for a recovery of its refresh token and
     /// has not heard back, or heard of none since its last success.
     pub(super) recovery_asked: bool,
+    /// Held while this account's first fetch is under way ([`Deps::fill`]).
+    fill_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// First fetches under way per upstream slot during a fill: enough to keep
+/// every slot busy, few enough that the queued tasks cost little memory.
+pub const FILL_PER_SLOT: usize = 4;
 
 impl AccountActor {
     /// An actor for `config` publishing into `slot`. A slot that already holds
@@ -109,6 +120,7 @@ impl AccountActor {
             ticket_failures: HashMap::new(),
             shutting_down: false,
             recovery_asked: false,
+            fill_permit: None,
         }
     }
 
@@ -212,6 +224,22 @@ impl AccountActor {
                 }
             }
         }
+    }
+
+    /// The first fetch of an account without a token: started once a fill
+    /// permit is free (a small wait per account instead of a whole refresh
+    /// task each); a request that needs the token meanwhile starts it at once.
+    fn start_fill(&mut self, ctx: &mut Context<Self>) {
+        let fill = self.deps.fill.clone();
+        let wait = async move { fill.acquire_owned().await.ok() }
+            .into_actor(self)
+            .map(|permit, act, ctx| {
+                if act.inflight.is_none() && act.slot.token().is_none() {
+                    act.fill_permit = permit;
+                    drop(act.start_refresh(ctx, Reason::Startup, false));
+                }
+            });
+        ctx.spawn(wait);
     }
 
     /// Ok when a stable `force_refresh` is allowed now (`stale`: asked by a
@@ -446,7 +474,7 @@ impl Actor for AccountActor {
                 self.schedule_from(ctx, &record, false);
                 self.ensure_tickets(ctx, false);
             }
-            _ => drop(self.start_refresh(ctx, Reason::Startup, false)),
+            _ => self.start_fill(ctx),
         }
     }
 }
@@ -459,6 +487,7 @@ impl Handler<Finished> for AccountActor {
             return;
         }
         self.inflight = None;
+        self.fill_permit = None;
         let now = self.now_ms();
         self.count_refresh(&msg, now);
         match &msg.result {

@@ -311,6 +311,9 @@ fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
         "{text}"
     );
     assert!(text.contains("component_access_token"), "{text}");
-    assert!(text.contains("\"unchanged\":3"), "the reconcile finds the three authorizers: {text}");
+    assert!(
+        text.contains("\"unchanged\":3"),
+        "the reconcile finds the three authorizers: {text}"
+    );
     assert_eq!(demo.terminate(), Some(0), "SIGTERM stops the demo cleanly");
 }
