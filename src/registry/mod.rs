@@ -118,6 +118,13 @@ pub struct Registry {
     me: Option<Addr<Registry>>,
     /// Where the Open Platform calls that are not token fetches go.
     wechat: Option<Arc<dyn crate::wechat::TokenSource>>,
+    /// When this registry started (Unix ms): a component without any
+    /// verify ticket counts its wait from here.
+    started_ms: i64,
+    /// When each component last asked WeChat to resume ticket pushes.
+    push_asked: HashMap<AppId, i64>,
+    /// The configured components (as of the last [`Apply`]).
+    component_ids: Vec<AppId>,
 }
 
 impl Registry {
@@ -133,6 +140,9 @@ impl Registry {
             me: None,
             restored: HashMap::new(),
             wechat: None,
+            started_ms: 0,
+            push_asked: HashMap::new(),
+            component_ids: Vec::new(),
         }
     }
 
@@ -190,6 +200,7 @@ impl Registry {
         for appid in dead {
             self.restart(&appid);
         }
+        self.check_ticket_pushes();
         if !self.ready_logged && !self.members.is_empty() {
             let now = self.deps.clock.now_unix_ms();
             if self.directory.not_ready(now).is_empty() {
@@ -256,6 +267,7 @@ impl Actor for Registry {
         ctx.set_mailbox_capacity(1 << 20);
         self.me = Some(ctx.address());
         self.deps.hub = Some(ctx.address().recipient());
+        self.started_ms = self.deps.clock.now_unix_ms();
         ctx.run_interval(WATCHDOG_TICK, |act, _| act.watchdog());
     }
 }
@@ -341,6 +353,7 @@ impl Handler<Apply> for Registry {
                 }
             }
         }
+        self.component_ids = components.iter().map(|c| (*c).clone()).collect();
         self.restore_authorizers();
         self.publish();
         self.ready_logged = false;

@@ -26,6 +26,12 @@ use crate::wechat::{AUTHORIZER_PAGE, OpenAnswer, OpenCall, TokenSource, Upstream
 
 use super::{Member, Registry};
 
+/// A component whose newest verify ticket is older than this asks WeChat to
+/// resume pushing (`api_start_push_ticket`): pushes come every 10 minutes.
+pub const TICKET_PUSH_OVERDUE_MS: i64 = 20 * 60 * 1000;
+/// At most one `api_start_push_ticket` per component this often.
+const START_PUSH_EVERY_MS: i64 = 10 * 60 * 1000;
+
 /// The most pages a reconcile reads (500 authorizers each): a bound against
 /// an upstream that keeps announcing more.
 const MAX_PAGES: u32 = 2_000;
@@ -126,6 +132,51 @@ impl Registry {
         for (component, appid) in found {
             let stored = self.restored.remove(&appid);
             self.add_authorizer(&component, &appid, stored);
+        }
+    }
+
+    /// Asks WeChat to resume pushing verify tickets for every component whose
+    /// newest ticket is overdue (or that has none TICKET_PUSH_OVERDUE_MS after
+    /// this registry started it), at most once per [`START_PUSH_EVERY_MS`].
+    pub(super) fn check_ticket_pushes(&mut self) {
+        let Some(wechat) = self.wechat.clone() else {
+            return;
+        };
+        let now = self.deps.clock.now_unix_ms();
+        let overdue: Vec<(AppId, secrecy::SecretString)> = self
+            .component_ids
+            .iter()
+            .filter_map(|id| self.members.get(id).map(|m| (id, m)))
+            .filter(|(_, m)| m.config.kind == AccountKind::Component && m.config.enabled)
+            .filter(|(id, m)| {
+                let newest = m
+                    .slot
+                    .open()
+                    .and_then(|o| o.verify_tickets.iter().map(|t| t.received_at_ms).max());
+                let since = newest.unwrap_or(self.started_ms);
+                let asked = self.push_asked.get(*id).copied();
+                now - since > TICKET_PUSH_OVERDUE_MS
+                    && asked.is_none_or(|at| now - at > START_PUSH_EVERY_MS)
+            })
+            .map(|(id, m)| (id.clone(), m.config.secret.clone()))
+            .collect();
+        for (component, secret) in overdue {
+            self.push_asked.insert(component.clone(), now);
+            let wechat = wechat.clone();
+            actix::spawn(async move {
+                let call = OpenCall::StartPushTicket {
+                    component: component.clone(),
+                    secret,
+                };
+                match wechat.open_call(call).await {
+                    Ok(_) => {
+                        tracing::warn!(component = %component, "no verify ticket for 20 minutes: asked WeChat to resume pushing (api_start_push_ticket)")
+                    }
+                    Err(e) => {
+                        tracing::warn!(component = %component, error = %e, "no verify ticket for 20 minutes, and api_start_push_ticket failed; check the event URL set on the platform")
+                    }
+                }
+            });
         }
     }
 

@@ -488,3 +488,38 @@ async fn reconcile_adds_the_authorizers_whose_events_were_lost_and_import_takes_
         .until("the imported authorizer is served", || app.is_ready(&third))
         .await;
 }
+
+#[actix_web::test]
+async fn a_component_whose_ticket_pushes_stop_asks_wechat_to_push_again() {
+    let app = platform(false).await;
+    let c = app.component().clone();
+    let newest = || {
+        app.state
+            .directory
+            .get(&c.appid)
+            .and_then(|s| s.open())
+            .and_then(|o| o.verify_tickets.iter().map(|t| t.received_at_ms).max())
+    };
+    let first = newest().expect("the first ticket was pushed");
+    app.sim_control(
+        &format!("/sim/components/{}/pushing", c.appid),
+        json!({ "on": false }),
+    )
+    .await;
+    assert_eq!(calls(&app, &c.appid, "api_start_push_ticket"), 0);
+    // 21 minutes without a push.
+    app.sim.advance(Duration::from_secs(21 * 60));
+    Wait::up_to(Duration::from_secs(10))
+        .until("api_start_push_ticket", || {
+            calls(&app, &c.appid, "api_start_push_ticket") >= 1
+        })
+        .await;
+    Wait::up_to(Duration::from_secs(10))
+        .until("a new verify ticket", || {
+            newest().is_some_and(|t| t > first)
+        })
+        .await;
+    // Once, not every second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(calls(&app, &c.appid, "api_start_push_ticket"), 1);
+}
