@@ -67,7 +67,8 @@ pub struct AccountActor {
     pub(super) config: Arc<AccountConfig>,
     pub(super) endpoint: Endpoint,
     pub(super) slot: Arc<AccountSlot>,
-    pub(super) deps: Deps,
+    /// Shared by every account actor.
+    pub(super) deps: Arc<Deps>,
     pub(super) inflight: Option<SharedRefresh>,
     pub(super) generation: u64,
     failures: u32,
@@ -100,7 +101,7 @@ pub const FILL_PER_SLOT: usize = 4;
 impl AccountActor {
     /// An actor for `config` publishing into `slot`. A slot that already holds
     /// a valid token (a restart) is scheduled from it without a fetch.
-    pub fn new(config: Arc<AccountConfig>, slot: Arc<AccountSlot>, deps: Deps) -> Self {
+    pub fn new(config: Arc<AccountConfig>, slot: Arc<AccountSlot>, deps: Arc<Deps>) -> Self {
         AccountActor {
             endpoint: endpoint(&config),
             config,

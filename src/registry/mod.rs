@@ -108,7 +108,8 @@ struct Member {
 pub struct Registry {
     members: HashMap<AppId, Member>,
     directory: Directory,
-    deps: Deps,
+    /// Shared by every account actor (one copy, not one per account).
+    deps: Arc<Deps>,
     ready_logged: bool,
     stopping: bool,
     /// Counts actor starts; each start gets the next number.
@@ -133,7 +134,7 @@ impl Registry {
         Registry {
             members: HashMap::new(),
             directory,
-            deps,
+            deps: Arc::new(deps),
             ready_logged: false,
             stopping: false,
             starts: 0,
@@ -266,7 +267,7 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1 << 20);
         self.me = Some(ctx.address());
-        self.deps.hub = Some(ctx.address().recipient());
+        Arc::make_mut(&mut self.deps).hub = Some(ctx.address().recipient());
         self.started_ms = self.deps.clock.now_unix_ms();
         ctx.run_interval(WATCHDOG_TICK, |act, _| act.watchdog());
     }
