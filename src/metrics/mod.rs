@@ -704,7 +704,10 @@ mod tests {
         }
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), PER_ACCOUNT_FAMILIES.len() + OPEN_FAMILIES.len());
+        assert_eq!(
+            names.len(),
+            PER_ACCOUNT_FAMILIES.len() + OPEN_FAMILIES.len()
+        );
     }
 
     #[test]

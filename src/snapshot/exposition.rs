@@ -654,8 +654,14 @@ mod tests {
         use crate::store::{StoredCode, StoredOpen, VerifyTicket};
         let slot = |id: &str, kind: AccountKind| {
             Arc::new(
-                AccountSlot::new(AppId::parse(id).unwrap(), id.to_string(), Mode::Legacy, true, vec![])
-                    .with_kind(kind),
+                AccountSlot::new(
+                    AppId::parse(id).unwrap(),
+                    id.to_string(),
+                    Mode::Legacy,
+                    true,
+                    vec![],
+                )
+                .with_kind(kind),
             )
         };
         let ticket = |n: u8, created_at_ms: i64| VerifyTicket {
@@ -750,9 +756,8 @@ mod tests {
                 "{mode}"
             );
             let expiry = lines(&text, "wxtoken_token_expiry_timestamp_seconds");
-            let component = format!(
-                "wxtoken_token_expiry_timestamp_seconds{{appid=\"{K}\"}} 1712352877"
-            );
+            let component =
+                format!("wxtoken_token_expiry_timestamp_seconds{{appid=\"{K}\"}} 1712352877");
             assert!(expiry.contains(&component.as_str()), "{mode}: {expiry:?}");
             // In mode none, the components' and nothing else.
             if mode == PerAccount::None {
@@ -761,7 +766,8 @@ mod tests {
                 assert!(expiry.len() > 1, "{mode}");
             }
             assert_eq!(
-                text.matches("# TYPE wxtoken_token_expiry_timestamp_seconds ").count(),
+                text.matches("# TYPE wxtoken_token_expiry_timestamp_seconds ")
+                    .count(),
                 1,
                 "{mode}"
             );

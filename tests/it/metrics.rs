@@ -464,23 +464,45 @@ async fn platform_in(mode: Option<&str>) -> (TestApp, AppId) {
 fn assert_no_open_secret(app: &TestApp, authorizer: &AppId, text: &str) {
     let c = app.component();
     for secret in [&c.secret, &c.token, &c.aes_key] {
-        assert!(!text.contains(secret.as_str()), "a component secret in /metrics");
+        assert!(
+            !text.contains(secret.as_str()),
+            "a component secret in /metrics"
+        );
     }
-    let component = app.state.directory.get(&c.appid).expect("the component's slot");
-    let open = component.open().expect("the component's Open Platform state");
+    let component = app
+        .state
+        .directory
+        .get(&c.appid)
+        .expect("the component's slot");
+    let open = component
+        .open()
+        .expect("the component's Open Platform state");
     assert!(!open.verify_tickets.is_empty());
     for ticket in &open.verify_tickets {
-        assert!(!text.contains(ticket.ticket.expose()), "a verify ticket in /metrics");
+        assert!(
+            !text.contains(ticket.ticket.expose()),
+            "a verify ticket in /metrics"
+        );
     }
-    let slot = app.state.directory.get(authorizer).expect("the authorizer's slot");
+    let slot = app
+        .state
+        .directory
+        .get(authorizer)
+        .expect("the authorizer's slot");
     let open = slot.open().expect("the authorizer's Open Platform state");
     let refresh = open.refresh_token.as_ref().expect("a refresh token");
-    assert!(!text.contains(refresh.expose()), "a refresh token in /metrics");
+    assert!(
+        !text.contains(refresh.expose()),
+        "a refresh token in /metrics"
+    );
     if let Some(code) = &open.auth_code {
         assert!(!text.contains(code.code.expose()), "a code in /metrics");
     }
     for appid in [&c.appid, authorizer] {
-        assert!(!text.contains(&app.current_token(appid)), "a token in /metrics");
+        assert!(
+            !text.contains(&app.current_token(appid)),
+            "a token in /metrics"
+        );
     }
 }
 
@@ -562,11 +584,20 @@ async fn in_none_mode_the_component_keeps_its_token_expiry_and_open_platform_ser
         &[("appid", component.as_str())],
     );
     let now = app.state.clock.now_unix_ms() as f64 / 1000.0;
-    assert!(expires_at > now, "the component token expired at {expires_at}, now {now}");
+    assert!(
+        expires_at > now,
+        "the component token expired at {expires_at}, now {now}"
+    );
     for appid in [account.as_str(), authorizer.as_str()] {
-        assert!(of(&text, "wxtoken_account_state", appid).is_empty(), "{appid}");
+        assert!(
+            of(&text, "wxtoken_account_state", appid).is_empty(),
+            "{appid}"
+        );
     }
-    assert_eq!(samples(&text, "wxtoken_component_ticket_age_seconds").len(), 1);
+    assert_eq!(
+        samples(&text, "wxtoken_component_ticket_age_seconds").len(),
+        1
+    );
     assert_eq!(samples(&text, "wxtoken_component_tickets").len(), 1);
     assert_eq!(
         metric_value(
