@@ -10,7 +10,8 @@
 //! pre-created child series.
 //!
 //! Owns: the fleet registry, the names and help texts of the per-account
-//! families ([`PER_ACCOUNT_FAMILIES`]), the label vocabularies, and the
+//! families ([`PER_ACCOUNT_FAMILIES`]) and of the Open Platform families
+//! written from the slots in every mode ([`OPEN_FAMILIES`]), the label vocabularies, and the
 //! `metrics.per_account` modes with their default rule
 //! ([`PerAccount::default_for`]).
 //!
@@ -202,6 +203,31 @@ pub const PER_ACCOUNT_FAMILIES: [Family; 11] = [
     TICKET_EXPIRY,
     TICKET_REFRESHES,
 ];
+
+/// `wxtoken_component_ticket_age_seconds{component}`: how old the newest
+/// `component_verify_ticket` of a component is (WeChat pushes one every 10
+/// minutes; a component token can only be minted with a ticket younger than
+/// 12 hours). Absent while a component holds no ticket.
+pub const COMPONENT_TICKET_AGE: Family = Family::gauge(
+    "wxtoken_component_ticket_age_seconds",
+    "Seconds since WeChat created the newest component_verify_ticket of an Open Platform component (pushed every 10 minutes).",
+);
+/// `wxtoken_component_tickets{component}`: verify tickets a component holds.
+pub const COMPONENT_TICKETS: Family = Family::gauge(
+    "wxtoken_component_tickets",
+    "component_verify_tickets an Open Platform component holds (the newest few are kept).",
+);
+/// `wxtoken_authorizers{component,state}`: a component's authorizers by
+/// [`crate::domain::Authorization`], every state present for every component.
+pub const AUTHORIZERS: Family = Family::gauge(
+    "wxtoken_authorizers",
+    "Authorizers of an Open Platform component by state (authorized, needs_reauth, unauthorized).",
+);
+
+/// The Open Platform families, written from the slots at scrape time in
+/// every [`PerAccount`] mode (one series per component and state: components
+/// are few), after the per-account families.
+pub const OPEN_FAMILIES: [Family; 3] = [COMPONENT_TICKET_AGE, COMPONENT_TICKETS, AUTHORIZERS];
 
 /// The fleet-level metrics (one registry) and the per-account mode.
 #[derive(Clone)]
@@ -655,8 +681,9 @@ mod tests {
 
     #[test]
     fn counters_end_in_total_and_names_are_unique() {
-        let mut names: Vec<&str> = PER_ACCOUNT_FAMILIES.iter().map(|f| f.name).collect();
-        for family in PER_ACCOUNT_FAMILIES {
+        let scraped = || PER_ACCOUNT_FAMILIES.into_iter().chain(OPEN_FAMILIES);
+        let mut names: Vec<&str> = scraped().map(|f| f.name).collect();
+        for family in scraped() {
             assert!(family.name.starts_with("wxtoken_"), "{}", family.name);
             assert_eq!(
                 family.kind == exposition::Kind::Counter,
@@ -677,7 +704,10 @@ mod tests {
         }
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), PER_ACCOUNT_FAMILIES.len());
+        assert_eq!(
+            names.len(),
+            PER_ACCOUNT_FAMILIES.len() + OPEN_FAMILIES.len()
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The whole `/metrics` text: the fleet registry, then the per-account
 //! series, written from the slots at scrape time.
 //!
-//! Owns which per-account series each [`PerAccount`] mode writes, and the
+//! Owns which per-account series each [`PerAccount`] mode writes, the
 //! fleet gauges computed from the slots (`wxtoken_accounts{state}`,
 //! `wxtoken_ready`, `wxtoken_fleet_config_errors`,
 //! `wxtoken_metrics_per_account{mode}`), which are set right before each
-//! scrape.
+//! scrape, and the Open Platform series written in every mode
+//! ([`crate::metrics::OPEN_FAMILIES`]: verify ticket age and count per
+//! component, authorizers by component and state), with each component's
+//! token expiry, which the component alert needs, also in mode `none`.
 //!
 //! Invariants:
 //! - Nothing per account is stored for metrics beyond the slot's own data
@@ -16,14 +19,20 @@
 //!   are written whole in the order of [`crate::metrics::PER_ACCOUNT_FAMILIES`],
 //!   accounts sorted by appid (the directory keeps them sorted).
 //! - Only appids, fixed vocabularies, errcodes and the IP WeChat reported
-//!   become label values; never a token, ticket or secret.
+//!   become label values; never a token, ticket or secret. Of a component's
+//!   verify tickets only their number and creation time are read; an
+//!   authorizer's refresh token and codes are never read here.
 
-use crate::domain::{Reason, TicketKind};
+use std::collections::BTreeMap;
+
+use crate::config::AccountKind;
+use crate::domain::{Authorization, Reason, TicketKind};
 use crate::metrics::exposition::{Family, FamilyText};
 use crate::metrics::{
-    ACCOUNT_CONFIG_ERROR, ACCOUNT_STATE, ACCOUNT_STATES, ACTOR_RESTARTS, CALLS_TODAY, Metrics,
-    NEXT_REFRESH, PER_ACCOUNT_FAMILIES, PerAccount, REFRESHES, RESULTS, TICKET_EXPIRY,
-    TICKET_REFRESHES, TOKEN_EXPIRY, TOKEN_FETCHED, TOKEN_SERVE_UNTIL,
+    ACCOUNT_CONFIG_ERROR, ACCOUNT_STATE, ACCOUNT_STATES, ACTOR_RESTARTS, AUTHORIZERS, CALLS_TODAY,
+    COMPONENT_TICKET_AGE, COMPONENT_TICKETS, Metrics, NEXT_REFRESH, OPEN_FAMILIES,
+    PER_ACCOUNT_FAMILIES, PerAccount, REFRESHES, RESULTS, TICKET_EXPIRY, TICKET_REFRESHES,
+    TOKEN_EXPIRY, TOKEN_FETCHED, TOKEN_SERVE_UNTIL,
 };
 
 use super::{AccountSlot, AccountStatus, Directory, TicketRecord, TokenRecord};
@@ -74,25 +83,117 @@ impl Directory {
             ..Tally::default()
         };
         let mut families = Families::new(mode, slots.len());
+        let mut open = OpenFamilies::new(families.is_none());
         for slot in slots {
             slot.with_view(now_ms, |status, token, tickets, ready| {
                 tally.count(status, ready);
+                open.add(slot, token, now_ms);
                 if let Some(families) = &mut families {
                     families.add(slot, status, token, tickets, now_ms);
                 }
             });
         }
+        let open = open.finish();
         drop(published);
         tally.publish(metrics, mode);
         let per_account: usize = families.as_ref().map_or(0, Families::len);
-        let mut out = Vec::with_capacity(FLEET_BYTES + per_account + 4096);
+        let open_bytes: usize = open.iter().flatten().map(|f| f.len()).sum();
+        let mut out = Vec::with_capacity(FLEET_BYTES + per_account + open_bytes + 4096);
         metrics.encode_into(&mut out);
         if let Some(families) = families {
             for family in families.texts() {
                 family.write_to(&mut out);
             }
         }
+        // Mode none's component token expiries (the only `TOKEN_EXPIRY`
+        // text then), then the Open Platform families.
+        for family in open.iter().flatten() {
+            family.write_to(&mut out);
+        }
         out
+    }
+}
+
+/// The Open Platform series of one scrape, in every mode, filled account by
+/// account: components add their verify tickets, authorizers count in
+/// their component's states (components are few, so one series per
+/// component and state whatever `metrics.per_account` says).
+struct OpenFamilies<'s> {
+    ticket_age: FamilyText,
+    tickets: FamilyText,
+    /// Authorizers by [`Authorization::ALL`] index, per component appid
+    /// (every configured component, with or without authorizers).
+    authorizers: BTreeMap<&'s str, [u64; Authorization::ALL.len()]>,
+    /// In mode none only: the components' token expiries (the other modes
+    /// write them with every account's).
+    token_expiry: Option<FamilyText>,
+}
+
+impl<'s> OpenFamilies<'s> {
+    /// Empty families; with `token_expiry` when no per-account family is
+    /// written (mode none).
+    fn new(token_expiry: bool) -> Self {
+        OpenFamilies {
+            ticket_age: FamilyText::with_capacity(COMPONENT_TICKET_AGE, 0),
+            tickets: FamilyText::with_capacity(COMPONENT_TICKETS, 0),
+            authorizers: BTreeMap::new(),
+            token_expiry: token_expiry.then(|| FamilyText::with_capacity(TOKEN_EXPIRY, 0)),
+        }
+    }
+
+    /// Adds what `slot` contributes: a component its tickets (and, in mode
+    /// none, its token expiry), an authorizer one to its component's count
+    /// of its state. An authorizer whose first authorization is not yet
+    /// durable has no state and is not counted.
+    fn add(&mut self, slot: &'s AccountSlot, token: Option<&TokenRecord>, now_ms: i64) {
+        match &slot.kind {
+            AccountKind::Component => {
+                let appid = slot.appid.as_str();
+                let id = [("component", appid)];
+                self.authorizers.entry(appid).or_default();
+                let open = slot.open();
+                let tickets = open.as_ref().map_or(&[][..], |o| &o.verify_tickets[..]);
+                self.tickets.int(&id, tickets.len() as u64);
+                if let Some(newest) = tickets.iter().map(|t| t.created_at_ms).max() {
+                    // A ticket WeChat dated ahead of our clock is 0 s old.
+                    let age = now_ms.saturating_sub(newest).max(0);
+                    self.ticket_age.millis_as_seconds(&id, age);
+                }
+                if let (Some(expiry), Some(t)) = (&mut self.token_expiry, token) {
+                    expiry.millis_as_seconds(&[("appid", appid)], t.expires_at_ms);
+                }
+            }
+            AccountKind::Authorizer { component } => {
+                let state = slot
+                    .authorization()
+                    .and_then(|a| Authorization::ALL.iter().position(|s| *s == a));
+                let counts = self.authorizers.entry(component.as_str()).or_default();
+                if let Some(i) = state {
+                    counts[i] += 1;
+                }
+            }
+            AccountKind::Wechat | AccountKind::Wecom { .. } => {}
+        }
+    }
+
+    /// The texts to write after the per-account families: mode none's
+    /// component token expiries, then [`OPEN_FAMILIES`] in order.
+    fn finish(self) -> [Option<FamilyText>; 1 + OPEN_FAMILIES.len()] {
+        let mut authorizers = FamilyText::with_capacity(
+            AUTHORIZERS,
+            self.authorizers.len() * Authorization::ALL.len() * 80,
+        );
+        for (component, counts) in &self.authorizers {
+            for (state, n) in Authorization::ALL.iter().zip(counts) {
+                authorizers.int(&[("component", component), ("state", state.as_str())], *n);
+            }
+        }
+        [
+            self.token_expiry,
+            Some(self.ticket_age),
+            Some(self.tickets),
+            Some(authorizers),
+        ]
     }
 }
 
@@ -537,10 +638,159 @@ mod tests {
         assert_eq!(lines(&text, "wxtoken_account_state").len(), 12);
     }
 
+    const K: &str = "wx0000000000000c01";
+    const L: &str = "wx0000000000000c02";
+    const X: &str = "wx0000000000000a01";
+    const Y: &str = "wx0000000000000a02";
+    const Z: &str = "wx0000000000000a03";
+
+    /// Component K with two verify tickets (the newest 90.5 s old) and a
+    /// token; component L without a ticket or token; K's authorizers X
+    /// (authorized, with a refresh token), Y (needs_reauth) and Z (not yet
+    /// durable: no state); the fleet of [`fleet`] beside them.
+    fn platform(metrics: &Metrics) -> Directory {
+        use crate::config::AccountKind;
+        use crate::domain::Authorization;
+        use crate::store::{StoredCode, StoredOpen, VerifyTicket};
+        let slot = |id: &str, kind: AccountKind| {
+            Arc::new(
+                AccountSlot::new(
+                    AppId::parse(id).unwrap(),
+                    id.to_string(),
+                    Mode::Legacy,
+                    true,
+                    vec![],
+                )
+                .with_kind(kind),
+            )
+        };
+        let ticket = |n: u8, created_at_ms: i64| VerifyTicket {
+            ticket: AccessToken::new(format!("SECRET-VERIFY-TICKET-{n:04}")),
+            created_at_ms,
+            received_at_ms: created_at_ms + 20,
+        };
+        let k = slot(K, AccountKind::Component);
+        k.publish(Arc::new(TokenRecord {
+            token: AccessToken::new("SECRET-COMPONENT-TOKEN-01"),
+            mode: Mode::Legacy,
+            fetched_at_ms: NOW - 1_000,
+            expires_at_ms: NOW + 7_199_000,
+            serve_until_ms: NOW + 7_000_000,
+            json: Default::default(),
+        }));
+        k.publish_open(Arc::new(StoredOpen {
+            verify_tickets: vec![ticket(1, NOW - 690_500), ticket(2, NOW - 90_500)],
+            ..StoredOpen::default()
+        }));
+        let l = slot(L, AccountKind::Component);
+        let component = AccountKind::Authorizer {
+            component: AppId::parse(K).unwrap(),
+        };
+        let x = slot(X, component.clone());
+        x.publish_open(Arc::new(StoredOpen {
+            component: Some(AppId::parse(K).unwrap()),
+            authorization: Some(Authorization::Authorized),
+            refresh_token: Some(AccessToken::new("SECRET-REFRESH-TOKEN-0001")),
+            auth_code: Some(StoredCode {
+                code: AccessToken::new("SECRET-AUTH-CODE-000001"),
+                expires_at_ms: NOW + 60_000,
+            }),
+            verify_tickets: vec![],
+        }));
+        let y = slot(Y, component.clone());
+        y.publish_open(Arc::new(StoredOpen {
+            component: Some(AppId::parse(K).unwrap()),
+            authorization: Some(Authorization::NeedsReauth),
+            ..StoredOpen::default()
+        }));
+        let z = slot(Z, component);
+        let directory = fleet(metrics);
+        let mut map: crate::snapshot::SlotMap = directory
+            .all()
+            .into_iter()
+            .map(|s| (s.appid.clone(), s))
+            .collect();
+        for s in [k, l, x, y, z] {
+            map.insert(s.appid.clone(), s);
+        }
+        directory.publish(map);
+        directory
+    }
+
+    fn scrape_platform(mode: PerAccount) -> String {
+        let metrics = Metrics::new();
+        let directory = platform(&metrics);
+        metrics.set_per_account(Some(mode));
+        String::from_utf8(directory.encode_metrics(&metrics, NOW)).unwrap()
+    }
+
     #[test]
-    fn each_family_has_one_header_and_no_token_or_ticket_shows() {
+    fn every_mode_writes_ticket_age_tickets_authorizers_and_component_token_expiry() {
+        for mode in PerAccount::ALL {
+            let text = scrape_platform(mode);
+            assert_eq!(
+                lines(&text, "wxtoken_component_ticket_age_seconds"),
+                [format!(
+                    "wxtoken_component_ticket_age_seconds{{component=\"{K}\"}} 90.5"
+                )],
+                "{mode}"
+            );
+            assert_eq!(
+                lines(&text, "wxtoken_component_tickets"),
+                [
+                    format!("wxtoken_component_tickets{{component=\"{K}\"}} 2"),
+                    format!("wxtoken_component_tickets{{component=\"{L}\"}} 0"),
+                ],
+                "{mode}"
+            );
+            assert_eq!(
+                lines(&text, "wxtoken_authorizers"),
+                [
+                    format!("wxtoken_authorizers{{component=\"{K}\",state=\"authorized\"}} 1"),
+                    format!("wxtoken_authorizers{{component=\"{K}\",state=\"needs_reauth\"}} 1"),
+                    format!("wxtoken_authorizers{{component=\"{K}\",state=\"unauthorized\"}} 0"),
+                    format!("wxtoken_authorizers{{component=\"{L}\",state=\"authorized\"}} 0"),
+                    format!("wxtoken_authorizers{{component=\"{L}\",state=\"needs_reauth\"}} 0"),
+                    format!("wxtoken_authorizers{{component=\"{L}\",state=\"unauthorized\"}} 0"),
+                ],
+                "{mode}"
+            );
+            let expiry = lines(&text, "wxtoken_token_expiry_timestamp_seconds");
+            let component =
+                format!("wxtoken_token_expiry_timestamp_seconds{{appid=\"{K}\"}} 1712352877");
+            assert!(expiry.contains(&component.as_str()), "{mode}: {expiry:?}");
+            // In mode none, the components' and nothing else.
+            if mode == PerAccount::None {
+                assert_eq!(expiry, [component.as_str()]);
+            } else {
+                assert!(expiry.len() > 1, "{mode}");
+            }
+            assert_eq!(
+                text.matches("# TYPE wxtoken_token_expiry_timestamp_seconds ")
+                    .count(),
+                1,
+                "{mode}"
+            );
+            assert!(!text.contains("SECRET"), "{mode}: a secret in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_fleet_without_components_writes_no_open_platform_series() {
         for mode in PerAccount::ALL {
             let (text, _) = scrape(Some(mode));
+            for family in crate::metrics::OPEN_FAMILIES {
+                assert!(!text.contains(family.name), "{mode}: {}", family.name);
+            }
+        }
+    }
+
+    #[test]
+    fn each_family_has_one_header_and_no_token_or_ticket_shows() {
+        for (mode, text) in PerAccount::ALL
+            .into_iter()
+            .flat_map(|m| [(m, scrape(Some(m)).0), (m, scrape_platform(m))])
+        {
             let mut types: Vec<&str> = text
                 .lines()
                 .filter_map(|l| l.strip_prefix("# TYPE "))

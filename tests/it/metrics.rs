@@ -2,7 +2,10 @@
 //! mode, against a real server fetching from the simulator; the mode's
 //! configuration key (values, errors with their line, reload); every
 //! exposition passes `promtool check metrics`; counters survive a reload
-//! that restarts an account and show in essential mode once non-zero.
+//! that restarts an account and show in essential mode once non-zero; the
+//! Open Platform series (verify ticket age and count, authorizers by state,
+//! the component's token expiry) in every mode, with no ticket, code or
+//! refresh token anywhere in `/metrics`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,11 +13,11 @@ use std::time::Duration;
 use assert_cmd::Command;
 use reqwest::StatusCode;
 use wxtoken::config::{LoadOptions, load_str};
-use wxtoken::domain::{Mode, TicketKind};
+use wxtoken::domain::{AppId, Mode, TicketKind};
 use wxtoken::metrics::{PER_ACCOUNT_FAMILIES, PerAccount};
 use wxtoken::registry::CrashAccount;
 
-use crate::app::{ADMIN_KEY, TestApp, TestAppBuilder, json};
+use crate::app::{ADMIN_KEY, READER_KEY, TestApp, TestAppBuilder, json};
 use crate::observability::promtool_check_metrics;
 use crate::support::metric_value;
 use crate::support::wait::Wait;
@@ -417,4 +420,192 @@ fn check_reports_a_bad_mode_with_its_line() {
         )),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------- Open Platform
+
+/// Authorizes `authorizer` with the app's first component at the simulator
+/// (which pushes the encrypted `authorized` event to the server) and waits
+/// until its token is served.
+pub(crate) async fn authorize(app: &TestApp, authorizer: &AppId) {
+    let component = &app.component().appid;
+    let answer = app
+        .sim_control(
+            &format!("/sim/components/{component}/authorize"),
+            serde_json::json!({ "authorizer_appid": authorizer.as_str() }),
+        )
+        .await;
+    assert_eq!(answer["delivered"], true, "{answer}");
+    Wait::up_to(Duration::from_secs(10))
+        .until_async("the authorizer's first token", async || {
+            app.get_token(authorizer.as_str(), Some(READER_KEY))
+                .await
+                .status()
+                == StatusCode::OK
+        })
+        .await;
+}
+
+/// An account and a component with one authorizer, in `mode` (`None`: the
+/// key absent, so full); answers the authorizer's appid.
+async fn platform_in(mode: Option<&str>) -> (TestApp, AppId) {
+    let mut builder = TestAppBuilder::new().account(Mode::Stable).component(true);
+    if let Some(mode) = mode {
+        builder = builder.metrics_setting(&format!("per_account: {mode}"));
+    }
+    let app = builder.spawn().await;
+    let authorizer = crate::support::unique_appid();
+    authorize(&app, &authorizer).await;
+    (app, authorizer)
+}
+
+/// No verify ticket, code, refresh token, token or secret of the component
+/// and its `authorizer` in `text`.
+fn assert_no_open_secret(app: &TestApp, authorizer: &AppId, text: &str) {
+    let c = app.component();
+    for secret in [&c.secret, &c.token, &c.aes_key] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a component secret in /metrics"
+        );
+    }
+    let component = app
+        .state
+        .directory
+        .get(&c.appid)
+        .expect("the component's slot");
+    let open = component
+        .open()
+        .expect("the component's Open Platform state");
+    assert!(!open.verify_tickets.is_empty());
+    for ticket in &open.verify_tickets {
+        assert!(
+            !text.contains(ticket.ticket.expose()),
+            "a verify ticket in /metrics"
+        );
+    }
+    let slot = app
+        .state
+        .directory
+        .get(authorizer)
+        .expect("the authorizer's slot");
+    let open = slot.open().expect("the authorizer's Open Platform state");
+    let refresh = open.refresh_token.as_ref().expect("a refresh token");
+    assert!(
+        !text.contains(refresh.expose()),
+        "a refresh token in /metrics"
+    );
+    if let Some(code) = &open.auth_code {
+        assert!(!text.contains(code.code.expose()), "a code in /metrics");
+    }
+    for appid in [&c.appid, authorizer] {
+        assert!(
+            !text.contains(&app.current_token(appid)),
+            "a token in /metrics"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn the_open_platform_series_show_ticket_age_and_authorizers_by_state_and_no_secret() {
+    let (app, authorizer) = platform_in(None).await;
+    let component = app.component().appid.to_string();
+    let text = app.metrics().await;
+    promtool_check_metrics(
+        &text,
+        "the_open_platform_series_show_ticket_age_and_authorizers_by_state_and_no_secret",
+    );
+    assert_no_open_secret(&app, &authorizer, &text);
+    let by_component = [("component", component.as_str())];
+
+    // The simulator pushed a ticket when the component was registered.
+    let age = samples(&text, "wxtoken_component_ticket_age_seconds");
+    assert_eq!(age.len(), 1, "{age:?}");
+    let age = metric_value(&text, "wxtoken_component_ticket_age_seconds", &by_component);
+    assert!((0.0..60.0).contains(&age), "ticket age {age}");
+    let tickets = metric_value(&text, "wxtoken_component_tickets", &by_component);
+    assert!((1.0..=3.0).contains(&tickets), "{tickets} tickets");
+
+    assert_eq!(
+        samples(&text, "wxtoken_authorizers"),
+        [
+            format!("wxtoken_authorizers{{component=\"{component}\",state=\"authorized\"}} 1"),
+            format!("wxtoken_authorizers{{component=\"{component}\",state=\"needs_reauth\"}} 0"),
+            format!("wxtoken_authorizers{{component=\"{component}\",state=\"unauthorized\"}} 0"),
+        ]
+    );
+    // Both tokens, as any account's in full mode.
+    for appid in [component.as_str(), authorizer.as_str()] {
+        assert_eq!(
+            of(&text, "wxtoken_token_expiry_timestamp_seconds", appid).len(),
+            1,
+            "{appid}"
+        );
+    }
+    assert!(
+        metric_value(
+            &text,
+            "wxtoken_open_events_total",
+            &[("info_type", "component_verify_ticket"), ("result", "ok")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "wxtoken_open_events_total",
+            &[("info_type", "authorized"), ("result", "ok")]
+        ),
+        1.0
+    );
+}
+
+#[actix_web::test]
+async fn in_none_mode_the_component_keeps_its_token_expiry_and_open_platform_series() {
+    let (app, authorizer) = platform_in(Some("none")).await;
+    let component = app.component().appid.to_string();
+    let account = app.accounts[0].appid.to_string();
+    let text = app.metrics().await;
+    promtool_check_metrics(
+        &text,
+        "in_none_mode_the_component_keeps_its_token_expiry_and_open_platform_series",
+    );
+    assert_no_open_secret(&app, &authorizer, &text);
+
+    // The component's token expiry only: not the account's, not the authorizer's.
+    let expiry = samples(&text, "wxtoken_token_expiry_timestamp_seconds");
+    assert_eq!(expiry.len(), 1, "{expiry:?}");
+    assert_eq!(
+        of(&text, "wxtoken_token_expiry_timestamp_seconds", &component).len(),
+        1
+    );
+    let expires_at = metric_value(
+        &text,
+        "wxtoken_token_expiry_timestamp_seconds",
+        &[("appid", component.as_str())],
+    );
+    let now = app.state.clock.now_unix_ms() as f64 / 1000.0;
+    assert!(
+        expires_at > now,
+        "the component token expired at {expires_at}, now {now}"
+    );
+    for appid in [account.as_str(), authorizer.as_str()] {
+        assert!(
+            of(&text, "wxtoken_account_state", appid).is_empty(),
+            "{appid}"
+        );
+    }
+    assert_eq!(
+        samples(&text, "wxtoken_component_ticket_age_seconds").len(),
+        1
+    );
+    assert_eq!(samples(&text, "wxtoken_component_tickets").len(), 1);
+    assert_eq!(
+        metric_value(
+            &text,
+            "wxtoken_authorizers",
+            &[("component", component.as_str()), ("state", "authorized")]
+        ),
+        1.0
+    );
+    assert_eq!(samples(&text, "wxtoken_authorizers").len(), 3);
 }

@@ -4,7 +4,8 @@
 //! dashboard uses its datasource variable everywhere, every metric it names
 //! exists, and a real Prometheus scraping a live wxtoken evaluates every
 //! dashboard and alert expression (each dashboard query must return data), in
-//! the default (full) `metrics.per_account` mode and in essential mode.
+//! the default (full) `metrics.per_account` mode and in essential mode, with
+//! an Open Platform component and one authorizer beside the accounts.
 //!
 //! Needs `prometheus` and `promtool` (Debian package `prometheus`). Without
 //! them the tests print a skip notice and pass, except under `CI`, where they
@@ -350,7 +351,12 @@ fn interpolate(expr: &str) -> String {
         .replace("$__rate_interval", "1m")
         .replace("$__interval", "1m")
         .replace("$__range", "5m");
-    assert!(!expr.contains('$'), "uninterpolated variable in {expr}");
+    // label_replace's `"$1"` is PromQL's, not a Grafana variable (Grafana
+    // leaves `$1` alone: no variable has that name).
+    assert!(
+        !expr.replace("\"$1\"", "").contains('$'),
+        "uninterpolated variable in {expr}"
+    );
     expr
 }
 
@@ -443,6 +449,11 @@ fn the_dashboard_uses_its_datasource_variable_everywhere() {
         "Actor restarts",
         "Store write errors",
         "Config reloads",
+        "Verify ticket age per component",
+        "Component token time to expiry",
+        "Authorizers by state",
+        "Open Platform events by InfoType and result",
+        "Refresh-token repairs",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
     }
@@ -479,6 +490,7 @@ fn every_metric_named_by_the_dashboard_and_the_alerts_exists() {
         .observe(0.001);
     m.store_write_errors.with_label_values(&["redb"]).inc();
     m.store_up.with_label_values(&["redb"]).set(1);
+    m.open_event("component_verify_ticket", "ok");
     let mut known = BTreeSet::new();
     for family in m.registry.gather() {
         let name = family.name().to_string();
@@ -489,7 +501,10 @@ fn every_metric_named_by_the_dashboard_and_the_alerts_exists() {
         }
         known.insert(name);
     }
-    for family in wxtoken::metrics::PER_ACCOUNT_FAMILIES {
+    for family in wxtoken::metrics::PER_ACCOUNT_FAMILIES
+        .into_iter()
+        .chain(wxtoken::metrics::OPEN_FAMILIES)
+    {
         known.insert(family.name.to_string());
     }
 
@@ -723,12 +738,16 @@ async fn live_server_check(test: &str, mode: Option<&str>, may_be_empty: fn(&str
     let mut builder = TestAppBuilder::new()
         .account_with_tickets(Mode::Stable, &[wxtoken::domain::TicketKind::Jsapi])
         .account(Mode::Legacy)
-        .broken_account(Mode::Stable);
+        .broken_account(Mode::Stable)
+        .component(false);
     if let Some(mode) = mode {
         builder = builder.metrics_setting(&format!("per_account: {mode}"));
     }
     let app = builder.spawn().await;
     let broken = app.broken().next().expect("a broken account").appid.clone();
+    // An authorizer, so that the Open Platform panels have one of each:
+    // ticket, component token, authorizer, events.
+    crate::metrics::authorize(&app, &crate::support::unique_appid()).await;
     traffic(&app, false).await;
 
     let mut prometheus = Prometheus::start(&binary, app.addr);
