@@ -161,7 +161,10 @@ async fn fill_and_restart(o: &Options, base: &str) -> Vec<Row> {
     let server_url = format!("http://127.0.0.1:{port}");
 
     println!();
-    println!("[1] wxtoken serve: one component, {} authorizers", o.authorizers);
+    println!(
+        "[1] wxtoken serve: one component, {} authorizers",
+        o.authorizers
+    );
     let mut server = serve(&config);
     wait_readyz(&http, &server_url, &mut server, 0, Duration::from_secs(60)).await;
     register_component(&http, base, &c, &server_url).await;
@@ -206,8 +209,8 @@ async fn fill_and_restart(o: &Options, base: &str) -> Vec<Row> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_cpu = idle_cpu(Path::new(&stat), o.idle_secs).await;
     let rss_idle = rss_kib(Path::new(&status));
-    let store_bytes = std::fs::metadata(dir.path().join("data").join("wxtoken.redb"))
-        .map_or(0, |m| m.len());
+    let store_bytes =
+        std::fs::metadata(dir.path().join("data").join("wxtoken.redb")).map_or(0, |m| m.len());
     println!(
         "    {} authorization events acknowledged in {acknowledged:.2?} ({refused} not delivered); every authorizer served {filled:.2?} after the first; {query_auth} api_query_auth calls; first/last authorizer served: {first_ok}/{last_ok}",
         o.authorizers
@@ -325,7 +328,9 @@ fn config_yaml(base: &str, port: u16, c: &Component) -> String {
 /// `n` distinct WeChat-shaped authorizer appids of this run.
 fn authorizer_appids(n: usize) -> Vec<String> {
     let run = (std::process::id() as u64 & 0xffff) << 32;
-    (0..n as u64).map(|i| format!("wx{:016x}", run | i)).collect()
+    (0..n as u64)
+        .map(|i| format!("wx{:016x}", run | i))
+        .collect()
 }
 
 /// Registers the component with the simulator, its callback the server's
@@ -423,9 +428,10 @@ async fn wait_readyz(
                     return false;
                 };
                 let ok = r.status() == reqwest::StatusCode::OK;
-                ok && r.json::<Value>().await.is_ok_and(|body| {
-                    body["accounts"].as_u64().unwrap_or(0) >= accounts as u64
-                })
+                ok && r
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|body| body["accounts"].as_u64().unwrap_or(0) >= accounts as u64)
             },
         )
         .await

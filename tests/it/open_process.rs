@@ -220,8 +220,11 @@ async fn a_rotated_refresh_token_survives_kill_9_and_the_restart_refreshes_with_
     let log_before = p.dir.path().join("before.log");
     let server = p.serve(&log_before);
     p.loaded().await;
-    p.sim_control(&format!("/sim/components/{}/push_ticket", p.component), json!({}))
-        .await;
+    p.sim_control(
+        &format!("/sim/components/{}/push_ticket", p.component),
+        json!({}),
+    )
+    .await;
     let authorizer = support::unique_appid().to_string();
     let answer = p
         .sim_control(
@@ -286,7 +289,11 @@ async fn a_rotated_refresh_token_survives_kill_9_and_the_restart_refreshes_with_
         "the token refreshed after the kill is valid at WeChat"
     );
     assert!(p.calls("api_authorizer_token") > refreshes);
-    assert_eq!(p.calls("api_query_auth"), query_auth, "no new authorization");
+    assert_eq!(
+        p.calls("api_query_auth"),
+        query_auth,
+        "no new authorization"
+    );
     assert_eq!(
         p.calls("api_get_authorizer_list"),
         listed,
