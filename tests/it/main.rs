@@ -9,6 +9,7 @@ mod faults;
 mod metrics;
 mod observability;
 mod open_platform;
+mod open_process;
 mod open_protocol;
 mod persist;
 mod process;
