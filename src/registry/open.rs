@@ -96,6 +96,18 @@ impl Registry {
         appid: &AppId,
         stored: Option<StoredAccount>,
     ) {
+        self.start_authorizer(component, appid, stored);
+        self.publish();
+    }
+
+    /// [`Self::add_authorizer`] without publishing the directory (the caller
+    /// publishes once for many: a restart, a reconcile).
+    fn start_authorizer(
+        &mut self,
+        component: &AppId,
+        appid: &AppId,
+        stored: Option<StoredAccount>,
+    ) {
         let enabled = self
             .members
             .get(component)
@@ -113,10 +125,10 @@ impl Registry {
                 incarnation,
             },
         );
-        self.publish();
     }
 
-    /// Starts the authorizers the store holds for the configured components.
+    /// Starts the authorizers the store holds for the configured components
+    /// (the caller publishes the directory once).
     pub(super) fn restore_authorizers(&mut self) {
         let found: Vec<(AppId, AppId)> = self
             .restored
@@ -131,7 +143,7 @@ impl Registry {
             .collect();
         for (component, appid) in found {
             let stored = self.restored.remove(&appid);
-            self.add_authorizer(&component, &appid, stored);
+            self.start_authorizer(&component, &appid, stored);
         }
     }
 
@@ -387,7 +399,7 @@ impl Registry {
                 // A configured account or another component's: left alone.
                 Some(_) => continue,
                 None => {
-                    self.add_authorizer(component, &appid, None);
+                    self.start_authorizer(component, &appid, None);
                     summary.added.push(appid.clone());
                     (false, None)
                 }
@@ -404,6 +416,9 @@ impl Registry {
                 summary.repaired.push(appid.clone());
             }
             updates.push(self.forward(&appid, OpenUpdate::RefreshToken(token)));
+        }
+        if !summary.added.is_empty() {
+            self.publish();
         }
         summary.added.sort();
         summary.repaired.sort();
