@@ -67,6 +67,13 @@ fn refresh_token_of(app: &TestApp, appid: &AppId) -> Option<String> {
         .and_then(|o| o.refresh_token.as_ref().map(|t| t.expose().to_string()))
 }
 
+/// The row of `appid` in a `/v1/accounts` answer.
+fn row_of<'a>(list: &'a Value, appid: &AppId) -> &'a Value {
+    list.as_array()
+        .and_then(|rows| rows.iter().find(|r| r["appid"] == appid.as_str()))
+        .unwrap_or_else(|| panic!("{appid} is not listed in {list}"))
+}
+
 fn calls(app: &TestApp, appid: &AppId, api: &str) -> u64 {
     app.sim
         .stats()
@@ -133,12 +140,7 @@ async fn the_whole_lifecycle_keeps_tokens_valid_while_refresh_tokens_rotate_and_
 
     // /v1/accounts shows the authorizer with its kind, component and standing.
     let list: Value = app.accounts(Some(ADMIN_KEY)).await.json().await.unwrap();
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["appid"] == authorizer.as_str())
-        .expect("the authorizer is listed");
+    let row = row_of(&list, &authorizer);
     assert_eq!(row["kind"], "authorizer");
     assert_eq!(row["component"], c.appid.as_str());
     assert_eq!(row["authorization"], "authorized");
@@ -311,12 +313,7 @@ async fn a_revoked_authorizer_answers_410_and_is_never_refreshed_again() {
     let r = app.get_token(authorizer.as_str(), Some(READER_KEY)).await;
     assert_eq!(r.status(), StatusCode::GONE);
     let list: Value = app.accounts(Some(ADMIN_KEY)).await.json().await.unwrap();
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["appid"] == authorizer.as_str())
-        .expect("the revoked authorizer is still listed");
+    let row = row_of(&list, &authorizer);
     assert_eq!(row["authorization"], "unauthorized");
     assert!(
         refresh_token_of(&app, &authorizer).is_some(),
