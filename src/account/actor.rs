@@ -235,7 +235,8 @@ impl AccountActor {
         let wait = async move { fill.acquire_owned().await.ok() }
             .into_actor(self)
             .map(|permit, act, ctx| {
-                if act.inflight.is_none() && act.slot.token().is_none() {
+                // Unless a request started (and perhaps finished) it meanwhile.
+                if act.inflight.is_none() && !act.slot.is_ready(act.now_ms()) {
                     act.fill_permit = permit;
                     drop(act.start_refresh(ctx, Reason::Startup, false));
                 }
