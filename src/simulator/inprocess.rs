@@ -252,6 +252,35 @@ impl InProcess {
     }
 }
 
+impl InProcess {
+    /// Applies the injected fault of a non-token call of `api` for `appid`,
+    /// as the HTTP client would see it: a delay (a timeout past the client's
+    /// limit), an error, or a body decoded by `decode`. `None`: no fault
+    /// answers, the call goes on.
+    async fn faulted<T>(
+        &self,
+        api: ApiName,
+        appid: Option<&str>,
+        decode: impl FnOnce(&[u8]) -> Result<T, UpstreamError>,
+    ) -> Option<Result<T, UpstreamError>> {
+        let spec = self.state.begin_call(Api::of(api), appid)?;
+        if let Some(delay) = spec.delay() {
+            tokio::time::sleep(delay.min(self.timeout)).await;
+            if delay >= self.timeout {
+                return Some(Err(UpstreamError::Timeout {
+                    api,
+                    base_url: IN_PROCESS_URL.to_string(),
+                    timeout: self.timeout,
+                }));
+            }
+        }
+        if let Some(err) = fault_error(&spec, api) {
+            return Some(Err(err));
+        }
+        fault_body(&spec).map(|body| decode(&body))
+    }
+}
+
 /// The body a `body` or `body_bytes` fault answers with, as the HTTP
 /// simulator would send it (a `body_bytes` body only as far as a client
 /// reads it: one byte past its limit).
@@ -319,23 +348,13 @@ impl TokenSource for InProcess {
         Box::pin(async move {
             let api = ApiName::GetTicket;
             let appid = this.state.appid_of_token(token.expose());
-            if let Some(spec) = this.state.begin_call(Api::GetTicket, appid.as_deref()) {
-                if let Some(delay) = spec.delay() {
-                    tokio::time::sleep(delay.min(this.timeout)).await;
-                    if delay >= this.timeout {
-                        return Err(UpstreamError::Timeout {
-                            api,
-                            base_url: IN_PROCESS_URL.to_string(),
-                            timeout: this.timeout,
-                        });
-                    }
-                }
-                if let Some(err) = fault_error(&spec, api) {
-                    return Err(err);
-                }
-                if let Some(body) = fault_body(&spec) {
-                    return crate::wechat::decode_ticket_answer(api, &body);
-                }
+            if let Some(faulted) = this
+                .faulted(api, appid.as_deref(), |body| {
+                    crate::wechat::decode_ticket_answer(api, body)
+                })
+                .await
+            {
+                return faulted;
             }
             match this.state.ticket(Some(token.expose()), Some(kind.as_str())) {
                 Ok(issued) => {
@@ -367,26 +386,13 @@ impl TokenSource for InProcess {
                 | crate::wechat::OpenCall::PreAuthCode { component, .. }
                 | crate::wechat::OpenCall::StartPushTicket { component, .. } => component.clone(),
             };
-            if let Some(spec) = this
-                .state
-                .begin_call(Api::of(api), Some(component.as_str()))
+            if let Some(faulted) = this
+                .faulted(api, Some(component.as_str()), |body| {
+                    crate::wechat::decode_open_answer(&call, body)
+                })
+                .await
             {
-                if let Some(delay) = spec.delay() {
-                    tokio::time::sleep(delay.min(this.timeout)).await;
-                    if delay >= this.timeout {
-                        return Err(UpstreamError::Timeout {
-                            api,
-                            base_url: IN_PROCESS_URL.to_string(),
-                            timeout: this.timeout,
-                        });
-                    }
-                }
-                if let Some(err) = fault_error(&spec, api) {
-                    return Err(err);
-                }
-                if let Some(body) = fault_body(&spec) {
-                    return crate::wechat::decode_open_answer(&call, &body);
-                }
+                return faulted;
             }
             let (body, token) = crate::wechat::open_call_body(&call);
             let peer = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));

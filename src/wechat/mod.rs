@@ -189,18 +189,13 @@ impl WechatClient {
         offset: u32,
         count: u32,
     ) -> Result<AuthorizerPage, UpstreamError> {
-        let api = ApiName::AuthorizerList;
-        let body = serde_json::json!({
-            "component_appid": component_appid.as_str(),
-            "offset": offset,
-            "count": count.clamp(1, MAX_AUTHORIZER_PAGE),
-        });
-        let call = Call::PostJsonWith(
-            vec![("component_access_token", component_token.expose())],
-            body,
-        );
-        let answer = self.call(api, call, Some(component_token.expose())).await?;
-        authorizer_page(api, answer)
+        let call = OpenCall::AuthorizerList {
+            component: component_appid.clone(),
+            component_token: component_token.clone(),
+            offset,
+            count,
+        };
+        authorizer_page(call.api(), self.send_open(&call).await?)
     }
 
     /// `api_create_preauthcode`: a pre-auth code for the consent links, and
@@ -214,12 +209,11 @@ impl WechatClient {
         component_token: &AccessToken,
     ) -> Result<(AccessToken, Duration), UpstreamError> {
         let api = ApiName::PreAuthCode;
-        let body = serde_json::json!({ "component_appid": component_appid.as_str() });
-        let call = Call::PostJsonWith(
-            vec![("component_access_token", component_token.expose())],
-            body,
-        );
-        let answer = self.call(api, call, Some(component_token.expose())).await?;
+        let call = OpenCall::PreAuthCode {
+            component: component_appid.clone(),
+            component_token: component_token.clone(),
+        };
+        let answer = self.send_open(&call).await?;
         Ok((
             credential(api, "pre_auth_code", answer.pre_auth_code)?,
             expiry(api, answer.expires_in)?,
@@ -236,14 +230,26 @@ impl WechatClient {
         component_appid: &AppId,
         secret: &SecretString,
     ) -> Result<(), UpstreamError> {
-        let s = secret.expose_secret();
-        let body = serde_json::json!({
-            "component_appid": component_appid.as_str(),
-            "component_secret": s,
-        });
-        self.call(ApiName::StartPushTicket, Call::PostJson(body), Some(s))
-            .await
-            .map(|_| ())
+        let call = OpenCall::StartPushTicket {
+            component: component_appid.clone(),
+            secret: secret.clone(),
+        };
+        self.send_open(&call).await.map(|_| ())
+    }
+
+    /// Sends `call` as [`open_call_body`] builds it (the one builder of these
+    /// bodies, shared with the in-process simulator).
+    async fn send_open(&self, call: &OpenCall) -> Result<Answer, UpstreamError> {
+        let (body, token) = open_call_body(call);
+        let sensitive = match call {
+            OpenCall::StartPushTicket { secret, .. } => secret.expose_secret(),
+            _ => token.map_or("", AccessToken::expose),
+        };
+        let request = match token {
+            Some(t) => Call::PostJsonWith(vec![("component_access_token", t.expose())], body),
+            None => Call::PostJson(body),
+        };
+        self.call(call.api(), request, Some(sensitive)).await
     }
 }
 
