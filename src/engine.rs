@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::config::{AccountConfig, Config, RefreshConfig, StoreConfig, UpstreamConfig};
 use crate::domain::AppId;
 use crate::metrics::Metrics;
-use crate::registry::{Apply, ApplySummary, Registry, RouteAdopt, StopAll};
+use crate::registry::{Apply, ApplySummary, Registry, StopAll};
 use crate::replica::{AdoptHook, Direct, ReplicaError, ReplicaOptions, Shared, Source};
 use crate::snapshot::Directory;
 use crate::store::{RedbStore, Storage, StoreError, StoreWriter, move_aside};
@@ -286,8 +286,7 @@ impl Engine {
             .map_err(EngineError::Registry)?;
         if let Some(shared) = &shared {
             let to_registry = registry.clone();
-            let adopt: AdoptHook =
-                Arc::new(move |appid, token| to_registry.do_send(RouteAdopt { appid, token }));
+            let adopt: AdoptHook = Arc::new(move |found| to_registry.do_send(found));
             shared.spawn_tasks(adopt, directory.clone());
             tracing::info!(redis = %shared.address(), prefix = %config.store.redis_prefix, "sharing tokens and refresh leadership through Redis");
         }

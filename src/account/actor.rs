@@ -669,7 +669,11 @@ impl Handler<Adopt> for AccountActor {
     type Result = ();
 
     fn handle(&mut self, Adopt(t): Adopt, ctx: &mut Self::Context) {
-        if !self.config.enabled {
+        // A revoked authorizer's last token stays in the shared store: never
+        // served again.
+        if !self.config.enabled
+            || self.slot.authorization() == Some(crate::domain::Authorization::Unauthorized)
+        {
             return;
         }
         let now = self.now_ms();

@@ -188,6 +188,7 @@ impl AccountActor {
                 .late_after(late_before, sent, may_rotate, outcome_unknown);
             let result = match result {
                 Ok(sourced) => {
+                    let granted_at = deps.clock.now_unix_ms();
                     let (token, origin, expires, refresh_token) = match sourced {
                         Sourced::Fetched(grant) => (
                             grant.access_token,
@@ -197,7 +198,12 @@ impl AccountActor {
                         ),
                         Sourced::Shared(origin) => {
                             let expires = origin.expires_at_ms;
-                            (origin.token, Some(origin.fetched_at_ms), expires, None)
+                            (
+                                origin.token,
+                                Some(origin.fetched_at_ms),
+                                expires,
+                                origin.refresh_token,
+                            )
                         }
                     };
                     // An authorizer's new refresh token (or its first, from
@@ -209,6 +215,7 @@ impl AccountActor {
                         current_open.as_deref(),
                         &ask.request,
                         refresh_token,
+                        origin.unwrap_or(granted_at),
                     );
                     let previous = slot.token();
                     same_token = previous.as_ref().is_some_and(|p| p.token == token);

@@ -41,6 +41,6 @@ pub use messages::{
     Adopt, Crash, Exited, Reason, Refresh, RefreshError, RefreshOutcome, Shutdown, TicketOutcome,
     TicketRefresh,
 };
-pub use open::{OpenNotice, OpenUpdate};
+pub use open::{AdoptOpen, OpenNotice, OpenUpdate};
 pub use persist::{Seed, seeded_slot};
 pub use plan::{FORCE_DAILY_LIMIT, FORCE_MIN_INTERVAL, TICKET_STALE_MIN_INTERVAL};

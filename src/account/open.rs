@@ -21,15 +21,11 @@ use crate::config::AccountKind;
 use crate::domain::{AccessToken, AppId, Authorization};
 use crate::snapshot::{LastError, State};
 use crate::store::{StoredCode, StoredOpen, VerifyTicket};
+pub use crate::store::{VERIFY_TICKET_LIFETIME_MS, VERIFY_TICKETS_KEPT};
 use crate::wechat::{Decision, Endpoint, FetchRequest, OpenCredential};
 
 use super::AccountActor;
 use super::messages::{Finished, Reason, RefreshError};
-
-/// How many verify tickets a component keeps (newest last).
-pub const VERIFY_TICKETS_KEPT: usize = 3;
-/// A verify ticket is valid this long after WeChat created it (12 h).
-pub const VERIFY_TICKET_LIFETIME_MS: i64 = 12 * 3600 * 1000;
 
 /// Something new for an Open Platform account, routed by the registry and
 /// answered once it is durable.
@@ -85,47 +81,55 @@ pub enum OpenNotice {
 /// The Open Platform state after a successful grant of `request`, when it
 /// changed: the code is spent, a returned refresh token that is non-empty
 /// and different replaces the stored one, the authorizer is authorized.
+/// `at_ms` is when the grant was obtained (for a token another replica
+/// fetched, when it did): a grant older than the state's last change (an
+/// import or a code that came meanwhile) changes nothing but the component.
 /// `None` for every other endpoint, and when nothing changed.
 pub(super) fn after_grant(
     current: Option<&StoredOpen>,
     request: &FetchRequest,
     refresh_token: Option<AccessToken>,
+    at_ms: i64,
 ) -> Option<StoredOpen> {
-    if !matches!(request.endpoint, Endpoint::Authorizer { .. }) {
+    let Endpoint::Authorizer { component } = &request.endpoint else {
         return None;
-    }
+    };
     let mut open = current.cloned().unwrap_or_default();
-    let mut changed = false;
-    if let Endpoint::Authorizer { component } = &request.endpoint
-        && open.component.is_none()
-    {
+    let named = open.component.is_none();
+    if named {
         open.component = Some(component.clone());
-        changed = true;
     }
+    if at_ms < open.changed_at_ms {
+        return named.then_some(open);
+    }
+    let mut moved = false;
     if matches!(request.open, Some(OpenCredential::AuthCode { .. })) && open.auth_code.is_some() {
         open.auth_code = None;
-        changed = true;
+        moved = true;
     }
     if let Some(new) = refresh_token.filter(|t| !t.expose().is_empty())
         && open.refresh_token.as_ref() != Some(&new)
     {
         open.refresh_token = Some(new);
-        changed = true;
+        moved = true;
     }
     if open.authorization != Some(Authorization::Authorized) {
         open.authorization = Some(Authorization::Authorized);
-        changed = true;
+        moved = true;
     }
-    changed.then_some(open)
+    if moved {
+        open.changed_at_ms = at_ms;
+    }
+    (named || moved).then_some(open)
 }
 
-/// The newest verify ticket still inside its 12 hours at `now_ms`.
-pub fn newest_ticket(open: &StoredOpen, now_ms: i64) -> Option<&VerifyTicket> {
-    open.verify_tickets
-        .iter()
-        .filter(|t| t.created_at_ms.saturating_add(VERIFY_TICKET_LIFETIME_MS) > now_ms)
-        .max_by_key(|t| (t.created_at_ms, t.received_at_ms))
-}
+/// Another replica's view of this account's Open Platform state (read from
+/// the shared store): merged into the slot's ([`StoredOpen::merge`]), never
+/// written back, never a fetch by itself except to wake an account that was
+/// waiting for it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AdoptOpen(pub StoredOpen);
 
 impl AccountActor {
     /// The Open Platform state to change: the slot's, or a new one (for an
@@ -147,7 +151,7 @@ impl AccountActor {
         match &self.endpoint {
             Endpoint::Component => {
                 let open = self.open_state();
-                newest_ticket(&open, now)
+                open.newest_ticket(now)
                     .map(|t| Some(OpenCredential::Ticket(t.ticket.clone())))
                     .ok_or(RefreshError::NoVerifyTicket)
             }
@@ -232,6 +236,7 @@ impl AccountActor {
                     // A spent or expired code cannot be used again.
                     let mut open = self.open_state();
                     if open.auth_code.take().is_some() {
+                        open.changed_at_ms = self.now_ms();
                         self.slot.publish_open(Arc::new(open));
                     }
                     hub.do_send(OpenNotice::Recover {
@@ -256,11 +261,31 @@ impl AccountActor {
         }
     }
 
+    /// A revoked authorizer: its token is no longer served, no refresh is
+    /// planned; the caller records the revocation in the Open Platform state.
+    fn stop_revoked(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now_ms();
+        self.slot.clear();
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        self.update_status(|s| {
+            s.state = State::Disabled;
+            s.next_refresh_at_ms = None;
+            s.last_error = Some(LastError {
+                errcode: None,
+                errmsg: "the merchant revoked the authorization".to_string(),
+                at: now.div_euclid(1000),
+            });
+        });
+    }
+
     /// Stops refreshing an authorizer that a person must attend to; a revoked
     /// one is no longer served either.
     fn park(&mut self, authorization: Authorization) {
         let mut open = self.open_state();
         open.authorization = Some(authorization);
+        open.changed_at_ms = self.now_ms();
         if authorization == Authorization::Unauthorized {
             open.auth_code = None;
             self.slot.clear();
@@ -297,22 +322,15 @@ impl Handler<OpenUpdate> for AccountActor {
                 ticket,
                 created_at_ms,
             } if is_component => {
-                if open.verify_tickets.iter().any(|t| t.ticket == ticket) {
-                    // WeChat pushes again when it missed our answer: already durable.
-                    return Box::pin(async { Ok(()) });
-                }
-                open.verify_tickets.push(VerifyTicket {
+                let added = open.add_ticket(VerifyTicket {
                     ticket,
                     created_at_ms,
                     received_at_ms: now,
                 });
-                open.verify_tickets
-                    .sort_by_key(|t| (t.created_at_ms, t.received_at_ms));
-                let excess = open
-                    .verify_tickets
-                    .len()
-                    .saturating_sub(VERIFY_TICKETS_KEPT);
-                open.verify_tickets.drain(..excess);
+                if !added {
+                    // WeChat pushes again when it missed our answer: already durable.
+                    return Box::pin(async { Ok(()) });
+                }
                 // A component that was waiting for a ticket fetches at once.
                 refresh_now =
                     !self.slot.is_ready(now) || self.slot.status().state == State::Failing;
@@ -326,6 +344,7 @@ impl Handler<OpenUpdate> for AccountActor {
                     expires_at_ms,
                 });
                 open.authorization = Some(Authorization::Authorized);
+                open.changed_at_ms = now;
                 self.recovery_asked = false;
                 refresh_now = true;
             }
@@ -338,6 +357,7 @@ impl Handler<OpenUpdate> for AccountActor {
                 }
                 let was_parked = self.open_parked();
                 open.refresh_token = Some(token);
+                open.changed_at_ms = now;
                 if open.authorization != Some(Authorization::Unauthorized) {
                     open.authorization = Some(Authorization::Authorized);
                 }
@@ -348,23 +368,13 @@ impl Handler<OpenUpdate> for AccountActor {
             OpenUpdate::Revoke if is_authorizer => {
                 open.authorization = Some(Authorization::Unauthorized);
                 open.auth_code = None;
-                self.slot.clear();
-                if let Some(handle) = self.timer.take() {
-                    ctx.cancel_future(handle);
-                }
-                self.update_status(|s| {
-                    s.state = State::Disabled;
-                    s.next_refresh_at_ms = None;
-                    s.last_error = Some(LastError {
-                        errcode: None,
-                        errmsg: "the merchant revoked the authorization".to_string(),
-                        at: now.div_euclid(1000),
-                    });
-                });
+                open.changed_at_ms = now;
+                self.stop_revoked(ctx);
             }
             OpenUpdate::RecoveryFailed if is_authorizer => {
                 self.recovery_asked = false;
                 open.authorization = Some(Authorization::NeedsReauth);
+                open.changed_at_ms = now;
                 if let Some(handle) = self.timer.take() {
                     ctx.cancel_future(handle);
                 }
@@ -392,5 +402,54 @@ impl Handler<OpenUpdate> for AccountActor {
                 detail: e.to_string(),
             })
         })
+    }
+}
+
+impl Handler<AdoptOpen> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, AdoptOpen(incoming): AdoptOpen, ctx: &mut Self::Context) {
+        let current = self.open_state();
+        let merged = current.merge(&incoming);
+        if merged == current {
+            return;
+        }
+        let now = self.now_ms();
+        let was_parked = self.open_parked();
+        let was_revoked = current.authorization == Some(Authorization::Unauthorized);
+        if merged.refresh_token != current.refresh_token {
+            self.recovery_asked = false;
+        }
+        let revoked = merged.authorization == Some(Authorization::Unauthorized);
+        self.slot.publish_open(Arc::new(merged));
+        tracing::debug!(appid = %self.config.appid, "adopted the Open Platform state another replica stored");
+        let wake = match &self.config.kind {
+            AccountKind::Component => {
+                !self.slot.is_ready(now) || self.slot.status().state == State::Failing
+            }
+            AccountKind::Authorizer { .. } if revoked => {
+                if !was_revoked {
+                    self.stop_revoked(ctx);
+                }
+                false
+            }
+            AccountKind::Authorizer { .. } if self.open_parked() => {
+                if let Some(handle) = self.timer.take() {
+                    ctx.cancel_future(handle);
+                }
+                self.update_status(|s| s.next_refresh_at_ms = None);
+                false
+            }
+            AccountKind::Authorizer { .. } => was_parked || !self.slot.is_ready(now),
+            AccountKind::Wechat | AccountKind::Wecom { .. } => false,
+        };
+        // The refresh goes through the shared lock: when the other replica
+        // already has the token, this takes it without calling WeChat.
+        if wake && self.config.enabled && self.inflight.is_none() {
+            if let Some(handle) = self.timer.take() {
+                ctx.cancel_future(handle);
+            }
+            drop(self.start_refresh(ctx, Reason::Startup, false));
+        }
     }
 }

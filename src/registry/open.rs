@@ -18,7 +18,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::account::{OpenNotice, OpenUpdate, Reason, Refresh, RefreshError, Seed, seeded_slot};
+use crate::account::{
+    Adopt, AdoptOpen, OpenNotice, OpenUpdate, Reason, Refresh, RefreshError, Seed, seeded_slot,
+};
+use crate::replica::Adoption;
 use crate::config::{AccountKind, authorizer_account};
 use crate::domain::{AccessToken, AppId};
 use crate::store::{StoredAccount, StoredOpen};
@@ -197,6 +200,46 @@ impl Registry {
         self.members
             .get(appid)
             .filter(|m| m.config.kind.component() == Some(component))
+    }
+}
+
+impl Handler<Adoption> for Registry {
+    type Result = ();
+
+    /// What the replica follower found in the shared store: routed to the
+    /// account's actor; an authorizer another replica added starts here too
+    /// (from what the store holds, so with its token: no call to WeChat).
+    fn handle(&mut self, found: Adoption, _: &mut Self::Context) {
+        match found {
+            Adoption::Token(appid, token) => {
+                if let Some(member) = self.members.get(&appid) {
+                    member.addr.do_send(Adopt(token));
+                }
+            }
+            Adoption::Open(appid, open) => {
+                if let Some(member) = self.members.get(&appid) {
+                    member.addr.do_send(AdoptOpen(open));
+                }
+            }
+            Adoption::Discovered(stored) => {
+                let appid = stored.appid.clone();
+                if let Some(member) = self.members.get(&appid) {
+                    if let Some(open) = stored.open {
+                        member.addr.do_send(AdoptOpen(open));
+                    }
+                    return;
+                }
+                let Some(component) = stored.open.as_ref().and_then(|o| o.component.clone())
+                else {
+                    return;
+                };
+                if !self.is_component(&component) {
+                    return;
+                }
+                tracing::info!(component = %component, authorizer = %appid, "an authorizer another replica added: starting it from the shared store");
+                self.add_authorizer(&component, &appid, Some(stored));
+            }
+        }
     }
 }
 

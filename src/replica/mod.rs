@@ -41,13 +41,14 @@ use secrecy::ExposeSecret;
 
 pub use source::{Ask, Coordination, Direct, SharedOrigin, Source, SourceError, Sourced};
 pub use store::RedisStore;
-use store::{SharedToken, describe};
+use store::{SharedToken, assemble, describe};
 
 use crate::clock::Clock;
 use crate::domain::{AccessToken, ApiName, AppId, TicketKind};
 use crate::metrics::Metrics;
 use crate::snapshot::Directory;
-use crate::store::StoredToken;
+use crate::config::AccountKind;
+use crate::store::{StoredAccount, StoredOpen, StoredToken};
 use crate::wechat::{TicketGrant, TokenSource, UpstreamError};
 
 /// Why the shared store could not be set up.
@@ -59,9 +60,28 @@ pub enum ReplicaError {
     Unreachable { address: String, detail: String },
 }
 
-/// Where the follower hands a token another replica fetched (in production:
-/// to the registry, which routes it to the account's actor).
-pub type AdoptHook = Arc<dyn Fn(AppId, StoredToken) + Send + Sync>;
+/// What the follower found in the shared store that this replica does not
+/// have yet.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+// One value per look at the store: not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum Adoption {
+    /// A token another replica fetched.
+    Token(AppId, StoredToken),
+    /// An Open Platform account's state as the shared store holds it (with
+    /// the refresh token that came with the shared token), when it differs
+    /// from the one held.
+    Open(AppId, StoredOpen),
+    /// An authorizer of a component configured here that another replica
+    /// added (an authorization or an import it received): all the store
+    /// holds of it.
+    Discovered(StoredAccount),
+}
+
+/// Where the follower hands what it found (in production: to the registry,
+/// which routes it to the account's actor or starts a discovered authorizer).
+pub type AdoptHook = Arc<dyn Fn(Adoption) + Send + Sync>;
 
 /// How long a refresh lock lives unless extended.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
@@ -98,6 +118,14 @@ impl Keys {
     /// `P:lock:<appid>`: the refresh lock; the value is the holder id.
     pub fn lock(&self, appid: &AppId) -> String {
         format!("{}:lock:{appid}", self.prefix)
+    }
+    /// `P:open:<appid>`: an Open Platform account's state (merged writes).
+    pub fn open(&self, appid: &AppId) -> String {
+        format!("{}:open:{appid}", self.prefix)
+    }
+    /// `P:authorizers:<component>`: the appids of a component's authorizers.
+    pub fn authorizers(&self, component: &AppId) -> String {
+        format!("{}:authorizers:{component}", self.prefix)
     }
     /// `P:accounts`: the set of stored appids.
     pub fn accounts(&self) -> String {
@@ -394,19 +422,102 @@ impl Shared {
         }
     }
 
+    /// Looks at every account held here, and for authorizers other replicas
+    /// added to the components configured here.
     async fn poll_all(&self, adopt: &AdoptHook, directory: &Directory) {
-        for slot in directory.all() {
+        let mut authorizers: std::collections::HashMap<&AppId, usize> = Default::default();
+        let slots = directory.all();
+        for slot in &slots {
+            match &slot.kind {
+                AccountKind::Component => {
+                    authorizers.entry(&slot.appid).or_default();
+                }
+                AccountKind::Authorizer { component } => {
+                    *authorizers.entry(component).or_default() += 1;
+                }
+                _ => {}
+            }
             self.adopt(adopt, directory, &slot.appid).await;
+        }
+        for (component, held) in authorizers {
+            if !directory
+                .get(component)
+                .is_some_and(|s| s.kind == AccountKind::Component)
+            {
+                continue;
+            }
+            let key = self.keys.authorizers(component);
+            let mut conn = self.conn.clone();
+            let Ok(stored) = conn.scard::<_, usize>(&key).await else {
+                continue;
+            };
+            if stored <= held {
+                continue;
+            }
+            let Ok(ids) = conn.smembers::<_, Vec<String>>(&key).await else {
+                continue;
+            };
+            for id in ids {
+                if let Ok(appid) = AppId::parse(&id)
+                    && directory.get(&appid).is_none()
+                {
+                    self.adopt(adopt, directory, &appid).await;
+                }
+            }
         }
     }
 
-    /// Reads the shared token of `appid` and hands it to `hook` when it
-    /// differs from the one served.
+    /// Reads what the shared store holds of `appid` and hands `hook` what
+    /// differs from what this replica holds: a newer token, a newer Open
+    /// Platform state, or a whole authorizer it does not know.
     async fn adopt(&self, hook: &AdoptHook, directory: &Directory, appid: &AppId) {
         let Some(slot) = directory.get(appid) else {
+            self.discover(hook, directory, appid).await;
             return;
         };
-        let Ok(Some(shared)) = self.read_token(appid).await else {
+        let is_open = matches!(
+            slot.kind,
+            AccountKind::Component | AccountKind::Authorizer { .. }
+        );
+        let mut conn = self.conn.clone();
+        let (token, open): (Option<Vec<u8>>, Option<Vec<u8>>) = if is_open {
+            match redis::pipe()
+                .get(self.keys.token(appid))
+                .get(self.keys.open(appid))
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(both) => both,
+                Err(_) => return,
+            }
+        } else {
+            match conn.get(self.keys.token(appid)).await {
+                Ok(token) => (token, None),
+                Err(_) => return,
+            }
+        };
+        let shared = token.as_deref().and_then(SharedToken::decode);
+        if is_open {
+            let open = open
+                .as_deref()
+                .and_then(|b| crate::store::record::decode_open_bytes(b).ok());
+            let fetched = shared
+                .as_ref()
+                .map(|t| (t.refresh_token(), t.fetched_at_ms));
+            let open = match (open, fetched) {
+                (Some(o), Some((rt, at))) => Some(o.with_fetched_refresh_token(rt.as_ref(), at)),
+                (Some(o), None) => Some(o),
+                (None, Some((Some(rt), at))) => Some(StoredOpen::default().with_fetched_refresh_token(Some(&rt), at)),
+                (None, _) => None,
+            };
+            if let Some(open) = open {
+                let held = slot.open().map(|o| (*o).clone()).unwrap_or_default();
+                if held.merge(&open) != held {
+                    hook(Adoption::Open(appid.clone(), open));
+                }
+            }
+        }
+        let Some(shared) = shared else {
             return;
         };
         let held = slot.token();
@@ -418,7 +529,44 @@ impl Shared {
         if shared.expires_at_ms <= self.clock.now_unix_ms() {
             return;
         }
-        hook(appid.clone(), shared.stored());
+        hook(Adoption::Token(appid.clone(), shared.stored()));
+    }
+
+    /// `appid` is not held here: when the shared store knows it as an
+    /// authorizer of a component configured here, hands it over whole.
+    async fn discover(&self, hook: &AdoptHook, directory: &Directory, appid: &AppId) {
+        let mut conn = self.conn.clone();
+        let Ok((state, token, open)): Result<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>), _> =
+            redis::pipe()
+                .get(self.keys.state(appid))
+                .get(self.keys.token(appid))
+                .get(self.keys.open(appid))
+                .query_async(&mut conn)
+                .await
+        else {
+            return;
+        };
+        if open.is_none() {
+            return;
+        }
+        let Some(account) = assemble(
+            appid,
+            state.as_deref(),
+            token.as_deref(),
+            open.as_deref(),
+            &self.address,
+        ) else {
+            return;
+        };
+        let ours = account
+            .open
+            .as_ref()
+            .and_then(|o| o.component.as_ref())
+            .and_then(|c| directory.get(c))
+            .is_some_and(|c| c.kind == AccountKind::Component);
+        if ours {
+            hook(Adoption::Discovered(account));
+        }
     }
 }
 
@@ -456,6 +604,7 @@ impl Leader {
             return None;
         }
         Some(Sourced::Shared(SharedOrigin {
+            refresh_token: shared.refresh_token(),
             token: AccessToken::new(shared.token),
             fetched_at_ms: shared.fetched_at_ms,
             expires_at_ms: shared.expires_at_ms,
@@ -547,6 +696,11 @@ impl Leader {
                 mode: shared_mode(&ask.request.endpoint).to_string(),
                 fetched_at_ms: started,
                 expires_at_ms: started + grant.expires_in.as_millis() as i64,
+                refresh_token: grant
+                    .refresh_token
+                    .as_ref()
+                    .filter(|t| !t.expose().is_empty())
+                    .map(|t| t.expose().to_string()),
             };
             match shared.write_token(&appid, &holder, &token).await {
                 Ok(1) | Ok(0) => {}

@@ -36,6 +36,9 @@ pub struct SharedOrigin {
     pub token: AccessToken,
     pub fetched_at_ms: i64,
     pub expires_at_ms: i64,
+    /// An authorizer's refresh token WeChat returned with this token (it is
+    /// written with the token, in one fenced write).
+    pub refresh_token: Option<AccessToken>,
 }
 
 /// Where an answered fetch's token comes from.

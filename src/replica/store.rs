@@ -8,17 +8,25 @@
 //! - `P:state:<appid>`: the rest of the account's state (the store's record
 //!   format of [`crate::store`] without its token): daily call counter, force
 //!   log, write-ahead intent. Written by any replica, last writer wins.
+//! - `P:open:<appid>`: an Open Platform account's state (the record's `open`
+//!   member: verify tickets, refresh token, authorization), written by any
+//!   replica as the merge of what is stored and what it writes
+//!   ([`StoredOpen::merge`], under `WATCH`), then announced on `P:updates`.
+//! - `P:authorizers:<component>`: the set of a component's authorizers, so a
+//!   replica finds the ones another replica added.
 //! - `P:accounts`: the set of appids with a token or a state.
 //!
-//! Invariant: this store never writes a token key, so a replica that does not
-//! hold the lock can never overwrite a newer token with an older one.
+//! Invariants: this store never writes a token key, so a replica that does
+//! not hold the lock can never overwrite a newer token with an older one; an
+//! Open Platform state only moves forward (no replica's older view takes back
+//! a refresh token, a revocation or a ticket another stored).
 
 use parking_lot::Mutex;
 use redis::Commands;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AccessToken, AppId, Mode};
-use crate::store::{Storage, StoreError, StoredAccount, StoredToken, record};
+use crate::store::{Storage, StoreError, StoredAccount, StoredOpen, StoredToken, record};
 
 use super::Keys;
 
@@ -30,6 +38,10 @@ pub(crate) struct SharedToken {
     pub(crate) mode: String,
     pub(crate) fetched_at_ms: i64,
     pub(crate) expires_at_ms: i64,
+    /// An authorizer's refresh token WeChat returned with this token: in the
+    /// same fenced write, so a replica dying right after it loses nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) refresh_token: Option<String>,
 }
 
 impl SharedToken {
@@ -49,6 +61,11 @@ impl SharedToken {
             // Each replica plans its own serve time; the actor recomputes it.
             serve_until_ms: self.expires_at_ms,
         }
+    }
+
+    /// The refresh token that came with this token, if any.
+    pub(crate) fn refresh_token(&self) -> Option<AccessToken> {
+        self.refresh_token.clone().map(AccessToken::new)
     }
 
     pub(crate) fn mode(&self) -> Mode {
@@ -113,6 +130,88 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Stores the merge of the stored Open Platform state of `appid` and
+    /// `open` (optimistically: `WATCH`, read, merge, `MULTI`/`EXEC`, again if
+    /// another replica wrote meanwhile); a change is announced on `P:updates`.
+    fn merge_open(&self, appid: &AppId, open: &StoredOpen) -> Result<(), String> {
+        let key = self.keys.open(appid);
+        self.with_conn(|c| {
+            redis::transaction(c, &[&key], |c, pipe| {
+                let stored: Option<Vec<u8>> = c.get(&key)?;
+                let stored = stored
+                    .as_deref()
+                    .and_then(|b| record::decode_open_bytes(b).ok());
+                let merged = match &stored {
+                    Some(s) => s.merge(open),
+                    None => open.clone(),
+                };
+                if stored.as_ref() == Some(&merged) {
+                    return Ok(Some(()));
+                }
+                pipe.set(&key, record::encode_open_bytes(&merged)).ignore();
+                if let Some(component) = &merged.component {
+                    pipe.sadd(self.keys.authorizers(component), appid.as_str())
+                        .ignore();
+                }
+                pipe.publish(self.keys.updates(), appid.as_str()).ignore();
+                pipe.query(c)
+            })
+        })
+    }
+}
+
+/// One account from its three keys: the state record, the shared token and
+/// the Open Platform state (merged with the state record's, which older
+/// versions wrote, and with the refresh token that came with the token).
+/// `None` when there is nothing, or the state does not decode (warned).
+pub(crate) fn assemble(
+    appid: &AppId,
+    state: Option<&[u8]>,
+    token: Option<&[u8]>,
+    open: Option<&[u8]>,
+    store: &str,
+) -> Option<StoredAccount> {
+    let token = token.and_then(SharedToken::decode);
+    let open = match open.map(record::decode_open_bytes) {
+        Some(Ok(open)) => Some(open),
+        Some(Err(why)) => {
+            tracing::warn!(appid = %appid, store = %store, "ignoring an undecodable Open Platform state: {why}");
+            None
+        }
+        None => None,
+    };
+    let mut account = match state.map(|b| record::decode(appid.as_str(), b)) {
+        Some(Ok(a)) => a,
+        Some(Err(why)) => {
+            tracing::warn!(appid = %appid, store = %store, "skipping an undecodable account state: {why}");
+            return None;
+        }
+        None if token.is_none() && open.is_none() => return None,
+        None => StoredAccount {
+            appid: appid.clone(),
+            mode: token.as_ref().map_or(Mode::Legacy, SharedToken::mode),
+            token: None,
+            pending_fetch_ms: None,
+            calls_day: 0,
+            calls_today: 0,
+            forces: Vec::new(),
+            tickets: Vec::new(),
+            open: None,
+        },
+    };
+    let open = match (account.open.take(), open) {
+        (Some(a), Some(b)) => Some(a.merge(&b)),
+        (a, b) => a.or(b),
+    };
+    account.open = open.map(|o| match &token {
+        Some(t) => o.with_fetched_refresh_token(t.refresh_token().as_ref(), t.fetched_at_ms),
+        None => o,
+    });
+    account.token = token.map(|t| t.stored());
+    Some(account)
+}
+
 /// A Redis error in words, without the URL (it may carry a password).
 pub(crate) fn describe(e: &redis::RedisError) -> String {
     format!("{:?}: {}", e.kind(), e.detail().unwrap_or("no detail"))
@@ -146,38 +245,24 @@ impl Storage for RedisStore {
                 tracing::warn!(store = %self.describe(), "skipping a stored account with an invalid appid");
                 continue;
             };
-            let (state, token): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+            let (state, token, open): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = self
                 .with_conn(|c| {
                     redis::pipe()
                         .get(self.keys.state(&appid))
                         .get(self.keys.token(&appid))
+                        .get(self.keys.open(&appid))
                         .query(c)
                 })
                 .map_err(read)?;
-            let token = token.as_deref().and_then(SharedToken::decode);
-            let mut account = match state.as_deref().map(|b| record::decode(appid.as_str(), b)) {
-                Some(Ok(a)) => a,
-                Some(Err(why)) => {
-                    tracing::warn!(appid = %appid, store = %self.describe(), "skipping an undecodable account state: {why}");
-                    continue;
-                }
-                None => match &token {
-                    Some(t) => StoredAccount {
-                        appid: appid.clone(),
-                        mode: t.mode(),
-                        token: None,
-                        pending_fetch_ms: None,
-                        calls_day: 0,
-                        calls_today: 0,
-                        forces: Vec::new(),
-                        tickets: Vec::new(),
-                        open: None,
-                    },
-                    None => continue,
-                },
-            };
-            account.token = token.map(|t| t.stored());
-            out.push(account);
+            if let Some(account) = assemble(
+                &appid,
+                state.as_deref(),
+                token.as_deref(),
+                open.as_deref(),
+                &self.describe(),
+            ) {
+                out.push(account);
+            }
         }
         Ok(out)
     }
@@ -185,9 +270,15 @@ impl Storage for RedisStore {
     fn put(&self, account: &StoredAccount) -> Result<(), StoreError> {
         let state = StoredAccount {
             token: None,
+            open: None,
             ..account.clone()
         };
         let bytes = record::encode(&state);
+        let write = |reason| StoreError::Write {
+            store: self.describe(),
+            appid: account.appid.to_string(),
+            reason,
+        };
         self.with_conn(|c| {
             redis::pipe()
                 .set(self.keys.state(&account.appid), &bytes)
@@ -196,11 +287,11 @@ impl Storage for RedisStore {
                 .ignore()
                 .query::<()>(c)
         })
-        .map_err(|reason| StoreError::Write {
-            store: self.describe(),
-            appid: account.appid.to_string(),
-            reason,
-        })
+        .map_err(write)?;
+        match &account.open {
+            Some(open) => self.merge_open(&account.appid, open).map_err(write),
+            None => Ok(()),
+        }
     }
 
     fn remove(&self, appid: &AppId) -> Result<(), StoreError> {
@@ -209,6 +300,8 @@ impl Storage for RedisStore {
                 .del(self.keys.state(appid))
                 .ignore()
                 .del(self.keys.token(appid))
+                .ignore()
+                .del(self.keys.open(appid))
                 .ignore()
                 .srem(self.keys.accounts(), appid.as_str())
                 .ignore()

@@ -695,6 +695,7 @@ mod tests {
                 code: AccessToken::new("SECRET-AUTH-CODE-000001"),
                 expires_at_ms: NOW + 60_000,
             }),
+            changed_at_ms: NOW,
             verify_tickets: vec![],
         }));
         let y = slot(Y, component.clone());

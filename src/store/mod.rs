@@ -24,6 +24,8 @@
 //!   database after a failed write.
 //! - `file.rs`: the store file on disk: directory and file modes, the
 //!   exclusive lock, and the redb storage backend on the locked handle.
+//! - `open.rs`: the Open Platform state ([`StoredOpen`]) and how two views
+//!   of it merge ([`StoredOpen::merge`], used where replicas share it).
 //! - `memory.rs`: [`MemoryStore`], a map that persists nothing.
 //! - `writer.rs`: [`StoreWriter`]: the ordered write queue on one thread (or
 //!   inline, for tests on the paused clock), the dirty accounts and their
@@ -86,6 +88,7 @@
 
 mod file;
 mod memory;
+mod open;
 pub(crate) mod record;
 mod redb;
 mod writer;
@@ -95,6 +98,7 @@ use std::path::{Path, PathBuf};
 use crate::domain::{AccessToken, AppId, Mode};
 
 pub use self::memory::MemoryStore;
+pub use self::open::{StoredCode, StoredOpen, VERIFY_TICKET_LIFETIME_MS, VERIFY_TICKETS_KEPT, VerifyTicket};
 pub use self::redb::RedbStore;
 pub use self::writer::StoreWriter;
 
@@ -126,40 +130,6 @@ pub struct StoredAccount {
     /// Open Platform components and authorizers only: what they need besides
     /// the token (verify tickets, refresh token, authorization).
     pub open: Option<StoredOpen>,
-}
-
-/// The Open Platform state of a component or an authorizer: for an
-/// authorizer, the refresh token that must never be lost (a lost one means
-/// asking the merchant to authorize again).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StoredOpen {
-    /// Authorizer: the component it authorized.
-    pub component: Option<AppId>,
-    /// Authorizer: where it stands (`None` for a component).
-    pub authorization: Option<crate::domain::Authorization>,
-    /// Authorizer: its `authorizer_refresh_token` (the newest WeChat returned).
-    pub refresh_token: Option<AccessToken>,
-    /// Authorizer: an authorization code not yet exchanged (`api_query_auth`).
-    pub auth_code: Option<StoredCode>,
-    /// Component: the newest `component_verify_ticket`s, oldest first.
-    pub verify_tickets: Vec<VerifyTicket>,
-}
-
-/// An authorization code pushed with `authorized`; it expires in minutes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCode {
-    pub code: AccessToken,
-    pub expires_at_ms: i64,
-}
-
-/// One pushed `component_verify_ticket` (valid 12 h from its push).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifyTicket {
-    pub ticket: AccessToken,
-    /// When WeChat created it (the event's CreateTime, Unix ms).
-    pub created_at_ms: i64,
-    /// When this process received it (Unix ms).
-    pub received_at_ms: i64,
 }
 
 /// One persisted JS-SDK ticket. Times are Unix milliseconds.

@@ -48,8 +48,15 @@ struct OpenV1 {
     refresh_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auth_code: Option<CodeV1>,
+    /// Added when replicas began sharing Open Platform state; 0 before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    changed_at_ms: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     verify_tickets: Vec<VerifyTicketV1>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,6 +81,7 @@ fn encode_open(open: &StoredOpen) -> OpenV1 {
             code: c.code.expose().to_string(),
             expires_at_ms: c.expires_at_ms,
         }),
+        changed_at_ms: open.changed_at_ms,
         verify_tickets: open
             .verify_tickets
             .iter()
@@ -98,6 +106,7 @@ fn decode_open(open: OpenV1) -> Result<StoredOpen, RecordError> {
             code: AccessToken::new(c.code),
             expires_at_ms: c.expires_at_ms,
         }),
+        changed_at_ms: open.changed_at_ms,
         verify_tickets: open
             .verify_tickets
             .into_iter()
@@ -108,6 +117,19 @@ fn decode_open(open: OpenV1) -> Result<StoredOpen, RecordError> {
             })
             .collect(),
     })
+}
+
+/// The bytes of an Open Platform state on its own (the `open` member of a
+/// record; replicas keep it under a key of its own).
+pub(crate) fn encode_open_bytes(open: &StoredOpen) -> Vec<u8> {
+    // Strings, integers and vectors into memory: cannot fail.
+    serde_json::to_vec(&encode_open(open)).unwrap_or_default()
+}
+
+/// Decodes what [`encode_open_bytes`] wrote.
+pub(crate) fn decode_open_bytes(bytes: &[u8]) -> Result<StoredOpen, RecordError> {
+    let open: OpenV1 = serde_json::from_slice(bytes).map_err(|e| json_error(&e))?;
+    decode_open(open)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -278,6 +300,7 @@ mod tests {
                 code: AccessToken::new("queryauthcode@@@0123456789"),
                 expires_at_ms: 1_700_000_600_000,
             }),
+            changed_at_ms: 1_700_000_000_100,
             verify_tickets: vec![VerifyTicket {
                 ticket: AccessToken::new("ticket@@@0123456789"),
                 created_at_ms: 1_700_000_000_000,
@@ -285,6 +308,8 @@ mod tests {
             }],
         });
         assert_eq!(decode("wx1111111111111111", &encode(&a)).unwrap(), a);
+        let open = a.open.clone().unwrap();
+        assert_eq!(decode_open_bytes(&encode_open_bytes(&open)).unwrap(), open);
         // Accounts keep writing the record older builds read.
         let plain = serde_json::from_slice::<serde_json::Value>(&encode(&account())).unwrap();
         assert!(plain.get("open").is_none());
