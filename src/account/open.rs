@@ -453,3 +453,86 @@ impl Handler<AdoptOpen> for AccountActor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> AppId {
+        AppId::parse(s).unwrap()
+    }
+
+    fn request(open: OpenCredential) -> FetchRequest {
+        FetchRequest {
+            appid: id("wx1111111111111111"),
+            secret: secrecy::SecretString::from(String::new()),
+            endpoint: Endpoint::Authorizer {
+                component: id("wx9999999999999999"),
+            },
+            force_refresh: false,
+            open: Some(open),
+        }
+    }
+
+    fn token(s: &str) -> AccessToken {
+        AccessToken::new(format!("{s}@@@0123456789abcdef"))
+    }
+
+    fn with_code(at: i64) -> StoredOpen {
+        StoredOpen {
+            component: Some(id("wx9999999999999999")),
+            authorization: Some(Authorization::Authorized),
+            refresh_token: Some(token("old")),
+            auth_code: Some(StoredCode {
+                code: token("code"),
+                expires_at_ms: at + 600_000,
+            }),
+            changed_at_ms: at,
+            verify_tickets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_grant_spends_the_code_and_stores_a_new_refresh_token_at_its_time() {
+        let current = with_code(100);
+        let by_code = request(OpenCredential::AuthCode {
+            component_token: token("ct"),
+            code: token("code"),
+        });
+        let open = after_grant(Some(&current), &by_code, Some(token("new")), 200).unwrap();
+        assert_eq!(open.auth_code, None);
+        assert_eq!(open.refresh_token, Some(token("new")));
+        assert_eq!(open.changed_at_ms, 200);
+        // Empty never overwrites; the same one changes nothing.
+        let by_refresh = request(OpenCredential::RefreshToken {
+            component_token: token("ct"),
+            refresh_token: token("new"),
+        });
+        assert_eq!(
+            after_grant(Some(&open), &by_refresh, Some(AccessToken::new("")), 300),
+            None
+        );
+        assert_eq!(
+            after_grant(Some(&open), &by_refresh, Some(token("new")), 300),
+            None
+        );
+    }
+
+    #[test]
+    fn a_grant_older_than_the_last_change_keeps_the_newer_code_and_refresh_token() {
+        // Another replica's token, fetched before this replica stored a new
+        // code: the code is not spent and the refresh token stays.
+        let current = with_code(500);
+        let by_code = request(OpenCredential::AuthCode {
+            component_token: token("ct"),
+            code: token("code"),
+        });
+        assert_eq!(
+            after_grant(Some(&current), &by_code, Some(token("other")), 400),
+            None
+        );
+        // Without a stored state, the component is still named.
+        let open = after_grant(None, &by_code, None, 400).unwrap();
+        assert_eq!(open.component, Some(id("wx9999999999999999")));
+    }
+}

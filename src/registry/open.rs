@@ -21,9 +21,9 @@ use serde::Serialize;
 use crate::account::{
     Adopt, AdoptOpen, OpenNotice, OpenUpdate, Reason, Refresh, RefreshError, Seed, seeded_slot,
 };
-use crate::replica::Adoption;
 use crate::config::{AccountKind, authorizer_account};
 use crate::domain::{AccessToken, AppId};
+use crate::replica::Adoption;
 use crate::store::{StoredAccount, StoredOpen};
 use crate::wechat::{AUTHORIZER_PAGE, OpenAnswer, OpenCall, TokenSource, UpstreamError};
 
@@ -229,8 +229,7 @@ impl Handler<Adoption> for Registry {
                     }
                     return;
                 }
-                let Some(component) = stored.open.as_ref().and_then(|o| o.component.clone())
-                else {
+                let Some(component) = stored.open.as_ref().and_then(|o| o.component.clone()) else {
                     return;
                 };
                 if !self.is_component(&component) {

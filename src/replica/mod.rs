@@ -44,10 +44,10 @@ pub use store::RedisStore;
 use store::{SharedToken, assemble, describe};
 
 use crate::clock::Clock;
+use crate::config::AccountKind;
 use crate::domain::{AccessToken, ApiName, AppId, TicketKind};
 use crate::metrics::Metrics;
 use crate::snapshot::Directory;
-use crate::config::AccountKind;
 use crate::store::{StoredAccount, StoredOpen, StoredToken};
 use crate::wechat::{TicketGrant, TokenSource, UpstreamError};
 
@@ -507,7 +507,9 @@ impl Shared {
             let open = match (open, fetched) {
                 (Some(o), Some((rt, at))) => Some(o.with_fetched_refresh_token(rt.as_ref(), at)),
                 (Some(o), None) => Some(o),
-                (None, Some((Some(rt), at))) => Some(StoredOpen::default().with_fetched_refresh_token(Some(&rt), at)),
+                (None, Some((Some(rt), at))) => {
+                    Some(StoredOpen::default().with_fetched_refresh_token(Some(&rt), at))
+                }
                 (None, _) => None,
             };
             if let Some(open) = open {
@@ -536,13 +538,15 @@ impl Shared {
     /// authorizer of a component configured here, hands it over whole.
     async fn discover(&self, hook: &AdoptHook, directory: &Directory, appid: &AppId) {
         let mut conn = self.conn.clone();
-        let Ok((state, token, open)): Result<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>), _> =
-            redis::pipe()
-                .get(self.keys.state(appid))
-                .get(self.keys.token(appid))
-                .get(self.keys.open(appid))
-                .query_async(&mut conn)
-                .await
+        let Ok((state, token, open)): Result<
+            (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>),
+            _,
+        > = redis::pipe()
+            .get(self.keys.state(appid))
+            .get(self.keys.token(appid))
+            .get(self.keys.open(appid))
+            .query_async(&mut conn)
+            .await
         else {
             return;
         };

@@ -98,7 +98,9 @@ use std::path::{Path, PathBuf};
 use crate::domain::{AccessToken, AppId, Mode};
 
 pub use self::memory::MemoryStore;
-pub use self::open::{StoredCode, StoredOpen, VERIFY_TICKET_LIFETIME_MS, VERIFY_TICKETS_KEPT, VerifyTicket};
+pub use self::open::{
+    StoredCode, StoredOpen, VERIFY_TICKET_LIFETIME_MS, VERIFY_TICKETS_KEPT, VerifyTicket,
+};
 pub use self::redb::RedbStore;
 pub use self::writer::StoreWriter;
 

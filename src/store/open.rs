@@ -67,7 +67,11 @@ impl StoredOpen {
     /// False when it was already known (WeChat pushes again when it missed
     /// an answer).
     pub fn add_ticket(&mut self, ticket: VerifyTicket) -> bool {
-        if self.verify_tickets.iter().any(|t| t.ticket == ticket.ticket) {
+        if self
+            .verify_tickets
+            .iter()
+            .any(|t| t.ticket == ticket.ticket)
+        {
             return false;
         }
         self.verify_tickets.push(ticket);
@@ -172,8 +176,14 @@ mod tests {
         assert_eq!(old.merge(&new), new);
         assert_eq!(new.merge(&old), new);
         let revoked = authorizer("two", Authorization::Unauthorized, 30);
-        assert_eq!(new.merge(&revoked).authorization, Some(Authorization::Unauthorized));
-        assert_eq!(revoked.merge(&new).authorization, Some(Authorization::Unauthorized));
+        assert_eq!(
+            new.merge(&revoked).authorization,
+            Some(Authorization::Unauthorized)
+        );
+        assert_eq!(
+            revoked.merge(&new).authorization,
+            Some(Authorization::Unauthorized)
+        );
     }
 
     #[test]
@@ -199,7 +209,11 @@ mod tests {
             ..StoredOpen::default()
         };
         let merged = a.merge(&b);
-        let created: Vec<i64> = merged.verify_tickets.iter().map(|t| t.created_at_ms).collect();
+        let created: Vec<i64> = merged
+            .verify_tickets
+            .iter()
+            .map(|t| t.created_at_ms)
+            .collect();
         assert_eq!(created, vec![2, 3, 4]);
         assert_eq!(merged.newest_ticket(0).map(|t| t.created_at_ms), Some(4));
         assert_eq!(b.merge(&a), merged);
@@ -213,7 +227,10 @@ mod tests {
             expires_at_ms: 1000,
         });
         // Fetched before an import changed it: the import stays.
-        assert_eq!(open.with_fetched_refresh_token(rt("two").as_ref(), 50), open);
+        assert_eq!(
+            open.with_fetched_refresh_token(rt("two").as_ref(), 50),
+            open
+        );
         // Empty never overwrites.
         let empty = AccessToken::new("");
         assert_eq!(open.with_fetched_refresh_token(Some(&empty), 500), open);

@@ -739,3 +739,124 @@ fn a_directory_shared_with_other_files_keeps_its_mode_but_the_store_file_is_0600
     assert_eq!(mode(&shared), 0o755);
     assert_eq!(mode(&path), 0o600, "the store file");
 }
+
+mod shared_open_platform_state {
+    //! The Redis store of replicas: every replica writes its own view of an
+    //! Open Platform account, and the shared record is their merge.
+
+    use redis::Commands;
+    use wxtoken::clock::Clock;
+    use wxtoken::domain::Authorization;
+    use wxtoken::replica::{ReplicaOptions, Shared};
+    use wxtoken::store::{StoredOpen, VerifyTicket};
+
+    use super::*;
+
+    const URL: &str = "redis://127.0.0.1:6379/0";
+
+    async fn replica_store(prefix: &str) -> wxtoken::replica::RedisStore {
+        let shared = Shared::connect(
+            &secrecy::SecretString::from(URL.to_string()),
+            prefix,
+            ReplicaOptions::default(),
+            Metrics::new(),
+            Clock::system(),
+        )
+        .await
+        .expect("the machine's Redis answers (.ci/run installs it)");
+        shared.store()
+    }
+
+    fn authorizer(refresh: &str, authorization: Authorization, at: i64) -> StoredAccount {
+        StoredAccount {
+            open: Some(StoredOpen {
+                component: Some(appid("wx9999999999999999")),
+                authorization: Some(authorization),
+                refresh_token: Some(AccessToken::new(format!("refresh@@@{refresh}0123456789"))),
+                auth_code: None,
+                changed_at_ms: at,
+                verify_tickets: Vec::new(),
+            }),
+            ..stable_without_token("wx1111111111111111")
+        }
+    }
+
+    fn component(tickets: &[i64]) -> StoredAccount {
+        StoredAccount {
+            open: Some(StoredOpen {
+                verify_tickets: tickets
+                    .iter()
+                    .map(|n| VerifyTicket {
+                        ticket: AccessToken::new(format!("ticket@@@{n}0123456789")),
+                        created_at_ms: *n,
+                        received_at_ms: *n,
+                    })
+                    .collect(),
+                ..StoredOpen::default()
+            }),
+            ..stable_without_token("wx9999999999999999")
+        }
+    }
+
+    fn open_of(store: &dyn Storage, id: &str) -> StoredOpen {
+        store
+            .load_all()
+            .unwrap()
+            .into_iter()
+            .find(|a| a.appid.as_str() == id)
+            .and_then(|a| a.open)
+            .unwrap_or_else(|| panic!("{id} has no Open Platform state"))
+    }
+
+    #[actix_web::test]
+    async fn an_older_view_written_last_never_takes_back_a_refresh_token_a_revocation_or_a_ticket()
+    {
+        let prefix = format!("wxtoken-test-store-{:016x}", rand::random::<u64>());
+        let a = replica_store(&prefix).await;
+        let b = replica_store(&prefix).await;
+
+        // A rotated the refresh token; B, behind, writes its older view after.
+        a.put(&authorizer("two", Authorization::Authorized, 200))
+            .unwrap();
+        b.put(&authorizer("one", Authorization::Authorized, 100))
+            .unwrap();
+        let open = open_of(&b, "wx1111111111111111");
+        assert_eq!(
+            open.refresh_token.as_ref().map(|t| t.expose().to_string()),
+            Some("refresh@@@two0123456789".to_string())
+        );
+
+        // B's revocation is newer: it stays whatever A writes after, and the
+        // refresh token is kept with it.
+        let mut revoked = authorizer("two", Authorization::Unauthorized, 300);
+        revoked.open.as_mut().unwrap().refresh_token = None;
+        b.put(&revoked).unwrap();
+        a.put(&authorizer("two", Authorization::Authorized, 200))
+            .unwrap();
+        let open = open_of(&a, "wx1111111111111111");
+        assert_eq!(open.authorization, Some(Authorization::Unauthorized));
+        assert!(
+            open.refresh_token.is_some(),
+            "the refresh token was dropped"
+        );
+
+        // Tickets pushed to either replica are all kept (the newest few).
+        a.put(&component(&[1, 2])).unwrap();
+        b.put(&component(&[3])).unwrap();
+        let created: Vec<i64> = open_of(&a, "wx9999999999999999")
+            .verify_tickets
+            .iter()
+            .map(|t| t.created_at_ms)
+            .collect();
+        assert_eq!(created, vec![1, 2, 3]);
+
+        // Other replicas find the component's authorizers in one set.
+        let mut redis = redis::Client::open(URL).unwrap().get_connection().unwrap();
+        let members: Vec<String> = redis
+            .smembers(format!("{prefix}:authorizers:wx9999999999999999"))
+            .unwrap();
+        assert_eq!(members, vec!["wx1111111111111111".to_string()]);
+        let keys: Vec<String> = redis.keys(format!("{prefix}:*")).unwrap();
+        let _: () = redis.del(keys).unwrap();
+    }
+}
