@@ -41,7 +41,7 @@ use secrecy::ExposeSecret;
 
 pub use source::{Ask, Coordination, Direct, SharedOrigin, Source, SourceError, Sourced};
 pub use store::RedisStore;
-use store::{SharedToken, assemble, describe};
+use store::{RawKeys, SharedToken, account_keys, assemble, describe};
 
 use crate::clock::Clock;
 use crate::config::AccountKind;
@@ -538,14 +538,8 @@ impl Shared {
     /// authorizer of a component configured here, hands it over whole.
     async fn discover(&self, hook: &AdoptHook, directory: &Directory, appid: &AppId) {
         let mut conn = self.conn.clone();
-        let Ok((state, token, open)): Result<
-            (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>),
-            _,
-        > = redis::pipe()
-            .get(self.keys.state(appid))
-            .get(self.keys.token(appid))
-            .get(self.keys.open(appid))
-            .query_async(&mut conn)
+        let Ok((state, token, open)) = account_keys(&self.keys, appid)
+            .query_async::<RawKeys>(&mut conn)
             .await
         else {
             return;

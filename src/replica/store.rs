@@ -161,6 +161,18 @@ impl RedisStore {
     }
 }
 
+/// The raw values of an account's state, token and Open Platform keys.
+pub(crate) type RawKeys = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The pipeline that reads an account's [`RawKeys`].
+pub(crate) fn account_keys(keys: &Keys, appid: &AppId) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.get(keys.state(appid))
+        .get(keys.token(appid))
+        .get(keys.open(appid));
+    pipe
+}
+
 /// One account from its three keys: the state record, the shared token and
 /// the Open Platform state (merged with the state record's, which older
 /// versions wrote, and with the refresh token that came with the token).
@@ -245,14 +257,8 @@ impl Storage for RedisStore {
                 tracing::warn!(store = %self.describe(), "skipping a stored account with an invalid appid");
                 continue;
             };
-            let (state, token, open): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = self
-                .with_conn(|c| {
-                    redis::pipe()
-                        .get(self.keys.state(&appid))
-                        .get(self.keys.token(&appid))
-                        .get(self.keys.open(&appid))
-                        .query(c)
-                })
+            let (state, token, open): RawKeys = self
+                .with_conn(|c| account_keys(&self.keys, &appid).query(c))
                 .map_err(read)?;
             if let Some(account) = assemble(
                 &appid,
