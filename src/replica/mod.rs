@@ -20,6 +20,24 @@
 //!    appid on `P:updates`.
 //! 6. Release with compare-and-delete.
 //!
+//! Open Platform accounts (components and authorizers) take the same lock
+//! and the same fenced write; besides:
+//! - The fenced write of an authorizer's token carries the refresh token
+//!   WeChat returned with it, so a replica dying right after the write loses
+//!   nothing (`SharedToken::refresh_token`), and a replica that takes the
+//!   token from the store ([`Sourced::Shared`]) takes its refresh token too.
+//! - Every replica writes its view of the rest (verify tickets, refresh
+//!   token, code, authorization) to `P:open:<appid>` as the merge with what
+//!   is stored ([`crate::store::StoredOpen::merge`]: the side changed last,
+//!   never an empty refresh token, the newest tickets of both), and announces
+//!   it on `P:updates`.
+//! - The follower hands every account's differing shared state to the hook
+//!   ([`Adoption::Open`]: the actor merges it; a revocation stops serving, a
+//!   ticket wakes a component waiting for one) and finds the authorizers
+//!   other replicas added (`P:authorizers:<component>`, or an update of an
+//!   appid not held here): [`Adoption::Discovered`] starts them from the
+//!   store, so with their token and no call.
+//!
 //! Invariants: no replica calls WeChat for an account without holding its
 //! lock (an unreachable Redis means no call, [`Coordination`]);
 //! a stored token only moves forward; tokens held in memory keep being served
