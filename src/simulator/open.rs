@@ -12,7 +12,8 @@
 //!
 //! Invariants:
 //! - All time comes from the simulator's clock: tickets live 12 h from their
-//!   push, codes 10 minutes, a rotated refresh token 5 more minutes.
+//!   push, codes 10 minutes, a rotated refresh token 5 more minutes (the
+//!   component's `refresh_overlap_ms`).
 //! - The lock is never held across an `.await`: events are sealed under it
 //!   and delivered after it is released.
 //! - Component tokens are accepted only by the component APIs of their own
@@ -42,7 +43,8 @@ use crate::openplatform::event::{Event, Sealed, seal};
 pub const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
 /// How long an authorization code can be exchanged (WeChat: 10 minutes).
 pub const CODE_LIFE: Duration = Duration::from_secs(600);
-/// How long a rotated-away refresh token keeps working.
+/// How long a rotated-away refresh token keeps working unless the component
+/// says otherwise (`refresh_overlap_ms`).
 pub const REFRESH_OVERLAP: Duration = Duration::from_secs(300);
 /// The `expires_in` of a pre-auth code.
 const PRE_AUTH_CODE_SECS: i64 = 600;
@@ -67,6 +69,10 @@ fn ms(d: Duration) -> i64 {
 
 fn default_interval() -> u64 {
     DEFAULT_TICKET_INTERVAL_MS
+}
+
+fn default_overlap() -> u64 {
+    u64::try_from(REFRESH_OVERLAP.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn yes() -> bool {
@@ -96,10 +102,16 @@ pub struct ComponentRegistration {
     #[serde(default = "default_interval")]
     pub ticket_interval_ms: u64,
     /// True (the default): every `api_authorizer_token` call returns a new
-    /// refresh token, the previous one working 5 more minutes. False: the
-    /// same refresh token is returned until re-authorization.
+    /// refresh token, the previous one working `refresh_overlap_ms` more.
+    /// False: the same refresh token is returned until re-authorization.
     #[serde(default = "yes")]
     pub rotate_refresh_tokens: bool,
+    /// Milliseconds a rotated-away refresh token keeps working (default
+    /// 300000, [`REFRESH_OVERLAP`]: WeChat's 5 minutes); 0 answers 61023 to
+    /// it at once after the rotation, so a client that refreshes with a stale
+    /// refresh token is caught.
+    #[serde(default = "default_overlap")]
+    pub refresh_overlap_ms: u64,
     /// Addresses or CIDR ranges allowed to call the component APIs; empty
     /// means any IP (61004 for others).
     #[serde(default)]
@@ -108,7 +120,8 @@ pub struct ComponentRegistration {
 
 impl ComponentRegistration {
     /// A component with WeChat's defaults: no callback, tickets every 10
-    /// minutes once a callback is set, refresh tokens rotating.
+    /// minutes once a callback is set, refresh tokens rotating with 5
+    /// minutes of overlap.
     pub fn new(component_appid: &str, secret: &str, token: &str, encoding_aes_key: &str) -> Self {
         ComponentRegistration {
             component_appid: component_appid.to_string(),
@@ -118,6 +131,7 @@ impl ComponentRegistration {
             callback_url: None,
             ticket_interval_ms: DEFAULT_TICKET_INTERVAL_MS,
             rotate_refresh_tokens: true,
+            refresh_overlap_ms: default_overlap(),
             ip_whitelist: Vec::new(),
         }
     }
@@ -130,6 +144,7 @@ impl std::fmt::Debug for ComponentRegistration {
             .field("callback_url", &self.callback_url)
             .field("ticket_interval_ms", &self.ticket_interval_ms)
             .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
+            .field("refresh_overlap_ms", &self.refresh_overlap_ms)
             .field("ip_whitelist", &self.ip_whitelist)
             .finish_non_exhaustive()
     }
@@ -192,6 +207,8 @@ struct Component {
     callback: Option<Url>,
     interval_ms: u64,
     rotate: bool,
+    /// How long a rotated-away refresh token keeps working (ms).
+    overlap_ms: i64,
     whitelist: Vec<IpRange>,
     /// False after `POST /sim/components/{appid}/pushing {"on":false}`,
     /// until that or `api_start_push_ticket` turns it on again.
@@ -355,6 +372,7 @@ impl SimState {
             callback,
             interval_ms: reg.ticket_interval_ms,
             rotate: reg.rotate_refresh_tokens,
+            overlap_ms: i64::try_from(reg.refresh_overlap_ms).unwrap_or(i64::MAX),
             whitelist: ranges,
             pushing: true,
             generation: 1,
@@ -371,6 +389,7 @@ impl SimState {
                 comp.callback = fresh.callback;
                 comp.interval_ms = fresh.interval_ms;
                 comp.rotate = fresh.rotate;
+                comp.overlap_ms = fresh.overlap_ms;
                 comp.whitelist = fresh.whitelist;
                 comp.generation += 1;
                 Ok(comp.generation)
@@ -870,8 +889,8 @@ fn refresh_invalid() -> WxError {
 
 /// `api_authorizer_token`: a new authorizer token for a valid refresh
 /// token (61023 otherwise, 61003 once revoked), with the refresh token to
-/// keep: a new one when rotating (the presented one works 5 more minutes),
-/// the same one otherwise.
+/// keep: a new one when rotating (the presented one works the component's
+/// `refresh_overlap_ms` more), the same one otherwise.
 fn authorizer_token(
     inner: &mut Inner,
     token: Option<&str>,
@@ -890,6 +909,7 @@ fn authorizer_token(
         return Err(WxError::new(61011));
     };
     let rotate = comp.rotate;
+    let overlap_ms = comp.overlap_ms;
     let Some(a) = comp.authorizers.get_mut(&authorizer) else {
         return Err(refresh_invalid());
     };
@@ -915,7 +935,7 @@ fn authorizer_token(
     }
     if rotate {
         let old = std::mem::replace(&mut a.refresh_current, refresh_token_value());
-        a.refresh_previous = Some((old, now.saturating_add(ms(REFRESH_OVERLAP))));
+        a.refresh_previous = Some((old, now.saturating_add(overlap_ms)));
     }
     let refresh = a.refresh_current.clone();
     let value = mint_authorizer_token(inner, &component, &authorizer, now, limits);
@@ -1190,5 +1210,78 @@ mod tests {
         s.clock.advance(Duration::from_secs(301));
         assert_eq!(refresh(&second).unwrap_err().errcode, 61023);
         assert!(refresh(&third).is_ok());
+    }
+
+    #[test]
+    fn with_no_overlap_a_rotated_away_refresh_token_is_refused_at_once() {
+        let s = SimState::new(&SimConfig::default());
+        s.register_component(ComponentRegistration {
+            refresh_overlap_ms: 0,
+            ..ComponentRegistration::new(COMP, "cs", "tok", KEY)
+        })
+        .unwrap();
+        let t = ticket_of(&s.ticket_event(COMP).unwrap());
+        let ct = component_token(&s, &t).unwrap()["component_access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        s.authorize(COMP, &AuthorizeRequest::new(AUTH)).unwrap();
+        let first = s.inner.lock().open.components[COMP].authorizers[AUTH]
+            .refresh_current
+            .clone();
+        let refresh = |rt: &str| {
+            let body = json!({
+                "component_appid": COMP,
+                "authorizer_appid": AUTH,
+                "authorizer_refresh_token": rt,
+            });
+            s.open_call(
+                Api::AuthorizerToken,
+                Some(&ct),
+                body.to_string().as_bytes(),
+                None,
+            )
+        };
+        let second = refresh(&first).unwrap()["authorizer_refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(first, second);
+        assert_eq!(
+            refresh(&first).unwrap_err().errcode,
+            61023,
+            "no overlap: the old one is refused in the same millisecond"
+        );
+        let third = refresh(&second).unwrap()["authorizer_refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(refresh(&second).unwrap_err().errcode, 61023);
+        assert!(refresh(&third).is_ok());
+    }
+
+    #[test]
+    fn a_registration_without_refresh_overlap_ms_gets_five_minutes() {
+        let reg: ComponentRegistration = serde_json::from_value(json!({
+            "component_appid": COMP,
+            "secret": "cs",
+            "token": "tok",
+            "encoding_aes_key": KEY,
+        }))
+        .unwrap();
+        assert_eq!(reg.refresh_overlap_ms, 300_000);
+        assert_eq!(
+            ComponentRegistration::new(COMP, "cs", "tok", KEY).refresh_overlap_ms,
+            300_000
+        );
+        let reg: ComponentRegistration = serde_json::from_value(json!({
+            "component_appid": COMP,
+            "secret": "cs",
+            "token": "tok",
+            "encoding_aes_key": KEY,
+            "refresh_overlap_ms": 0,
+        }))
+        .unwrap();
+        assert_eq!(reg.refresh_overlap_ms, 0);
     }
 }
