@@ -1172,11 +1172,10 @@ mod tests {
         assert_eq!(component_token(&s, "nope").unwrap_err().errcode, 61006);
     }
 
-    #[test]
-    fn rotating_refresh_tokens_keep_the_old_one_for_five_minutes() {
-        let s = state();
+    /// Authorizes AUTH at `s`: the component token and AUTH's first refresh token.
+    fn authorized(s: &SimState) -> (String, String) {
         let t = ticket_of(&s.ticket_event(COMP).unwrap());
-        let ct = component_token(&s, &t).unwrap()["component_access_token"]
+        let ct = component_token(s, &t).unwrap()["component_access_token"]
             .as_str()
             .unwrap()
             .to_string();
@@ -1184,19 +1183,29 @@ mod tests {
         let first = s.inner.lock().open.components[COMP].authorizers[AUTH]
             .refresh_current
             .clone();
-        let refresh = |rt: &str| {
-            let body = json!({
-                "component_appid": COMP,
-                "authorizer_appid": AUTH,
-                "authorizer_refresh_token": rt,
-            });
-            s.open_call(
-                Api::AuthorizerToken,
-                Some(&ct),
-                body.to_string().as_bytes(),
-                None,
-            )
-        };
+        (ct, first)
+    }
+
+    /// `api_authorizer_token` for AUTH with refresh token `rt`.
+    fn refresh_with(s: &SimState, ct: &str, rt: &str) -> Result<Value, WxError> {
+        let body = json!({
+            "component_appid": COMP,
+            "authorizer_appid": AUTH,
+            "authorizer_refresh_token": rt,
+        });
+        s.open_call(
+            Api::AuthorizerToken,
+            Some(ct),
+            body.to_string().as_bytes(),
+            None,
+        )
+    }
+
+    #[test]
+    fn rotating_refresh_tokens_keep_the_old_one_for_five_minutes() {
+        let s = state();
+        let (ct, first) = authorized(&s);
+        let refresh = |rt: &str| refresh_with(&s, &ct, rt);
         let second = refresh(&first).unwrap()["authorizer_refresh_token"]
             .as_str()
             .unwrap()
@@ -1220,28 +1229,8 @@ mod tests {
             ..ComponentRegistration::new(COMP, "cs", "tok", KEY)
         })
         .unwrap();
-        let t = ticket_of(&s.ticket_event(COMP).unwrap());
-        let ct = component_token(&s, &t).unwrap()["component_access_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        s.authorize(COMP, &AuthorizeRequest::new(AUTH)).unwrap();
-        let first = s.inner.lock().open.components[COMP].authorizers[AUTH]
-            .refresh_current
-            .clone();
-        let refresh = |rt: &str| {
-            let body = json!({
-                "component_appid": COMP,
-                "authorizer_appid": AUTH,
-                "authorizer_refresh_token": rt,
-            });
-            s.open_call(
-                Api::AuthorizerToken,
-                Some(&ct),
-                body.to_string().as_bytes(),
-                None,
-            )
-        };
+        let (ct, first) = authorized(&s);
+        let refresh = |rt: &str| refresh_with(&s, &ct, rt);
         let second = refresh(&first).unwrap()["authorizer_refresh_token"]
             .as_str()
             .unwrap()
