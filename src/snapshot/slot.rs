@@ -306,14 +306,20 @@ impl AccountSlot {
         self.status.store(Arc::new(status));
     }
 
-    /// True when a token is usable now (or the account is disabled).
+    /// True when a token is usable now, or none is owed: the account is
+    /// disabled, or it is an authorizer its merchant revoked (answered 410
+    /// by design, never refreshed again, so it must not hold strict
+    /// readiness down for ever). An authorizer in `needs_reauth` still
+    /// counts: an operator has to act.
     pub fn is_ready(&self, now_ms: i64) -> bool {
         self.ready_with(self.token.load().as_deref(), now_ms)
     }
 
     /// [`is_ready`](Self::is_ready) given the slot's current `token`.
     fn ready_with(&self, token: Option<&TokenRecord>, now_ms: i64) -> bool {
-        !self.enabled || token.is_some_and(|t| t.usable_secs(now_ms).is_some())
+        !self.enabled
+            || token.is_some_and(|t| t.usable_secs(now_ms).is_some())
+            || self.authorization() == Some(crate::domain::Authorization::Unauthorized)
     }
 
     /// Calls `f` with the current status, token, tickets and readiness at
@@ -329,5 +335,36 @@ impl AccountSlot {
         let tickets = self.tickets.load();
         let ready = self.ready_with(token.as_deref(), now_ms);
         f(&status, token.as_deref(), &tickets, ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::AccountSlot;
+    use crate::domain::{AppId, Authorization, Mode};
+    use crate::store::StoredOpen;
+
+    fn authorizer(authorization: Authorization) -> AccountSlot {
+        let slot = AccountSlot::new(
+            AppId::parse("wx1111111111111111").expect("an appid"),
+            "merchant".into(),
+            Mode::Legacy,
+            true,
+            Vec::new(),
+        );
+        slot.publish_open(Arc::new(StoredOpen {
+            authorization: Some(authorization),
+            ..StoredOpen::default()
+        }));
+        slot
+    }
+
+    #[test]
+    fn a_revoked_authorizer_owes_no_token_but_one_awaiting_reauthorization_does() {
+        assert!(authorizer(Authorization::Unauthorized).is_ready(0));
+        assert!(!authorizer(Authorization::NeedsReauth).is_ready(0));
+        assert!(!authorizer(Authorization::Authorized).is_ready(0));
     }
 }

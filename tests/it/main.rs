@@ -11,6 +11,7 @@ mod observability;
 mod open_platform;
 mod open_process;
 mod open_protocol;
+mod open_replicas;
 mod persist;
 mod process;
 mod reload;

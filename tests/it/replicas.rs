@@ -31,7 +31,7 @@ use crate::support::process::{KillOnDrop, Running, wxtoken};
 use crate::support::wait::Wait;
 use crate::support::{self, answers_ok, free_port, metric_value, token_calls};
 
-const KEY: &str = "replica-test-admin-key-0123456789";
+pub(crate) const KEY: &str = "replica-test-admin-key-0123456789";
 /// The lock TTL of the take-over test (short, so the test is quick).
 const LOCK_TTL: Duration = Duration::from_secs(2);
 /// The lock TTL of the in-process replicas: long enough that a loaded test
@@ -40,7 +40,7 @@ const REPLICA_LOCK_TTL: Duration = Duration::from_secs(10);
 
 /// A key prefix no other run uses: the machine's Redis keeps earlier runs'
 /// keys, and process ids come round again.
-fn unique_prefix() -> String {
+pub(crate) fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "wxtoken-test-{}-{}-{:08x}",
@@ -142,9 +142,9 @@ impl Accounts {
 }
 
 /// One in-process replica.
-struct Replica {
-    addr: SocketAddr,
-    state: AppState,
+pub(crate) struct Replica {
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: AppState,
     handle: ServerHandle,
 }
 
@@ -154,7 +154,7 @@ impl Drop for Replica {
     }
 }
 
-async fn replica(yaml: &str, sim: &Simulator, grace: Duration) -> Replica {
+pub(crate) async fn replica(yaml: &str, sim: &Simulator, grace: Duration) -> Replica {
     let loaded = load_str(
         yaml,
         Path::new("replica.yaml"),
@@ -188,7 +188,7 @@ async fn replica(yaml: &str, sim: &Simulator, grace: Duration) -> Replica {
     r
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
@@ -208,7 +208,7 @@ async fn get_token(http: &reqwest::Client, addr: SocketAddr, appid: &AppId) -> (
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn wait_ready(replicas: &[&Replica]) {
+pub(crate) async fn wait_ready(replicas: &[&Replica]) {
     Wait::up_to(Duration::from_secs(20))
         .until("the replicas become ready", || {
             replicas.iter().all(|r| {
