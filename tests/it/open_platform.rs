@@ -60,11 +60,7 @@ async fn authorize(app: &TestApp, authorizer: &AppId) -> String {
 }
 
 fn refresh_token_of(app: &TestApp, appid: &AppId) -> Option<String> {
-    app.state
-        .directory
-        .get(appid)
-        .and_then(|s| s.open())
-        .and_then(|o| o.refresh_token.as_ref().map(|t| t.expose().to_string()))
+    support::held_refresh_token(&app.state.directory, appid)
 }
 
 /// The row of `appid` in a `/v1/accounts` answer.

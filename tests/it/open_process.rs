@@ -58,12 +58,10 @@ impl Platform {
             )
         };
         let yaml = format!(
-            "listen: {listen}\nupstream:\n  base_urls: [{}]\n  timeout: 2s\nstore:\n  path: data/wxtoken.redb\nrefresh:\n  legacy_at: 0.5\n  backoff_initial: 100ms\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\ncomponents:\n  - appid: {component}\n    secret: {}\n    token: {}\n    encoding_aes_key: {}\naccounts: []\n",
+            "listen: {listen}\nupstream:\n  base_urls: [{}]\n  timeout: 2s\nstore:\n  path: data/wxtoken.redb\nrefresh:\n  legacy_at: 0.5\n  backoff_initial: 100ms\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\n{}accounts: []\n",
             sim.base_url(),
             KeyHash::of_key(ADMIN_KEY),
-            reg.secret,
-            reg.token,
-            reg.encoding_aes_key,
+            support::components_yaml(&reg),
         );
         let config = dir.path().join("accounts.yaml");
         std::fs::write(&config, yaml).expect("write the config");

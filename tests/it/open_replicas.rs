@@ -60,13 +60,11 @@ impl Platform {
             )
         };
         let yaml = format!(
-            "listen: {{listen}}\nupstream:\n  base_urls: [{}]\n  timeout: 5s\nstore:\n  redis: redis://127.0.0.1:6379/0\n  redis_prefix: {}\nrefresh:\n  legacy_at: 0.5\n  backoff_initial: 100ms\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\ncomponents:\n  - appid: {component}\n    secret: {}\n    token: {}\n    encoding_aes_key: {}\naccounts: []\n",
+            "listen: {{listen}}\nupstream:\n  base_urls: [{}]\n  timeout: 5s\nstore:\n  redis: redis://127.0.0.1:6379/0\n  redis_prefix: {}\nrefresh:\n  legacy_at: 0.5\n  backoff_initial: 100ms\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\n{}accounts: []\n",
             sim.base_url(),
             unique_prefix(),
             KeyHash::of_key(KEY),
-            reg.secret,
-            reg.token,
-            reg.encoding_aes_key,
+            support::components_yaml(&reg),
         );
         Platform {
             sim,
@@ -273,11 +271,7 @@ impl Platform {
 
 /// The refresh token `at` holds for `appid`.
 fn refresh_token_at(at: &Replica, appid: &AppId) -> Option<String> {
-    at.state
-        .directory
-        .get(appid)
-        .and_then(|s| s.open())
-        .and_then(|o| o.refresh_token.as_ref().map(|t| t.expose().to_string()))
+    support::held_refresh_token(&at.state.directory, appid)
 }
 
 /// At most one refresh per period over `run`, plus the one in flight at

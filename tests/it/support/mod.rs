@@ -229,3 +229,22 @@ pub fn virtual_simulator() -> (Clock, InProcess) {
     .expect("valid simulator config");
     (clock, sim)
 }
+
+/// The refresh token a server's directory holds for the authorizer `appid`.
+pub fn held_refresh_token(
+    directory: &wxtoken::snapshot::Directory,
+    appid: &AppId,
+) -> Option<String> {
+    directory
+        .get(appid)
+        .and_then(|s| s.open())
+        .and_then(|o| o.refresh_token.as_ref().map(|t| t.expose().to_string()))
+}
+
+/// The `components:` section of an accounts.yaml for `reg`.
+pub fn components_yaml(reg: &wxtoken::simulator::ComponentRegistration) -> String {
+    format!(
+        "components:\n  - appid: {}\n    secret: {}\n    token: {}\n    encoding_aes_key: {}\n",
+        reg.component_appid, reg.secret, reg.token, reg.encoding_aes_key
+    )
+}
