@@ -46,16 +46,12 @@ impl Platform {
         .await;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let listen = support::free_addr().to_string();
-        let component = support::unique_appid().to_string();
+        let fresh = support::fresh_component();
+        let component = fresh.component_appid.clone();
         let reg = ComponentRegistration {
             callback_url: Some(format!("http://{listen}/v1/component/{component}/events")),
             rotate_refresh_tokens: true,
-            ..ComponentRegistration::new(
-                &component,
-                &format!("component-secret-{}", rand::random::<u32>()),
-                &format!("componenttoken{}", rand::random::<u32>()),
-                &support::encoding_aes_key(),
-            )
+            ..fresh
         };
         let yaml = format!(
             "listen: {listen}\nupstream:\n  base_urls: [{}]\n  timeout: 2s\nstore:\n  path: data/wxtoken.redb\nrefresh:\n  legacy_at: 0.5\n  backoff_initial: 100ms\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\n{}accounts: []\n",

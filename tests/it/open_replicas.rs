@@ -48,17 +48,12 @@ impl Platform {
             ..SimConfig::default()
         })
         .await;
-        let component = support::unique_appid();
         let reg = ComponentRegistration {
             rotate_refresh_tokens: true,
             refresh_overlap_ms: 0,
-            ..ComponentRegistration::new(
-                component.as_str(),
-                &format!("component-secret-{}", rand::random::<u32>()),
-                &format!("componenttoken{}", rand::random::<u32>()),
-                &support::encoding_aes_key(),
-            )
+            ..support::fresh_component()
         };
+        let component = AppId::parse(&reg.component_appid).expect("an appid");
         let yaml = format!(
             "listen: {{listen}}\nupstream:\n  base_urls: [{}]\n  timeout: 5s\nstore:\n  redis: redis://127.0.0.1:6379/0\n  redis_prefix: {}\nrefresh:\n  legacy_at: 0.5\n  backoff_initial: 100ms\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\n{}accounts: []\n",
             sim.base_url(),

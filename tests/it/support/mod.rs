@@ -248,3 +248,14 @@ pub fn components_yaml(reg: &wxtoken::simulator::ComponentRegistration) -> Strin
         reg.component_appid, reg.secret, reg.token, reg.encoding_aes_key
     )
 }
+
+/// A new component with random credentials and WeChat's defaults (rotating
+/// refresh tokens, no callback yet).
+pub fn fresh_component() -> wxtoken::simulator::ComponentRegistration {
+    wxtoken::simulator::ComponentRegistration::new(
+        unique_appid().as_str(),
+        &format!("component-secret-{}", rand::random::<u32>()),
+        &format!("componenttoken{}", rand::random::<u32>()),
+        &encoding_aes_key(),
+    )
+}
