@@ -90,12 +90,18 @@ impl Application {
         let components = Arc::new(ArcSwap::from_pointee(crate::api::open::components_of(
             &config,
         )));
+        let proxy =
+            Arc::new(api::Proxy::new(&config).map_err(|e| {
+                anyhow::anyhow!("could not start the API proxy's HTTP client: {e}")
+            })?);
         let reloader = options.reload.map(|source| {
             let clients = auth.clone();
             let crypts = components.clone();
+            let proxy = proxy.clone();
             let on_applied: OnApplied = Arc::new(move |applied: &Config| {
                 clients.store(Arc::new(Auth::new(&applied.clients)));
                 crypts.store(Arc::new(crate::api::open::components_of(applied)));
+                proxy.reconfigure(applied);
             });
             Reloader::new(
                 source,
@@ -118,6 +124,7 @@ impl Application {
             shared: engine.shared.clone(),
             tokens_loaded: Arc::new(AtomicBool::new(false)),
             components,
+            proxy,
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()

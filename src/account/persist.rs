@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::AccountConfig;
-use crate::snapshot::{AccountSlot, AccountStatus, TicketRecord, TokenRecord};
+use crate::snapshot::{AccountSlot, AccountStatus, IssuedTokens, TicketRecord, TokenRecord};
 use crate::store::{StoredAccount, StoredOpen, StoredTicket, StoredToken};
 
 use super::AccountActor;
@@ -36,9 +36,15 @@ pub enum Seed {
     },
 }
 
-/// A fresh slot for `config`, filled from `seed`. `grace` is how long WeChat
-/// keeps a superseded token alive.
-pub fn seeded_slot(config: &AccountConfig, seed: Seed, grace: Duration) -> Arc<AccountSlot> {
+/// A fresh slot for `config`, filled from `seed`, entering its tokens in
+/// `issued` (its directory's index). `grace` is how long WeChat keeps a
+/// superseded token alive.
+pub fn seeded_slot(
+    config: &AccountConfig,
+    seed: Seed,
+    grace: Duration,
+    issued: &Arc<IssuedTokens>,
+) -> Arc<AccountSlot> {
     let slot = Arc::new(
         AccountSlot::new(
             config.appid.clone(),
@@ -47,7 +53,8 @@ pub fn seeded_slot(config: &AccountConfig, seed: Seed, grace: Duration) -> Arc<A
             config.enabled,
             config.tickets.clone(),
         )
-        .with_kind(config.kind.clone()),
+        .with_kind(config.kind.clone())
+        .with_index(issued.clone()),
     );
     match seed {
         Seed::Stored(stored) if stored.mode == config.mode && config.enabled => {

@@ -89,6 +89,29 @@ impl Auth {
             };
         }
         let key = bearer_key(req)?;
+        self.client_of(key).ok_or_else(ApiError::invalid_key)
+    }
+
+    /// The caller a key stands for where a WeChat SDK sends its AppSecret
+    /// (the face's `secret` and `corpsecret`): with no clients configured,
+    /// any key from a loopback peer, as for [`Auth::authenticate`].
+    ///
+    /// Errors with [`KeyRefused::Unknown`] for a key no client has and
+    /// [`KeyRefused::NotLoopback`] for a peer off this host when no clients
+    /// are configured.
+    pub fn authenticate_key<'a>(
+        &'a self,
+        req: &HttpRequest,
+        key: &str,
+    ) -> Result<Caller<'a>, KeyRefused> {
+        if self.clients.is_empty() {
+            return self.authenticate(req).map_err(|_| KeyRefused::NotLoopback);
+        }
+        self.client_of(key).ok_or(KeyRefused::Unknown)
+    }
+
+    /// The caller of the client whose key is `key`.
+    fn client_of(&self, key: &str) -> Option<Caller<'_>> {
         let presented = KeyHash::of_key(key);
         // Compare with every client, without stopping at the first match, so
         // the time taken does not tell how many hashes were tried.
@@ -98,13 +121,21 @@ impl Auth {
                 found = Some(client);
             }
         }
-        let client = found.ok_or_else(ApiError::invalid_key)?;
-        Ok(Caller {
+        found.map(|client| Caller {
             name: Some(&client.name),
             scope: &client.scope,
             admin: client.admin,
         })
     }
+}
+
+/// Why a key in a WeChat-shaped request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefused {
+    /// No client has this key.
+    Unknown,
+    /// No clients are configured and the peer is not on loopback.
+    NotLoopback,
 }
 
 /// The key of an `Authorization: Bearer <key>` header (scheme case-insensitive).

@@ -239,6 +239,11 @@ impl ApiError {
     }
 
     /// The same error carrying WeChat's `errcode`.
+    /// This error as the answer to send.
+    pub fn respond(&self) -> HttpResponse {
+        actix_web::ResponseError::error_response(self)
+    }
+
     pub fn with_errcode(mut self, errcode: Option<i64>) -> Self {
         self.errcode = errcode;
         self

@@ -175,7 +175,12 @@ where
         let elapsed = this.started.elapsed().as_secs_f64();
         let (route, status) = match &result {
             Ok(res) => (
-                res.request().match_name().unwrap_or(UNMATCHED),
+                res.response()
+                    .extensions()
+                    .get::<super::RouteLabel>()
+                    .map(|l| l.0)
+                    .or_else(|| res.request().match_name())
+                    .unwrap_or(UNMATCHED),
                 res.status(),
             ),
             Err(err) => (UNMATCHED, err.as_response_error().status_code()),

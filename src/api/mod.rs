@@ -20,10 +20,12 @@ mod admin;
 mod auth;
 mod body;
 mod error;
+mod face;
 mod health;
 mod metrics;
 mod middleware;
 pub mod open;
+pub mod proxy;
 mod refresh;
 mod state;
 mod ticket;
@@ -35,7 +37,13 @@ pub use auth::{Auth, Caller};
 pub use body::MAX_BODY_BYTES;
 pub use error::ApiError;
 pub use middleware::{HttpMetrics, UNMATCHED};
+pub use proxy::Proxy;
 pub use state::AppState;
+
+/// The `route` label an answer asks the metrics middleware to count it
+/// under, for answers of the default service (the proxy) that no pattern names.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
 
 use std::sync::Arc;
 
@@ -76,6 +84,14 @@ pub mod routes {
     pub const COMPONENT_AUTHORIZERS: &str = "/v1/component/{appid}/authorizers";
     /// `POST` (admin): a pre-auth code and the consent links.
     pub const COMPONENT_PREAUTHCODE: &str = "/v1/component/{appid}/preauthcode";
+    /// `GET` (WeChat's shape, the client key as `secret`): the face's token.
+    pub const FACE_TOKEN: &str = "/cgi-bin/token";
+    /// `POST` (WeChat's shape): the face's stable token.
+    pub const FACE_STABLE_TOKEN: &str = "/cgi-bin/stable_token";
+    /// `GET` (WeCom's shape, the client key as `corpsecret`).
+    pub const FACE_GETTOKEN: &str = "/cgi-bin/gettoken";
+    /// Any method (bearer key): forward a WeChat API call for the account.
+    pub const PROXY: &str = "/v1/proxy/{appid}/{path:.*}";
 }
 
 /// Registers every endpoint of the API and the JSON 404 for unknown paths.
@@ -124,7 +140,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource(routes::COMPONENT_PREAUTHCODE, "POST")
                 .route(web::post().to(open::preauthcode)),
         )
-        .default_service(web::to(not_found));
+        .service(resource(routes::FACE_TOKEN, "GET").route(web::get().to(face::token)))
+        .service(
+            resource(routes::FACE_STABLE_TOKEN, "POST").route(web::post().to(face::stable_token)),
+        )
+        .service(resource(routes::FACE_GETTOKEN, "GET").route(web::get().to(face::gettoken)))
+        .service(
+            web::resource(routes::PROXY)
+                .name(routes::PROXY)
+                .to(proxy::by_key),
+        )
+        .default_service(web::to(proxy::by_token));
 }
 
 /// A resource named after its pattern, answering 405 with `Allow: allow` to
@@ -136,11 +162,6 @@ fn resource(pattern: &'static str, allow: &'static str) -> Resource {
             let err: Result<HttpResponse, ApiError> = Err(ApiError::method_not_allowed(allow));
             err
         }))
-}
-
-/// The answer for a path no endpoint matches.
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::no_route())
 }
 
 /// The `{appid}` of the matched path, validated.

@@ -47,6 +47,8 @@ pub struct AppState {
     /// The configured Open Platform components' message crypts (the event
     /// URL's keys); swapped whole when the configuration is reloaded.
     pub components: Arc<ArcSwap<super::open::Components>>,
+    /// The token-injecting proxy (contract §7); reconfigured on reload.
+    pub proxy: Arc<super::Proxy>,
 }
 
 impl std::fmt::Debug for AppState {

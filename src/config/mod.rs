@@ -55,6 +55,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     /// What `/metrics` exports.
     pub metrics: MetricsConfig,
+    /// The limits of the token-injecting proxy (contract §7).
+    pub proxy: ProxyConfig,
     /// Who may read tokens; empty means unauthenticated loopback access.
     pub clients: Vec<ClientConfig>,
     /// Open Platform third-party platforms (contract §6); their authorizers
@@ -119,6 +121,30 @@ impl Default for UpstreamConfig {
             wecom_base_urls: vec![Url::parse("https://qyapi.weixin.qq.com").expect("static url")],
             timeout: Duration::from_secs(5),
             max_concurrency: 32,
+        }
+    }
+}
+
+/// `proxy:`: the limits of the token-injecting API proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// One proxied exchange, from the request to the last byte of the
+    /// answer (uploads and downloads of media included).
+    pub timeout: Duration,
+    /// The largest request body forwarded (WeChat's own media limit is 20 MB
+    /// for permanent videos); larger ones are answered 413.
+    pub max_body: u64,
+    /// Proxied requests in flight per client (a bearer key's client, or a
+    /// peer address for callers that present a token).
+    pub max_in_flight_per_client: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            timeout: Duration::from_secs(60),
+            max_body: 20 * 1024 * 1024,
+            max_in_flight_per_client: 64,
         }
     }
 }

@@ -32,6 +32,7 @@ pub(crate) struct RawConfig {
     pub store: Slot<RawStore>,
     pub refresh: Slot<RawRefresh>,
     pub metrics: Slot<RawMetrics>,
+    pub proxy: Slot<RawProxy>,
     pub clients: Slot<Vec<Slot<RawClient>>>,
     pub components: Slot<Vec<Slot<RawComponent>>>,
     pub accounts: Slot<Vec<Slot<RawAccount>>>,
@@ -72,6 +73,15 @@ pub(crate) struct RawRefresh {
 #[serde(default)]
 pub(crate) struct RawMetrics {
     pub per_account: Slot<String>,
+}
+
+/// `proxy:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawProxy {
+    pub timeout: Slot<String>,
+    pub max_body: Slot<String>,
+    pub max_in_flight_per_client: Slot<String>,
 }
 
 /// One entry of `clients:`.
@@ -117,12 +127,13 @@ pub(crate) struct RawComponent {
 }
 
 /// Where each nested mapping's keys belong, for "it belongs under ..." hints.
-pub(crate) fn homes() -> [(&'static [&'static str], &'static str); 7] {
+pub(crate) fn homes() -> [(&'static [&'static str], &'static str); 8] {
     [
         (keys_of::<RawUpstream>(), "under `upstream:`"),
         (keys_of::<RawStore>(), "under `store:`"),
         (keys_of::<RawRefresh>(), "under `refresh:`"),
         (keys_of::<RawMetrics>(), "under `metrics:`"),
+        (keys_of::<RawProxy>(), "under `proxy:`"),
         (keys_of::<RawAccount>(), "in an entry of `accounts:`"),
         (keys_of::<RawComponent>(), "in an entry of `components:`"),
         (keys_of::<RawClient>(), "in an entry of `clients:`"),
@@ -194,6 +205,7 @@ mappings!(
     RawStore,
     RawRefresh,
     RawMetrics,
+    RawProxy,
     RawClient,
     RawComponent,
     RawAccount

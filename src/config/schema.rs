@@ -19,13 +19,13 @@ use url::Url;
 use super::files::{OpenError, ReadError, mode, read_regular};
 use super::load::{Fields, Got, Text, Walk, found, lowercase_first};
 use super::raw::{
-    RawAccount, RawClient, RawComponent, RawConfig, RawMetrics, RawRefresh, RawStore, RawUpstream,
-    Slot,
+    RawAccount, RawClient, RawComponent, RawConfig, RawMetrics, RawProxy, RawRefresh, RawStore,
+    RawUpstream, Slot,
 };
 use super::values::{self, quote, show_duration};
 use super::{
     AccountConfig, AccountKind, AppScope, ClientConfig, ComponentConfig, Config, MetricsConfig,
-    RefreshConfig, StoreConfig, UpstreamConfig,
+    ProxyConfig, RefreshConfig, StoreConfig, UpstreamConfig,
 };
 use crate::domain::{AppId, KeyHash, Mode, TicketKind};
 use crate::metrics::PerAccount;
@@ -133,6 +133,7 @@ impl Walk<'_> {
         let store = self.store(&f.store);
         let refresh = self.refresh(&f.refresh);
         let metrics = self.metrics(&f.metrics);
+        let proxy = self.proxy(&f.proxy);
         let clients = self.clients(&f);
         let components = self.components(&f);
         let (accounts, accounts_seen) = self.accounts(&f, components.present);
@@ -153,6 +154,7 @@ impl Walk<'_> {
             store: store?,
             refresh: refresh?,
             metrics: metrics?,
+            proxy: proxy?,
             clients: clients.valid?,
             components: components.valid?,
             accounts: accounts?,
@@ -393,6 +395,42 @@ impl Walk<'_> {
         let per_account = self.setting(&f.per_account, "metrics.per_account", parse_per_account);
         Some(MetricsConfig {
             per_account: per_account.or(None)?,
+        })
+    }
+
+    /// `proxy:`; absent keys keep the defaults.
+    fn proxy(&mut self, slot: &Slot<RawProxy>) -> Option<ProxyConfig> {
+        let defaults = ProxyConfig::default();
+        if matches!(slot, Slot::Absent | Slot::Null(_)) {
+            return Some(defaults);
+        }
+        let f = self.fields(slot, "proxy")?;
+        let timeout = self.setting(&f.timeout, "proxy.timeout", values::duration);
+        let timeout = self.rule(
+            timeout,
+            |d| !d.is_zero(),
+            |_| "proxy.timeout must be more than 0s; e.g. 60s".to_string(),
+        );
+        let max_body = self.setting(&f.max_body, "proxy.max_body", values::size);
+        let max_body = self.rule(
+            max_body,
+            |n| *n > 0,
+            |_| "proxy.max_body must be more than 0 bytes; e.g. 20MiB".to_string(),
+        );
+        let in_flight = self.setting(
+            &f.max_in_flight_per_client,
+            "proxy.max_in_flight_per_client",
+            values::count,
+        );
+        let in_flight = self.rule(
+            in_flight,
+            |n| *n > 0,
+            |_| "proxy.max_in_flight_per_client must be at least 1; e.g. 64".to_string(),
+        );
+        Some(ProxyConfig {
+            timeout: timeout.or(defaults.timeout)?,
+            max_body: max_body.or(defaults.max_body)?,
+            max_in_flight_per_client: in_flight.or(defaults.max_in_flight_per_client)?,
         })
     }
 

@@ -72,6 +72,15 @@ pub(crate) fn count(text: &str) -> Result<usize, String> {
         .map_err(|_| format!("{} is not a whole number; write e.g. 32", quote(text)))
 }
 
+/// Parses a size in bytes with an optional unit (`512`, `64KiB`, `20MiB`,
+/// `1GB`).
+pub(crate) fn size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{} is not a size; write e.g. 20MiB", quote(text)))
+}
+
 /// True for `localhost` and loopback IP addresses.
 pub(crate) fn is_loopback_host(url: &Url) -> bool {
     match url.host() {

@@ -272,6 +272,17 @@ pub struct Metrics {
     pub open_events: IntCounterVec,
     /// Authorizer refresh tokens added or repaired from WeChat's authorizer list.
     pub refresh_token_repairs: IntCounter,
+    /// Requests the token-injecting proxy handled, by API `group`
+    /// ([`PROXY_GROUPS`]) and `outcome` ([`PROXY_OUTCOMES`]).
+    pub proxy_requests: IntCounterVec,
+    /// Proxied requests sent a second time with a new token, after WeChat
+    /// rejected the injected one, by `group` and the second answer's `outcome`.
+    pub proxy_retries: IntCounterVec,
+    /// Time from a proxied request's arrival to the head of its answer.
+    pub proxy_duration: HistogramVec,
+    /// Token requests at the WeChat-compatible face, by `api`
+    /// ([`FACE_APIS`]) and `outcome` (`ok` or `errcode_<n>` of [`FACE_ERRCODES`]).
+    pub face_requests: IntCounterVec,
     /// `metrics.per_account` as configured (`None`: the default rule).
     per_account: Arc<AtomicU8>,
 }
@@ -301,6 +312,36 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The `group` label of a proxied request's WeChat `path`.
+    pub fn proxy_group(path: &str) -> &'static str {
+        let mut segments = path.split('/').filter(|s| !s.is_empty());
+        let first = segments.next().unwrap_or_default();
+        let name = if first == "cgi-bin" {
+            segments.next().unwrap_or_default()
+        } else {
+            first
+        };
+        PROXY_GROUPS
+            .iter()
+            .find(|g| **g == name)
+            .copied()
+            .unwrap_or("other")
+    }
+
+    /// Counts one answer of the face (`outcome` is `ok` or an errcode
+    /// outside [`FACE_ERRCODES`], counted as `errcode_other`).
+    pub fn face(&self, api: &'static str, errcode: Option<i64>) {
+        let mut buf = itoa::Buffer::new();
+        let outcome = match errcode {
+            None => "ok".to_string(),
+            Some(code) if FACE_ERRCODES.contains(&code) => format!("errcode_{}", buf.format(code)),
+            Some(_) => "errcode_other".to_string(),
+        };
+        self.face_requests.with_label_values(&[api, &outcome]).inc();
+    }
+}
+
 /// The `info_type` label of `wxtoken_open_events_total` (bounded: any other
 /// InfoType is `other`; an event that could not be opened is `unreadable`).
 pub const OPEN_EVENT_TYPES: [&str; 6] = [
@@ -313,6 +354,68 @@ pub const OPEN_EVENT_TYPES: [&str; 6] = [
 ];
 /// The `result` label of `wxtoken_open_events_total`.
 pub const OPEN_EVENT_RESULTS: [&str; 4] = ["ok", "ignored", "refused", "error"];
+
+/// The `group` label of the proxy's metrics: the first path segment below
+/// `/cgi-bin/` (or the first segment for other roots such as `/wxa/`),
+/// when it is one of these; `other` otherwise.
+pub const PROXY_GROUPS: [&str; 26] = [
+    "message",
+    "media",
+    "material",
+    "user",
+    "tags",
+    "menu",
+    "qrcode",
+    "template",
+    "customservice",
+    "ticket",
+    "shorturl",
+    "datacube",
+    "card",
+    "wxa",
+    "wxaapi",
+    "sns",
+    "merchant",
+    "shop",
+    "component",
+    "department",
+    "externalcontact",
+    "appchat",
+    "agent",
+    "kf",
+    "batch",
+    "other",
+];
+
+/// The `outcome` label of `wxtoken_proxy_requests_total`: `ok` (WeChat
+/// answered, no error code), `errcode` (WeChat answered an error other than
+/// a rejected token), `token_rejected` (WeChat rejected the token even after
+/// the retry, or it could not be retried), `http_4xx`/`http_5xx`, `timeout`,
+/// `connect`, `failed`; and answered locally: `unknown_token`,
+/// `expired_token`, `unavailable` (no usable token), `limited` (the client's
+/// in-flight limit), `too_large`, `bad_request`.
+pub const PROXY_OUTCOMES: [&str; 14] = [
+    "ok",
+    "errcode",
+    "token_rejected",
+    "http_4xx",
+    "http_5xx",
+    "timeout",
+    "connect",
+    "failed",
+    "unknown_token",
+    "expired_token",
+    "unavailable",
+    "limited",
+    "too_large",
+    "bad_request",
+];
+
+/// The `api` label of `wxtoken_face_requests_total`.
+pub const FACE_APIS: [&str; 3] = ["token", "stable_token", "gettoken"];
+
+/// The error codes the face answers with (each an `errcode_<n>` outcome).
+pub const FACE_ERRCODES: [i64; 8] = [-1, 40002, 40013, 40125, 40164, 41002, 41004, 47001];
 
 /// The tasks whose panics are caught and counted, the `task` label of
 /// `wxtoken_task_panics_total`.
@@ -548,9 +651,64 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            proxy_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_proxy_requests_total",
+                        "Requests of the token-injecting proxy by API group and outcome.",
+                    ),
+                    &["group", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            proxy_retries: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_proxy_retries_total",
+                        "Proxied requests sent again with a new token after WeChat rejected the injected one, by API group and the second answer's outcome.",
+                    ),
+                    &["group", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            proxy_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "wxtoken_proxy_request_duration_seconds",
+                        "Time from a proxied request's arrival to the head of its answer, by API group.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0,
+                    ]),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
+            face_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_face_requests_total",
+                        "Token requests at the WeChat-compatible face (/cgi-bin/token, stable_token, gettoken) by API and outcome.",
+                    ),
+                    &["api", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
             per_account: Arc::new(AtomicU8::new(PerAccount::code(None))),
         };
+        for outcome in PROXY_OUTCOMES {
+            m.proxy_requests.with_label_values(&["other", outcome]);
+        }
+        m.proxy_duration.with_label_values(&["other"]);
+        for api in FACE_APIS {
+            m.face_requests.with_label_values(&[api, "ok"]);
+        }
         for task in PANIC_TASKS {
             m.task_panics.with_label_values(&[task]);
         }

@@ -160,7 +160,12 @@ impl Registry {
             .restored
             .remove(&config.appid)
             .map_or(Seed::Empty, Seed::Stored);
-        seeded_slot(config, seed, self.deps.policy.grace)
+        seeded_slot(
+            config,
+            seed,
+            self.deps.policy.grace,
+            self.directory.issued(),
+        )
     }
 
     /// Starts an account actor that reports its end to this registry.
@@ -324,7 +329,12 @@ impl Handler<Apply> for Registry {
                         token: member.slot.token(),
                         open: member.slot.open(),
                     };
-                    let slot = seeded_slot(config, seed, self.deps.policy.grace);
+                    let slot = seeded_slot(
+                        config,
+                        seed,
+                        self.deps.policy.grace,
+                        self.directory.issued(),
+                    );
                     slot.counters().carry_from(member.slot.counters());
                     let (addr, incarnation) = self.spawn(config, &slot);
                     self.members.insert(

@@ -117,7 +117,12 @@ impl Registry {
             .is_some_and(|m| m.config.enabled);
         let config = Arc::new(authorizer_account(component, enabled, appid.clone()));
         let seed = stored.map_or(Seed::Empty, Seed::Stored);
-        let slot = seeded_slot(&config, seed, self.deps.policy.grace);
+        let slot = seeded_slot(
+            &config,
+            seed,
+            self.deps.policy.grace,
+            self.directory.issued(),
+        );
         let (addr, incarnation) = self.spawn(&config, &slot);
         self.members.insert(
             appid.clone(),

@@ -35,11 +35,13 @@ pub(crate) enum Api {
     AuthorizerList,
     PreAuthCode,
     StartPushTicket,
+    /// The business APIs the proxy is tested with (`business.rs`).
+    Business,
 }
 
 impl Api {
     /// Every API, in the order the control API lists them.
-    pub(crate) const ALL: [Api; 11] = [
+    pub(crate) const ALL: [Api; 12] = [
         Api::Token,
         Api::StableToken,
         Api::GetTicket,
@@ -51,6 +53,7 @@ impl Api {
         Api::AuthorizerList,
         Api::PreAuthCode,
         Api::StartPushTicket,
+        Api::Business,
     ];
 
     /// The simulated API of one of wxtoken's upstream APIs.
@@ -85,6 +88,7 @@ impl Api {
             Api::AuthorizerList => "api_get_authorizer_list",
             Api::PreAuthCode => "api_create_preauthcode",
             Api::StartPushTicket => "api_start_push_ticket",
+            Api::Business => "business",
         }
     }
 
@@ -112,7 +116,8 @@ pub struct FaultSpec {
     /// `"token"`, `"stable_token"`, `"getticket"`, `"getcallbackip"`,
     /// `"gettoken"` or an Open Platform API (`"api_component_token"`,
     /// `"api_query_auth"`, `"api_authorizer_token"`, `"api_get_authorizer_list"`,
-    /// `"api_create_preauthcode"`, `"api_start_push_ticket"`); `None` = all.
+    /// `"api_create_preauthcode"`, `"api_start_push_ticket"`), or `"business"`
+    /// (every business API: user info, messages, media); `None` = all.
     /// Open Platform calls match by the component appid, except
     /// `api_authorizer_token` and `api_query_auth`, which match by the authorizer.
     #[serde(default)]
@@ -380,6 +385,7 @@ fn truncated_json(api: Api) -> &'static str {
         Api::AuthorizerList => r#"{"total_count":3,"list":[{"authorizer_appid":"#,
         Api::PreAuthCode => r#"{"pre_auth_code":"preauthcode@@@"#,
         Api::StartPushTicket => r#"{"errcode":0,"errm"#,
+        Api::Business => r#"{"errcode":0,"errmsg":"o"#,
     }
 }
 

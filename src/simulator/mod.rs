@@ -12,6 +12,7 @@
 //! [`Simulator::advance`] instead of sleeping.
 
 mod answers;
+mod business;
 mod error;
 mod faults;
 mod inprocess;

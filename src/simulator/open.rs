@@ -618,7 +618,8 @@ impl SimState {
             | Api::StableToken
             | Api::GetTicket
             | Api::GetCallbackIp
-            | Api::WecomToken => Err(WxError::new(40097)),
+            | Api::WecomToken
+            | Api::Business => Err(WxError::new(40097)),
         };
         prune(inner, now);
         answer

@@ -31,6 +31,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/cgi-bin/gettoken").route(web::get().to(wecom_token)))
         .service(web::resource("/cgi-bin/ticket/getticket").route(web::get().to(getticket)))
         .service(web::resource("/cgi-bin/getcallbackip").route(web::get().to(getcallbackip)))
+        .configure(super::business::configure)
         .service(web::resource("/sim/apps").route(web::post().to(register_app)))
         .service(web::resource("/sim/components").route(web::post().to(register_component)))
         .service(
@@ -93,6 +94,16 @@ fn query(req: &HttpRequest) -> HashMap<String, String> {
 
 fn peer_ip(req: &HttpRequest) -> Option<IpAddr> {
     req.peer_addr().map(|a| a.ip())
+}
+
+/// [`faulted`] for a request: counted under `appid`, the peer from `req`.
+pub(super) async fn faulted_call(
+    state: &SimState,
+    api: Api,
+    appid: Option<&str>,
+    req: &HttpRequest,
+) -> Option<HttpResponse> {
+    faulted(state, api, appid, peer_ip(req)).await
 }
 
 /// Counts the call, applies a matching fault's delay, and returns the fault's

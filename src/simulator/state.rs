@@ -200,6 +200,8 @@ pub(super) struct Inner {
     prune_at: usize,
     /// The Open Platform: components, their tickets, codes and authorizers.
     pub(super) open: OpenState,
+    /// Uploaded media, for `media/get` (bounded: see `business::MediaStore`).
+    pub(super) media: super::business::MediaStore,
 }
 
 /// The credentials of a token request, from the query string or JSON body.

@@ -42,6 +42,12 @@ pub struct Stats {
     pub events_delivered: u64,
     /// Open Platform event pushes that failed (no answer, or not 2xx).
     pub event_push_failures: u64,
+    /// Business API calls (user info, messages, media), per path then per
+    /// outcome (`ok` or WeChat's errcode).
+    pub business_calls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Business API calls that carried an `Authorization` header (a proxy
+    /// must never pass a caller's credentials on to WeChat).
+    pub business_calls_with_authorization: u64,
 }
 
 /// Access tokens issued to one app, by endpoint.

@@ -2,7 +2,8 @@
 //! nothing else. Lock-free snapshots published by the control plane.
 //!
 //! Owns: [`Directory`], the published map from appid to [`AccountSlot`]; the
-//! slot and the value types in it ([`slot`]); the per-account counters that
+//! slot and the value types in it ([`slot`]); the index of handed-out tokens
+//! that the proxy resolves presented tokens with ([`issued`]); the per-account counters that
 //! `/metrics` exports ([`counters`]); the `/metrics` text, written from the
 //! slots at scrape time ([`exposition`]).
 //!
@@ -15,6 +16,7 @@
 
 pub mod counters;
 mod exposition;
+pub mod issued;
 pub mod slot;
 
 use std::collections::HashMap;
@@ -25,6 +27,7 @@ use arc_swap::ArcSwap;
 use crate::domain::AppId;
 
 pub use counters::AccountCounters;
+pub use issued::{Issued, IssuedTokens};
 pub use slot::{
     AccountSlot, AccountStatus, ConfigFailure, LastError, State, TicketRecord, TokenRecord,
 };
@@ -43,10 +46,11 @@ struct Published {
     sorted: Vec<Arc<AccountSlot>>,
 }
 
-/// The published, immutable map of account slots. Cloning is cheap; clones
-/// see every later publication.
+/// The published, immutable map of account slots, and the index of the
+/// tokens its slots handed out. Cloning is cheap; clones see every later
+/// publication.
 #[derive(Clone, Default)]
-pub struct Directory(Arc<ArcSwap<Published>>);
+pub struct Directory(Arc<ArcSwap<Published>>, Arc<IssuedTokens>);
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,6 +59,12 @@ impl std::fmt::Debug for Directory {
 }
 
 impl Directory {
+    /// The index every slot of this directory enters its tokens in (give it
+    /// to a new slot with [`AccountSlot::with_index`]).
+    pub fn issued(&self) -> &Arc<IssuedTokens> {
+        &self.1
+    }
+
     /// The slot of `appid`, if configured.
     pub fn get(&self, appid: &AppId) -> Option<Arc<AccountSlot>> {
         self.0.load().map.get(appid).cloned()

@@ -17,6 +17,7 @@ pub use crate::domain::State;
 use crate::domain::{AccessToken, AppId, Mode, TicketKind};
 
 use super::counters::AccountCounters;
+use super::issued::IssuedTokens;
 use crate::store::StoredOpen;
 
 /// One token as wxtoken serves it. Times are Unix milliseconds.
@@ -196,6 +197,9 @@ pub struct AccountSlot {
     open: ArcSwapOption<StoredOpen>,
     /// What `/metrics` counts for the account.
     counters: AccountCounters,
+    /// The directory's index of handed-out tokens, which every published
+    /// token enters (`None` for a slot outside a directory).
+    issued: Option<Arc<IssuedTokens>>,
 }
 
 impl AccountSlot {
@@ -227,7 +231,14 @@ impl AccountSlot {
             tickets: ArcSwap::from_pointee(Vec::new()),
             open: ArcSwapOption::empty(),
             counters: AccountCounters::default(),
+            issued: None,
         }
+    }
+
+    /// The same slot, entering every token it publishes into `issued`.
+    pub fn with_index(mut self, issued: Arc<IssuedTokens>) -> Self {
+        self.issued = Some(issued);
+        self
     }
 
     /// The same slot for an account of `kind`.
@@ -251,8 +262,18 @@ impl AccountSlot {
         self.status.load_full()
     }
 
-    /// Publishes a new token record.
+    /// Publishes a new token record, and enters it in the directory's index
+    /// of handed-out tokens (swept by the record's fetch time: a restored
+    /// old token never sweeps early).
     pub(crate) fn publish(&self, record: Arc<TokenRecord>) {
+        if let Some(issued) = &self.issued {
+            issued.insert(
+                &record.token,
+                &self.appid,
+                record.serve_until_ms,
+                record.fetched_at_ms,
+            );
+        }
         self.token.store(Some(record));
     }
 

@@ -12,6 +12,7 @@
 //! no secret or token ever appears in an error, a log line or a metric label.
 
 pub mod error;
+pub mod forward;
 pub mod limit;
 pub mod open_calls;
 
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub use error::{Decision, UpstreamError, WaitCause};
+pub use forward::{Forward, ForwardBody, ForwardError, Forwarder};
 pub use limit::Limited;
 pub use open_calls::{AUTHORIZER_PAGE, OpenAnswer, OpenCall};
 
