@@ -200,6 +200,21 @@ pub async fn by_token(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let forwarded = token_door(&req, payload, &state).await;
+    let Some(mut res) = forwarded else {
+        return super::ApiError::no_route().respond();
+    };
+    res.extensions_mut().insert(super::RouteLabel(PROXY_ROUTE));
+    res
+}
+
+/// [`by_token`]'s answer, or `None` when the request is not a WeChat API
+/// call carrying a token.
+async fn token_door(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Option<HttpResponse> {
     let path = req.path();
     let presented = if is_own_path(path) {
         None
@@ -208,17 +223,15 @@ pub async fn by_token(
             .find(|(k, _)| k == "access_token")
             .map(|(_, v)| v.into_owned())
     };
-    let Some(presented) = presented else {
-        return super::ApiError::no_route().respond();
-    };
+    let presented = presented?;
     let group = Metrics::proxy_group(path);
     let started = Instant::now();
     let now_ms = state.clock.now_unix_ms();
     let slot = match state.directory.issued().lookup(&presented, now_ms) {
         Issued::Served(appid) => state.directory.get(&appid),
         Issued::Expired(_) => {
-            return local(
-                &state,
+            return Some(local(
+                state,
                 group,
                 "expired_token",
                 WxError::new(
@@ -226,13 +239,13 @@ pub async fn by_token(
                     "access_token expired: its serve time is over; get the current token from wxtoken (/cgi-bin/token)",
                 ),
                 StatusCode::OK,
-            );
+            ));
         }
         Issued::Unknown => None,
     };
     let Some(slot) = slot else {
-        return local(
-            &state,
+        return Some(local(
+            state,
             group,
             "unknown_token",
             WxError::new(
@@ -240,17 +253,17 @@ pub async fn by_token(
                 "invalid access_token: this is not a token wxtoken handed out, so nothing was forwarded",
             ),
             StatusCode::OK,
-        );
+        ));
     };
     let client = match req.peer_addr() {
         Some(peer) => format!("ip:{}", peer.ip().to_canonical()),
         None => "ip:unknown".to_string(),
     };
     let path = path.to_string();
-    forward(
-        &req,
+    let answer = forward(
+        req,
         payload,
-        &state,
+        state,
         slot,
         Call {
             path,
@@ -260,7 +273,8 @@ pub async fn by_token(
             started,
         },
     )
-    .await
+    .await;
+    Some(answer)
 }
 
 /// `/v1/proxy/{appid}/<wechat path>` with a bearer key: the same forwarding
@@ -337,9 +351,7 @@ fn local(
     status: StatusCode,
 ) -> HttpResponse {
     count(state, group, outcome);
-    let mut res = error.respond(status);
-    res.extensions_mut().insert(super::RouteLabel(PROXY_ROUTE));
-    res
+    error.respond(status)
 }
 
 fn count(state: &AppState, group: &'static str, outcome: &'static str) {
@@ -809,7 +821,7 @@ fn respond(answer: Answer, guard: InFlight) -> HttpResponse {
             builder.append_header((name, value));
         }
     }
-    let mut res = match (answer.whole, answer.partial) {
+    match (answer.whole, answer.partial) {
         (Some(whole), _) => {
             drop(guard);
             builder.body(whole)
@@ -827,9 +839,7 @@ fn respond(answer: Answer, guard: InFlight) -> HttpResponse {
             builder.streaming(body)
         }
         (None, None) => builder.finish(),
-    };
-    res.extensions_mut().insert(super::RouteLabel(PROXY_ROUTE));
-    res
+    }
 }
 
 #[cfg(test)]

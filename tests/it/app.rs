@@ -107,7 +107,8 @@ pub struct TestApp {
     grace: Duration,
     clients: bool,
     refresh: Vec<String>,
-    metrics: Vec<String>,
+    /// Settings of the `metrics:` and `proxy:` sections, as `section.setting`.
+    sections: Vec<String>,
     store: Option<Arc<dyn Storage>>,
     dir: tempfile::TempDir,
 }
@@ -119,7 +120,8 @@ pub struct TestAppBuilder {
     sim: SimConfig,
     clients: bool,
     refresh: Vec<String>,
-    metrics: Vec<String>,
+    /// Settings of the `metrics:` and `proxy:` sections, as `section.setting`.
+    sections: Vec<String>,
     store: Option<Arc<dyn Storage>>,
 }
 
@@ -146,7 +148,7 @@ impl TestAppBuilder {
             sim: SimConfig::default(),
             clients: true,
             refresh: Vec::new(),
-            metrics: Vec::new(),
+            sections: Vec::new(),
             store: None,
         }
     }
@@ -224,7 +226,13 @@ impl TestAppBuilder {
 
     /// Adds a `metrics:` setting, like `per_account: essential`.
     pub fn metrics_setting(mut self, setting: &str) -> Self {
-        self.metrics.push(setting.to_string());
+        self.sections.push(format!("metrics.{setting}"));
+        self
+    }
+
+    /// Adds a `proxy:` setting, like `max_body: 1KiB`.
+    pub fn proxy_setting(mut self, setting: &str) -> Self {
+        self.sections.push(format!("proxy.{setting}"));
         self
     }
 
@@ -300,7 +308,7 @@ impl TestAppBuilder {
             &sim,
             (&accounts, &components),
             self.clients,
-            (&self.refresh, &self.metrics),
+            (&self.refresh, &self.sections),
             &store_path,
         );
         let http = reqwest::Client::builder()
@@ -325,7 +333,7 @@ impl TestAppBuilder {
             grace,
             clients: self.clients,
             refresh: self.refresh,
-            metrics: self.metrics,
+            sections: self.sections,
             store: self.store,
             dir,
         };
@@ -408,7 +416,7 @@ fn config_yaml(
     sim: &Simulator,
     (accounts, components): (&[TestAccount], &[TestComponent]),
     clients: bool,
-    (refresh, metrics): (&[String], &[String]),
+    (refresh, sections): (&[String], &[String]),
     store_path: &Path,
 ) -> String {
     let mut yaml = format!(
@@ -423,10 +431,17 @@ fn config_yaml(
     for setting in refresh {
         yaml.push_str(&format!("  {setting}\n"));
     }
-    if !metrics.is_empty() {
-        yaml.push_str("metrics:\n");
-        for setting in metrics {
-            yaml.push_str(&format!("  {setting}\n"));
+    for section in ["metrics", "proxy"] {
+        let prefix = format!("{section}.");
+        let lines: Vec<&str> = sections
+            .iter()
+            .filter_map(|s| s.strip_prefix(prefix.as_str()))
+            .collect();
+        if !lines.is_empty() {
+            yaml.push_str(&format!("{section}:\n"));
+            for setting in lines {
+                yaml.push_str(&format!("  {setting}\n"));
+            }
         }
     }
     if clients {
@@ -527,7 +542,7 @@ impl TestApp {
             &self.sim,
             (accounts, &self.components),
             self.clients,
-            (&self.refresh, &self.metrics),
+            (&self.refresh, &self.sections),
             &self.store_path,
         );
     }

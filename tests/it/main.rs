@@ -14,6 +14,7 @@ mod open_protocol;
 mod open_replicas;
 mod persist;
 mod process;
+mod proxy;
 mod reload;
 mod replicas;
 mod secrets;
