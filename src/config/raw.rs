@@ -350,10 +350,15 @@ mod tests {
                 "store",
                 "refresh",
                 "metrics",
+                "proxy",
                 "clients",
                 "components",
                 "accounts"
             ]
+        );
+        assert_eq!(
+            keys_of::<RawProxy>(),
+            ["timeout", "max_body", "max_in_flight_per_client"]
         );
         assert_eq!(
             keys_of::<RawComponent>(),

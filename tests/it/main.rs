@@ -17,6 +17,7 @@ mod process;
 mod proxy;
 mod reload;
 mod replicas;
+mod sdk;
 mod secrets;
 mod simulator;
 mod soak;
