@@ -436,7 +436,7 @@ timeout: 5s
     assert_has(
         &lines,
         "test.yaml:14: ",
-        "unknown key \"timeout\" at the top level (it belongs under `upstream:`)",
+        "unknown key \"timeout\" at the top level (it belongs under `upstream:` or under `proxy:`)",
     );
     // The misspelt `appids` also means the client has none.
     assert_has(&lines, "test.yaml:7: ", "clients[0] (a) has no appids");

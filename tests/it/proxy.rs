@@ -15,6 +15,8 @@ use crate::app::{ADMIN_KEY, READER_KEY, SCOPED_KEY, TestApp, TestAppBuilder};
 use crate::support::metric_value;
 
 fn http() -> reqwest::Client {
+    // reqwest is built without a default TLS provider; any will do for plain http.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
@@ -715,4 +717,127 @@ async fn the_proxy_limits_bodies_time_and_requests_in_flight() {
         );
         assert_eq!(got, n, "{outcome}");
     }
+}
+
+/// A loopback URL nothing listens on.
+fn dead_url() -> url::Url {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = listener.local_addr().expect("its address");
+    drop(listener);
+    url::Url::parse(&format!("http://{addr}")).expect("a URL")
+}
+
+#[actix_web::test]
+async fn forwarding_fails_over_only_when_nothing_can_be_repeated_or_lost() {
+    use wxtoken::wechat::{Forward, ForwardBody, ForwardError, Forwarder};
+    let sim = crate::support::simulator(wxtoken::simulator::SimConfig::default()).await;
+    let (appid, secret) = crate::support::register_fresh(&sim, "forward-secret");
+    let token: Value = http()
+        .get(format!("{}/cgi-bin/token", sim.base_url()))
+        .query(&[
+            ("grant_type", "client_credential"),
+            ("appid", appid.as_str()),
+            ("secret", secret.as_str()),
+        ])
+        .send()
+        .await
+        .expect("the simulator answers")
+        .json()
+        .await
+        .expect("JSON");
+    let query = format!(
+        "access_token={}&openid=o",
+        token["access_token"].as_str().expect("a token")
+    );
+    let live = crate::support::url(&sim);
+    let forwarder = Forwarder::new(Duration::from_secs(1), 4).expect("a client");
+    let send =
+        |bases: Vec<url::Url>, method: reqwest::Method, body: ForwardBody, timeout: Duration| {
+            let forwarder = forwarder.clone();
+            let query = query.clone();
+            let path = if method == reqwest::Method::GET {
+                "/cgi-bin/user/info"
+            } else {
+                "/cgi-bin/message/custom/send"
+            };
+            async move {
+                forwarder
+                    .send(Forward {
+                        method,
+                        base_urls: &bases,
+                        path,
+                        query: &query,
+                        headers: reqwest::header::HeaderMap::new(),
+                        body,
+                        timeout,
+                    })
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        };
+    let buffered = || ForwardBody::Buffered(bytes::Bytes::new());
+    let streamed = || {
+        let chunks =
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]);
+        ForwardBody::Streamed(reqwest::Body::wrap_stream(chunks))
+    };
+    let second = Duration::from_secs(5);
+    // Nothing listens on the first: a buffered request goes on to the next...
+    assert_eq!(
+        send(
+            vec![dead_url(), live.clone()],
+            reqwest::Method::GET,
+            buffered(),
+            second
+        )
+        .await,
+        Ok(200)
+    );
+    // ...a streamed one cannot be sent twice.
+    assert_eq!(
+        send(
+            vec![dead_url(), live.clone()],
+            reqwest::Method::POST,
+            streamed(),
+            second
+        )
+        .await,
+        Err(ForwardError::Connect)
+    );
+    // An HTTP 5xx: the next one answers.
+    sim.inject_fault(FaultSpec {
+        api: Some("business".into()),
+        http_status: Some(503),
+        count: Some(1),
+        ..FaultSpec::default()
+    });
+    assert_eq!(
+        send(
+            vec![live.clone(), live.clone()],
+            reqwest::Method::GET,
+            buffered(),
+            second
+        )
+        .await,
+        Ok(200)
+    );
+    // A timed-out POST may have been processed: never sent again.
+    sim.inject_fault(FaultSpec {
+        api: Some("business".into()),
+        delay_ms: Some(1_500),
+        count: Some(1),
+        ..FaultSpec::default()
+    });
+    let calls = sim.stats().calls_to(appid.as_str(), "business");
+    assert_eq!(
+        send(
+            vec![live.clone(), live.clone()],
+            reqwest::Method::POST,
+            buffered(),
+            Duration::from_millis(500)
+        )
+        .await,
+        Err(ForwardError::Timeout)
+    );
+    assert_eq!(sim.stats().calls_to(appid.as_str(), "business"), calls + 1);
 }
