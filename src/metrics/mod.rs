@@ -705,6 +705,7 @@ impl Metrics {
         for outcome in PROXY_OUTCOMES {
             m.proxy_requests.with_label_values(&["other", outcome]);
         }
+        m.proxy_retries.with_label_values(&["other", "ok"]);
         m.proxy_duration.with_label_values(&["other"]);
         for api in FACE_APIS {
             m.face_requests.with_label_values(&[api, "ok"]);

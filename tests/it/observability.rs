@@ -454,6 +454,10 @@ fn the_dashboard_uses_its_datasource_variable_everywhere() {
         "Authorizers by state",
         "Open Platform events by InfoType and result",
         "Refresh-token repairs",
+        "Proxied requests by API group and outcome",
+        "Proxy retries after a rejected token",
+        "Proxy latency to the answer head (p50, p99)",
+        "Face token requests by API and outcome",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
     }
