@@ -1563,3 +1563,33 @@ async fn a_reload_to_a_components_only_file_is_applied_and_back_again() {
         .await;
     }
 }
+
+#[test]
+fn the_proxy_section_has_defaults_and_checks_its_values() {
+    let defaults = loaded(MINIMAL, &[("S", "s3cr3t")]).config.proxy;
+    assert_eq!(defaults, wxtoken::config::ProxyConfig::default());
+    assert_eq!(defaults.max_body, 20 * 1024 * 1024);
+    let yaml = format!(
+        "proxy:\n  timeout: 90s\n  max_body: 512KiB\n  max_in_flight_per_client: 8\n{MINIMAL}"
+    );
+    let proxy = loaded(&yaml, &[("S", "s3cr3t")]).config.proxy;
+    assert_eq!(proxy.timeout, std::time::Duration::from_secs(90));
+    assert_eq!(proxy.max_body, 512 * 1024);
+    assert_eq!(proxy.max_in_flight_per_client, 8);
+    let yaml = format!(
+        "proxy:\n  timeout: 0s\n  max_body: lots\n  max_in_flight_per_client: 0\n  buffer: 1MiB\n{MINIMAL}"
+    );
+    let lines = errors(&yaml, &[("S", "s3cr3t")]);
+    assert_has(
+        &lines,
+        "test.yaml:2: ",
+        "proxy.timeout must be more than 0s",
+    );
+    assert_has(&lines, "test.yaml:3: ", "\"lots\" is not a size");
+    assert_has(
+        &lines,
+        "test.yaml:4: ",
+        "proxy.max_in_flight_per_client must be at least 1",
+    );
+    assert_has(&lines, "test.yaml:5: ", "unknown key \"buffer\" in proxy");
+}
