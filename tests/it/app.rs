@@ -795,6 +795,35 @@ impl TestApp {
     }
 
     /// `POST /v1/accounts/{appid}/refresh`.
+    /// Someone with `account`'s AppSecret fetches a token at WeChat (the
+    /// simulator's legacy `/cgi-bin/token`) behind wxtoken's back, and
+    /// WeChat's grace passes: the token wxtoken holds is dead at WeChat.
+    /// Returns the token wxtoken held.
+    pub async fn rotate_behind_wxtokens_back(&self, account: &TestAccount) -> String {
+        let held = self.current_token(&account.appid);
+        let answer: Value = self
+            .http
+            .get(format!("{}/cgi-bin/token", self.sim.base_url()))
+            .query(&[
+                ("grant_type", "client_credential"),
+                ("appid", account.appid.as_str()),
+                ("secret", account.secret.as_str()),
+            ])
+            .send()
+            .await
+            .expect("the simulator answers")
+            .json()
+            .await
+            .expect("JSON");
+        assert!(answer["access_token"].is_string(), "{answer}");
+        self.sim.advance(self.grace + Duration::from_secs(1));
+        assert!(
+            !self.sim.is_token_valid(account.appid.as_str(), &held),
+            "wxtoken's token survived the rotation"
+        );
+        held
+    }
+
     pub async fn admin_refresh(&self, appid: &str, key: Option<&str>) -> Response {
         self.send(self.request(Method::POST, &format!("/v1/accounts/{appid}/refresh"), key))
             .await

@@ -12,17 +12,7 @@ use wxtoken::domain::Mode;
 use wxtoken::simulator::FaultSpec;
 
 use crate::app::{ADMIN_KEY, READER_KEY, SCOPED_KEY, TestApp, TestAppBuilder};
-use crate::support::metric_value;
-
-fn http() -> reqwest::Client {
-    // reqwest is built without a default TLS provider; any will do for plain http.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("an HTTP client")
-}
+use crate::support::{http, metric_value};
 
 /// `GET /cgi-bin/token` at the face, as an SDK sends it.
 async fn face_token(app: &TestApp, appid: &str, key: &str) -> Value {
@@ -493,31 +483,13 @@ async fn uploads_and_downloads_stream_through_the_proxy() {
 async fn a_token_rotated_behind_wxtokens_back_is_refreshed_once_and_the_call_retried() {
     let app = TestAppBuilder::new().account(Mode::Legacy).spawn().await;
     let account = &app.accounts[0];
-    let held = app.current_token(&account.appid);
     let refreshes_before = app
         .sim
         .stats()
         .tokens_issued
         .get(account.appid.as_str())
         .map_or(0, |i| i.legacy);
-    // Someone with the AppSecret fetches a token at WeChat: wxtoken's dies
-    // once WeChat's grace has passed.
-    let stolen: Value = http()
-        .get(format!("{}/cgi-bin/token", app.sim.base_url()))
-        .query(&[
-            ("grant_type", "client_credential"),
-            ("appid", account.appid.as_str()),
-            ("secret", &account.secret),
-        ])
-        .send()
-        .await
-        .expect("the simulator answers")
-        .json()
-        .await
-        .expect("JSON");
-    assert!(stolen["access_token"].is_string(), "{stolen}");
-    app.sim.advance(Duration::from_secs(301));
-    assert!(!app.sim.is_token_valid(account.appid.as_str(), &held));
+    let held = app.rotate_behind_wxtokens_back(account).await;
 
     // Five callers at once: each gets its answer, and one refresh serves all.
     let calls = (0..5).map(|i| {

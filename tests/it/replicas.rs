@@ -188,14 +188,7 @@ pub(crate) async fn replica(yaml: &str, sim: &Simulator, grace: Duration) -> Rep
     r
 }
 
-pub(crate) fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("a client")
-}
+pub(crate) use crate::support::http;
 
 async fn get_token(http: &reqwest::Client, addr: SocketAddr, appid: &AppId) -> (StatusCode, Value) {
     let r = http

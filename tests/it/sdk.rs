@@ -118,20 +118,7 @@ async fn an_unmodified_wechat_api_sdk_pointed_at_wxtoken_gets_its_token_and_surv
 
     // 2. Someone fetches a token at WeChat with the AppSecret, behind
     // wxtoken's back: the current token dies; the proxy refreshes and retries.
-    let current = app.current_token(&account.appid);
-    let stolen = reqwest::Client::new()
-        .get(format!("{}/cgi-bin/token", app.sim.base_url()))
-        .query(&[
-            ("grant_type", "client_credential"),
-            ("appid", account.appid.as_str()),
-            ("secret", account.secret.as_str()),
-        ])
-        .send()
-        .await
-        .expect("the simulator answers");
-    assert_eq!(stolen.status(), reqwest::StatusCode::OK);
-    app.sim.advance(Duration::from_secs(301));
-    assert!(!app.sim.is_token_valid(account.appid.as_str(), &current));
+    let current = app.rotate_behind_wxtokens_back(account).await;
     writeln!(stdin, "o-after-wechat-rotation").expect("write to the driver");
     let after = next_line(&mut lines).await;
     assert!(after["err"].is_null(), "{after}");

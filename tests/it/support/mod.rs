@@ -138,6 +138,17 @@ pub fn client_with(
     (client, metrics)
 }
 
+/// An HTTP client for loopback servers (no proxy, 10 s timeout).
+pub fn http() -> reqwest::Client {
+    // reqwest is built without a default TLS provider; any will do for plain http.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A WeChat client for one simulator with a 2 s timeout.
 pub fn client_for(sim: &Simulator) -> (WechatClient, Metrics) {
     client_with(vec![url(sim)], Duration::from_secs(2), 8)
