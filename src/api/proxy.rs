@@ -186,7 +186,7 @@ impl Drop for InFlight {
 }
 
 /// True for paths that are wxtoken's own, never forwarded.
-fn is_own_path(path: &str) -> bool {
+pub fn is_own_path(path: &str) -> bool {
     path == "/v1"
         || path.starts_with("/v1/")
         || matches!(path, "/" | "/healthz" | "/readyz" | "/metrics" | "/status")
