@@ -696,6 +696,27 @@ async fn traffic(app: &TestApp, refresh: bool) {
     );
     let unknown = app.call(reqwest::Method::GET, "/no/such/path", None).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    // The face and the proxy, so that their panels have data.
+    let healthy = &app.healthy().next().expect("a healthy account").appid;
+    let face = app
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/cgi-bin/token?grant_type=client_credential&appid={healthy}&secret={READER_KEY}"
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(face.status(), StatusCode::OK);
+    let token = app.current_token(healthy);
+    let proxied = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/cgi-bin/user/info?access_token={token}&openid=o-observed"),
+            None,
+        )
+        .await;
+    assert_eq!(proxied.status(), StatusCode::OK);
 }
 
 #[actix_web::test]
