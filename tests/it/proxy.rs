@@ -44,6 +44,15 @@ async fn get(app: &TestApp, path: &str, query: &[(&str, &str)]) -> reqwest::Resp
         .expect("wxtoken answers")
 }
 
+/// `wxtoken_proxy_requests_total{group, outcome}` in a scrape.
+fn proxied(metrics: &str, group: &str, outcome: &str) -> f64 {
+    metric_value(
+        metrics,
+        "wxtoken_proxy_requests_total",
+        &[("group", group), ("outcome", outcome)],
+    )
+}
+
 /// The simulator's count of business calls on `path` with `outcome`.
 fn business(app: &TestApp, path: &str, outcome: &str) -> u64 {
     app.sim
@@ -326,22 +335,8 @@ async fn a_business_call_is_forwarded_with_the_token_replaced_never_appended() {
     assert_eq!(info["openid"], "o2", "{info}");
 
     let metrics = app.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "wxtoken_proxy_requests_total",
-            &[("group", "user"), ("outcome", "ok")]
-        ),
-        3.0
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "wxtoken_proxy_requests_total",
-            &[("group", "message"), ("outcome", "ok")]
-        ),
-        1.0
-    );
+    assert_eq!(proxied(&metrics, "user", "ok"), 3.0);
+    assert_eq!(proxied(&metrics, "message", "ok"), 1.0);
     assert!(
         metric_value(
             &metrics,
@@ -413,14 +408,7 @@ async fn a_token_wxtoken_did_not_issue_is_refused_here_and_nothing_is_forwarded(
     assert_eq!(answer.status, 400, "{answer:?}");
     assert_eq!(answer.json()["errcode"], 40066);
     let metrics = app.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "wxtoken_proxy_requests_total",
-            &[("group", "user"), ("outcome", "unknown_token")]
-        ),
-        3.0
-    );
+    assert_eq!(proxied(&metrics, "user", "unknown_token"), 3.0);
 }
 
 /// A multipart form with `size` bytes of a recognisable pattern as `media`.
@@ -541,14 +529,7 @@ async fn a_token_rotated_behind_wxtokens_back_is_refreshed_once_and_the_call_ret
         ),
         rejected as f64
     );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "wxtoken_proxy_requests_total",
-            &[("group", "message"), ("outcome", "ok")]
-        ),
-        5.0
-    );
+    assert_eq!(proxied(&metrics, "message", "ok"), 5.0);
 }
 
 #[actix_web::test]
