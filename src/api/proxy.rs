@@ -108,11 +108,7 @@ impl Settings {
     fn of(config: &Config) -> Settings {
         Settings {
             base_urls: config.upstream.base_urls.clone(),
-            wecom_base_urls: if config.upstream.wecom_base_urls.is_empty() {
-                config.upstream.base_urls.clone()
-            } else {
-                config.upstream.wecom_base_urls.clone()
-            },
+            wecom_base_urls: config.upstream.wecom_urls().to_vec(),
             limits: config.proxy.clone(),
         }
     }

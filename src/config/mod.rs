@@ -111,6 +111,18 @@ pub struct UpstreamConfig {
     pub max_concurrency: usize,
 }
 
+impl UpstreamConfig {
+    /// The base URLs of WeCom apps: `wecom_base_urls`, or `base_urls` when
+    /// a configuration built in code left it empty (the file cannot).
+    pub fn wecom_urls(&self) -> &[Url] {
+        if self.wecom_base_urls.is_empty() {
+            &self.base_urls
+        } else {
+            &self.wecom_base_urls
+        }
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {

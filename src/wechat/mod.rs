@@ -523,11 +523,7 @@ impl WechatClient {
         Ok(WechatClient {
             http,
             base_urls: Arc::new(config.base_urls.clone()),
-            wecom_base_urls: Arc::new(if config.wecom_base_urls.is_empty() {
-                config.base_urls.clone()
-            } else {
-                config.wecom_base_urls.clone()
-            }),
+            wecom_base_urls: Arc::new(config.wecom_urls().to_vec()),
             timeout: config.timeout,
             metrics,
         })
