@@ -80,6 +80,33 @@ pub enum Command {
     },
     /// Read an API key on stdin and print its `sha256:<hex>` form for `clients[].key`.
     HashKey,
+    /// Keep `DIR/{appid}.json` token files current on a business host (a sidecar).
+    Agent(AgentArgs),
+}
+
+/// The options of `wxtoken agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The wxtoken server's base URL, e.g. `http://wxtoken.internal:8080`.
+    #[arg(long, env = "WXTOKEN_SERVER")]
+    pub server: url::Url,
+    /// A file holding the client's API key (its first line).
+    #[arg(long, env = "WXTOKEN_KEY_FILE")]
+    pub key_file: PathBuf,
+    /// The directory the `{appid}.json` files are kept in (created 0700).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// An account to follow (repeat for more); none: every account the key may read.
+    #[arg(long = "appid", value_name = "ID")]
+    pub appids: Vec<String>,
+    /// A shell command run after a token changed, with `WXTOKEN_APPID` and
+    /// `WXTOKEN_FILE` set.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// How long each long-poll is held at most (the files are rewritten at
+    /// least this often); at most 60s.
+    #[arg(long, default_value = "50s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
 }
 
 /// Parses the process arguments and runs the command.
@@ -88,6 +115,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(arg) => ExitCode::from(crate::config::run_check(&arg.config)),
+        Command::Agent(args) => {
+            crate::telemetry::init(cli.log_format);
+            agent(args)
+        }
         Command::HashKey => hash_key(),
         Command::Simulator {
             listen,
@@ -188,6 +219,85 @@ where
             ExitCode::from(1)
         }
     }
+}
+
+/// `wxtoken agent`: checks the arguments, then runs until SIGINT or SIGTERM.
+fn agent(args: AgentArgs) -> ExitCode {
+    let mut appids = Vec::new();
+    for raw in &args.appids {
+        match crate::domain::AppId::parse(raw) {
+            Ok(appid) => appids.push(appid),
+            Err(_) => {
+                eprintln!(
+                    "wxtoken: --appid {raw:?} is not an appid (1 to 64 letters, digits, '_', '-', ':' or '.')"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if !matches!(args.server.scheme(), "http" | "https") {
+        eprintln!("wxtoken: --server must be an http:// or https:// URL");
+        return ExitCode::from(2);
+    }
+    if args.wait.is_zero() || args.wait > Duration::from_secs(60) {
+        eprintln!("wxtoken: --wait must be between 1ms and 60s (files are rewritten at least every minute)");
+        return ExitCode::from(2);
+    }
+    let key = match crate::agent::read_key_file(&args.key_file) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("wxtoken: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut server = args.server;
+    // `join` keeps the last path segment only when the base ends with `/`.
+    if !server.path().ends_with('/') {
+        server.set_path(&format!("{}/", server.path()));
+    }
+    let options = crate::agent::AgentOptions {
+        server,
+        key,
+        out: args.out,
+        appids,
+        exec: args.exec,
+        wait: args.wait,
+    };
+    run_async(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        actix_rt::spawn(cancel_on_signal(stop.clone()));
+        tracing::info!(out = %options.out.display(), "wxtoken agent starting");
+        crate::agent::run(options, stop).await
+    })
+}
+
+/// Cancels `stop` at the first SIGINT or SIGTERM (Ctrl-C elsewhere).
+async fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "could not listen for SIGINT and SIGTERM");
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    tracing::info!("stopping the agent");
+    stop.cancel();
 }
 
 fn hash_key() -> ExitCode {

@@ -3,7 +3,9 @@
 //! The crate is organised by responsibility; `ARCHITECTURE.md` has the code map.
 
 pub mod account;
+pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -33,6 +33,7 @@ use secrecy::ExposeSecret;
 
 use notify_debouncer_mini::notify;
 
+use crate::audit::Origin;
 use crate::config::{Config, Digest, LoadOptions, Loaded, Problems};
 use crate::metrics::Metrics;
 use crate::registry::{Apply, ApplySummary, Registry};
@@ -138,28 +139,32 @@ impl Reloader {
         &self.0.source.path
     }
 
-    /// Re-reads the file and applies it. `trigger` names the cause in the log
-    /// (`sighup`, `admin`, `file_change`).
+    /// Re-reads the file and applies it. `origin` says who asked (its
+    /// `trigger` names the cause in the log: `sighup`, `admin`,
+    /// `file_change`); the outcome is an audit event (`audit::reload`).
     ///
     /// Errors when the new configuration is invalid or could not be read in
     /// [`LOAD_TIMEOUT`] (with every problem), or the registry does not
     /// answer; then nothing changed.
-    pub async fn reload(&self, trigger: &'static str) -> Result<ApplySummary, ReloadError> {
+    pub async fn reload(&self, origin: Origin) -> Result<ApplySummary, ReloadError> {
         let _turn = self.0.turn.lock().await;
         let read = self.read_file().await;
-        self.load_and_apply(trigger, read).await
+        self.load_and_apply(&origin, read).await
     }
 
     /// Like [`reload`](Self::reload), but only when the file's content
     /// differs from what the last reload read (or the server started with).
-    async fn reload_if_changed(&self, trigger: &'static str) {
+    async fn reload_if_changed(&self, origin: Origin) {
         let _turn = self.0.turn.lock().await;
         let read = self.read_file().await;
         if read.0 == *self.0.on_disk.lock() {
-            tracing::debug!(trigger, "the config file is unchanged; not reloading");
+            tracing::debug!(
+                trigger = origin.trigger,
+                "the config file is unchanged; not reloading"
+            );
             return;
         }
-        let _ = self.load_and_apply(trigger, read).await;
+        let _ = self.load_and_apply(&origin, read).await;
     }
 
     /// The configuration file's text, read off the runtime.
@@ -180,7 +185,7 @@ impl Reloader {
     /// secret files are read too) and applies it.
     async fn load_and_apply(
         &self,
-        trigger: &'static str,
+        origin: &Origin,
         (on_disk, text): (OnDisk, Result<String, Problems>),
     ) -> Result<ApplySummary, ReloadError> {
         let inner = &self.0;
@@ -196,7 +201,14 @@ impl Reloader {
             }
             Err(problems) => Err(problems),
         };
-        self.apply(trigger, loaded).await
+        let result = self.apply(origin.trigger, loaded).await;
+        match &result {
+            Ok(summary) => {
+                crate::audit::reload(origin, "applied", &summary.changed, &summary.added)
+            }
+            Err(_) => crate::audit::reload(origin, "rejected", &[], &[]),
+        }
+        result
     }
 
     /// Runs `job` on tokio's blocking pool; a problem when it did not finish
@@ -311,7 +323,7 @@ impl Reloader {
             let this = self.clone();
             actix_rt::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    let _ = this.reload("sighup").await;
+                    let _ = this.reload(Origin::internal("sighup")).await;
                 }
             });
         }
@@ -353,7 +365,7 @@ impl Reloader {
         actix_rt::spawn(async move {
             while rx.recv().await.is_some() {
                 while rx.try_recv().is_ok() {}
-                this.reload_if_changed("file_change").await;
+                this.reload_if_changed(Origin::internal("file_change")).await;
             }
         });
         tracing::debug!(dir = %dir.display(), "watching the config file for changes");

@@ -125,6 +125,7 @@ impl Application {
             tokens_loaded: Arc::new(AtomicBool::new(false)),
             components,
             proxy,
+            draining: tokio_util::sync::CancellationToken::new(),
         };
         let workers = options.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -142,7 +143,7 @@ impl Application {
         .workers(workers.max(1))
         // actix-web's own handling treats SIGINT as a forced stop that drops
         // requests in flight; Ctrl-C must be as gentle as SIGTERM.
-        .shutdown_signal(stop_signal())
+        .shutdown_signal(stop_signal(state.draining.clone()))
         .listen(listener)
         .with_context(|| format!("could not serve on {addr}"))?
         .run();
@@ -185,9 +186,10 @@ impl Application {
 
 /// Resolves on the first SIGINT or SIGTERM (Ctrl-C where there are no Unix
 /// signals), which [`HttpServer::shutdown_signal`] turns into a graceful stop.
-/// When the signal handlers cannot be installed it logs why and never
+/// Cancels `draining` first, so held long-polls answer and let the stop
+/// finish. When the signal handlers cannot be installed it logs why and never
 /// resolves: the server then stops only through its handle.
-async fn stop_signal() {
+async fn stop_signal(draining: tokio_util::sync::CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -209,6 +211,7 @@ async fn stop_signal() {
             signal = name,
             "stopping: no new connections; finishing the requests in flight, then flushing the token store"
         );
+        draining.cancel();
     }
     #[cfg(not(unix))]
     {
@@ -219,5 +222,6 @@ async fn stop_signal() {
         tracing::info!(
             "stopping: no new connections; finishing the requests in flight, then flushing the token store"
         );
+        draining.cancel();
     }
 }

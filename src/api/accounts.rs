@@ -96,6 +96,39 @@ pub async fn list_accounts(
         .body(body))
 }
 
+/// `GET /v1/appids`: the accounts whose token the caller may read at
+/// `GET /v1/token/{appid}` (enabled, in its scope, not an Open Platform
+/// component), sorted: what `wxtoken agent` follows when given no `--appid`.
+/// Any client key; no status, nothing secret.
+///
+/// Errors: 401 without a valid key.
+pub async fn list_appids(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let auth = state.auth.load();
+    let caller = auth.authenticate(&req)?;
+    let slots = state.directory.all();
+    let appids: Vec<&str> = slots
+        .iter()
+        .filter(|slot| {
+            slot.enabled
+                && slot.kind != crate::config::AccountKind::Component
+                && caller.may_access(&slot.appid)
+        })
+        .map(|slot| slot.appid.as_str())
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "appids": appids }))
+        .map_err(|_| ApiError::internal("the appid list could not be encoded"))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(body))
+}
+
 /// `POST /v1/accounts/{appid}/refresh` (admin): fetch a new token now (in
 /// stable mode with `force_refresh`), answered in the token shape plus
 /// `refreshed`.
@@ -115,18 +148,21 @@ pub async fn force_refresh(
         (
             slot.appid.clone(),
             slot,
-            caller.name().map(std::sync::Arc::from),
+            caller.client(),
         )
     };
-    tracing::info!(appid = %appid, "forced refresh requested by an admin client");
-    let result = state
-        .registry
-        .send(RouteRefresh {
+    let origin = super::origin(&req, "http", client.clone());
+    let result = super::refresh::route_refresh(
+        &state,
+        &origin,
+        crate::audit::Cause::AdminRefresh,
+        RouteRefresh {
             appid,
             reason: Reason::Admin,
             stale: None,
             client,
-        })
-        .await;
+        },
+    )
+    .await;
     respond(&slot, result, &state.clock)
 }

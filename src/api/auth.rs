@@ -14,8 +14,10 @@
 //!   loader already refuses a non-loopback `listen` in that case; this is the
 //!   second line of defence).
 
-use actix_web::HttpRequest;
+use std::sync::Arc;
+
 use actix_web::http::header;
+use actix_web::{HttpMessage as _, HttpRequest};
 
 use crate::config::{AppScope, ClientConfig};
 use crate::domain::{AppId, KeyHash};
@@ -28,7 +30,7 @@ static OPEN_SCOPE: AppScope = AppScope::All;
 /// One configured client, as authentication needs it.
 #[derive(Debug, Clone)]
 struct Client {
-    name: String,
+    name: Arc<str>,
     key: KeyHash,
     scope: AppScope,
     admin: bool,
@@ -44,7 +46,7 @@ pub struct Auth {
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     /// The client's name, or `None` when no clients are configured.
-    name: Option<&'a str>,
+    name: Option<&'a Arc<str>>,
     scope: &'a AppScope,
     admin: bool,
 }
@@ -56,7 +58,7 @@ impl Auth {
             clients: clients
                 .iter()
                 .map(|c| Client {
-                    name: c.name.clone(),
+                    name: Arc::from(c.name.as_str()),
                     key: c.key.clone(),
                     scope: c.appids.clone(),
                     admin: c.admin,
@@ -76,6 +78,13 @@ impl Auth {
     /// `Authorization: Bearer <key>` header or its key is unknown, and with
     /// 403 when no clients are configured and the peer is not on loopback.
     pub fn authenticate<'a>(&'a self, req: &HttpRequest) -> Result<Caller<'a>, ApiError> {
+        let caller = self.caller_of(req)?;
+        caller.label(req);
+        Ok(caller)
+    }
+
+    /// [`authenticate`](Self::authenticate) without labelling the request.
+    fn caller_of<'a>(&'a self, req: &HttpRequest) -> Result<Caller<'a>, ApiError> {
         if self.clients.is_empty() {
             return match req.peer_addr() {
                 Some(peer) if !peer.ip().to_canonical().is_loopback() => Err(ApiError::forbidden(
@@ -104,10 +113,13 @@ impl Auth {
         req: &HttpRequest,
         key: &str,
     ) -> Result<Caller<'a>, KeyRefused> {
-        if self.clients.is_empty() {
-            return self.authenticate(req).map_err(|_| KeyRefused::NotLoopback);
-        }
-        self.client_of(key).ok_or(KeyRefused::Unknown)
+        let caller = if self.clients.is_empty() {
+            self.caller_of(req).map_err(|_| KeyRefused::NotLoopback)?
+        } else {
+            self.client_of(key).ok_or(KeyRefused::Unknown)?
+        };
+        caller.label(req);
+        Ok(caller)
     }
 
     /// The caller of the client whose key is `key`.
@@ -156,10 +168,46 @@ fn bearer_key(req: &HttpRequest) -> Result<&str, ApiError> {
     Ok(key)
 }
 
+/// Which client a request was made by, kept in the request's extensions
+/// for the metrics middleware (`wxtoken_client_requests_total`) and the
+/// audit log. Set only once a key (or, with no clients configured, a
+/// loopback peer) was accepted.
+#[derive(Debug, Clone)]
+pub enum ClientLabel {
+    /// A configured client, by name.
+    Named(Arc<str>),
+    /// No clients are configured: a caller on this host.
+    Anonymous,
+}
+
+impl ClientLabel {
+    /// The `client` label value.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ClientLabel::Named(name) => name,
+            ClientLabel::Anonymous => "anonymous",
+        }
+    }
+}
+
 impl Caller<'_> {
     /// The client's configured name (`None` when no clients are configured).
     pub fn name(&self) -> Option<&str> {
-        self.name
+        self.name.map(|n| &**n)
+    }
+
+    /// The client's configured name, shared (`None` when no clients are configured).
+    pub fn client(&self) -> Option<Arc<str>> {
+        self.name.cloned()
+    }
+
+    /// Marks `req` as made by this caller (see [`ClientLabel`]).
+    fn label(&self, req: &HttpRequest) {
+        let label = match self.name {
+            Some(name) => ClientLabel::Named(name.clone()),
+            None => ClientLabel::Anonymous,
+        };
+        req.extensions_mut().insert(label);
     }
 
     /// True when this caller may read and refresh `appid`'s token.

@@ -264,7 +264,7 @@ async fn answer_token(
             .directory
             .get(&appid)
             .ok_or_else(WxError::invalid_appid)?;
-        (slot, caller.name().map(Arc::from))
+        (slot, caller.client())
     };
     let now_ms = state.clock.now_unix_ms();
     if !force {
@@ -274,15 +274,19 @@ async fn answer_token(
     let Some(stale) = slot.token().map(|t| t.token.clone()) else {
         return current(&slot, now_ms);
     };
-    let result = state
-        .registry
-        .send(RouteRefresh {
+    let origin = super::origin(req, "http", client.clone());
+    let result = super::refresh::route_refresh(
+        state,
+        &origin,
+        crate::audit::Cause::FaceForce,
+        RouteRefresh {
             appid: slot.appid.clone(),
             reason: Reason::StaleReport,
             stale: Some(stale),
             client,
-        })
-        .await;
+        },
+    )
+    .await;
     let now_ms = state.clock.now_unix_ms();
     match result {
         Ok(Ok(outcome)) if outcome.record.usable_secs(now_ms).is_some() => Ok(outcome.record),

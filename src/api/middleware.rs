@@ -1,7 +1,10 @@
 //! Request metrics: `wxtoken_http_requests_total{route,status}` and
 //! `wxtoken_http_request_duration_seconds{route}` for every request that
 //! reaches the app (not the ones actix-http refuses while parsing the head;
-//! see the `api` module).
+//! see the `api` module), and `wxtoken_client_requests_total{client,route,status}`
+//! for those whose key was accepted (the handler marked the request with a
+//! [`ClientLabel`](super::ClientLabel)): client names come from the
+//! configuration, so that label is bounded too.
 //!
 //! Owns [`HttpMetrics`], an actix-web middleware wrapped around the whole app.
 //! Invariant: the `route` label is the matched resource pattern (each resource
@@ -22,7 +25,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix_web::Error;
+use actix_web::{Error, HttpMessage as _};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
@@ -36,6 +39,7 @@ pub const UNMATCHED: &str = "unmatched";
 struct Series {
     requests: IntCounterVec,
     duration: HistogramVec,
+    clients: IntCounterVec,
     /// Handles resolved so far, one entry per route seen by this worker.
     cache: RefCell<Vec<RouteHandles>>,
 }
@@ -46,16 +50,36 @@ struct RouteHandles {
     duration: Histogram,
     /// `wxtoken_http_requests_total{route, status}` per status seen.
     requests: Vec<(StatusCode, IntCounter)>,
+    /// `wxtoken_client_requests_total{client, route, status}` per client
+    /// name and status seen (names, not `Arc`s: a reload makes new ones).
+    clients: Vec<(Box<str>, Vec<(StatusCode, IntCounter)>)>,
+}
+
+/// The counter of `status` in `handles`, resolved through `resolve` the
+/// first time.
+fn counter_of(
+    handles: &mut Vec<(StatusCode, IntCounter)>,
+    status: StatusCode,
+    resolve: impl FnOnce() -> IntCounter,
+) -> &IntCounter {
+    let at = match handles.iter().position(|(s, _)| *s == status) {
+        Some(at) => at,
+        None => {
+            handles.push((status, resolve()));
+            handles.len() - 1
+        }
+    };
+    &handles[at].1
 }
 
 impl Series {
     /// Counts one request of `route` answered with `status` that took
-    /// `elapsed` seconds.
-    fn record(&self, route: &str, status: StatusCode, elapsed: f64) {
+    /// `elapsed` seconds, made by `client` when its key was accepted.
+    fn record(&self, route: &str, status: StatusCode, elapsed: f64, client: Option<&str>) {
         // The cache is only borrowed here, never across an await or a call
         // that could come back; should it be busy anyway, resolve afresh.
         let Ok(mut cache) = self.cache.try_borrow_mut() else {
-            self.record_uncached(route, status, elapsed);
+            self.record_uncached(route, status, elapsed, client);
             return;
         };
         let at = match cache.iter().position(|r| &*r.route == route) {
@@ -65,27 +89,43 @@ impl Series {
                     route: route.into(),
                     duration: self.duration.with_label_values(&[route]),
                     requests: Vec::new(),
+                    clients: Vec::new(),
                 });
                 cache.len() - 1
             }
         };
         let handles = &mut cache[at];
-        match handles.requests.iter().find(|(s, _)| *s == status) {
-            Some((_, counter)) => counter.inc(),
-            None => {
-                let counter = self.requests.with_label_values(&[route, status.as_str()]);
-                counter.inc();
-                handles.requests.push((status, counter));
-            }
-        }
+        counter_of(&mut handles.requests, status, || {
+            self.requests.with_label_values(&[route, status.as_str()])
+        })
+        .inc();
         handles.duration.observe(elapsed);
+        if let Some(client) = client {
+            let at = match handles.clients.iter().position(|(c, _)| &**c == client) {
+                Some(at) => at,
+                None => {
+                    handles.clients.push((client.into(), Vec::new()));
+                    handles.clients.len() - 1
+                }
+            };
+            counter_of(&mut handles.clients[at].1, status, || {
+                self.clients
+                    .with_label_values(&[client, route, status.as_str()])
+            })
+            .inc();
+        }
     }
 
-    fn record_uncached(&self, route: &str, status: StatusCode, elapsed: f64) {
+    fn record_uncached(&self, route: &str, status: StatusCode, elapsed: f64, client: Option<&str>) {
         self.requests
             .with_label_values(&[route, status.as_str()])
             .inc();
         self.duration.with_label_values(&[route]).observe(elapsed);
+        if let Some(client) = client {
+            self.clients
+                .with_label_values(&[client, route, status.as_str()])
+                .inc();
+        }
     }
 }
 
@@ -102,6 +142,7 @@ impl HttpMetrics {
             series: Rc::new(Series {
                 requests: metrics.http_requests.clone(),
                 duration: metrics.http_duration.clone(),
+                clients: metrics.client_requests.clone(),
                 cache: RefCell::new(Vec::new()),
             }),
         }
@@ -173,7 +214,7 @@ where
             Poll::Pending => return Poll::Pending,
         };
         let elapsed = this.started.elapsed().as_secs_f64();
-        let (route, status) = match &result {
+        let (route, status, client) = match &result {
             Ok(res) => (
                 res.response()
                     .extensions()
@@ -182,10 +223,12 @@ where
                     .or_else(|| res.request().match_name())
                     .unwrap_or(UNMATCHED),
                 res.status(),
+                res.request().extensions().get::<super::ClientLabel>().cloned(),
             ),
-            Err(err) => (UNMATCHED, err.as_response_error().status_code()),
+            Err(err) => (UNMATCHED, err.as_response_error().status_code(), None),
         };
-        this.series.record(route, status, elapsed);
+        this.series
+            .record(route, status, elapsed, client.as_ref().map(|c| c.as_str()));
         tracing::debug!(
             route,
             status = status.as_u16(),

@@ -33,7 +33,7 @@ mod token;
 
 use actix_web::{HttpRequest, HttpResponse, Resource, web};
 
-pub use auth::{Auth, Caller};
+pub use auth::{Auth, Caller, ClientLabel};
 pub use body::MAX_BODY_BYTES;
 pub use error::ApiError;
 pub use middleware::{HttpMetrics, UNMATCHED};
@@ -58,6 +58,8 @@ pub mod routes {
     pub const TOKEN_REFRESH: &str = "/v1/token/{appid}/refresh";
     /// `GET` (admin): the status of every account.
     pub const ACCOUNTS: &str = "/v1/accounts";
+    /// `GET`: the appids the caller's key may read (what the agent follows).
+    pub const APPIDS: &str = "/v1/appids";
     /// `POST` (admin): forced refresh.
     pub const ACCOUNT_REFRESH: &str = "/v1/accounts/{appid}/refresh";
     /// `GET`: the current JS-SDK ticket of an account.
@@ -103,6 +105,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(refresh::compare_and_refresh)),
         )
         .service(resource(routes::ACCOUNTS, "GET").route(web::get().to(accounts::list_accounts)))
+        .service(resource(routes::APPIDS, "GET").route(web::get().to(accounts::list_appids)))
         .service(
             resource(routes::ACCOUNT_REFRESH, "POST")
                 .route(web::post().to(accounts::force_refresh)),
@@ -162,6 +165,29 @@ fn resource(pattern: &'static str, allow: &'static str) -> Resource {
             let err: Result<HttpResponse, ApiError> = Err(ApiError::method_not_allowed(allow));
             err
         }))
+}
+
+/// Who sent `req`, for the audit trail: `client` (the caller's configured
+/// name, when it has one), the TCP peer and the first `X-Forwarded-For`
+/// address when it is one. `trigger` is `http`, or `http_token` for the
+/// proxy's token door, whose callers present a token rather than a key.
+pub(crate) fn origin(
+    req: &HttpRequest,
+    trigger: &'static str,
+    client: Option<Arc<str>>,
+) -> crate::audit::Origin {
+    let forwarded_for = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|first| first.trim().parse().ok());
+    crate::audit::Origin {
+        trigger,
+        client,
+        remote: req.peer_addr().map(|a| a.ip().to_canonical()),
+        forwarded_for,
+    }
 }
 
 /// The `{appid}` of the matched path, validated.

@@ -288,7 +288,7 @@ pub async fn by_key(
             Err(e) => return e.respond(),
         };
         match super::path_account(&req, &caller, &state) {
-            Ok(slot) => (slot, caller.name().map(Arc::<str>::from)),
+            Ok(slot) => (slot, caller.client()),
             Err(e) => return e.respond(),
         }
     };
@@ -725,15 +725,23 @@ async fn forward(
     if answer.token_rejected()
         && let Some(bytes) = buffered
     {
-        let result = state
-            .registry
-            .send(RouteRefresh {
+        let origin = super::origin(
+            req,
+            if call.name.is_some() { "http" } else { "http_token" },
+            call.name.clone(),
+        );
+        let result = super::refresh::route_refresh(
+            state,
+            &origin,
+            crate::audit::Cause::ProxyRetry,
+            RouteRefresh {
                 appid: slot.appid.clone(),
                 reason: Reason::StaleReport,
                 stale: Some(injected.token.clone()),
                 client: call.name.clone(),
-            })
-            .await;
+            },
+        )
+        .await;
         if let Ok(Ok(outcome)) = result
             && outcome.record.token != injected.token
             && outcome

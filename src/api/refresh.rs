@@ -11,14 +11,13 @@
 //! handed to the account actor, which shares one upstream call among every
 //! concurrent reporter.
 
-use std::sync::Arc;
-
 use actix::MailboxError;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use super::state::AppState;
 use crate::account::{Reason, RefreshError, RefreshOutcome};
+use crate::audit::{Cause, Origin};
 use crate::clock::Clock;
 use crate::domain::AccessToken;
 use crate::registry::RouteRefresh;
@@ -55,7 +54,7 @@ pub async fn compare_and_refresh(
         let auth = state.auth.load();
         let caller = auth.authenticate(&req)?;
         let slot = path_account(&req, &caller, &state)?;
-        (slot.appid.clone(), slot, caller.name().map(Arc::from))
+        (slot.appid.clone(), slot, caller.client())
     };
     let report: StaleReport = read_json(&req, payload, SHAPE).await?;
     if report.stale_token.trim().is_empty() {
@@ -71,16 +70,34 @@ pub async fn compare_and_refresh(
     {
         return token_response(&slot, &current, now_ms, Some(false));
     }
-    let result = state
-        .registry
-        .send(RouteRefresh {
+    let origin = super::origin(&req, "http", client.clone());
+    let result = route_refresh(
+        &state,
+        &origin,
+        Cause::StaleReport,
+        RouteRefresh {
             appid,
             reason: Reason::StaleReport,
             stale: Some(AccessToken::new(report.stale_token)),
             client,
-        })
-        .await;
+        },
+    )
+    .await;
     respond(&slot, result, &state.clock)
+}
+
+/// Routes a refresh to the account's actor and logs it in the audit trail
+/// (`audit::refresh`): the one way an API request asks for a new token.
+pub(crate) async fn route_refresh(
+    state: &AppState,
+    origin: &Origin,
+    cause: Cause,
+    msg: RouteRefresh,
+) -> Result<Result<RefreshOutcome, RefreshError>, MailboxError> {
+    let appid = msg.appid.clone();
+    let result = state.registry.send(msg).await;
+    crate::audit::refresh(origin, appid.as_str(), cause, &result);
+    result
 }
 
 /// The answer to a routed refresh of `slot`'s account.

@@ -49,6 +49,9 @@ pub struct AppState {
     pub components: Arc<ArcSwap<super::open::Components>>,
     /// The token-injecting proxy (contract §7); reconfigured on reload.
     pub proxy: Arc<super::Proxy>,
+    /// Cancelled when the server begins to stop: held long-polls answer at
+    /// once instead of holding the graceful shutdown.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for AppState {

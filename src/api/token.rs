@@ -5,12 +5,18 @@
 //! "fetched_at"}` and its `Cache-Control`, and the 503 `token_unavailable`
 //! answer for an account without a usable token.
 //!
+//! Also the long-poll of contract §8 (`?wait=60s&after=<fetched_at>`): the
+//! request is held on the slot's change notification until a newer token is
+//! published, and then answered the same way.
+//!
 //! Invariants: a read never waits for an actor: it loads the published
-//! snapshot (auth table, directory, slot) and answers; `expires_in` comes only
+//! snapshot (auth table, directory, slot) and answers (a long-poll waits for
+//! the slot, never for an actor); `expires_in` comes only
 //! from [`TokenRecord::usable_secs`], so no answer lets a client keep a token
 //! past its serve time; `expires_at` = now + `expires_in`.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -48,13 +54,154 @@ pub async fn get_token(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let auth = state.auth.load();
-    let caller = auth.authenticate(&req)?;
-    let slot = path_account(&req, &caller, &state)?;
+    let slot = {
+        let auth = state.auth.load();
+        let caller = auth.authenticate(&req)?;
+        path_account(&req, &caller, &state)?
+    };
+    if !req.query_string().is_empty()
+        && let Some(hold) = Hold::of_query(req.query_string())?
+    {
+        return long_poll(&state, slot, hold).await;
+    }
+    current(&state, &slot)
+}
+
+/// The answer `GET /v1/token/{appid}` gives now.
+fn current(state: &AppState, slot: &AccountSlot) -> Result<HttpResponse, ApiError> {
     let now_ms = state.clock.now_unix_ms();
     match slot.token() {
-        Some(record) => token_response(&slot, &record, now_ms, None),
-        None => Err(unavailable(&slot, now_ms)),
+        Some(record) => token_response(slot, &record, now_ms, None),
+        None => Err(unavailable(slot, now_ms)),
+    }
+}
+
+/// The longest `wait` of a long-poll (contract §8).
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// The share of a long-poll's `wait` its end may come early by, at random,
+/// so that clients that began together do not all ask again together.
+const WAIT_JITTER: f64 = 0.1;
+
+/// A long-poll: `?wait=<duration>&after=<fetched_at>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hold {
+    /// How long to hold the request at most (≤ [`MAX_WAIT`]).
+    wait: Duration,
+    /// Answer once the token's `fetched_at` (Unix seconds) is later than
+    /// this; `None`: once there is a usable token.
+    after: Option<i64>,
+}
+
+impl Hold {
+    /// The long-poll a query asks for: `None` without `wait` (or with
+    /// `wait=0`). Other parameters are ignored.
+    ///
+    /// Errors with 400 for a `wait` that is not a duration (`60s`, `2m`,
+    /// `1500ms`, or whole seconds) of at most five minutes, or an `after`
+    /// that is not whole Unix seconds.
+    pub(crate) fn of_query(query: &str) -> Result<Option<Hold>, ApiError> {
+        let mut wait = None;
+        let mut after = None;
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*name {
+                "wait" => wait = Some(parse_wait(&value)?),
+                "after" => {
+                    after = Some(value.trim().parse::<i64>().map_err(|_| {
+                        ApiError::bad_request(
+                            "`after` must be the `fetched_at` of the token you have: whole Unix seconds, e.g. after=1700000000",
+                        )
+                    })?)
+                }
+                _ => {}
+            }
+        }
+        Ok(wait
+            .filter(|w| !w.is_zero())
+            .map(|wait| Hold { wait, after }))
+    }
+
+    /// True when `record` is what the hold waits for at `now_ms`.
+    fn satisfied_by(&self, record: Option<&TokenRecord>, now_ms: i64) -> bool {
+        record.is_some_and(|r| {
+            r.usable_secs(now_ms).is_some()
+                && self
+                    .after
+                    .is_none_or(|after| r.fetched_at_ms.div_euclid(1000) > after)
+        })
+    }
+
+    /// When the hold ends, `wait` after `start` less up to [`WAIT_JITTER`] of it.
+    fn deadline(&self, start: tokio::time::Instant) -> tokio::time::Instant {
+        let early = self.wait.mul_f64(WAIT_JITTER * rand::random::<f64>());
+        start + self.wait.saturating_sub(early)
+    }
+}
+
+/// `wait`'s value: a `humantime` duration or whole seconds, ≤ [`MAX_WAIT`].
+fn parse_wait(value: &str) -> Result<Duration, ApiError> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(value).ok(),
+    };
+    match wait {
+        Some(wait) if wait <= MAX_WAIT => Ok(wait),
+        Some(_) => Err(ApiError::bad_request(
+            "`wait` may be at most 5 minutes (wait=300s); ask again when it ends",
+        )),
+        None => Err(ApiError::bad_request(
+            "`wait` must be a duration such as wait=60s, wait=2m or wait=60 (seconds)",
+        )),
+    }
+}
+
+/// Holds the request until `slot`'s account has the token `hold` waits
+/// for, its wait ends, or the server begins to stop, then answers as
+/// `GET /v1/token/{appid}` does.
+///
+/// A held request is this future and one waiter on the slot's
+/// [`AccountSlot::changed`]: no task, no thread, no actor message. Each wake
+/// looks the account up again, so a reload that replaced its slot is
+/// followed.
+async fn long_poll(
+    state: &AppState,
+    mut slot: Arc<AccountSlot>,
+    hold: Hold,
+) -> Result<HttpResponse, ApiError> {
+    let _held = Held::new(&state.metrics.token_waits);
+    let deadline = hold.deadline(tokio::time::Instant::now());
+    loop {
+        let changed = slot.changed();
+        if hold.satisfied_by(slot.token().as_deref(), state.clock.now_unix_ms()) {
+            break;
+        }
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            () = state.draining.cancelled() => break,
+        }
+        slot = state
+            .directory
+            .get(&slot.appid)
+            .ok_or_else(|| ApiError::unknown_appid(slot.appid.as_str()))?;
+    }
+    current(state, &slot)
+}
+
+/// Counts a held request in `wxtoken_token_waits` while it lives.
+struct Held<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Held<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Held(gauge)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

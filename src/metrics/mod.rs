@@ -283,6 +283,13 @@ pub struct Metrics {
     /// Token requests at the WeChat-compatible face, by `api`
     /// ([`FACE_APIS`]) and `outcome` (`ok` or `errcode_<n>` of [`FACE_ERRCODES`]).
     pub face_requests: IntCounterVec,
+    /// Requests made with each configured client's key, by `client` (its
+    /// configured name; `anonymous` when no clients are configured), `route`
+    /// (as `wxtoken_http_requests_total`'s) and `status`. Requests refused
+    /// for their key are no client's and are not counted here.
+    pub client_requests: IntCounterVec,
+    /// Token requests held by a long-poll (`?wait=`) right now.
+    pub token_waits: IntGauge,
     /// `metrics.per_account` as configured (`None`: the default rule).
     per_account: Arc<AtomicU8>,
 }
@@ -696,6 +703,25 @@ impl Metrics {
                         "Token requests at the WeChat-compatible face (/cgi-bin/token, stable_token, gettoken) by API and outcome.",
                     ),
                     &["api", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            client_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "wxtoken_client_requests_total",
+                        "Requests made with each configured client's key, by client name, route and HTTP status.",
+                    ),
+                    &["client", "route", "status"],
+                )
+                .expect("valid metric"),
+            ),
+            token_waits: reg(
+                &r,
+                IntGauge::new(
+                    "wxtoken_token_waits",
+                    "Token requests held by a long-poll (?wait=) until a newer token or their wait's end.",
                 )
                 .expect("valid metric"),
             ),

@@ -94,10 +94,22 @@ impl Directory {
             .collect()
     }
 
-    /// Replaces the published map (the registry, when accounts come and go).
+    /// Replaces the published map (the registry, when accounts come and go),
+    /// then wakes the waiters of every slot that left it or was replaced, so
+    /// a held long-poll looks the account up again.
     pub(crate) fn publish(&self, map: SlotMap) {
         let mut sorted: Vec<Arc<AccountSlot>> = map.values().cloned().collect();
         sorted.sort_unstable_by(|a, b| a.appid.cmp(&b.appid));
-        self.0.store(Arc::new(Published { map, sorted }));
+        let new = Arc::new(Published { map, sorted });
+        let old = self.0.swap(new.clone());
+        for slot in &old.sorted {
+            if !new
+                .map
+                .get(&slot.appid)
+                .is_some_and(|kept| Arc::ptr_eq(kept, slot))
+            {
+                slot.wake();
+            }
+        }
     }
 }

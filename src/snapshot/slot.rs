@@ -200,6 +200,10 @@ pub struct AccountSlot {
     /// The directory's index of handed-out tokens, which every published
     /// token enters (`None` for a slot outside a directory).
     issued: Option<Arc<IssuedTokens>>,
+    /// Woken at every published token and when the slot leaves the
+    /// directory: what held long-polls wait on (no task, no actor message
+    /// per waiter; see [`AccountSlot::changed`]).
+    changed: tokio::sync::Notify,
 }
 
 impl AccountSlot {
@@ -232,6 +236,7 @@ impl AccountSlot {
             open: ArcSwapOption::empty(),
             counters: AccountCounters::default(),
             issued: None,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -275,12 +280,31 @@ impl AccountSlot {
             );
         }
         self.token.store(Some(record));
+        self.changed.notify_waiters();
     }
 
     /// Removes the token and tickets (the account left the registry).
     pub(crate) fn clear(&self) {
         self.token.store(None);
         self.tickets.store(Arc::new(Vec::new()));
+        self.changed.notify_waiters();
+    }
+
+    /// A future that resolves at the next change of this slot: a token
+    /// published, the slot cleared, or the slot leaving the directory
+    /// ([`Directory::publish`](super::Directory)). It is registered when
+    /// this returns, so a change between this call and the first poll is
+    /// not missed: take it, then look at the slot, then await it.
+    pub fn changed(&self) -> impl Future<Output = ()> + '_ {
+        let mut notified = Box::pin(self.changed.notified());
+        notified.as_mut().enable();
+        notified
+    }
+
+    /// Wakes the waiters of [`changed`](Self::changed) (the slot was
+    /// replaced or removed from the directory).
+    pub(crate) fn wake(&self) {
+        self.changed.notify_waiters();
     }
 
     /// The current ticket of `kind`, if any (it may be past its serve time).
