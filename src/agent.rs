@@ -489,6 +489,10 @@ struct TokenFile {
     appid: AppId,
     /// The token in the file, its `fetched_at`, and when the file must go.
     current: Option<(String, i64, Instant)>,
+    /// The last token written and its `fetched_at`, kept when the file is
+    /// removed: the next poll asks for a newer one, and `--exec` runs only
+    /// for a token it has not run for.
+    last: Option<(String, i64)>,
 }
 
 impl TokenFile {
@@ -501,8 +505,10 @@ impl TokenFile {
             path,
             appid: appid.clone(),
             current: None,
+            last: None,
         };
         if let Some(left) = file.read_left() {
+            file.last = Some((left.0.clone(), left.1));
             file.current = Some(left);
         } else if file.path.exists() {
             file.remove();
@@ -535,8 +541,9 @@ impl TokenFile {
         &self.path
     }
 
+    /// The `fetched_at` of the last token written (the poll's `after`).
     fn fetched_at(&self) -> Option<i64> {
-        self.current.as_ref().map(|c| c.1)
+        self.last.as_ref().map(|c| c.1)
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -547,6 +554,8 @@ impl TokenFile {
     /// before (then `--exec` runs). Writes nothing once `deadline` has passed.
     fn write(&mut self, body: &[u8], answer: &Answer, deadline: Instant) -> std::io::Result<bool> {
         if deadline <= Instant::now() {
+            // Too close to its end to hand out; ask for a newer one next.
+            self.last = Some((answer.access_token.clone(), answer.fetched_at));
             return Ok(false);
         }
         let mut tmp = tempfile::Builder::new()
@@ -560,13 +569,14 @@ impl TokenFile {
             let _ = dir.sync_all();
         }
         let changed = self
-            .current
+            .last
             .as_ref()
-            .is_none_or(|(token, _, _)| *token != answer.access_token);
+            .is_none_or(|(token, _)| *token != answer.access_token);
         if changed {
             tracing::info!(appid = %self.appid, fetched_at = answer.fetched_at, "new token written");
         }
         self.current = Some((answer.access_token.clone(), answer.fetched_at, deadline));
+        self.last = Some((answer.access_token.clone(), answer.fetched_at));
         Ok(changed)
     }
 

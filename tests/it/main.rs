@@ -1,9 +1,11 @@
 //! All integration tests, in one binary (one link, shared helpers).
 
+mod agent;
 mod api;
 mod app;
 mod cli;
 mod config;
+mod consumers;
 mod engine;
 mod faults;
 mod metrics;
