@@ -274,7 +274,9 @@ impl Agent {
             )));
         }
         if !status.is_success() {
-            return Err(ListError::Unreachable(format!("the server answered {status}")));
+            return Err(ListError::Unreachable(format!(
+                "the server answered {status}"
+            )));
         }
         let list: List = resp
             .json()
@@ -460,7 +462,9 @@ impl Agent {
                         Ok(status) => {
                             tracing::warn!(appid = %appid, %status, "--exec failed");
                         }
-                        Err(e) => tracing::warn!(appid = %appid, error = %e, "--exec could not be waited for"),
+                        Err(e) => {
+                            tracing::warn!(appid = %appid, error = %e, "--exec could not be waited for")
+                        }
                     }
                 });
             }
@@ -586,7 +590,9 @@ impl TokenFile {
         match std::fs::remove_file(&self.path) {
             Ok(()) => tracing::info!(appid = %self.appid, "token file removed"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!(appid = %self.appid, error = %e, "could not remove the token file"),
+            Err(e) => {
+                tracing::error!(appid = %self.appid, error = %e, "could not remove the token file")
+            }
         }
     }
 }

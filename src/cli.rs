@@ -240,7 +240,9 @@ fn agent(args: AgentArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     if args.wait.is_zero() || args.wait > Duration::from_secs(60) {
-        eprintln!("wxtoken: --wait must be between 1ms and 60s (files are rewritten at least every minute)");
+        eprintln!(
+            "wxtoken: --wait must be between 1ms and 60s (files are rewritten at least every minute)"
+        );
         return ExitCode::from(2);
     }
     let key = match crate::agent::read_key_file(&args.key_file) {

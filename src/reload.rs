@@ -365,7 +365,8 @@ impl Reloader {
         actix_rt::spawn(async move {
             while rx.recv().await.is_some() {
                 while rx.try_recv().is_ok() {}
-                this.reload_if_changed(Origin::internal("file_change")).await;
+                this.reload_if_changed(Origin::internal("file_change"))
+                    .await;
             }
         });
         tracing::debug!(dir = %dir.display(), "watching the config file for changes");

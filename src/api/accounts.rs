@@ -145,11 +145,7 @@ pub async fn force_refresh(
         let caller = auth.authenticate(&req)?;
         caller.check_admin()?;
         let slot = path_account(&req, &caller, &state)?;
-        (
-            slot.appid.clone(),
-            slot,
-            caller.client(),
-        )
+        (slot.appid.clone(), slot, caller.client())
     };
     let origin = super::origin(&req, "http", client.clone());
     let result = super::refresh::route_refresh(

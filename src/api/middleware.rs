@@ -25,9 +25,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix_web::{Error, HttpMessage as _};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
+use actix_web::{Error, HttpMessage as _};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 use crate::metrics::Metrics;
@@ -223,7 +223,10 @@ where
                     .or_else(|| res.request().match_name())
                     .unwrap_or(UNMATCHED),
                 res.status(),
-                res.request().extensions().get::<super::ClientLabel>().cloned(),
+                res.request()
+                    .extensions()
+                    .get::<super::ClientLabel>()
+                    .cloned(),
             ),
             Err(err) => (UNMATCHED, err.as_response_error().status_code(), None),
         };

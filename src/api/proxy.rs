@@ -727,7 +727,11 @@ async fn forward(
     {
         let origin = super::origin(
             req,
-            if call.name.is_some() { "http" } else { "http_token" },
+            if call.name.is_some() {
+                "http"
+            } else {
+                "http_token"
+            },
             call.name.clone(),
         );
         let result = super::refresh::route_refresh(

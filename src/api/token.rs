@@ -169,7 +169,7 @@ async fn long_poll(
     mut slot: Arc<AccountSlot>,
     hold: Hold,
 ) -> Result<HttpResponse, ApiError> {
-    let _held = Held::new(&state.metrics.token_waits);
+    let _held = Held::new(&state.metrics.long_polls_held);
     let deadline = hold.deadline(tokio::time::Instant::now());
     loop {
         let changed = slot.changed();
@@ -189,7 +189,7 @@ async fn long_poll(
     current(state, &slot)
 }
 
-/// Counts a held request in `wxtoken_token_waits` while it lives.
+/// Counts a held request in `wxtoken_long_polls_held` while it lives.
 struct Held<'a>(&'a prometheus::IntGauge);
 
 impl<'a> Held<'a> {

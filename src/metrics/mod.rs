@@ -289,7 +289,7 @@ pub struct Metrics {
     /// for their key are no client's and are not counted here.
     pub client_requests: IntCounterVec,
     /// Token requests held by a long-poll (`?wait=`) right now.
-    pub token_waits: IntGauge,
+    pub long_polls_held: IntGauge,
     /// `metrics.per_account` as configured (`None`: the default rule).
     per_account: Arc<AtomicU8>,
 }
@@ -717,10 +717,10 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            token_waits: reg(
+            long_polls_held: reg(
                 &r,
                 IntGauge::new(
-                    "wxtoken_token_waits",
+                    "wxtoken_long_polls_held",
                     "Token requests held by a long-poll (?wait=) until a newer token or their wait's end.",
                 )
                 .expect("valid metric"),

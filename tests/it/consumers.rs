@@ -35,14 +35,18 @@ async fn next_second(app: &TestApp, fetched_at: i64) {
 
 /// How many long-polls the server holds, from `/metrics`.
 async fn held(app: &TestApp) -> f64 {
-    metric_value(&app.metrics().await, "wxtoken_token_waits", &[])
+    metric_value(&app.metrics().await, "wxtoken_long_polls_held", &[])
 }
 
 #[actix_web::test]
 async fn a_held_long_poll_answers_within_100_ms_of_a_rotation_with_the_new_token() {
     let app = spawn_app().await;
     let appid = app.account(Mode::Legacy).appid.to_string();
-    let first = json(app.get_token(&appid, Some(READER_KEY)).await, StatusCode::OK).await;
+    let first = json(
+        app.get_token(&appid, Some(READER_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
     let fetched_at = first["fetched_at"].as_i64().expect("fetched_at");
 
     // Three clients hold; none is answered while the token stays.
@@ -98,7 +102,11 @@ async fn a_held_long_poll_answers_within_100_ms_of_a_rotation_with_the_new_token
 async fn a_long_poll_without_a_newer_token_ends_at_its_wait_with_the_current_token() {
     let app = spawn_app().await;
     let appid = app.account(Mode::Stable).appid.to_string();
-    let first = json(app.get_token(&appid, Some(READER_KEY)).await, StatusCode::OK).await;
+    let first = json(
+        app.get_token(&appid, Some(READER_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
     let fetched_at = first["fetched_at"].as_i64().expect("fetched_at");
 
     for (query, wait) in [
@@ -177,7 +185,11 @@ async fn a_long_poll_held_across_a_reload_that_restarts_its_account_gets_the_new
     let app = spawn_app().await;
     let account = app.account(Mode::Legacy).clone();
     let appid = account.appid.to_string();
-    let first = json(app.get_token(&appid, Some(READER_KEY)).await, StatusCode::OK).await;
+    let first = json(
+        app.get_token(&appid, Some(READER_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
     let fetched_at = first["fetched_at"].as_i64().expect("fetched_at");
     let waiter = {
         let request = app
@@ -219,7 +231,10 @@ async fn a_long_poll_held_across_a_reload_that_restarts_its_account_gets_the_new
     )
     .await;
     assert!(body["fetched_at"].as_i64().expect("fetched_at") > fetched_at);
-    assert_eq!(body["access_token"].as_str(), Some(app.current_token(&account.appid).as_str()));
+    assert_eq!(
+        body["access_token"].as_str(),
+        Some(app.current_token(&account.appid).as_str())
+    );
 }
 
 #[actix_web::test]
@@ -231,15 +246,25 @@ async fn client_requests_are_counted_per_configured_client_and_appids_lists_the_
     let first = app.accounts[0].appid.to_string();
     let second = app.accounts[1].appid.to_string();
     for _ in 0..3 {
-        json(app.get_token(&first, Some(READER_KEY)).await, StatusCode::OK).await;
+        json(
+            app.get_token(&first, Some(READER_KEY)).await,
+            StatusCode::OK,
+        )
+        .await;
     }
-    json(app.get_token(&first, Some(SCOPED_KEY)).await, StatusCode::OK).await;
+    json(
+        app.get_token(&first, Some(SCOPED_KEY)).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(
         app.get_token(&second, Some(SCOPED_KEY)).await.status(),
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        app.get_token(&first, Some("not-a-key-of-anyone")).await.status(),
+        app.get_token(&first, Some("not-a-key-of-anyone"))
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
 

@@ -495,6 +495,9 @@ fn every_metric_named_by_the_dashboard_and_the_alerts_exists() {
     m.store_write_errors.with_label_values(&["redb"]).inc();
     m.store_up.with_label_values(&["redb"]).set(1);
     m.open_event("component_verify_ticket", "ok");
+    m.client_requests
+        .with_label_values(&["reader", "/v1/token/{appid}", "200"])
+        .inc();
     let mut known = BTreeSet::new();
     for family in m.registry.gather() {
         let name = family.name().to_string();
