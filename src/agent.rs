@@ -596,3 +596,115 @@ impl TokenFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn answer(token: &str, fetched_at: i64, expires_at: i64) -> (Vec<u8>, Answer) {
+        let body = serde_json::json!({
+            "appid": "wx1111111111111111",
+            "access_token": token,
+            "expires_in": 100,
+            "expires_at": expires_at,
+            "fetched_at": fetched_at,
+        });
+        (
+            serde_json::to_vec(&body).expect("JSON"),
+            Answer {
+                access_token: token.to_string(),
+                expires_in: 100,
+                fetched_at,
+            },
+        )
+    }
+
+    fn appid() -> AppId {
+        AppId::parse("wx1111111111111111").expect("an appid")
+    }
+
+    #[test]
+    fn a_file_is_private_whole_and_changes_only_with_its_token() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut file = TokenFile::open(dir.path(), &appid());
+        let later = Instant::now() + Duration::from_secs(60);
+        let (body, first) = answer("token-number-one-0123456789", 10, i64::MAX / 2000);
+        assert!(file.write(&body, &first, later).expect("written"));
+        let path = dir.path().join("wx1111111111111111.json");
+        assert_eq!(std::fs::read(&path).expect("the file"), body);
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // The same token again: rewritten, not a change.
+        assert!(!file.write(&body, &first, later).expect("written"));
+        assert_eq!(file.fetched_at(), Some(10));
+        let (body, second) = answer("token-number-two-0123456789", 20, i64::MAX / 2000);
+        assert!(file.write(&body, &second, later).expect("written"));
+        // Nothing but the file is left in the directory.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("the directory")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("wx1111111111111111.json")]
+        );
+    }
+
+    #[test]
+    fn an_answer_past_its_deadline_is_never_written_and_removal_keeps_the_last_token() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut file = TokenFile::open(dir.path(), &appid());
+        let (body, late) = answer("token-too-late-0123456789", 10, i64::MAX / 2000);
+        assert!(!file.write(&body, &late, Instant::now()).expect("no error"));
+        assert!(!file.path().exists());
+        // Asked for newer than it next time.
+        assert_eq!(file.fetched_at(), Some(10));
+        let (body, ok) = answer("token-in-time-0123456789", 11, i64::MAX / 2000);
+        assert!(
+            file.write(&body, &ok, Instant::now() + Duration::from_secs(5))
+                .expect("written")
+        );
+        file.remove();
+        assert!(!file.path().exists());
+        assert_eq!(file.deadline(), None);
+        // The same token served again after a removal is no change for --exec.
+        assert!(
+            !file
+                .write(&body, &ok, Instant::now() + Duration::from_secs(5))
+                .expect("written")
+        );
+        assert!(file.path().exists());
+    }
+
+    #[test]
+    fn a_file_left_by_an_earlier_run_is_kept_while_its_token_lasts() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let now = crate::clock::unix_ms(std::time::SystemTime::now()) / 1000;
+        let path = dir.path().join("wx1111111111111111.json");
+        let (body, _) = answer("token-left-behind-0123456789", now - 10, now + 100);
+        std::fs::write(&path, &body).expect("a left file");
+        let file = TokenFile::open(dir.path(), &appid());
+        assert!(path.exists());
+        assert_eq!(file.fetched_at(), Some(now - 10));
+        let deadline = file.deadline().expect("a deadline");
+        assert!(deadline <= Instant::now() + Duration::from_secs(100) - SAFETY);
+
+        let (body, _) = answer("token-long-dead-0123456789", now - 200, now - 1);
+        std::fs::write(&path, &body).expect("a dead file");
+        let file = TokenFile::open(dir.path(), &appid());
+        assert!(
+            !path.exists(),
+            "a file past its token's end is removed at start"
+        );
+        assert_eq!(file.fetched_at(), None);
+        std::fs::write(&path, b"not json").expect("a broken file");
+        TokenFile::open(dir.path(), &appid());
+        assert!(
+            !path.exists(),
+            "a file that is not a token answer is removed at start"
+        );
+    }
+}

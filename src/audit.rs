@@ -7,7 +7,8 @@
 //! log event with target [`TARGET`] for every request that may rotate a
 //! token ([`refresh`]: compare-and-refresh that refreshed, admin refresh,
 //! the face's `force_refresh`, the proxy's retry; [`reload`]: a reload, with
-//! one more event per account it restarted). With `--log-format json` each
+//! one more event per account it restarted; [`open`]: an authorizer's
+//! imported refresh token, a reconcile that added or repaired some). With `--log-format json` each
 //! is one JSON object whose `fields` hold `audit`, `client`, `remote`,
 //! `appid`, `reason` and `outcome`.
 //!
@@ -76,6 +77,12 @@ pub enum Cause {
     ProxyRetry,
     /// A configuration reload (the admin endpoint, SIGHUP, the file watch).
     Reload,
+    /// An admin imported an authorizer's refresh token (its token is
+    /// fetched with it).
+    AuthorizerImport,
+    /// An admin reconciled a component's authorizers with WeChat's list
+    /// (added or repaired refresh tokens are used at once).
+    Reconcile,
 }
 
 impl Cause {
@@ -86,6 +93,8 @@ impl Cause {
             Cause::FaceForce => "face_force",
             Cause::ProxyRetry => "proxy_retry",
             Cause::Reload => "reload",
+            Cause::AuthorizerImport => "authorizer_import",
+            Cause::Reconcile => "reconcile",
         }
     }
 }
@@ -135,6 +144,12 @@ pub fn reload(origin: &Origin, outcome: &str, changed: &[AppId], added: &[AppId]
     }
 }
 
+/// Logs an Open Platform admin action on `appid` (`cause` is
+/// [`Cause::AuthorizerImport`] or [`Cause::Reconcile`]).
+pub fn open(origin: &Origin, appid: &str, cause: Cause, outcome: &str) {
+    event(origin, appid, cause, outcome);
+}
+
 /// The one audit event.
 fn event(origin: &Origin, appid: &str, cause: Cause, outcome: &str) {
     tracing::info!(
@@ -151,4 +166,60 @@ fn event(origin: &Origin, appid: &str, cause: Cause, outcome: &str) {
         cause.as_str(),
         origin.client_name(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{AccessToken, Mode};
+    use crate::snapshot::TokenRecord;
+
+    fn outcome(
+        refreshed: bool,
+    ) -> Result<Result<RefreshOutcome, RefreshError>, actix::MailboxError> {
+        Ok(Ok(RefreshOutcome {
+            record: Arc::new(TokenRecord {
+                token: AccessToken::new("a-token-of-sixteen-or-more".to_string()),
+                mode: Mode::Legacy,
+                fetched_at_ms: 0,
+                expires_at_ms: 7_200_000,
+                serve_until_ms: 7_200_000,
+                json: Default::default(),
+            }),
+            refreshed,
+        }))
+    }
+
+    #[test]
+    fn outcomes_name_what_happened_to_the_token() {
+        assert_eq!(refresh_outcome(&outcome(true)), "refreshed");
+        assert_eq!(refresh_outcome(&outcome(false)), "current");
+        assert_eq!(
+            refresh_outcome(&Ok(Err(RefreshError::Throttled {
+                retry_after: Duration::from_secs(30)
+            }))),
+            "throttled"
+        );
+        assert_eq!(
+            refresh_outcome(&Ok(Err(RefreshError::NoToken))),
+            "unavailable"
+        );
+        assert_eq!(
+            refresh_outcome(&Err(actix::MailboxError::Closed)),
+            "unavailable"
+        );
+    }
+
+    #[test]
+    fn the_client_is_a_name_anonymous_or_the_server_itself() {
+        let mut origin = Origin::internal("sighup");
+        assert_eq!(origin.client_name(), "-");
+        origin.remote = Some("127.0.0.1".parse().expect("an address"));
+        assert_eq!(origin.client_name(), "anonymous");
+        origin.client = Some(Arc::from("billing"));
+        assert_eq!(origin.client_name(), "billing");
+    }
 }

@@ -147,7 +147,7 @@ pub async fn force_refresh(
         let slot = path_account(&req, &caller, &state)?;
         (slot.appid.clone(), slot, caller.client())
     };
-    let origin = super::origin(&req, "http", client.clone());
+    let origin = super::origin(&req, "http");
     let result = super::refresh::route_refresh(
         &state,
         &origin,

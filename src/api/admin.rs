@@ -22,7 +22,7 @@ pub async fn reload(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = {
+    {
         let auth = state.auth.load();
         let caller = auth.authenticate(&req)?;
         caller.check_admin()?;
@@ -31,13 +31,12 @@ pub async fn reload(
                 "reloading needs an admin key for every account (`appids: [\"*\"]`)",
             ));
         }
-        caller.client()
-    };
+    }
     let reloader = state
         .reloader
         .as_ref()
         .ok_or_else(ApiError::reload_unavailable)?;
-    match reloader.reload(super::origin(&req, "admin", client)).await {
+    match reloader.reload(super::origin(&req, "admin")).await {
         Ok(summary) => Ok(HttpResponse::Ok().json(summary)),
         Err(ReloadError::Invalid(problems)) => {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();

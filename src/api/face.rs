@@ -274,7 +274,7 @@ async fn answer_token(
     let Some(stale) = slot.token().map(|t| t.token.clone()) else {
         return current(&slot, now_ms);
     };
-    let origin = super::origin(req, "http", client.clone());
+    let origin = super::origin(req, "http");
     let result = super::refresh::route_refresh(
         state,
         &origin,

@@ -167,21 +167,23 @@ fn resource(pattern: &'static str, allow: &'static str) -> Resource {
         }))
 }
 
-/// Who sent `req`, for the audit trail: `client` (the caller's configured
-/// name, when it has one), the TCP peer and the first `X-Forwarded-For`
-/// address when it is one. `trigger` is `http`, or `http_token` for the
-/// proxy's token door, whose callers present a token rather than a key.
-pub(crate) fn origin(
-    req: &HttpRequest,
-    trigger: &'static str,
-    client: Option<Arc<str>>,
-) -> crate::audit::Origin {
+/// Who sent `req`, for the audit trail: the client whose key was accepted
+/// (the [`ClientLabel`] authentication left on it), the TCP peer and the
+/// first `X-Forwarded-For` address when it is one. `trigger` is `http`,
+/// `http_token` for the proxy's token door (a token stands for the caller),
+/// or `admin` for a reload.
+pub(crate) fn origin(req: &HttpRequest, trigger: &'static str) -> crate::audit::Origin {
+    use actix_web::HttpMessage as _;
     let forwarded_for = req
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .and_then(|first| first.trim().parse().ok());
+    let client = match req.extensions().get::<ClientLabel>() {
+        Some(ClientLabel::Named(name)) => Some(name.clone()),
+        _ => None,
+    };
     crate::audit::Origin {
         trigger,
         client,

@@ -261,6 +261,17 @@ pub async fn reconcile(
     {
         Ok(Ok(summary)) => {
             tracing::info!(component = %component, listed = summary.total_count, added = summary.added.len(), repaired = summary.repaired.len(), "reconciled the authorizers");
+            let origin = super::origin(&req, "http");
+            for (list, outcome) in [(&summary.added, "added"), (&summary.repaired, "repaired")] {
+                for appid in list {
+                    crate::audit::open(
+                        &origin,
+                        appid.as_str(),
+                        crate::audit::Cause::Reconcile,
+                        outcome,
+                    );
+                }
+            }
             state
                 .metrics
                 .refresh_token_repairs(summary.repaired.len() + summary.added.len());
@@ -326,18 +337,30 @@ pub async fn import(
             .registry
             .send(RouteOpen {
                 component: component.clone(),
-                appid,
+                appid: appid.clone(),
                 update: OpenUpdate::RefreshToken(token),
             })
             .await;
-        match routed {
-            Ok(Ok(())) => summary.imported += 1,
-            Ok(Err(e)) => summary.refused.push(ImportProblem {
-                index,
-                problem: e.to_string(),
-            }),
+        let outcome = match routed {
+            Ok(Ok(())) => {
+                summary.imported += 1;
+                "imported"
+            }
+            Ok(Err(e)) => {
+                summary.refused.push(ImportProblem {
+                    index,
+                    problem: e.to_string(),
+                });
+                "refused"
+            }
             Err(_) => return Err(registry_down()),
-        }
+        };
+        crate::audit::open(
+            &super::origin(&req, "http"),
+            appid.as_str(),
+            crate::audit::Cause::AuthorizerImport,
+            outcome,
+        );
     }
     tracing::info!(component = %component, imported = summary.imported, refused = summary.refused.len(), "imported authorizer refresh tokens");
     Ok(HttpResponse::Ok().json(summary))

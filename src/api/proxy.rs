@@ -732,7 +732,6 @@ async fn forward(
             } else {
                 "http_token"
             },
-            call.name.clone(),
         );
         let result = super::refresh::route_refresh(
             state,

@@ -70,7 +70,7 @@ pub async fn compare_and_refresh(
     {
         return token_response(&slot, &current, now_ms, Some(false));
     }
-    let origin = super::origin(&req, "http", client.clone());
+    let origin = super::origin(&req, "http");
     let result = route_refresh(
         &state,
         &origin,

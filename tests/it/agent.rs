@@ -650,3 +650,52 @@ fn the_agent_refuses_bad_arguments_with_one_sentence() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[actix_web::test]
+async fn sigterm_answers_held_long_polls_at_once_and_the_server_exits_cleanly() {
+    let setup = Setup::new(&[Mode::Stable]).await;
+    let log = setup.dir.path().join("server.log");
+    let mut server = setup.serve(&log);
+    setup.ready().await;
+    let appid = &setup.accounts[0].0;
+    let fetched_at = setup.fetched_at(appid).await;
+    let held = {
+        let request = setup
+            .http
+            .get(setup.url(&format!("/v1/token/{appid}?wait=300s&after={fetched_at}")))
+            .bearer_auth(AGENT_KEY)
+            .timeout(Duration::from_secs(60))
+            .send();
+        actix_web::rt::spawn(request)
+    };
+    Wait::up_to(Duration::from_secs(5))
+        .until_async("the long-poll is held", async || {
+            let text = setup
+                .http
+                .get(setup.url("/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            support::metric_value(&text, "wxtoken_long_polls_held", &[]) == 1.0
+        })
+        .await;
+    let stopping = Instant::now();
+    send_signal(&server.0, "TERM");
+    let answer = held
+        .await
+        .expect("the task")
+        .expect("the held request is answered, not dropped");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        exit_code(&mut server.0, Duration::from_secs(10)).await,
+        Some(0)
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the stop waited for the held request: {:?}",
+        stopping.elapsed()
+    );
+}

@@ -312,6 +312,35 @@ async fn a_rotated_refresh_token_survives_kill_9_and_the_restart_refreshes_with_
     assert_ne!(after_restart, rotated, "the refresh token rotated again");
     refresh_tokens.push(after_restart);
 
+    // An imported refresh token is an audited rotation cause (by an admin).
+    let imported = support::unique_appid().to_string();
+    let imported_refresh = format!("imported-refresh-token-{imported}");
+    let answer: Value = p
+        .http
+        .post(p.url(&format!("/v1/component/{}/authorizers", p.component)))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!([{ "authorizer_appid": imported, "refresh_token": imported_refresh }]))
+        .send()
+        .await
+        .expect("wxtoken answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["imported"], 1, "{answer}");
+    refresh_tokens.push(imported_refresh);
+    let audit = format!("audit: authorizer_import of {imported} by admin: imported");
+    Wait::up_to(Duration::from_secs(5))
+        .until("the import is in the audit trail", || {
+            std::fs::read_to_string(&log_after).is_ok_and(|text| {
+                text.lines().any(|l| {
+                    l.contains(&audit)
+                        && l.contains("wxtoken::audit")
+                        && l.contains("remote=127.0.0.1")
+                })
+            })
+        })
+        .await;
+
     assert_eq!(mode_of(&p.store()), 0o600, "the store file is private");
     for log in [&log_before, &log_after] {
         let text = std::fs::read_to_string(log).expect("the log is readable");
