@@ -49,16 +49,19 @@ struct RouteHandles {
     route: Box<str>,
     duration: Histogram,
     /// `wxtoken_http_requests_total{route, status}` per status seen.
-    requests: Vec<(StatusCode, IntCounter)>,
+    requests: StatusCounters,
     /// `wxtoken_client_requests_total{client, route, status}` per client
     /// name and status seen (names, not `Arc`s: a reload makes new ones).
-    clients: Vec<(Box<str>, Vec<(StatusCode, IntCounter)>)>,
+    clients: Vec<(Box<str>, StatusCounters)>,
 }
+
+/// Counters resolved per status.
+type StatusCounters = Vec<(StatusCode, IntCounter)>;
 
 /// The counter of `status` in `handles`, resolved through `resolve` the
 /// first time.
 fn counter_of(
-    handles: &mut Vec<(StatusCode, IntCounter)>,
+    handles: &mut StatusCounters,
     status: StatusCode,
     resolve: impl FnOnce() -> IntCounter,
 ) -> &IntCounter {
