@@ -18,15 +18,14 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH=long_poll.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 WXTOKEN_BIN="${WXTOKEN_BIN:-$ROOT/target/release/wxtoken}"
 HELD="${HELD:-10000}"
 HOLD_SECS="${HOLD_SECS:-10}"
 APPID=wx00000000000000c1
 
-die() {
-    echo "long_poll.sh: $*" >&2
-    exit 1
-}
 for tool in curl python3; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed"
 done
@@ -35,34 +34,9 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 (($(ulimit -n) > HELD + 100)) || die "the open-file limit $(ulimit -n) is below HELD=$HELD"
 
-WORK="$(mktemp -d /tmp/wxtoken-longpoll.XXXXXX)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill -INT "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ "${KEEP_DIR:-0}" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_for() { # url what
-    for _ in $(seq 1 300); do
-        [[ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$2 did not come up ($1)"
-}
+make_work_dir wxtoken-longpoll
 
-SIM_PORT="$(free_port)"
-RUST_LOG=warn "$WXTOKEN_BIN" simulator --listen "127.0.0.1:$SIM_PORT" >"$WORK/sim.out" 2>&1 &
-PIDS+=($!)
-SIM="http://127.0.0.1:$SIM_PORT"
-wait_for "$SIM/sim/stats" "the simulator"
-curl -sf -X POST "$SIM/sim/apps" -H 'content-type: application/json' \
-    -d "{\"appid\":\"$APPID\",\"secret\":\"bench-secret-not-real\"}" >/dev/null
+start_simulator "$APPID"
 
 WX_PORT="$(free_port)"
 cat >"$WORK/accounts.yaml" <<EOF
@@ -76,11 +50,7 @@ accounts:
     name: long-poll benchmark
     secret: bench-secret-not-real
 EOF
-RUST_LOG=warn "$WXTOKEN_BIN" serve --config "$WORK/accounts.yaml" >"$WORK/wxtoken.out" 2>&1 &
-WX_PID=$!
-PIDS+=("$WX_PID")
-WX="http://127.0.0.1:$WX_PORT"
-wait_for "$WX/readyz?strict=1" "wxtoken"
+start_wxtoken "/readyz?strict=1"
 
 python3 - "$WX_PORT" "$WX_PID" "$APPID" "$HELD" "$HOLD_SECS" <<'EOF'
 import asyncio, json, os, sys, time, urllib.request

@@ -22,6 +22,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH=proxy.sh
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 WXTOKEN_BIN="${WXTOKEN_BIN:-$ROOT/target/release/wxtoken}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
@@ -31,10 +34,6 @@ IN_FLIGHT="${IN_FLIGHT:-1000}"
 HOLD_MS="${HOLD_MS:-2000}"
 APPID=wx00000000000000b1
 
-die() {
-    echo "proxy.sh: $*" >&2
-    exit 1
-}
 for tool in wrk nginx curl python3 ss; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed (Debian: apt-get install wrk nginx-light curl python3 iproute2)"
 done
@@ -42,36 +41,11 @@ done
 # 1,000 client connections, as many to the simulator, and the simulator's own.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-WORK="$(mktemp -d /tmp/wxtoken-proxy.XXXXXX)"
+make_work_dir wxtoken-proxy
 chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill -INT "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ "${KEEP_DIR:-0}" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_for() { # url what
-    for _ in $(seq 1 300); do
-        [[ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$2 did not come up ($1)"
-}
 
 # --- the simulator and wxtoken ------------------------------------------------
-SIM_PORT="$(free_port)"
-RUST_LOG=warn "$WXTOKEN_BIN" simulator --listen "127.0.0.1:$SIM_PORT" >"$WORK/sim.out" 2>&1 &
-PIDS+=($!)
-SIM="http://127.0.0.1:$SIM_PORT"
-wait_for "$SIM/sim/stats" "the simulator"
-curl -sf -X POST "$SIM/sim/apps" -H 'content-type: application/json' \
-    -d "{\"appid\":\"$APPID\",\"secret\":\"bench-secret-not-real\"}" >/dev/null
+start_simulator "$APPID"
 
 WX_PORT="$(free_port)"
 cat >"$WORK/accounts.yaml" <<EOF
@@ -87,11 +61,7 @@ accounts:
     name: proxy benchmark
     secret: bench-secret-not-real
 EOF
-RUST_LOG=warn "$WXTOKEN_BIN" serve --config "$WORK/accounts.yaml" >"$WORK/wxtoken.out" 2>&1 &
-WX_PID=$!
-PIDS+=("$WX_PID")
-WX="http://127.0.0.1:$WX_PORT"
-wait_for "$WX/readyz" "wxtoken"
+start_wxtoken
 # The token through the face (no clients configured: loopback, any key).
 TOKEN="$(curl -sf "$WX/cgi-bin/token?grant_type=client_credential&appid=$APPID&secret=loopback" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"

@@ -85,8 +85,14 @@ pub async fn list_accounts(
             authorization: slot.authorization().map(|a| a.as_str()),
         })
         .collect();
-    let body = serde_json::to_vec(&views)
-        .map_err(|_| ApiError::internal("the account list could not be encoded"))?;
+    uncached_json(&views, "the account list")
+}
+
+/// `value` as a 200 JSON answer that no cache keeps (`what` names it in the
+/// error when it cannot be encoded).
+fn uncached_json(value: &impl serde::Serialize, what: &str) -> Result<HttpResponse, ApiError> {
+    let body = serde_json::to_vec(value)
+        .map_err(|_| ApiError::internal(format!("{what} could not be encoded")))?;
     Ok(HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,
@@ -118,15 +124,7 @@ pub async fn list_appids(
         })
         .map(|slot| slot.appid.as_str())
         .collect();
-    let body = serde_json::to_vec(&serde_json::json!({ "appids": appids }))
-        .map_err(|_| ApiError::internal("the appid list could not be encoded"))?;
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        ))
-        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .body(body))
+    uncached_json(&serde_json::json!({ "appids": appids }), "the appid list")
 }
 
 /// `POST /v1/accounts/{appid}/refresh` (admin): fetch a new token now (in

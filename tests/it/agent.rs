@@ -134,8 +134,8 @@ impl Setup {
         (status, response.json().await.expect("JSON"))
     }
 
-    /// The `fetched_at` of the token the server serves for `appid` now.
-    async fn fetched_at(&self, appid: &AppId) -> i64 {
+    /// The token answer the server gives for `appid` now.
+    async fn served(&self, appid: &AppId) -> Value {
         let (status, body) = self
             .call(
                 reqwest::Method::GET,
@@ -145,20 +145,22 @@ impl Setup {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        body["fetched_at"].as_i64().expect("fetched_at")
+        body
     }
 
+    /// The `fetched_at` of the token the server serves for `appid` now.
+    async fn fetched_at(&self, appid: &AppId) -> i64 {
+        self.served(appid).await["fetched_at"]
+            .as_i64()
+            .expect("fetched_at")
+    }
+
+    /// The token the server serves for `appid` now.
     async fn token(&self, appid: &AppId) -> String {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/token/{appid}"),
-                AGENT_KEY,
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body["access_token"].as_str().expect("a token").to_string()
+        self.served(appid).await["access_token"]
+            .as_str()
+            .expect("a token")
+            .to_string()
     }
 }
 
@@ -400,34 +402,24 @@ async fn every_rotation_cause_leaves_one_audit_event_without_tokens_or_secrets()
     // Compare-and-refresh of the current token: refreshed.
     let current = setup.token(stale).await;
     tokens.insert(current.clone());
-    let (status, body) = setup
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/token/{stale}/refresh"),
-            AGENT_KEY,
-            Some(json!({ "stale_token": current })),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["refreshed"]),
-        (StatusCode::OK, &json!(true)),
-        "{body}"
-    );
+    let report = async || {
+        let (status, body) = setup
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/token/{stale}/refresh"),
+                AGENT_KEY,
+                Some(json!({ "stale_token": current })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    };
+    let body = report().await;
+    assert_eq!(body["refreshed"], true, "{body}");
     tokens.insert(body["access_token"].as_str().expect("token").to_string());
     // ...and of an old one: nothing rotates, nothing is logged.
-    let (status, body) = setup
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/token/{stale}/refresh"),
-            AGENT_KEY,
-            Some(json!({ "stale_token": current })),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["refreshed"]),
-        (StatusCode::OK, &json!(false)),
-        "{body}"
-    );
+    let body = report().await;
+    assert_eq!(body["refreshed"], false, "{body}");
 
     // Admin refresh.
     tokens.insert(setup.token(admin).await);
@@ -670,16 +662,8 @@ async fn sigterm_answers_held_long_polls_at_once_and_the_server_exits_cleanly() 
     };
     Wait::up_to(Duration::from_secs(5))
         .until_async("the long-poll is held", async || {
-            let text = setup
-                .http
-                .get(setup.url("/metrics"))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("text");
-            support::metric_value(&text, "wxtoken_long_polls_held", &[]) == 1.0
+            support::scraped(&setup.http, &setup.url(""), "wxtoken_long_polls_held", &[]).await
+                == 1.0
         })
         .await;
     let stopping = Instant::now();

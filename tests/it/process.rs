@@ -262,16 +262,14 @@ async fn sigterm_flushes_the_store_and_a_restart_makes_no_upstream_call_and_sigh
     Wait::up_to(Duration::from_secs(10))
         .every(Duration::from_millis(50))
         .until_async("SIGHUP reloads", async || {
-            let text = setup
-                .http
-                .get(setup.url("/metrics"))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("text");
-            metric_value(&text, "wxtoken_config_reloads_total", &[("result", "ok")]) == 1.0
+            support::scraped(
+                &setup.http,
+                &setup.url(""),
+                "wxtoken_config_reloads_total",
+                &[("result", "ok")],
+            )
+            .await
+                == 1.0
         })
         .await;
     assert_eq!(setup.calls(), calls, "the reload touched no account");

@@ -172,6 +172,24 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The sample `name{labels}` of the metrics a server at `base` (`http://host:port`) exports now.
+pub async fn scraped(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("the server answers /metrics")
+        .text()
+        .await
+        .expect("the metrics text");
+    metric_value(&text, name, labels)
+}
+
 /// True when `GET url` answers 200 (false when nothing answers).
 pub async fn answers_ok(http: &reqwest::Client, url: &str) -> bool {
     http.get(url)
