@@ -17,7 +17,7 @@ use wxtoken::simulator::{FaultSpec, SimConfig, Simulator};
 use crate::support::process::{KillOnDrop, Running, exit_code, send_signal, wxtoken};
 use crate::support::raw_http::{read_answer, send_post_head};
 use crate::support::wait::Wait;
-use crate::support::{self, all_token_calls, appids_in, metric_value};
+use crate::support::{self, all_token_calls, appids_in};
 
 const ADMIN_KEY: &str = "process-admin-key-0123456789";
 /// WeChat's grace in these tests: a legacy refresh kills the previous token
