@@ -191,11 +191,6 @@ impl ClientLabel {
 }
 
 impl Caller<'_> {
-    /// The client's configured name (`None` when no clients are configured).
-    pub fn name(&self) -> Option<&str> {
-        self.name.map(|n| &**n)
-    }
-
     /// The client's configured name, shared (`None` when no clients are configured).
     pub fn client(&self) -> Option<Arc<str>> {
         self.name.cloned()
