@@ -69,7 +69,7 @@ pub enum Command {
     /// Run a stand-alone fake WeChat API server for local development.
     Simulator {
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, default_value = "127.0.0.1:9180")]
         listen: SocketAddr,
         /// Lifetime of issued tokens, in seconds.
         #[arg(long, default_value_t = 7200)]
@@ -79,7 +79,12 @@ pub enum Command {
         grace: u64,
     },
     /// Read an API key on stdin and print its `sha256:<hex>` form for `clients[].key`.
-    HashKey,
+    HashKey {
+        /// Make a strong random key instead (32 random bytes, base64url) and
+        /// print the key and its `sha256:` form.
+        #[arg(long)]
+        generate: bool,
+    },
     /// Keep `DIR/{appid}.json` token files current on a business host (a sidecar).
     Agent(AgentArgs),
 }
@@ -119,7 +124,7 @@ pub fn main() -> ExitCode {
             crate::telemetry::init(cli.log_format);
             agent(args)
         }
-        Command::HashKey => hash_key(),
+        Command::HashKey { generate } => hash_key(generate),
         Command::Simulator {
             listen,
             token_ttl,
@@ -302,7 +307,21 @@ async fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) {
     stop.cancel();
 }
 
-fn hash_key() -> ExitCode {
+/// The shortest API key `hash-key` accepts: a short key is guessable.
+const MIN_KEY_CHARS: usize = 16;
+
+fn hash_key(generate: bool) -> ExitCode {
+    if generate {
+        use base64::Engine as _;
+        let bytes: [u8; 32] = rand::random();
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        println!("key:  {key}");
+        println!("hash: {}", crate::domain::KeyHash::of_key(&key));
+        eprintln!(
+            "wxtoken: give the key to the client and put the hash in `clients[].key`; the key is not kept anywhere"
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         eprintln!("wxtoken: could not read the key from stdin: {e}");
@@ -311,6 +330,12 @@ fn hash_key() -> ExitCode {
     let key = input.trim_end_matches(['\r', '\n']);
     if key.is_empty() {
         eprintln!("wxtoken: no key on stdin; try `echo -n 'my-key' | wxtoken hash-key`");
+        return ExitCode::from(1);
+    }
+    if key.chars().count() < MIN_KEY_CHARS {
+        eprintln!(
+            "wxtoken: the key is shorter than {MIN_KEY_CHARS} characters, which is guessable; use a longer one or `wxtoken hash-key --generate`"
+        );
         return ExitCode::from(1);
     }
     println!("{}", crate::domain::KeyHash::of_key(key));

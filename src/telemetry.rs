@@ -44,6 +44,12 @@ pub fn init(format: LogFormat) {
     let demote = tracing_subscriber::filter::filter_fn(shown);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for a person at a terminal who did not set `NO_COLOR`:
+        // journald, files and pipes get plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.finish().with(demote).try_init(),

@@ -132,13 +132,81 @@ fn hash_key_prints_the_sha256_form_of_stdin() {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(b"my-api-key\n").expect("write the key");
+        stdin
+            .write_all(b"my-api-key-of-16+\n")
+            .expect("write the key");
     }
     let out = child.wait_with_output().expect("wxtoken ends");
     assert!(out.status.success());
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(printed.trim(), KeyHash::of_key("my-api-key").to_string());
+    assert_eq!(
+        printed.trim(),
+        KeyHash::of_key("my-api-key-of-16+").to_string()
+    );
     assert!(!printed.contains("my-api-key"));
+}
+
+/// Runs `wxtoken hash-key` with `key` on stdin.
+fn hash_key_of(key: &[u8]) -> std::process::Output {
+    let mut cmd = wxtoken(&["hash-key"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("wxtoken runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(key).expect("write the key");
+    }
+    child.wait_with_output().expect("wxtoken ends")
+}
+
+#[test]
+fn hash_key_refuses_a_key_shorter_than_16_characters() {
+    let out = hash_key_of(b"fifteen-chars-k\n");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shorter than 16"), "{stderr}");
+    assert!(!stderr.contains("fifteen-chars-k"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    // 16 characters pass, counted as characters, not bytes.
+    assert!(
+        hash_key_of("sixteen-chars-k!\n".as_bytes())
+            .status
+            .success()
+    );
+    assert_eq!(
+        hash_key_of("钥匙钥匙钥匙钥匙钥匙钥匙钥匙钥\n".as_bytes())
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn hash_key_generate_prints_a_strong_key_and_its_hash() {
+    let out = run(wxtoken(&["hash-key", "--generate"]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let field = |name: &str| {
+        out.stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} line in {}", out.stdout))
+            .to_string()
+    };
+    let key = field("key:");
+    let hash = field("hash:");
+    assert_eq!(key.len(), 43, "32 bytes in base64url: {key}");
+    assert!(
+        key.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+    assert_eq!(hash, KeyHash::of_key(&key).to_string());
+    // The printed hash is what the config accepts.
+    assert!(KeyHash::parse(&hash).is_ok());
+    let again = run(wxtoken(&["hash-key", "--generate"]));
+    assert_ne!(again.stdout, out.stdout, "each key is fresh");
 }
 
 #[test]

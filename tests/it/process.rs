@@ -147,6 +147,8 @@ impl Setup {
             Some(filter) => cmd.env("RUST_LOG", filter),
             None => cmd.env_remove("RUST_LOG"),
         };
+        // As journald or a log file would run it: no `NO_COLOR` hint.
+        cmd.env_remove("NO_COLOR");
         let file = File::create(log).expect("a log file");
         cmd.stdout(Stdio::null()).stderr(Stdio::from(file));
         KillOnDrop::spawn(cmd)
@@ -472,6 +474,11 @@ async fn malformed_and_oversized_request_heads_are_refused_without_an_error_log_
 
     let log = run(None, "default.log").await;
     assert!(log.contains("wxtoken serving"), "{log}");
+    // Written to a file, not a terminal: no colour escapes.
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(
         errors.is_empty(),
