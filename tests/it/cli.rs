@@ -124,19 +124,7 @@ fn check_honours_the_wxtoken_config_env_var() {
 
 #[test]
 fn hash_key_prints_the_sha256_form_of_stdin() {
-    let mut cmd = wxtoken(&["hash-key"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("wxtoken runs");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(b"my-api-key-of-16+\n")
-            .expect("write the key");
-    }
-    let out = child.wait_with_output().expect("wxtoken ends");
+    let out = hash_key_of(b"my-api-key-of-16+\n");
     assert!(out.status.success());
     let printed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
