@@ -37,6 +37,32 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// What `wxtoken serve --help` tells an operator beyond the options.
+const SERVE_HELP: &str = "\
+Signals:
+  SIGTERM, SIGINT  Stop gracefully: no new connections, in-flight requests
+                   finish, held long-polls are answered at once, every
+                   account's actor stops and the token store is flushed.
+  SIGHUP           Reload the config file (as POST /v1/admin/reload does).
+
+File watching:
+  The config file is watched; when its content changes it is reloaded. A
+  reload that fails validation changes nothing and is logged with every
+  problem; the running configuration keeps serving.
+
+Exit codes:
+  0  stopped by a signal, cleanly
+  1  could not start or run (port in use, unreadable or corrupt store: see
+     --reset-store)
+  2  the configuration is invalid (every problem is printed)
+
+Logging:
+  Logs go to stderr. RUST_LOG filters them (default `info`; e.g.
+  `RUST_LOG=warn,wxtoken::audit=info` keeps only warnings and
+  the audit trail); --log-format json (or
+  WXTOKEN_LOG_FORMAT=json) writes one JSON object per line. Colour only at a
+  terminal without NO_COLOR.";
+
 /// The options of `wxtoken serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -61,6 +87,7 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the central token server.
+    #[command(after_long_help = SERVE_HELP)]
     Serve(ServeArgs),
     /// Validate the configuration without network access.
     Check(ConfigArg),

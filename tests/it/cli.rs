@@ -198,6 +198,26 @@ fn hash_key_generate_prints_a_strong_key_and_its_hash() {
 }
 
 #[test]
+fn serve_help_documents_signals_file_watching_exit_codes_and_rust_log() {
+    let out = run(wxtoken(&["serve", "--help"]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for needle in [
+        "SIGTERM",
+        "SIGHUP",
+        "File watching",
+        "Exit codes",
+        "2  the configuration is invalid",
+        "RUST_LOG",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "no {needle:?} in\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
 fn hash_key_refuses_an_empty_key() {
     let mut cmd = wxtoken(&["hash-key"]);
     cmd.stdin(Stdio::null());
