@@ -339,11 +339,9 @@ const MIN_KEY_CHARS: usize = 16;
 
 fn hash_key(generate: bool) -> ExitCode {
     if generate {
-        use base64::Engine as _;
-        let bytes: [u8; 32] = rand::random();
-        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let (key, hash) = crate::domain::KeyHash::generate();
         println!("key:  {key}");
-        println!("hash: {}", crate::domain::KeyHash::of_key(&key));
+        println!("hash: {hash}");
         eprintln!(
             "wxtoken: give the key to the client and put the hash in `clients[].key`; the key is not kept anywhere"
         );

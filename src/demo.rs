@@ -38,10 +38,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.upstream.base_urls = vec![Url::parse(&sim.base_url())?];
     config.upstream.wecom_base_urls = vec![Url::parse(&sim.base_url())?];
 
-    let key = random_text(32);
+    let (key, hash) = KeyHash::generate();
     config.clients.push(ClientConfig {
         name: "demo".to_string(),
-        key: KeyHash::of_key(&key),
+        key: hash,
         appids: AppScope::All,
         admin: true,
     });

@@ -218,6 +218,16 @@ impl KeyHash {
         Ok(KeyHash(out))
     }
 
+    /// A fresh random API key (32 random bytes, 43 characters of base64url)
+    /// and its hash: how `hash-key --generate` and `demo` make keys.
+    pub fn generate() -> (String, Self) {
+        use base64::Engine as _;
+        let bytes: [u8; 32] = rand::random();
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let hash = Self::of_key(&key);
+        (key, hash)
+    }
+
     /// Hashes a plaintext API key.
     pub fn of_key(key: &str) -> Self {
         use sha2::Digest;
