@@ -156,6 +156,7 @@ async fn filled_fleet(n: usize, tickets: &[TicketKind]) -> (Engine, Clock) {
                 enabled: true,
                 kind: AccountKind::Wechat,
                 tickets: tickets.to_vec(),
+                fallback_to_stable: false,
             }
         })
         .collect();

@@ -274,10 +274,13 @@ pub enum ApiName {
     PreAuthCode,
     /// Open Platform `api_start_push_ticket`.
     StartPushTicket,
+    /// `POST /cgi-bin/openapi/quota/get` (getApiQuota): an API's daily
+    /// limit and use, read with the account's token.
+    ApiQuota,
 }
 
 impl ApiName {
-    pub const ALL: [ApiName; 11] = [
+    pub const ALL: [ApiName; 12] = [
         ApiName::Token,
         ApiName::StableToken,
         ApiName::GetTicket,
@@ -289,6 +292,7 @@ impl ApiName {
         ApiName::AuthorizerList,
         ApiName::PreAuthCode,
         ApiName::StartPushTicket,
+        ApiName::ApiQuota,
     ];
 
     /// The metric label and the name used in messages.
@@ -305,6 +309,7 @@ impl ApiName {
             ApiName::AuthorizerList => "api_get_authorizer_list",
             ApiName::PreAuthCode => "api_create_preauthcode",
             ApiName::StartPushTicket => "api_start_push_ticket",
+            ApiName::ApiQuota => "getapiquota",
         }
     }
 }

@@ -13,9 +13,11 @@ use crate::config::{AccountConfig, AccountKind};
 use crate::domain::{Mode, TicketKind};
 use crate::metrics::Metrics;
 use crate::replica::Source;
-use crate::snapshot::{AccountSlot, AccountStatus, ConfigFailure, LastError, State, TokenRecord};
+use crate::snapshot::{
+    AccountSlot, AccountStatus, ConfigFailure, LastError, QuotaReading, State, TokenRecord,
+};
 use crate::store::StoreWriter;
-use crate::wechat::{Decision, Endpoint};
+use crate::wechat::{Decision, Endpoint, WaitCause};
 
 use super::fetch::{SharedRefresh, SharedTicket};
 use super::messages::{
@@ -92,6 +94,13 @@ pub struct AccountActor {
     pub(super) recovery_asked: bool,
     /// Held while this account's first fetch is under way ([`Deps::fill`]).
     fill_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A legacy account whose quota is spent fetches from stable_token
+    /// (`endpoint` is then [`Endpoint::Stable`]) until this Unix ms.
+    stable_fallback_until_ms: Option<i64>,
+    /// When the upstream quotas were last read (Unix ms), and whether a
+    /// reading is under way.
+    quota_reads: plan::QuotaReads,
+    quota_reading: bool,
 }
 
 /// First fetches under way per upstream slot during a fill: enough to keep
@@ -122,6 +131,9 @@ impl AccountActor {
             shutting_down: false,
             recovery_asked: false,
             fill_permit: None,
+            stable_fallback_until_ms: None,
+            quota_reads: plan::QuotaReads::default(),
+            quota_reading: false,
         }
     }
 
@@ -135,6 +147,91 @@ impl AccountActor {
 
     pub(super) fn now_ms(&self) -> i64 {
         self.deps.clock.now_unix_ms()
+    }
+
+    /// The mode of the tokens the account fetches now: its configured one,
+    /// or stable while a legacy account falls back to stable_token.
+    pub(super) fn mode(&self) -> Mode {
+        match self.endpoint {
+            Endpoint::Stable => Mode::Stable,
+            _ => self.config.mode,
+        }
+    }
+
+    /// Moves a legacy account to stable_token until `until_ms` (its legacy
+    /// quota is spent), or back to its configured endpoint once that day is
+    /// over.
+    pub(super) fn follow_stable_fallback(&mut self, until_ms: Option<i64>) {
+        let now = self.now_ms();
+        if let Some(until) = until_ms
+            && until > now
+        {
+            if self.stable_fallback_until_ms.is_none() {
+                tracing::warn!(appid = %self.config.appid, until = until.div_euclid(1000), "the legacy token quota is spent (45009); fetching from stable_token until the quota day ends (fallback_to_stable)");
+            }
+            self.stable_fallback_until_ms = Some(until);
+            self.endpoint = Endpoint::Stable;
+        } else if self
+            .stable_fallback_until_ms
+            .is_some_and(|until| until <= now)
+        {
+            tracing::info!(appid = %self.config.appid, "a new quota day: fetching from /cgi-bin/token again");
+            self.stable_fallback_until_ms = None;
+            self.endpoint = endpoint(&self.config);
+        }
+    }
+
+    /// Reads the quotas of the token APIs the account uses with its live
+    /// token, when [`plan::QuotaReads::due`] says so; the readings land in
+    /// the account's status ([`crate::snapshot::Quotas`]).
+    fn read_quotas(&mut self, ctx: &mut Context<Self>, trigger: plan::QuotaTrigger) {
+        let now = self.now_ms();
+        let apis = plan::quota_apis(&self.endpoint, &endpoint(&self.config));
+        if apis.is_empty() || self.quota_reading || !self.quota_reads.due(now, trigger) {
+            return;
+        }
+        let Some(token) = self.slot.token().filter(|t| t.usable_secs(now).is_some()) else {
+            return;
+        };
+        self.quota_reading = true;
+        self.quota_reads.read(now, trigger);
+        let upstream = self.deps.upstream.clone();
+        let metrics = self.deps.metrics.clone();
+        let read = async move {
+            let mut readings = Vec::with_capacity(apis.len());
+            for &api in apis {
+                readings.push((api, upstream.api_quota(token.token.clone(), api).await));
+            }
+            readings
+        };
+        let read = async move {
+            crate::panics::catch_future(read).await.unwrap_or_else(|_| {
+                metrics.task_panics.with_label_values(&["quota"]).inc();
+                Vec::new()
+            })
+        };
+        ctx.spawn(read.into_actor(self).map(|readings, act, _| {
+            act.quota_reading = false;
+            let at = act.now_ms();
+            for (api, reading) in readings {
+                match reading {
+                    Ok(q) => {
+                        tracing::debug!(appid = %act.config.appid, api = api.as_str(), daily_limit = q.daily_limit, used = q.used, "read the upstream quota");
+                        act.update_status(|s| {
+                            s.quotas.set(QuotaReading {
+                                api,
+                                daily_limit: q.daily_limit,
+                                used: q.used,
+                                read_at_ms: at,
+                            })
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(appid = %act.config.appid, api = api.as_str(), error = %e, "reading the upstream quota failed");
+                    }
+                }
+            }
+        }));
     }
 
     pub(super) fn update_status(&self, f: impl FnOnce(&mut AccountStatus)) {
@@ -173,14 +270,14 @@ impl AccountActor {
     ) {
         let (at, serve_until) = plan::next_refresh(
             &self.deps.policy,
-            self.config.mode,
+            record.mode,
             record,
             previous_same,
             self.slot.status().late_until_ms,
             self.now_ms(),
             plan::draw(),
         );
-        if self.config.mode == Mode::Legacy && serve_until != record.serve_until_ms {
+        if record.mode == Mode::Legacy && serve_until != record.serve_until_ms {
             // Keep serve_until consistent with the plan actually armed.
             self.republish(record, serve_until);
             self.persist();
@@ -341,6 +438,12 @@ impl AccountActor {
         });
         self.schedule_from(ctx, record, msg.same_token);
         self.ensure_tickets(ctx, !msg.same_token);
+        let trigger = if msg.stable_fallback_until_ms.is_some() {
+            plan::QuotaTrigger::Spent
+        } else {
+            plan::QuotaTrigger::Refreshed
+        };
+        self.read_quotas(ctx, trigger);
     }
 
     /// A refresh failed with `err`: record it, cap the served token if the
@@ -396,6 +499,15 @@ impl AccountActor {
             });
             s.config_error = config_error;
         });
+        if matches!(
+            decision,
+            Decision::NotBefore {
+                cause: WaitCause::DailyQuota,
+                ..
+            }
+        ) {
+            self.read_quotas(ctx, plan::QuotaTrigger::Spent);
+        }
         let retry_at = add_ms(now, delay);
         // Did WeChat perhaps rotate the token although we saw no answer?
         let unknown_outcome =
@@ -491,6 +603,7 @@ impl Handler<Finished> for AccountActor {
         self.inflight = None;
         self.fill_permit = None;
         let now = self.now_ms();
+        self.follow_stable_fallback(msg.stable_fallback_until_ms);
         self.count_refresh(&msg, now);
         match &msg.result {
             Ok(record) => self.refreshed(ctx, &msg, record, now),
@@ -687,7 +800,7 @@ impl Handler<Adopt> for AccountActor {
         }
         let record = Arc::new(TokenRecord {
             token: t.token,
-            mode: self.config.mode,
+            mode: self.mode(),
             fetched_at_ms: t.fetched_at_ms,
             expires_at_ms: t.expires_at_ms,
             serve_until_ms: t.expires_at_ms,

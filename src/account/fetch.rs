@@ -51,6 +51,8 @@ impl AccountActor {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
+        // A new quota day ends a fall back to stable_token.
+        self.follow_stable_fallback(None);
         let had_token = self.slot.token().is_some();
         self.set_state(if had_token {
             State::Refreshing
@@ -63,8 +65,9 @@ impl AccountActor {
         let addr = ctx.address();
         let deps = self.deps.clone();
         let slot = self.slot.clone();
-        let mode = self.config.mode;
+        let mut mode = self.mode();
         let endpoint = self.endpoint.clone();
+        let fallback_allowed = self.config.fallback_to_stable;
         // Open Platform accounts need inputs of the moment (a verify ticket,
         // the component's token, a refresh token); without them WeChat is
         // not called at all.
@@ -106,6 +109,7 @@ impl AccountActor {
                 may_rotate,
                 outcome_unknown: may_rotate,
                 late_until_ms: policy.late_after(late_before, started, may_rotate, true),
+                stable_fallback_until_ms: None,
             }
         };
         let task = async move {
@@ -122,6 +126,7 @@ impl AccountActor {
                     outcome_unknown: false,
                     late_until_ms: late_before,
                     component_token: None,
+                    stable_fallback_until_ms: None,
                 };
             }
             let mut calls = 1;
@@ -139,6 +144,25 @@ impl AccountActor {
             let mut result = deps.upstream.fetch(ask.clone()).await;
             if !reached_wechat(&result) {
                 calls -= 1;
+            }
+            // A spent legacy quota: ask stable_token (a separate quota) at
+            // once, when the account allows it.
+            let mut stable_fallback_until_ms = None;
+            if let Err(SourceError::Upstream(e)) = &result
+                && let Some(until) =
+                    plan::stable_fallback(&endpoint, fallback_allowed, e, deps.clock.now_unix_ms())
+            {
+                stable_fallback_until_ms = Some(until);
+                mode = crate::domain::Mode::Stable;
+                let mut stable = ask.clone();
+                stable.request.endpoint = crate::wechat::Endpoint::Stable;
+                stable.request.force_refresh = false;
+                calls += 1;
+                asked = deps.clock.now_unix_ms();
+                result = deps.upstream.fetch(stable).await;
+                if !reached_wechat(&result) {
+                    calls -= 1;
+                }
             }
             // Stable compare-and-refresh: the normal call may already bring the
             // newer token; force a rotation only if WeChat returned the reported one.
@@ -272,6 +296,7 @@ impl AccountActor {
                 outcome_unknown,
                 late_until_ms: late,
                 component_token,
+                stable_fallback_until_ms,
             }
         };
         let shared: SharedRefresh = spawn_shared(
@@ -371,6 +396,7 @@ impl Finished {
                 retry_after: FORCE_MIN_INTERVAL,
             }),
             component_token: None,
+            stable_fallback_until_ms: None,
         }
     }
 }

@@ -189,6 +189,10 @@ pub(super) struct Finished {
     /// Authorizers: the component token the attempt used (reported stale
     /// to the component when WeChat rejects it).
     pub component_token: Option<AccessToken>,
+    /// The legacy quota was spent and the token came (or was asked) from
+    /// stable_token instead: the account stays there until this Unix ms
+    /// (`plan::stable_fallback`).
+    pub stable_fallback_until_ms: Option<i64>,
 }
 
 /// A ticket fetch this actor spawned has finished (sent by the ticket task).

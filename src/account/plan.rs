@@ -7,7 +7,10 @@
 //! [`serve_after_failure`]); the late-answer window ([`Policy::guard_late`]);
 //! backoff ([`Policy::retry_delay`], [`retry_after`]); the plan after a
 //! restart ([`restart_plan`]); tickets ([`ticket_plan`]); the force and call
-//! budgets ([`request_budget`], [`force_budget`], [`stale_fetch_budget`]).
+//! budgets ([`request_budget`], [`force_budget`], [`stale_fetch_budget`]);
+//! upstream quotas: when to read them ([`QuotaReads::due`], [`quota_apis`])
+//! and the fall back to stable_token on a spent legacy quota
+//! ([`stable_fallback`]).
 //!
 //! Times: a token's life counts from when its request was sent, after any
 //! wait for an upstream slot ([`crate::wechat::Limited`]), never from when the
@@ -39,9 +42,10 @@ use rand::Rng;
 
 use crate::clock::{add_ms, until_ms};
 use crate::config::RefreshConfig;
+use crate::domain::ApiName;
 use crate::domain::Mode;
 use crate::snapshot::{AccountStatus, State, TicketRecord, TokenRecord};
-use crate::wechat::{Decision, Endpoint};
+use crate::wechat::{Decision, Endpoint, UpstreamError, WaitCause};
 
 use super::messages::{Reason, RefreshError};
 
@@ -551,6 +555,89 @@ pub fn draw() -> f64 {
     rand::rng().random::<f64>()
 }
 
+/// A token API's quota is read at most this often in the normal course
+/// (getApiQuota has a quota of its own): after a refresh, once an hour.
+pub const QUOTA_READ_EVERY_MS: i64 = 3_600_000;
+
+/// The soonest a spent quota (45009) makes the quota be read again.
+pub const QUOTA_READ_AFTER_SPENT_MS: i64 = 60_000;
+
+/// What asks for a quota reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaTrigger {
+    /// A token was just refreshed (the normal, hourly course).
+    Refreshed,
+    /// WeChat answered 45009, or the account just fell back to stable_token.
+    Spent,
+}
+
+/// When an account last read its upstream quotas (Unix ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaReads {
+    /// The last reading, whatever asked for it.
+    pub last_ms: Option<i64>,
+    /// The last reading a spent quota asked for.
+    pub last_spent_ms: Option<i64>,
+}
+
+impl QuotaReads {
+    /// Whether the quota should be read now for `trigger`: after a refresh
+    /// once [`QUOTA_READ_EVERY_MS`] passed since any reading; on a spent
+    /// quota at once, unless one was read for that under
+    /// [`QUOTA_READ_AFTER_SPENT_MS`] ago.
+    pub fn due(&self, now_ms: i64, trigger: QuotaTrigger) -> bool {
+        let (last, every) = match trigger {
+            QuotaTrigger::Refreshed => (self.last_ms, QUOTA_READ_EVERY_MS),
+            QuotaTrigger::Spent => (self.last_spent_ms, QUOTA_READ_AFTER_SPENT_MS),
+        };
+        last.is_none_or(|last| now_ms.saturating_sub(last) >= every)
+    }
+
+    /// Records a reading made at `now_ms` for `trigger`.
+    pub fn read(&mut self, now_ms: i64, trigger: QuotaTrigger) {
+        self.last_ms = Some(now_ms);
+        if trigger == QuotaTrigger::Spent {
+            self.last_spent_ms = Some(now_ms);
+        }
+    }
+}
+
+/// The token APIs whose quota an account reads with its token: the one its
+/// `endpoint` calls, and the legacy one too while a legacy account (its
+/// `configured` endpoint) fetches from stable_token. WeCom and the Open
+/// Platform have none that getApiQuota answers for an account's token.
+pub fn quota_apis(endpoint: &Endpoint, configured: &Endpoint) -> &'static [ApiName] {
+    match (configured, endpoint) {
+        (Endpoint::Legacy, Endpoint::Stable) => &[ApiName::Token, ApiName::StableToken],
+        (_, Endpoint::Legacy) => &[ApiName::Token],
+        (_, Endpoint::Stable) => &[ApiName::StableToken],
+        _ => &[],
+    }
+}
+
+/// When a legacy fetch failed with `error` and the account `allows` it:
+/// until when (Unix ms) it gets its tokens from stable_token instead, whose
+/// quota is separate. That is a spent daily quota (45009, which WeChat's own
+/// message answers with a pointer to getStableAccessToken), until the quota
+/// day ends. `None`: no fall back.
+pub fn stable_fallback(
+    endpoint: &Endpoint,
+    allowed: bool,
+    error: &UpstreamError,
+    now_ms: i64,
+) -> Option<i64> {
+    if !allowed || *endpoint != Endpoint::Legacy {
+        return None;
+    }
+    match error.decide(now_ms.div_euclid(1000)) {
+        Decision::NotBefore {
+            unix,
+            cause: WaitCause::DailyQuota,
+        } => Some(unix.saturating_mul(1000)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -993,5 +1080,93 @@ mod tests {
             cause: crate::wechat::WaitCause::DailyQuota,
         };
         assert!(p.retry_delay(&quota, 0, 400_000, 0.0) >= Duration::from_secs(600));
+    }
+
+    #[test]
+    fn quotas_are_read_hourly_after_refreshes_and_at_once_on_a_spent_quota() {
+        use QuotaTrigger::{Refreshed, Spent};
+        let mut reads = QuotaReads::default();
+        assert!(reads.due(0, Refreshed) && reads.due(0, Spent));
+        reads.read(1_000, Refreshed);
+        assert!(!reads.due(1_000 + QUOTA_READ_EVERY_MS - 1, Refreshed));
+        assert!(reads.due(1_000 + QUOTA_READ_EVERY_MS, Refreshed));
+        // A spent quota reads again even right after a normal reading...
+        assert!(reads.due(2_000, Spent));
+        reads.read(2_000, Spent);
+        // ... but not once more within a minute, and it counts as a reading.
+        assert!(!reads.due(2_000 + QUOTA_READ_AFTER_SPENT_MS - 1, Spent));
+        assert!(reads.due(2_000 + QUOTA_READ_AFTER_SPENT_MS, Spent));
+        assert!(!reads.due(2_000 + QUOTA_READ_EVERY_MS - 1, Refreshed));
+        // A clock that went back reads nothing early.
+        assert!(!reads.due(0, Spent));
+    }
+
+    #[test]
+    fn each_endpoint_reads_the_quota_of_the_token_apis_it_uses() {
+        let wecom = Endpoint::Wecom {
+            corpid: "ww1234567890abcdef".into(),
+        };
+        assert_eq!(
+            quota_apis(&Endpoint::Legacy, &Endpoint::Legacy),
+            [ApiName::Token]
+        );
+        assert_eq!(
+            quota_apis(&Endpoint::Stable, &Endpoint::Stable),
+            [ApiName::StableToken]
+        );
+        assert_eq!(
+            quota_apis(&Endpoint::Stable, &Endpoint::Legacy),
+            [ApiName::Token, ApiName::StableToken]
+        );
+        assert!(quota_apis(&wecom, &wecom).is_empty());
+        assert!(quota_apis(&Endpoint::Component, &Endpoint::Component).is_empty());
+    }
+
+    #[test]
+    fn only_a_spent_legacy_quota_of_an_account_that_allows_it_falls_back() {
+        let spent = |api| UpstreamError::Api {
+            api,
+            errcode: 45009,
+            errmsg: "reach max api daily quota limit".into(),
+        };
+        // 2026-12-06 12:00 UTC is 20:00 China time; the quota day ends at
+        // 16:00 UTC.
+        let now_ms = 1_796_558_400_000;
+        let midnight_ms = 1_796_572_800_000;
+        assert_eq!(
+            stable_fallback(&Endpoint::Legacy, true, &spent(ApiName::Token), now_ms),
+            Some(midnight_ms)
+        );
+        assert_eq!(
+            stable_fallback(&Endpoint::Legacy, false, &spent(ApiName::Token), now_ms),
+            None
+        );
+        assert_eq!(
+            stable_fallback(
+                &Endpoint::Stable,
+                true,
+                &spent(ApiName::StableToken),
+                now_ms
+            ),
+            None
+        );
+        let minute = UpstreamError::Api {
+            api: ApiName::Token,
+            errcode: 45011,
+            errmsg: "api minute-quota reach limit".into(),
+        };
+        assert_eq!(
+            stable_fallback(&Endpoint::Legacy, true, &minute, now_ms),
+            None
+        );
+        let timeout = UpstreamError::Timeout {
+            api: ApiName::Token,
+            base_url: "http://127.0.0.1:1".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(
+            stable_fallback(&Endpoint::Legacy, true, &timeout, now_ms),
+            None
+        );
     }
 }

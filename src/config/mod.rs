@@ -266,6 +266,10 @@ pub struct AccountConfig {
     pub kind: AccountKind,
     /// The JS-SDK tickets kept next to the token (WeChat accounts only).
     pub tickets: Vec<crate::domain::TicketKind>,
+    /// A legacy account whose `/cgi-bin/token` quota is spent (45009) gets
+    /// its tokens from `stable_token` (a separate quota) until the next
+    /// China-time day, as WeChat's 45009 message recommends.
+    pub fallback_to_stable: bool,
 }
 
 /// One Open Platform third-party platform (`components:`).
@@ -299,6 +303,7 @@ impl ComponentConfig {
             enabled: self.enabled,
             kind: AccountKind::Component,
             tickets: Vec::new(),
+            fallback_to_stable: false,
         }
     }
 }
@@ -317,6 +322,7 @@ pub fn authorizer_account(component: &AppId, enabled: bool, appid: AppId) -> Acc
             component: component.clone(),
         },
         tickets: Vec::new(),
+        fallback_to_stable: false,
     }
 }
 

@@ -106,6 +106,7 @@ pub(crate) struct RawAccount {
     pub secret: Slot<String>,
     pub secret_file: Slot<String>,
     pub mode: Slot<String>,
+    pub fallback_to_stable: Slot<String>,
     pub enabled: Slot<String>,
     pub tickets: Slot<Vec<Slot<String>>>,
 }

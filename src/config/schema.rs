@@ -906,6 +906,7 @@ impl Walk<'_> {
             let wechat_only = [
                 ("appid", self.key_line(&f.appid)),
                 ("mode", self.key_line(&f.mode)),
+                ("fallback_to_stable", self.key_line(&f.fallback_to_stable)),
                 ("tickets", self.key_line(&f.tickets)),
             ];
             for (key, line) in wechat_only {
@@ -982,6 +983,22 @@ impl Walk<'_> {
         let mode = self
             .setting(&f.mode, &format!("{path}.mode"), parse_mode)
             .or(Mode::Stable);
+        let fallback_to_stable = self
+            .setting(
+                &f.fallback_to_stable,
+                &format!("{path}.fallback_to_stable"),
+                values::boolean,
+            )
+            .or(false);
+        if fallback_to_stable == Some(true)
+            && mode == Some(Mode::Stable)
+            && let Some(line) = self.key_line(&f.fallback_to_stable)
+        {
+            self.report.error(
+                line,
+                format!("{path}.fallback_to_stable applies to `mode: legacy` accounts; this one already uses stable_token (remove it, or set `mode: legacy`)"),
+            );
+        }
         let enabled = self
             .setting(&f.enabled, &format!("{path}.enabled"), values::boolean)
             .or(true);
@@ -1004,7 +1021,15 @@ impl Walk<'_> {
             s => self.tickets(s, &format!("{path}.tickets")),
         };
 
-        let account = match (&seen.appid, secret, mode, enabled, kind, tickets) {
+        let account = match (
+            &seen.appid,
+            secret,
+            mode,
+            enabled,
+            kind,
+            tickets,
+            fallback_to_stable,
+        ) {
             (
                 Some((appid, _)),
                 Some(secret),
@@ -1012,6 +1037,7 @@ impl Walk<'_> {
                 Some(enabled),
                 Some(kind),
                 Some(tickets),
+                Some(fallback_to_stable),
             ) => name.or(appid.to_string()).map(|name| AccountConfig {
                 appid: appid.clone(),
                 name,
@@ -1020,6 +1046,7 @@ impl Walk<'_> {
                 enabled,
                 kind,
                 tickets,
+                fallback_to_stable,
             }),
             _ => None,
         };

@@ -188,9 +188,21 @@ pub const TICKET_REFRESHES: Family = Family::counter(
     "wxtoken_ticket_refreshes_total",
     "JS-SDK ticket fetches by account, type and result (ok, error).",
 );
+/// `wxtoken_upstream_quota_limit{appid,api}` (contract §9): the daily limit
+/// of a token API (`token`, `stable_token`) as getApiQuota reported it.
+pub const QUOTA_LIMIT: Family = Family::gauge(
+    "wxtoken_upstream_quota_limit",
+    "Daily call limit of a token API (token, stable_token) as WeChat's getApiQuota reported it.",
+);
+/// `wxtoken_upstream_quota_used{appid,api}` (contract §9): the calls of the
+/// China-time day as getApiQuota last reported them (0 once that day is over).
+pub const QUOTA_USED: Family = Family::gauge(
+    "wxtoken_upstream_quota_used",
+    "Calls of a token API used today as WeChat's getApiQuota last reported them (0 after China-time midnight until read again).",
+);
 
 /// Every per-account family, in the order they are written.
-pub const PER_ACCOUNT_FAMILIES: [Family; 11] = [
+pub const PER_ACCOUNT_FAMILIES: [Family; 13] = [
     TOKEN_EXPIRY,
     TOKEN_FETCHED,
     TOKEN_SERVE_UNTIL,
@@ -202,6 +214,8 @@ pub const PER_ACCOUNT_FAMILIES: [Family; 11] = [
     ACCOUNT_CONFIG_ERROR,
     TICKET_EXPIRY,
     TICKET_REFRESHES,
+    QUOTA_LIMIT,
+    QUOTA_USED,
 ];
 
 /// `wxtoken_component_ticket_age_seconds{component}`: how old the newest

@@ -758,4 +758,13 @@ impl Source for Leader {
     ) -> BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
         self.inner.fetch_ticket(token, kind)
     }
+
+    /// Quotas are read by each replica itself: reading changes nothing.
+    fn api_quota(
+        &self,
+        token: AccessToken,
+        of: crate::domain::ApiName,
+    ) -> BoxFuture<'static, Result<crate::wechat::ApiQuota, UpstreamError>> {
+        self.inner.api_quota(token, of)
+    }
 }

@@ -16,7 +16,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::domain::{AccessToken, ApiName, TicketKind};
-use crate::wechat::{FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
+use crate::wechat::{ApiQuota, FetchRequest, TicketGrant, TokenGrant, TokenSource, UpstreamError};
 
 /// One token fetch as an account actor asks for it.
 #[derive(Debug, Clone)]
@@ -96,6 +96,16 @@ pub trait Source: Send + Sync + 'static {
         token: AccessToken,
         kind: TicketKind,
     ) -> BoxFuture<'static, Result<TicketGrant, UpstreamError>>;
+
+    /// Reads the daily quota of the token API `of` with the live `token`
+    /// (getApiQuota).
+    ///
+    /// Errors with the classified [`UpstreamError`].
+    fn api_quota(
+        &self,
+        token: AccessToken,
+        of: ApiName,
+    ) -> BoxFuture<'static, Result<ApiQuota, UpstreamError>>;
 }
 
 /// The source of a process that shares nothing: every fetch calls `0`.
@@ -116,5 +126,13 @@ impl Source for Direct {
         kind: TicketKind,
     ) -> BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
         self.0.fetch_ticket(token, kind)
+    }
+
+    fn api_quota(
+        &self,
+        token: AccessToken,
+        of: ApiName,
+    ) -> BoxFuture<'static, Result<ApiQuota, UpstreamError>> {
+        self.0.api_quota(token, of)
     }
 }

@@ -114,10 +114,13 @@ pub(crate) fn default_errmsg(errcode: i64) -> &'static str {
         41002 => "appid missing",
         41004 => "appsecret missing",
         42001 => "access_token expired",
-        45009 => "reach max api daily quota limit",
+        45009 => {
+            "reach max api daily quota limit, could get access_token by getStableAccessToken, more details at https://mmbizurl.cn/s/JtxxFh33r"
+        }
         45011 => "api minute-quota reach limit  mustslower  retry next minute",
         47001 => "data format error",
         48006 => "forbid to clear quota because of reaching the limit",
+        76021 => "cgi_path not found, please check",
         89501 => {
             "this IP is waiting for the administrator's confirmation, please contact the administrator"
         }

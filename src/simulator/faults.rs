@@ -35,13 +35,15 @@ pub(crate) enum Api {
     AuthorizerList,
     PreAuthCode,
     StartPushTicket,
+    /// `POST /cgi-bin/openapi/quota/get` (getApiQuota).
+    GetApiQuota,
     /// The business APIs the proxy is tested with (`business.rs`).
     Business,
 }
 
 impl Api {
     /// Every API, in the order the control API lists them.
-    pub(crate) const ALL: [Api; 12] = [
+    pub(crate) const ALL: [Api; 13] = [
         Api::Token,
         Api::StableToken,
         Api::GetTicket,
@@ -53,6 +55,7 @@ impl Api {
         Api::AuthorizerList,
         Api::PreAuthCode,
         Api::StartPushTicket,
+        Api::GetApiQuota,
         Api::Business,
     ];
 
@@ -71,6 +74,7 @@ impl Api {
             ApiName::AuthorizerList => Api::AuthorizerList,
             ApiName::PreAuthCode => Api::PreAuthCode,
             ApiName::StartPushTicket => Api::StartPushTicket,
+            ApiName::ApiQuota => Api::GetApiQuota,
         }
     }
 
@@ -88,6 +92,7 @@ impl Api {
             Api::AuthorizerList => "api_get_authorizer_list",
             Api::PreAuthCode => "api_create_preauthcode",
             Api::StartPushTicket => "api_start_push_ticket",
+            Api::GetApiQuota => "getapiquota",
             Api::Business => "business",
         }
     }
@@ -385,6 +390,7 @@ fn truncated_json(api: Api) -> &'static str {
         Api::AuthorizerList => r#"{"total_count":3,"list":[{"authorizer_appid":"#,
         Api::PreAuthCode => r#"{"pre_auth_code":"preauthcode@@@"#,
         Api::StartPushTicket => r#"{"errcode":0,"errm"#,
+        Api::GetApiQuota => r#"{"errcode":0,"errmsg":"ok","quota":{"daily_li"#,
         Api::Business => r#"{"errcode":0,"errmsg":"o"#,
     }
 }

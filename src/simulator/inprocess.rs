@@ -374,6 +374,35 @@ impl TokenSource for InProcess {
         })
     }
 
+    fn api_quota(
+        &self,
+        token: AccessToken,
+        of: ApiName,
+    ) -> BoxFuture<'static, Result<crate::wechat::ApiQuota, UpstreamError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let api = ApiName::ApiQuota;
+            let appid = this.state.appid_of_token(token.expose());
+            if let Some(faulted) = this
+                .faulted(api, appid.as_deref(), crate::wechat::decode_quota_answer)
+                .await
+            {
+                return faulted;
+            }
+            let cgi_path = format!("/{}", crate::wechat::api_path(of));
+            match this.state.api_quota(Some(token.expose()), Some(&cgi_path)) {
+                Ok(quota) => {
+                    crate::wechat::decode_quota_answer(quota.answer().to_string().as_bytes())
+                }
+                Err(e) => Err(UpstreamError::Api {
+                    api,
+                    errcode: e.errcode,
+                    errmsg: e.errmsg,
+                }),
+            }
+        })
+    }
+
     fn open_call(
         &self,
         call: crate::wechat::OpenCall,

@@ -56,6 +56,9 @@ pub struct SimConfig {
     pub grace: Duration,
     /// Successful legacy `GET /cgi-bin/token` calls per app per China-time day.
     pub legacy_daily_quota: u32,
+    /// Successful `POST /cgi-bin/stable_token` calls (normal or forced) per
+    /// app per China-time day; past it, 45009 like the legacy endpoint.
+    pub stable_daily_quota: u32,
     /// Stable-token force refreshes that rotate, per app per China-time day.
     pub force_daily_limit: u32,
     /// The minimum time between two rotating force refreshes of one app.
@@ -72,6 +75,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(7200),
             grace: Duration::from_secs(300),
             legacy_daily_quota: 2000,
+            stable_daily_quota: 500_000,
             force_daily_limit: 20,
             force_min_interval: Duration::from_secs(30),
             ticket_ttl: Duration::from_secs(7200),

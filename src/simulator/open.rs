@@ -618,6 +618,7 @@ impl SimState {
             | Api::StableToken
             | Api::GetTicket
             | Api::GetCallbackIp
+            | Api::GetApiQuota
             | Api::WecomToken
             | Api::Business => Err(WxError::new(40097)),
         };

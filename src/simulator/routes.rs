@@ -31,6 +31,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/cgi-bin/gettoken").route(web::get().to(wecom_token)))
         .service(web::resource("/cgi-bin/ticket/getticket").route(web::get().to(getticket)))
         .service(web::resource("/cgi-bin/getcallbackip").route(web::get().to(getcallbackip)))
+        .service(web::resource("/cgi-bin/openapi/quota/get").route(web::post().to(api_quota)))
         .configure(super::business::configure)
         .service(web::resource("/sim/apps").route(web::post().to(register_app)))
         .service(web::resource("/sim/components").route(web::post().to(register_component)))
@@ -252,6 +253,28 @@ async fn getcallbackip(state: State, req: HttpRequest) -> HttpResponse {
     }
     match state.probe(token) {
         Ok(()) => json_response(&json!({ "ip_list": CALLBACK_IPS })),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// getApiQuota: `POST /cgi-bin/openapi/quota/get?access_token=` with
+/// `{"cgi_path": "/cgi-bin/token"}` (or `/cgi-bin/stable_token`).
+async fn api_quota(state: State, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let q = query(&req);
+    let token = q.get("access_token").map(String::as_str);
+    let appid = token.and_then(|t| state.appid_of_token(t));
+    if let Some(answer) = faulted(&state, Api::GetApiQuota, appid.as_deref(), peer_ip(&req)).await {
+        return answer;
+    }
+    let cgi_path = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map
+            .get("cgi_path")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => return WxError::new(47001).into_response(),
+    };
+    match state.api_quota(token, cgi_path.as_deref()) {
+        Ok(quota) => json_response(&quota.answer()),
         Err(e) => e.into_response(),
     }
 }

@@ -84,6 +84,7 @@ pub(super) struct Limits {
     pub(super) token_ttl_ms: i64,
     pub(super) grace_ms: i64,
     legacy_daily_quota: u32,
+    stable_daily_quota: u32,
     force_daily_limit: u32,
     force_min_interval_ms: i64,
     ticket_ttl_ms: i64,
@@ -91,6 +92,28 @@ pub(super) struct Limits {
 
 pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// An API's daily quota as getApiQuota reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Quota {
+    pub(crate) daily_limit: u32,
+    pub(crate) used: u32,
+}
+
+impl Quota {
+    /// WeChat's answer: `{"errcode":0,"errmsg":"ok","quota":{...}}`.
+    pub(crate) fn answer(self) -> serde_json::Value {
+        serde_json::json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "quota": {
+                "daily_limit": self.daily_limit,
+                "used": self.used,
+                "remain": self.daily_limit - self.used,
+            },
+        })
+    }
 }
 
 /// Which endpoint issued a token.
@@ -180,6 +203,8 @@ struct App {
     legacy_current: Option<String>,
     stable_current: Option<String>,
     legacy_quota: DayCount,
+    /// Successful stable_token calls (normal or forced) per day.
+    stable_quota: DayCount,
     forces: DayCount,
     last_force_ms: Option<i64>,
 }
@@ -250,6 +275,7 @@ impl SimState {
                 token_ttl_ms: ms(config.token_ttl),
                 grace_ms: ms(config.grace),
                 legacy_daily_quota: config.legacy_daily_quota,
+                stable_daily_quota: config.stable_daily_quota,
                 force_daily_limit: config.force_daily_limit,
                 force_min_interval_ms: ms(config.force_min_interval),
                 ticket_ttl_ms: ms(config.ticket_ttl),
@@ -313,6 +339,7 @@ impl SimState {
                         legacy_current: None,
                         stable_current: None,
                         legacy_quota: DayCount::default(),
+                        stable_quota: DayCount::default(),
                         forces: DayCount::default(),
                         last_force_ms: None,
                     },
@@ -444,6 +471,10 @@ impl SimState {
         let Some(app) = inner.apps.get_mut(&appid) else {
             return Err(WxError::new(40013));
         };
+        if app.stable_quota.get(day) >= limits.stable_daily_quota {
+            return Err(WxError::new(45009));
+        }
+        app.stable_quota.incr(day);
         let force_allowed = force_refresh
             && app.forces.get(day) < limits.force_daily_limit
             && app
@@ -572,6 +603,41 @@ impl SimState {
             Err(_) => probe.invalid += 1,
         }
         result
+    }
+
+    /// getApiQuota (`POST /cgi-bin/openapi/quota/get`) for a live account
+    /// token: the daily limit and today's use of `cgi_path`, which must be
+    /// one of the token endpoints (`/cgi-bin/token`, `/cgi-bin/stable_token`);
+    /// any other path is 76021 (cgi_path not found).
+    pub(crate) fn api_quota(
+        &self,
+        token: Option<&str>,
+        cgi_path: Option<&str>,
+    ) -> Result<Quota, WxError> {
+        let now = self.clock.now_unix_ms();
+        let day = china_day(now.div_euclid(1000));
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let Some(token) = token else {
+            return Err(WxError::new(41001));
+        };
+        let appid = check_token(inner, token, now, |kind| {
+            !matches!(kind, TokenUse::Component)
+        })?;
+        let Some(app) = inner.apps.get(&appid) else {
+            return Err(WxError::new(40013));
+        };
+        let (daily_limit, used) = match cgi_path {
+            Some("/cgi-bin/token") => (self.limits.legacy_daily_quota, app.legacy_quota.get(day)),
+            Some("/cgi-bin/stable_token") => {
+                (self.limits.stable_daily_quota, app.stable_quota.get(day))
+            }
+            _ => return Err(WxError::new(76021)),
+        };
+        Ok(Quota {
+            daily_limit,
+            used: used.min(daily_limit),
+        })
     }
 
     /// `GET /cgi-bin/ticket/getticket`: the app's current ticket of `kind`

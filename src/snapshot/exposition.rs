@@ -31,8 +31,8 @@ use crate::metrics::exposition::{Family, FamilyText};
 use crate::metrics::{
     ACCOUNT_CONFIG_ERROR, ACCOUNT_STATE, ACCOUNT_STATES, ACTOR_RESTARTS, AUTHORIZERS, CALLS_TODAY,
     COMPONENT_TICKET_AGE, COMPONENT_TICKETS, Metrics, NEXT_REFRESH, OPEN_FAMILIES,
-    PER_ACCOUNT_FAMILIES, PerAccount, REFRESHES, RESULTS, TICKET_EXPIRY, TICKET_REFRESHES,
-    TOKEN_EXPIRY, TOKEN_FETCHED, TOKEN_SERVE_UNTIL,
+    PER_ACCOUNT_FAMILIES, PerAccount, QUOTA_LIMIT, QUOTA_USED, REFRESHES, RESULTS, TICKET_EXPIRY,
+    TICKET_REFRESHES, TOKEN_EXPIRY, TOKEN_FETCHED, TOKEN_SERVE_UNTIL,
 };
 
 use super::{AccountSlot, AccountStatus, Directory, TicketRecord, TokenRecord};
@@ -211,6 +211,8 @@ struct Families {
     config_error: FamilyText,
     ticket_expiry: FamilyText,
     ticket_refreshes: FamilyText,
+    quota_limit: FamilyText,
+    quota_used: FamilyText,
 }
 
 impl Families {
@@ -241,6 +243,8 @@ impl Families {
             config_error: room(ACCOUNT_CONFIG_ERROR, 0),
             ticket_expiry: room(TICKET_EXPIRY, 0),
             ticket_refreshes: room(TICKET_REFRESHES, 0),
+            quota_limit: room(QUOTA_LIMIT, all),
+            quota_used: room(QUOTA_USED, all),
         })
     }
 
@@ -258,6 +262,8 @@ impl Families {
             &self.config_error,
             &self.ticket_expiry,
             &self.ticket_refreshes,
+            &self.quota_limit,
+            &self.quota_used,
         ]
     }
 
@@ -346,6 +352,16 @@ impl Families {
             );
         }
 
+        // Every mode: the quota alert needs both.
+        let today = crate::clock::china_day(now_ms.div_euclid(1000));
+        for q in status.quotas.iter() {
+            let labels = [("appid", appid), ("api", q.api.as_str())];
+            self.quota_limit.int(&labels, q.daily_limit);
+            let read_today = crate::clock::china_day(q.read_at_ms.div_euclid(1000)) == today;
+            self.quota_used
+                .int(&labels, if read_today { q.used } else { 0 });
+        }
+
         // Full: every configured ticket from 0; essential: failures that happened.
         for kind in TicketKind::ALL {
             let configured = slot.ticket_kinds.contains(&kind);
@@ -417,6 +433,23 @@ mod tests {
             next_refresh_at_ms: Some(NOW + 6_900_000),
             calls_today: 3,
             calls_day: crate::clock::china_day(NOW / 1000),
+            quotas: {
+                let mut q = crate::snapshot::Quotas::default();
+                q.set(crate::snapshot::QuotaReading {
+                    api: crate::domain::ApiName::StableToken,
+                    daily_limit: 500_000,
+                    used: 7,
+                    read_at_ms: NOW - 1_000,
+                });
+                q.set(crate::snapshot::QuotaReading {
+                    api: crate::domain::ApiName::Token,
+                    daily_limit: 2_000,
+                    used: 1_900,
+                    // Read yesterday (China time): its use is over.
+                    read_at_ms: NOW - 86_400_000,
+                });
+                q
+            },
             ..AccountStatus::default()
         });
         a.counters().refreshed(metrics, Reason::Startup, true);
@@ -605,6 +638,33 @@ mod tests {
             1
         );
         assert!(lines(&text, "wxtoken_ticket_refreshes_total").is_empty());
+    }
+
+    #[test]
+    fn full_and_essential_write_the_quota_readings_and_yesterdays_use_as_zero() {
+        for mode in [PerAccount::Full, PerAccount::Essential] {
+            let (text, _) = scrape(Some(mode));
+            assert_eq!(
+                lines(&text, "wxtoken_upstream_quota_limit"),
+                [
+                    format!("wxtoken_upstream_quota_limit{{appid=\"{A}\",api=\"token\"}} 2000"),
+                    format!(
+                        "wxtoken_upstream_quota_limit{{appid=\"{A}\",api=\"stable_token\"}} 500000"
+                    ),
+                ],
+                "{mode}"
+            );
+            assert_eq!(
+                lines(&text, "wxtoken_upstream_quota_used"),
+                [
+                    format!("wxtoken_upstream_quota_used{{appid=\"{A}\",api=\"token\"}} 0"),
+                    format!("wxtoken_upstream_quota_used{{appid=\"{A}\",api=\"stable_token\"}} 7"),
+                ],
+                "{mode}"
+            );
+        }
+        let (none, _) = scrape(Some(PerAccount::None));
+        assert!(!none.contains("wxtoken_upstream_quota_limit{"));
     }
 
     #[test]

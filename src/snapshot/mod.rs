@@ -29,7 +29,8 @@ use crate::domain::AppId;
 pub use counters::AccountCounters;
 pub use issued::{Issued, IssuedTokens};
 pub use slot::{
-    AccountSlot, AccountStatus, ConfigFailure, LastError, State, TicketRecord, TokenRecord,
+    AccountSlot, AccountStatus, ConfigFailure, LastError, QuotaReading, Quotas, State,
+    TicketRecord, TokenRecord,
 };
 
 /// The directory's map. Hashed with foldhash rather than SipHash: its keys

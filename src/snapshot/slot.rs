@@ -14,7 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
 pub use crate::domain::State;
-use crate::domain::{AccessToken, AppId, Mode, TicketKind};
+use crate::domain::{AccessToken, ApiName, AppId, Mode, TicketKind};
 
 use super::counters::AccountCounters;
 use super::issued::IssuedTokens;
@@ -147,6 +147,43 @@ pub struct AccountStatus {
     pub late_until_ms: Option<i64>,
     /// Set while the last failure is a configuration error.
     pub config_error: Option<ConfigFailure>,
+    /// The daily quotas of the token APIs the account uses, as getApiQuota
+    /// last reported them.
+    pub quotas: Quotas,
+}
+
+/// One token API's daily quota as getApiQuota last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaReading {
+    /// `token` or `stable_token`.
+    pub api: ApiName,
+    pub daily_limit: u64,
+    pub used: u64,
+    /// When it was read (Unix ms).
+    pub read_at_ms: i64,
+}
+
+/// The quota readings of an account: at most one per token API
+/// (`/cgi-bin/token`, `/cgi-bin/stable_token`), in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quotas([Option<QuotaReading>; 2]);
+
+impl Quotas {
+    /// Keeps `reading` in place of the previous one of its API; readings of
+    /// other APIs are ignored.
+    pub fn set(&mut self, reading: QuotaReading) {
+        let at = match reading.api {
+            ApiName::Token => 0,
+            ApiName::StableToken => 1,
+            _ => return,
+        };
+        self.0[at] = Some(reading);
+    }
+
+    /// The readings, `token` first.
+    pub fn iter(&self) -> impl Iterator<Item = &QuotaReading> {
+        self.0.iter().flatten()
+    }
 }
 
 impl AccountStatus {
@@ -173,6 +210,7 @@ impl Default for AccountStatus {
             pending_fetch_ms: None,
             late_until_ms: None,
             config_error: None,
+            quotas: Quotas::default(),
         }
     }
 }

@@ -19,9 +19,10 @@ use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
 use super::{
-    FetchRequest, OpenAnswer, OpenCall, TicketGrant, TokenGrant, TokenSource, UpstreamError,
+    ApiQuota, FetchRequest, OpenAnswer, OpenCall, TicketGrant, TokenGrant, TokenSource,
+    UpstreamError,
 };
-use crate::domain::{AccessToken, TicketKind};
+use crate::domain::{AccessToken, ApiName, TicketKind};
 
 /// A token source of which at most `max_concurrency` calls are in flight.
 /// Cheap to clone; clones share the limit.
@@ -83,6 +84,18 @@ impl TokenSource for Limited {
         Box::pin(async move {
             let (_permit, _) = Limited::slot(slots).await;
             inner.fetch_ticket(token, kind).await
+        })
+    }
+
+    fn api_quota(
+        &self,
+        token: AccessToken,
+        of: ApiName,
+    ) -> BoxFuture<'static, Result<ApiQuota, UpstreamError>> {
+        let (inner, slots) = (self.inner.clone(), self.slots.clone());
+        Box::pin(async move {
+            let (_permit, _) = Limited::slot(slots).await;
+            inner.api_quota(token, of).await
         })
     }
 

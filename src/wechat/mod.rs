@@ -32,8 +32,8 @@ use crate::config::UpstreamConfig;
 use crate::domain::{AccessToken, ApiName, AppId, TicketKind};
 use crate::metrics::Metrics;
 
-/// The path of `api` below a base URL.
-fn path(api: ApiName) -> &'static str {
+/// The path of `api` below a base URL (no leading `/`).
+pub fn api_path(api: ApiName) -> &'static str {
     match api {
         ApiName::Token => "cgi-bin/token",
         ApiName::StableToken => "cgi-bin/stable_token",
@@ -46,6 +46,7 @@ fn path(api: ApiName) -> &'static str {
         ApiName::AuthorizerList => "cgi-bin/component/api_get_authorizer_list",
         ApiName::PreAuthCode => "cgi-bin/component/api_create_preauthcode",
         ApiName::StartPushTicket => "cgi-bin/component/api_start_push_ticket",
+        ApiName::ApiQuota => "cgi-bin/openapi/quota/get",
     }
 }
 
@@ -127,6 +128,20 @@ pub struct TicketGrant {
     pub ticket: AccessToken,
     pub expires_in: Duration,
 }
+
+/// One API's daily quota as getApiQuota (`POST /cgi-bin/openapi/quota/get`)
+/// reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiQuota {
+    /// Calls allowed per day.
+    pub daily_limit: u64,
+    /// Calls made today.
+    pub used: u64,
+}
+
+/// The largest quota number believed: WeChat's limits are thousands to
+/// hundreds of thousands a day; anything past this is garbage.
+pub const MAX_QUOTA: i64 = 1_000_000_000;
 
 /// Why a [`WechatClient`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -478,6 +493,9 @@ struct Answer {
     pre_auth_code: Option<String>,
     #[serde(default)]
     total_count: Option<i64>,
+    /// getApiQuota's answer.
+    #[serde(default)]
+    quota: Option<QuotaAnswer>,
     /// Entries are read one by one, so one bad entry does not spoil a page.
     #[serde(default)]
     list: Option<Vec<serde_json::Value>>,
@@ -615,6 +633,25 @@ impl WechatClient {
         answer
             .ip_list
             .ok_or_else(|| decode(ApiName::GetCallbackIp, "the answer has no ip_list"))
+    }
+
+    /// getApiQuota (`POST /cgi-bin/openapi/quota/get {"cgi_path"}`): the
+    /// daily limit and today's use of the token API `of`, read with the
+    /// account's live `token`.
+    ///
+    /// Errors with [`UpstreamError`]; a decode error when the answer has no
+    /// quota or its numbers are absurd.
+    pub async fn api_quota(
+        &self,
+        token: &AccessToken,
+        of: ApiName,
+    ) -> Result<ApiQuota, UpstreamError> {
+        let body = serde_json::json!({ "cgi_path": format!("/{}", api_path(of)) });
+        let call = Call::PostJsonWith(vec![("access_token", token.expose())], body);
+        let answer = self
+            .call(ApiName::ApiQuota, call, Some(token.expose()))
+            .await?;
+        quota_of(answer)
     }
 
     /// Runs one logical call: tries each base URL in order until one gives an
@@ -846,7 +883,7 @@ fn endpoint(base: &Url, api: ApiName) -> Url {
         let path = format!("{}/", base.path());
         base.set_path(&path);
     }
-    base.join(path(api)).unwrap_or(base)
+    base.join(api_path(api)).unwrap_or(base)
 }
 
 fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError> {
@@ -857,6 +894,46 @@ fn token_grant(api: ApiName, answer: Answer) -> Result<TokenGrant, UpstreamError
         waited: Duration::ZERO,
         refresh_token: None,
     })
+}
+
+/// getApiQuota's `quota` object.
+#[derive(Debug, Deserialize)]
+struct QuotaAnswer {
+    #[serde(default)]
+    daily_limit: Option<i64>,
+    #[serde(default)]
+    used: Option<i64>,
+}
+
+/// The quota of a getApiQuota answer, each number within 0..=[`MAX_QUOTA`].
+fn quota_of(answer: Answer) -> Result<ApiQuota, UpstreamError> {
+    let api = ApiName::ApiQuota;
+    let quota = answer
+        .quota
+        .ok_or_else(|| decode(api, "the answer has no quota"))?;
+    let number = |name: &str, value: Option<i64>| match value {
+        Some(n) if (0..=MAX_QUOTA).contains(&n) => Ok(n.unsigned_abs()),
+        Some(n) => Err(decode(
+            api,
+            &format!("quota.{name} is {n}, not 0 to {MAX_QUOTA}"),
+        )),
+        None => Err(decode(api, &format!("the quota has no {name}"))),
+    };
+    Ok(ApiQuota {
+        daily_limit: number("daily_limit", quota.daily_limit)?,
+        used: number("used", quota.used)?,
+    })
+}
+
+/// Decodes a getApiQuota answer body as [`WechatClient::api_quota`] does.
+///
+/// Errors like [`decode_token_answer`].
+pub fn decode_quota_answer(body: &[u8]) -> Result<ApiQuota, UpstreamError> {
+    let api = ApiName::ApiQuota;
+    if body.len() > MAX_ANSWER_BYTES {
+        return Err(answer_too_large(api));
+    }
+    quota_of(decode_answer(api, body, "application/json", None)?)
 }
 
 fn ticket_grant(api: ApiName, answer: Answer) -> Result<TicketGrant, UpstreamError> {
@@ -1015,6 +1092,23 @@ pub trait TokenSource: Send + Sync + 'static {
         kind: TicketKind,
     ) -> futures::future::BoxFuture<'static, Result<TicketGrant, UpstreamError>>;
 
+    /// Reads the daily quota of the token API `of` with the live `token`
+    /// (getApiQuota). Sources that only fetch tokens (test wrappers) answer
+    /// that they cannot.
+    fn api_quota(
+        &self,
+        token: AccessToken,
+        of: ApiName,
+    ) -> futures::future::BoxFuture<'static, Result<ApiQuota, UpstreamError>> {
+        let _ = (token, of);
+        Box::pin(async move {
+            Err(UpstreamError::Decode {
+                api: ApiName::ApiQuota,
+                detail: "this token source reads no quotas".to_string(),
+            })
+        })
+    }
+
     /// Makes an Open Platform call that is not a token fetch. Sources that
     /// only fetch tokens (test wrappers) answer that they cannot.
     fn open_call(
@@ -1060,6 +1154,15 @@ impl TokenSource for WechatClient {
     ) -> futures::future::BoxFuture<'static, Result<TicketGrant, UpstreamError>> {
         let client = self.clone();
         Box::pin(async move { client.fetch_ticket(&token, kind).await })
+    }
+
+    fn api_quota(
+        &self,
+        token: AccessToken,
+        of: ApiName,
+    ) -> futures::future::BoxFuture<'static, Result<ApiQuota, UpstreamError>> {
+        let client = self.clone();
+        Box::pin(async move { client.api_quota(&token, of).await })
     }
 
     fn open_call(

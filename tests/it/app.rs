@@ -120,7 +120,8 @@ pub struct TestAppBuilder {
     sim: SimConfig,
     clients: bool,
     refresh: Vec<String>,
-    /// Settings of the `metrics:` and `proxy:` sections, as `section.setting`.
+    /// Settings of the `metrics:` and `proxy:` sections, as `section.setting`,
+    /// and of every WeChat account, as `account.setting`.
     sections: Vec<String>,
     store: Option<Arc<dyn Storage>>,
 }
@@ -227,6 +228,12 @@ impl TestAppBuilder {
     /// Adds a `metrics:` setting, like `per_account: essential`.
     pub fn metrics_setting(mut self, setting: &str) -> Self {
         self.sections.push(format!("metrics.{setting}"));
+        self
+    }
+
+    /// Adds a setting (`fallback_to_stable: true`) to every WeChat account.
+    pub fn account_setting(mut self, setting: &str) -> Self {
+        self.sections.push(format!("account.{setting}"));
         self
     }
 
@@ -474,10 +481,15 @@ fn config_yaml(
                 "  - kind: wecom\n    corpid: {corpid}\n    agentid: {agentid}\n    name: Test app {i}\n    secret_file: secrets/{}\n",
                 a.appid
             )),
-            None => yaml.push_str(&format!(
-                "  - appid: {}\n    name: Test account {i}\n    secret_file: secrets/{}\n    mode: {}\n",
-                a.appid, a.appid, a.mode
-            )),
+            None => {
+                yaml.push_str(&format!(
+                    "  - appid: {}\n    name: Test account {i}\n    secret_file: secrets/{}\n    mode: {}\n",
+                    a.appid, a.appid, a.mode
+                ));
+                for setting in sections.iter().filter_map(|s| s.strip_prefix("account.")) {
+                    yaml.push_str(&format!("    {setting}\n"));
+                }
+            }
         }
         if !a.tickets.is_empty() {
             let list: Vec<&str> = a.tickets.iter().map(|t| t.as_str()).collect();

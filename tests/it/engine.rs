@@ -227,6 +227,7 @@ fn make_accounts(specs: &[Spec], register: impl Fn(AppRegistration)) -> Vec<Acco
                 enabled: true,
                 kind: AccountKind::Wechat,
                 tickets: Vec::new(),
+                fallback_to_stable: false,
             }
         })
         .collect()

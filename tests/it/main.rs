@@ -17,6 +17,7 @@ mod open_replicas;
 mod persist;
 mod process;
 mod proxy;
+mod quota;
 mod reload;
 mod replicas;
 mod sdk;

@@ -245,6 +245,7 @@ fn every_alert_has_for_severity_summary_description_and_unit_tests() {
         if rule.expr.contains("wxtoken_account_")
             || rule.expr.contains("wxtoken_token_")
             || rule.expr.contains("_calls_today")
+            || rule.expr.contains("wxtoken_upstream_quota_")
             || rule.expr.contains("wxtoken_actor_restarts")
         {
             assert!(

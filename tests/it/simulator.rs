@@ -382,7 +382,14 @@ async fn legacy_quota_runs_out_with_45009_and_resets_at_china_midnight() {
     }
     let refused = t.legacy().await;
     assert_eq!(errcode(&refused), 45009);
-    assert!(errmsg(&refused).starts_with("reach max api daily quota limit rid: "));
+    // WeChat's message today points to getStableAccessToken.
+    assert!(
+        errmsg(&refused).starts_with(
+            "reach max api daily quota limit, could get access_token by getStableAccessToken"
+        ),
+        "{}",
+        errmsg(&refused)
+    );
     // Stable tokens have their own limits.
     token_of(&t.stable(false).await);
 
