@@ -444,6 +444,7 @@ fn the_dashboard_uses_its_datasource_variable_everywhere() {
         "Upstream errors by outcome / errcode",
         "Upstream latency (p50, p90, p99)",
         "Upstream calls today (of the 2000/day quota)",
+        "Daily quota used (WeChat's getApiQuota)",
         "Requests by route",
         "Error ratio (4xx, 5xx)",
         "Latency by route (p50, p90, p99)",
