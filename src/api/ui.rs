@@ -26,6 +26,7 @@ const PAGE: &str = include_str!("ui.html");
 /// The `Content-Security-Policy` of the page, built once from its inline
 /// script and style.
 static POLICY: LazyLock<HeaderValue> = LazyLock::new(|| {
+    // The policy is ASCII, so the fallback (which blocks everything) is never taken.
     HeaderValue::from_str(&policy(PAGE))
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
 });

