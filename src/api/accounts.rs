@@ -16,7 +16,7 @@ use super::state::AppState;
 use crate::account::Reason;
 use crate::domain::Mode;
 use crate::registry::RouteRefresh;
-use crate::snapshot::{LastError, State};
+use crate::snapshot::{AccountStatus, LastError, State};
 
 use super::error::ApiError;
 use super::path_account;
@@ -32,9 +32,13 @@ struct AccountView<'a> {
     state: State,
     /// Unix seconds of the current token's real expiry.
     expires_at: Option<i64>,
+    /// Unix seconds until when the current token is handed out (at most
+    /// `expires_at`; in legacy mode the next planned refresh plus WeChat's
+    /// grace).
+    serve_until: Option<i64>,
     /// Unix seconds of the next planned refresh or retry.
     next_refresh_at: Option<i64>,
-    last_error: Option<&'a LastError>,
+    last_error: Option<ErrorView<'a>>,
     upstream_calls_today: u32,
     /// `account`, `wecom`, `component` or `authorizer`.
     kind: &'static str,
@@ -44,6 +48,35 @@ struct AccountView<'a> {
     /// An authorizer's standing: `authorized`, `needs_reauth`, `unauthorized`.
     #[serde(skip_serializing_if = "Option::is_none")]
     authorization: Option<&'static str>,
+}
+
+/// An account's last failure: [`LastError`]'s `errcode`, `errmsg` and `at`,
+/// plus whether it is a configuration error only a person can fix and the IP
+/// WeChat saw when it named one (40164 and its kin).
+#[derive(Serialize)]
+struct ErrorView<'a> {
+    #[serde(flatten)]
+    error: &'a LastError,
+    config_error: bool,
+    ip: Option<String>,
+}
+
+impl<'a> ErrorView<'a> {
+    /// The view of `status`'s last error, if it has one.
+    fn of(status: &'a AccountStatus) -> Option<Self> {
+        let error = status.last_error.as_ref()?;
+        // `config_error` describes the last failure only when it has its errcode.
+        let config = status
+            .config_error
+            .filter(|c| error.errcode == Some(c.errcode));
+        Some(ErrorView {
+            error,
+            config_error: config.is_some(),
+            ip: config
+                .and_then(|c| c.ip)
+                .map(|ip| ip.to_canonical().to_string()),
+        })
+    }
 }
 
 /// `GET /v1/accounts` (admin): the status of every account the caller may see,
@@ -77,8 +110,9 @@ pub async fn list_accounts(
             mode: slot.mode,
             state: status.state,
             expires_at: token.as_ref().map(|t| t.expires_at_ms.div_euclid(1000)),
+            serve_until: token.as_ref().map(|t| t.serve_until_ms.div_euclid(1000)),
             next_refresh_at: status.next_refresh_at_ms.map(|ms| ms.div_euclid(1000)),
-            last_error: status.last_error.as_ref(),
+            last_error: ErrorView::of(status),
             upstream_calls_today: status.calls_on_day_of(now_ms),
             kind: slot.kind.as_str(),
             component: slot.kind.component().map(AppId::as_str),

@@ -1,5 +1,6 @@
 //! The HTTP API of contract §3: one module per endpoint group, plus
-//! authentication, the error type, body reading and the metrics middleware.
+//! authentication, the error type, body reading and the metrics middleware,
+//! and the operators' status page (`ui.rs`, contract §9).
 //!
 //! Owns the route table ([`configure`]) and the answers of unknown paths (404)
 //! and wrong methods (405). Invariants: every answer, including the router's
@@ -30,6 +31,7 @@ mod refresh;
 mod state;
 mod ticket;
 mod token;
+mod ui;
 
 use actix_web::{HttpRequest, HttpResponse, Resource, web};
 
@@ -76,6 +78,9 @@ pub mod routes {
     pub const READYZ: &str = "/readyz";
     /// `GET`: Prometheus metrics.
     pub const METRICS: &str = "/metrics";
+    /// `GET` (no key: the page asks for one and reads `/v1/accounts`): the
+    /// operators' status page.
+    pub const UI: &str = "/ui";
     /// `POST` (no key: signed by WeChat): the component's event URL.
     pub const COMPONENT_EVENTS: &str = "/v1/component/{appid}/events";
     /// `GET`: the component's own token.
@@ -129,6 +134,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::head().to(health::readyz)),
         )
         .service(resource(routes::METRICS, "GET").route(web::get().to(metrics::metrics)))
+        .service(
+            resource(routes::UI, "GET, HEAD")
+                .route(web::get().to(ui::page))
+                .route(web::head().to(ui::page)),
+        )
         .service(resource(routes::COMPONENT_EVENTS, "POST").route(web::post().to(open::events)))
         .service(
             resource(routes::COMPONENT_TOKEN, "GET").route(web::get().to(open::component_token)),

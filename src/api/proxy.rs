@@ -3,7 +3,7 @@
 //! current token in place of the one it carried.
 //!
 //! Two doors: any path outside wxtoken's own (`/v1/`, `/healthz`, `/readyz`,
-//! `/metrics`, `/status`) whose query carries `access_token` ([`by_token`]:
+//! `/metrics`, `/ui`) whose query carries `access_token` ([`by_token`]:
 //! the token must be one wxtoken handed out, current or still inside its
 //! serve time, looked up in the directory's [`crate::snapshot::IssuedTokens`]);
 //! and `/v1/proxy/{appid}/<wechat path>` with a bearer key ([`by_key`]), for
@@ -185,8 +185,8 @@ impl Drop for InFlight {
 pub fn is_own_path(path: &str) -> bool {
     path == "/v1"
         || path.starts_with("/v1/")
-        || matches!(path, "/" | "/healthz" | "/readyz" | "/metrics" | "/status")
-        || path.starts_with("/status/")
+        || matches!(path, "/" | "/healthz" | "/readyz" | "/metrics" | "/ui")
+        || path.starts_with("/ui/")
 }
 
 /// The answer of every path no endpoint matches: forwarded when it is a
@@ -907,7 +907,8 @@ mod tests {
             "/healthz",
             "/readyz",
             "/metrics",
-            "/status",
+            "/ui",
+            "/ui/app.js",
             "/",
         ] {
             assert!(is_own_path(path), "{path}");
@@ -917,6 +918,8 @@ mod tests {
             "/wxa/getwxacode",
             "/v1x",
             "/sns/userinfo",
+            "/uix",
+            "/status",
         ] {
             assert!(!is_own_path(path), "{path}");
         }

@@ -523,6 +523,7 @@ async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret
             "mode",
             "state",
             "expires_at",
+            "serve_until",
             "next_refresh_at",
             "last_error",
             "upstream_calls_today",
@@ -540,11 +541,20 @@ async fn accounts_lists_every_account_with_its_state_and_never_a_token_or_secret
             assert_eq!(row["last_error"]["errcode"], 40125, "{row}");
             assert!(row["last_error"]["at"].as_i64().is_some());
             assert!(row["last_error"]["errmsg"].as_str().is_some());
+            assert_eq!(row["last_error"]["config_error"], true, "{row}");
+            assert!(
+                row["last_error"]["ip"].is_null(),
+                "40125 names no IP: {row}"
+            );
             assert!(row["expires_at"].is_null());
+            assert!(row["serve_until"].is_null());
         } else {
             assert_eq!(row["state"], "ready", "{row}");
             assert!(row["last_error"].is_null());
-            assert!(row["expires_at"].as_i64().is_some());
+            let expires_at = row["expires_at"].as_i64().expect("an expiry");
+            let serve_until = row["serve_until"].as_i64().expect("a serve time");
+            assert!(serve_until <= expires_at, "{row}");
+            assert!(serve_until > app.sim.clock().now_unix(), "{row}");
             assert!(
                 !text.contains(&app.current_token(&account.appid)),
                 "a token leaked: {text}"

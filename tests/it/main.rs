@@ -27,5 +27,6 @@ mod soak;
 mod store;
 mod support;
 mod tickets;
+mod ui;
 mod upstream;
 mod wechat;
