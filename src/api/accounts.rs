@@ -40,6 +40,9 @@ struct AccountView<'a> {
     next_refresh_at: Option<i64>,
     last_error: Option<ErrorView<'a>>,
     upstream_calls_today: u32,
+    /// What WeChat's getApiQuota last reported for the token APIs the
+    /// account uses (none before the first reading).
+    quotas: Vec<QuotaView>,
     /// `account`, `wecom`, `component` or `authorizer`.
     kind: &'static str,
     /// An authorizer's component.
@@ -48,6 +51,18 @@ struct AccountView<'a> {
     /// An authorizer's standing: `authorized`, `needs_reauth`, `unauthorized`.
     #[serde(skip_serializing_if = "Option::is_none")]
     authorization: Option<&'static str>,
+}
+
+/// One token API's daily quota in `GET /v1/accounts`.
+#[derive(Serialize)]
+struct QuotaView {
+    /// `token` or `stable_token`.
+    api: &'static str,
+    daily_limit: u64,
+    /// Today's use (China-time day; 0 when last read on an earlier day).
+    used: u64,
+    /// Unix seconds of the reading.
+    read_at: i64,
 }
 
 /// An account's last failure: [`LastError`]'s `errcode`, `errmsg` and `at`,
@@ -114,6 +129,16 @@ pub async fn list_accounts(
             next_refresh_at: status.next_refresh_at_ms.map(|ms| ms.div_euclid(1000)),
             last_error: ErrorView::of(status),
             upstream_calls_today: status.calls_on_day_of(now_ms),
+            quotas: status
+                .quotas
+                .iter()
+                .map(|q| QuotaView {
+                    api: q.api.as_str(),
+                    daily_limit: q.daily_limit,
+                    used: q.used_on_day_of(now_ms),
+                    read_at: q.read_at_ms.div_euclid(1000),
+                })
+                .collect(),
             kind: slot.kind.as_str(),
             component: slot.kind.component().map(AppId::as_str),
             authorization: slot.authorization().map(|a| a.as_str()),

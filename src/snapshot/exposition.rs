@@ -353,13 +353,10 @@ impl Families {
         }
 
         // Every mode: the quota alert needs both.
-        let today = crate::clock::china_day(now_ms.div_euclid(1000));
         for q in status.quotas.iter() {
             let labels = [("appid", appid), ("api", q.api.as_str())];
             self.quota_limit.int(&labels, q.daily_limit);
-            let read_today = crate::clock::china_day(q.read_at_ms.div_euclid(1000)) == today;
-            self.quota_used
-                .int(&labels, if read_today { q.used } else { 0 });
+            self.quota_used.int(&labels, q.used_on_day_of(now_ms));
         }
 
         // Full: every configured ticket from 0; essential: failures that happened.

@@ -163,6 +163,20 @@ pub struct QuotaReading {
     pub read_at_ms: i64,
 }
 
+impl QuotaReading {
+    /// The use it reports on the China-time day of `now_ms`: 0 when it was
+    /// read on an earlier day (WeChat's quota day is assumed to end at
+    /// midnight China time).
+    pub fn used_on_day_of(&self, now_ms: i64) -> u64 {
+        let day = |ms: i64| crate::clock::china_day(ms.div_euclid(1000));
+        if day(self.read_at_ms) == day(now_ms) {
+            self.used
+        } else {
+            0
+        }
+    }
+}
+
 /// The quota readings of an account: at most one per token API
 /// (`/cgi-bin/token`, `/cgi-bin/stable_token`), in that order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -64,6 +64,26 @@ async fn each_account_exports_the_quota_getapiquota_reports_for_its_token_api() 
     // Each reads only the API it uses.
     assert_eq!(quota(&app, "limit", &legacy, "stable_token").await, None);
     assert_eq!(quota(&app, "limit", &stable, "token").await, None);
+    // `/v1/accounts` (and the status page) show the same readings.
+    let listed: Value = app
+        .accounts(Some(ADMIN_KEY))
+        .await
+        .json()
+        .await
+        .expect("the account list");
+    let row = |appid: &str| {
+        listed
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["appid"] == appid))
+            .cloned()
+            .expect("listed")
+    };
+    let legacy_quotas = row(&legacy)["quotas"].clone();
+    assert_eq!(legacy_quotas[0]["api"], "token", "{legacy_quotas}");
+    assert_eq!(legacy_quotas[0]["daily_limit"], 2000);
+    assert_eq!(legacy_quotas[0]["used"], 1);
+    assert!(legacy_quotas[0]["read_at"].is_i64());
+    assert_eq!(row(&stable)["quotas"][0]["api"], "stable_token");
     let stats = app.sim.stats();
     assert_eq!(stats.calls_to(&legacy, "getapiquota"), 1);
     assert_eq!(stats.calls_to(&stable, "getapiquota"), 1);

@@ -158,6 +158,18 @@ async fn the_page_shows_every_account_with_a_refused_ip_first_and_keeps_the_key_
         )
         .await;
 
+    // The quota WeChat reports (getApiQuota, read after the first
+    // refresh) shows under calls today, on the next poll at the latest.
+    browser
+        .until(
+            "the legacy account shows its getApiQuota reading",
+            &format!(
+                "[...document.querySelectorAll('tr[data-appid=\"{}\"] .c-calls .quota')].some(q => q.dataset.api === 'token' && / of 2000$/.test(q.textContent))",
+                fleet.news
+            ),
+        )
+        .await;
+
     if let Some(path) = std::env::var_os("WXTOKEN_UI_SCREENSHOT") {
         browser.screenshot(&PathBuf::from(path)).await;
     }
@@ -217,6 +229,22 @@ async fn the_page_shows_every_account_with_a_refused_ip_first_and_keeps_the_key_
             .unwrap_or_else(|| panic!("calls today is a number: {row}"));
         assert!(calls >= 1, "{row}");
     }
+    let quotas = |appid: &str| {
+        rows.iter()
+            .find(|r| r["appid"] == appid)
+            .map(|r| r["quotas"].clone())
+            .unwrap_or_default()
+    };
+    let news_quotas = quotas(fleet.news.as_str());
+    assert!(
+        news_quotas.as_array().is_some_and(|q| q.len() == 1
+            && q[0]
+                .as_str()
+                .is_some_and(|t| t.starts_with("token: ") && t.ends_with(" of 2000"))),
+        "{news_quotas}"
+    );
+    let desk_quotas = quotas(fleet.desk.as_str());
+    assert_eq!(desk_quotas, json!([]), "WeCom has no getApiQuota");
     let desk = rows
         .iter()
         .find(|r| r["appid"] == fleet.desk.as_str())
@@ -665,7 +693,8 @@ impl Chromium {
                         serveUntilTitle: title('.c-serve-until'), next: text('.c-next'),
                         error: text('.c-error'), errcode: text('.c-error .err-code'),
                         errmsg: text('.c-error .err-msg'), ip: text('.c-error .err-ip'),
-                        calls: text('.c-calls'),
+                        calls: (tr.querySelector('.c-calls') || {firstChild: null}).firstChild?.textContent ?? null,
+                        quotas: [...tr.querySelectorAll('.c-calls .quota')].map(q => q.textContent),
                     };
                 })",
             )
