@@ -21,7 +21,8 @@
 //!   `POST /v1/admin/reload` always re-read.
 //! - Untouched accounts keep their actor, token and schedule (the registry's
 //!   [`Apply`] guarantees it); `clients` and `metrics.per_account` apply at
-//!   once; settings that only take effect at start (`listen`, `upstream`,
+//!   once (the names of the clients added, removed or changed are logged,
+//!   never a key or its hash); settings that only take effect at start (`listen`, `upstream`,
 //!   `refresh`, `store`) are reported, not applied.
 
 use std::path::{Path, PathBuf};

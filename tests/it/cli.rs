@@ -556,6 +556,23 @@ fn log_format_is_obeyed_before_and_after_the_command() {
     }
 }
 
+#[test]
+fn serve_still_accepts_log_format_after_the_command() {
+    let out = run(wxtoken(&[
+        "serve",
+        "--log-format",
+        "json",
+        "--config",
+        "/nonexistent/accounts.yaml",
+    ]));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("config file not found") && !out.stderr.contains("unexpected argument"),
+        "{}",
+        out.stderr
+    );
+}
+
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
