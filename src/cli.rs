@@ -82,8 +82,9 @@ Control API (JSON; bad input gets 400 {\"error\",\"message\"}):
                        fetch tokens, others get 40164; empty: any address).
                        Registering again changes the secret and whitelist and
                        keeps tokens and quotas.
-  GET    /sim/apps     the registered apps: appid, whitelist, calls and
-                       tokens issued (never a secret)
+  GET    /sim/apps     the registered apps: appid, whitelist, today's legacy
+                       fetches and forced refreshes, tokens issued (never a
+                       secret)
   POST   /sim/faults   break upcoming calls: {\"api\":\"stable_token\",
                        \"appid\":\"wx...\",\"count\":3} or \"rate\":0.5, with one of
                        \"errcode\" (+\"errmsg\"), \"http_status\", \"delay_ms\",
