@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::config::{Config, LoadOptions};
 use crate::engine::EngineOptions;
@@ -22,7 +22,9 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "wxtoken", version, about, long_about = None)]
 pub struct Cli {
-    /// Log format on stderr: `text` or `json` (one object per line).
+    /// Log format on stderr: `text` or `json` (one object per line). Accepted
+    /// before or after the command (`wxtoken serve --log-format json`).
+    // Listed in `wxtoken --help` only: see `command`.
     #[arg(long, global = true, env = "WXTOKEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
@@ -36,6 +38,79 @@ pub struct ConfigArg {
     #[arg(long, env = "WXTOKEN_CONFIG", default_value = "accounts.yaml")]
     pub config: PathBuf,
 }
+
+/// The options of `wxtoken demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Path of the accounts file [default: accounts.yaml, or the built-in
+    /// example configuration when there is no accounts.yaml here].
+    #[arg(long, env = "WXTOKEN_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The options of `wxtoken accounts`.
+#[derive(Debug, clap::Args)]
+pub struct AccountsArgs {
+    /// The wxtoken server's base URL.
+    #[arg(long, env = "WXTOKEN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: url::Url,
+    /// A file holding an admin client's API key (its first line); not needed
+    /// when the server has no `clients`.
+    #[arg(long, env = "WXTOKEN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Print the server's JSON answer as it came instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `wxtoken simulator --help` tells a developer beyond the options:
+/// the control API of `simulator/routes.rs`.
+const SIMULATOR_HELP: &str = "\
+WeChat endpoints (answered as WeChat does, errors as {\"errcode\",\"errmsg\"}):
+  GET  /cgi-bin/token?grant_type=client_credential&appid=&secret=
+  POST /cgi-bin/stable_token   {\"grant_type\",\"appid\",\"secret\",\"force_refresh\"}
+  GET  /cgi-bin/gettoken?corpid=&corpsecret=          (WeCom; register corpid:agentid)
+  GET  /cgi-bin/ticket/getticket?access_token=&type=jsapi|wx_card
+  GET  /cgi-bin/getcallbackip?access_token=           (the validity probe)
+  POST /cgi-bin/component/...                         (Open Platform)
+
+Control API (JSON; bad input gets 400 {\"error\",\"message\"}):
+  POST   /sim/apps     register or update an app:
+                       {\"appid\":\"wx1111111111111111\",\"secret\":\"...\",
+                        \"ip_whitelist\":[\"10.0.0.0/8\",\"127.0.0.1\"]}
+                       (the whitelist: addresses or CIDR ranges allowed to
+                       fetch tokens, others get 40164; empty: any address).
+                       Registering again changes the secret and whitelist and
+                       keeps tokens and quotas.
+  GET    /sim/apps     the registered apps: appid, whitelist, today's legacy
+                       fetches and forced refreshes, tokens issued (never a
+                       secret)
+  POST   /sim/faults   break upcoming calls: {\"api\":\"stable_token\",
+                       \"appid\":\"wx...\",\"count\":3} or \"rate\":0.5, with one of
+                       \"errcode\" (+\"errmsg\"), \"http_status\", \"delay_ms\",
+                       \"drop_connection\", \"malformed\", \"html\", \"body\",
+                       \"body_bytes\"
+  GET    /sim/faults   the faults in force;  DELETE /sim/faults  clears them
+  GET    /sim/stats    counters: calls per app and API, tokens and tickets
+                       issued, forced refreshes, probe results, invalid-token
+                       uses, faults applied
+  GET    /sim/clock    the simulator's time {\"now\": unix seconds}
+  POST   /sim/clock    move it forward: {\"advance_secs\": 7200} (expiry,
+                       grace and the China-time quota day follow)
+  POST   /sim/components                          register an Open Platform
+                       component {\"component_appid\",\"secret\",\"token\",
+                       \"encoding_aes_key\",\"callback_url\",...}
+  POST   /sim/components/{appid}/authorize        {\"authorizer_appid\"}
+  POST   /sim/components/{appid}/unauthorize      {\"authorizer_appid\"}
+  POST   /sim/components/{appid}/push_ticket      push a verify ticket now
+  POST   /sim/components/{appid}/pushing          {\"on\": false} stops pushes
+  POST   /sim/components/{appid}/refresh_tokens   {\"authorizer_appid\",
+                       \"fail_next\": 2} or \"invalidate\": true
+
+Example:
+  wxtoken simulator &
+  curl -s -X POST localhost:9180/sim/apps -d '{\"appid\":\"wx1111111111111111\",\"secret\":\"s\"}'
+  curl -s 'localhost:9180/cgi-bin/token?grant_type=client_credential&appid=wx1111111111111111&secret=s'";
 
 /// What `wxtoken serve --help` tells an operator beyond the options.
 const SERVE_HELP: &str = "\
@@ -92,8 +167,9 @@ pub enum Command {
     /// Validate the configuration without network access.
     Check(ConfigArg),
     /// Run the built-in simulator and the server against it, and print curl commands.
-    Demo(ConfigArg),
+    Demo(DemoArgs),
     /// Run a stand-alone fake WeChat API server for local development.
+    #[command(after_long_help = SIMULATOR_HELP)]
     Simulator {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9180")]
@@ -114,6 +190,14 @@ pub enum Command {
     },
     /// Keep `DIR/{appid}.json` token files current on a business host (a sidecar).
     Agent(AgentArgs),
+    /// Print every account's state from a running server (admin key).
+    Accounts(AccountsArgs),
+    /// Print a shell completion script (e.g. `wxtoken completions bash > /etc/bash_completion.d/wxtoken`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The options of `wxtoken agent`.
@@ -141,10 +225,31 @@ pub struct AgentArgs {
     pub wait: Duration,
 }
 
+/// The command line's definition: [`Cli`]'s, with the global options shown
+/// in `wxtoken --help` only. Each subcommand carries a hidden copy of them,
+/// so they are still accepted after it (clap then skips its own
+/// propagation, which would list them in every subcommand's help).
+pub fn command() -> clap::Command {
+    let cli = Cli::command();
+    let globals: Vec<clap::Arg> = cli
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    cli.mut_subcommands(|sub| {
+        globals
+            .iter()
+            .fold(sub, |sub, arg| sub.arg(arg.clone().hide(true)))
+    })
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
     crate::panics::install_hook();
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Check(arg) => ExitCode::from(crate::config::run_check(&arg.config)),
         Command::Agent(args) => {
@@ -152,6 +257,14 @@ pub fn main() -> ExitCode {
             agent(args)
         }
         Command::HashKey { generate } => hash_key(generate),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "wxtoken", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Accounts(args) => {
+            crate::telemetry::init(cli.log_format);
+            accounts(args)
+        }
         Command::Simulator {
             listen,
             token_ttl,
@@ -209,10 +322,24 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Demo(arg) => {
+        Command::Demo(args) => {
             crate::telemetry::init(cli.log_format);
             let options = LoadOptions::from_process_env().secrets_optional();
-            let Some(config) = load_config(&arg.config, options) else {
+            let loaded = match args.config {
+                Some(path) => crate::config::load(&path, &options),
+                None => {
+                    let path = PathBuf::from("accounts.yaml");
+                    if path.exists() {
+                        crate::config::load(&path, &options)
+                    } else {
+                        eprintln!(
+                            "demo: no accounts.yaml here; using the built-in example configuration (give yours with --config PATH)"
+                        );
+                        crate::demo::builtin_config(&options)
+                    }
+                }
+            };
+            let Some(config) = report_loaded(loaded) else {
                 return ExitCode::from(2);
             };
             run_async(crate::demo::run(config))
@@ -223,7 +350,12 @@ pub fn main() -> ExitCode {
 /// Loads and validates the configuration; prints every problem and returns
 /// `None` when it is invalid, and logs its warnings when it is not.
 fn load_config(path: &std::path::Path, options: LoadOptions) -> Option<Config> {
-    match crate::config::load(path, &options) {
+    report_loaded(crate::config::load(path, &options))
+}
+
+/// What [`load_config`] does with a configuration loaded some other way.
+fn report_loaded(loaded: Result<crate::config::Loaded, crate::config::Problems>) -> Option<Config> {
+    match loaded {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
@@ -302,6 +434,32 @@ fn agent(args: AgentArgs) -> ExitCode {
         actix_rt::spawn(cancel_on_signal(stop.clone()));
         tracing::info!(out = %options.out.display(), "wxtoken agent starting");
         crate::agent::run(options, stop).await
+    })
+}
+
+/// `wxtoken accounts`: checks the arguments, reads the key, prints the fleet.
+fn accounts(args: AccountsArgs) -> ExitCode {
+    if !matches!(args.server.scheme(), "http" | "https") {
+        eprintln!("wxtoken: --server must be an http:// or https:// URL");
+        return ExitCode::from(2);
+    }
+    let key = match args.key_file.as_deref().map(crate::agent::read_key_file) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(e)) => {
+            eprintln!("wxtoken: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = crate::fleet::Request {
+        server: args.server,
+        key,
+        json: args.json,
+    };
+    run_async(async move {
+        let out = crate::fleet::fetch(&request).await?;
+        print!("{out}");
+        Ok(())
     })
 }
 

@@ -3,7 +3,10 @@
 //! Owns: starting the built-in simulator on a free loopback port, registering
 //! every configured account with it (real secrets are not needed), running the
 //! server against it with a one-off admin key, and printing curl lines that
-//! work as printed. Invariant: the demo never talks to anything but loopback.
+//! work as printed, and the example configuration it runs when there is no
+//! `accounts.yaml` ([`builtin_config`]). Invariants: the demo never talks to
+//! anything but loopback, and no line it prints spends one of WeChat's daily
+//! stable `force_refresh` calls.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -20,6 +23,25 @@ use crate::config::{AppScope, ClientConfig, ComponentConfig, Config};
 use crate::domain::{AppId, KeyHash};
 use crate::simulator::{AppRegistration, ComponentRegistration, SimConfig, Simulator};
 use crate::startup::{Application, BuildOptions};
+
+/// The shipped `accounts.yaml`, which `wxtoken demo` runs when started
+/// where there is none (secrets are not needed: the simulator accepts any).
+const BUILTIN_CONFIG: &str = include_str!("../accounts.yaml");
+
+/// Loads the built-in example configuration ([`BUILTIN_CONFIG`]) with
+/// `options` (which should make secrets optional).
+///
+/// Errors with its problems, which only a broken build can have (the tests
+/// load the same file).
+pub fn builtin_config(
+    options: &crate::config::LoadOptions,
+) -> Result<crate::config::Loaded, crate::config::Problems> {
+    crate::config::load_str(
+        BUILTIN_CONFIG,
+        std::path::Path::new("accounts.yaml (built in)"),
+        options,
+    )
+}
 
 /// Runs the demo until Ctrl-C.
 ///
@@ -71,6 +93,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .iter()
         .find(|a| a.enabled && a.tickets.contains(&crate::domain::TicketKind::Jsapi))
         .map(|a| a.appid.to_string());
+    // A stale report of the current token refreshes it; on a stable account
+    // that may spend a daily force_refresh, so the demo shows it on a
+    // legacy account only.
+    let legacy = config
+        .accounts
+        .iter()
+        .find(|a| {
+            a.enabled
+                && matches!(a.kind, crate::config::AccountKind::Wechat)
+                && a.mode == crate::domain::Mode::Legacy
+        })
+        .map(|a| a.appid.to_string());
     let components = config.components.clone();
     let app = Application::build(config, BuildOptions::default()).await?;
     let addr = app.addr();
@@ -94,7 +128,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    print_guide(&sim, addr, &key, &accounts, with_jsapi.as_deref());
+    print_guide(
+        &sim,
+        addr,
+        &key,
+        &accounts,
+        (legacy.as_deref(), with_jsapi.as_deref()),
+    );
     print_open_platform(addr, &key, &components, &authorizers);
     let result = server.await;
     sim.stop().await;
@@ -176,6 +216,12 @@ async fn authorize_demo_merchants(
     authorizers
 }
 
+/// The shell pipe that takes `access_token` out of a token answer.
+const EXTRACT_TOKEN: &str = r#"sed -E 's/.*"access_token":"([^"]+)".*/\1/'"#;
+
+/// A made-up token for the compare-and-refresh line: never the current one.
+const OLD_TOKEN: &str = "an-old-token-wechat-rejected";
+
 fn print_open_platform(
     addr: SocketAddr,
     key: &str,
@@ -211,12 +257,14 @@ fn print_open_platform(
     println!();
 }
 
+/// Prints the curl lines; `legacy` and `with_jsapi` are an account in
+/// legacy mode and one with a jsapi ticket, when there are.
 fn print_guide(
     sim: &Simulator,
     addr: SocketAddr,
     key: &str,
     accounts: &[String],
-    with_jsapi: Option<&str>,
+    (legacy, with_jsapi): (Option<&str>, Option<&str>),
 ) {
     let base = format!("http://{addr}");
     let auth = format!("-H 'Authorization: Bearer {key}'");
@@ -238,21 +286,33 @@ fn print_guide(
     println!("  # the current token of an account");
     println!("  curl -s {auth} {base}/v1/token/{first}");
     println!();
-    println!(
-        "  # report a token WeChat rejected (compare-and-refresh; an old token gets the current one back)"
-    );
-    println!(
-        "  TOKEN=$(curl -s {auth} {base}/v1/token/{first} | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
-    );
-    println!(
-        "  curl -s {auth} -H 'Content-Type: application/json' -d \"{{\\\"stale_token\\\":\\\"$TOKEN\\\"}}\" {base}/v1/token/{first}/refresh"
-    );
-    println!();
     println!("  # ask the simulator whether a token is live (WeChat's getcallbackip)");
+    println!("  TOKEN=$(curl -s {auth} {base}/v1/token/{first} | {EXTRACT_TOKEN})");
     println!(
         "  curl -s \"{}/cgi-bin/getcallbackip?access_token=$TOKEN\"",
         sim.base_url()
     );
+    println!();
+    println!(
+        "  # report a token WeChat rejected (compare-and-refresh): one that is no longer current"
+    );
+    println!("  # gets the current one back (\"refreshed\": false), without a call to WeChat");
+    println!(
+        "  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"stale_token\":\"{OLD_TOKEN}\"}}' {base}/v1/token/{first}/refresh"
+    );
+    if let Some(legacy) = legacy {
+        println!();
+        println!(
+            "  # the current token reported: refreshed once for every concurrent reporter (\"refreshed\": true)."
+        );
+        println!(
+            "  # Shown on a legacy account: on a stable one it may spend one of WeChat's 20 daily force_refresh"
+        );
+        println!("  LEGACY=$(curl -s {auth} {base}/v1/token/{legacy} | {EXTRACT_TOKEN})");
+        println!(
+            "  curl -s {auth} -H 'Content-Type: application/json' -d \"{{\\\"stale_token\\\":\\\"$LEGACY\\\"}}\" {base}/v1/token/{legacy}/refresh"
+        );
+    }
     if let Some(appid) = with_jsapi {
         println!();
         println!("  # the JS-SDK ticket of an account, and a wx.config signature for a page");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod fleet;
 pub mod metrics;
 pub mod openplatform;
 pub mod panics;

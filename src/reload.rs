@@ -21,7 +21,8 @@
 //!   `POST /v1/admin/reload` always re-read.
 //! - Untouched accounts keep their actor, token and schedule (the registry's
 //!   [`Apply`] guarantees it); `clients` and `metrics.per_account` apply at
-//!   once; settings that only take effect at start (`listen`, `upstream`,
+//!   once (the names of the clients added, removed or changed are logged,
+//!   never a key or its hash); settings that only take effect at start (`listen`, `upstream`,
 //!   `refresh`, `store`) are reported, not applied.
 
 use std::path::{Path, PathBuf};
@@ -262,9 +263,10 @@ impl Reloader {
             }
         };
         (inner.on_applied)(&new);
-        let needs_restart = {
+        let (needs_restart, clients) = {
             let mut current = inner.current.lock();
             let changed = restart_only_changes(&current, &new);
+            let clients = ClientChanges::between(&current.clients, &new.clients);
             let before = inner.metrics.per_account_for(current.accounts.len());
             if current.metrics != new.metrics
                 || before != inner.metrics.per_account_for(new.accounts.len())
@@ -278,8 +280,17 @@ impl Reloader {
             current.components = new.components;
             current.clients = new.clients;
             current.metrics = new.metrics;
-            changed
+            (changed, clients)
         };
+        if !clients.is_empty() {
+            tracing::info!(
+                trigger,
+                clients_added = clients.added.join(", "),
+                clients_removed = clients.removed.join(", "),
+                clients_changed = clients.changed.join(", "),
+                "clients reloaded"
+            );
+        }
         if !needs_restart.is_empty() {
             tracing::warn!(
                 trigger,
@@ -474,6 +485,54 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// The names of the clients a reload added, removed or changed (a new key,
+/// scope or admin flag), each sorted. Names only: a key or its hash never
+/// leaves the configuration.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ClientChanges {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+}
+
+impl ClientChanges {
+    /// What changed from `old` to `new`, client by client (names are unique
+    /// in a valid configuration).
+    fn between(
+        old: &[crate::config::ClientConfig],
+        new: &[crate::config::ClientConfig],
+    ) -> ClientChanges {
+        let same = |a: &crate::config::ClientConfig, b: &crate::config::ClientConfig| {
+            a.key == b.key && a.appids == b.appids && a.admin == b.admin
+        };
+        let mut changes = ClientChanges::default();
+        for client in new {
+            match old.iter().find(|o| o.name == client.name) {
+                None => changes.added.push(client.name.clone()),
+                Some(before) if !same(before, client) => changes.changed.push(client.name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = old
+            .iter()
+            .filter(|o| !new.iter().any(|n| n.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        for list in [
+            &mut changes.added,
+            &mut changes.removed,
+            &mut changes.changed,
+        ] {
+            list.sort();
+        }
+        changes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
 /// The settings that differ between `old` and `new` but are read only at start.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
@@ -532,6 +591,36 @@ mod tests {
         let failed = off_runtime(&gate, LIMIT, || -> u8 { panic!("the loader broke") }).await;
         assert_eq!(failed, Err(Stuck::Failed));
         assert_eq!(off_runtime(&gate, LIMIT, || 3).await, Ok(3));
+    }
+
+    fn client(name: &str, key: &str, admin: bool) -> crate::config::ClientConfig {
+        crate::config::ClientConfig {
+            name: name.to_string(),
+            key: crate::domain::KeyHash::of_key(key),
+            appids: crate::config::AppScope::All,
+            admin,
+        }
+    }
+
+    #[test]
+    fn client_changes_name_added_removed_and_changed_clients_only() {
+        let old = [
+            client("kept", "kept-key-0123456789", false),
+            client("rekeyed", "old-key-0123456789", false),
+            client("promoted", "promoted-key-0123456789", false),
+            client("gone", "gone-key-0123456789", false),
+        ];
+        let new = [
+            client("kept", "kept-key-0123456789", false),
+            client("rekeyed", "new-key-0123456789", false),
+            client("promoted", "promoted-key-0123456789", true),
+            client("fresh", "fresh-key-0123456789", false),
+        ];
+        let changes = ClientChanges::between(&old, &new);
+        assert_eq!(changes.added, ["fresh"]);
+        assert_eq!(changes.removed, ["gone"]);
+        assert_eq!(changes.changed, ["promoted", "rekeyed"]);
+        assert!(ClientChanges::between(&old, &old).is_empty());
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub(crate) const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 /// A WeChat token lives this long; the stable refresh window must be shorter.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(2 * 3600);
+/// The longest `upstream.timeout`: WeChat answers in well under a second, and
+/// an answer may still arrive (and rotate a token) twice this long after a
+/// request (the late-answer window).
+const MAX_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `refresh.backoff_initial` and `refresh.backoff_max`: a token
+/// lives 2h, so retries must come well within it.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The longest `proxy.timeout`: one proxied exchange, a 20 MiB upload or
+/// download on a slow link included.
+const MAX_PROXY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The largest secret file accepted.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 /// An example appid for hints.
@@ -184,8 +194,8 @@ impl Walk<'_> {
         let timeout = self.setting(&f.timeout, "upstream.timeout", values::duration);
         let timeout = self.rule(
             timeout,
-            |d| !d.is_zero(),
-            |_| "upstream.timeout must be more than 0s; e.g. 5s".to_string(),
+            |d| within(*d, MAX_UPSTREAM_TIMEOUT),
+            |d| out_of_bounds("upstream.timeout", *d, MAX_UPSTREAM_TIMEOUT, "5s"),
         );
         let max = self.setting(
             &f.max_concurrency,
@@ -332,14 +342,14 @@ impl Walk<'_> {
         );
         let initial = self.rule(
             initial,
-            |d| !d.is_zero(),
-            |_| "refresh.backoff_initial must be more than 0s; e.g. 1s".to_string(),
+            |d| within(*d, MAX_BACKOFF),
+            |d| out_of_bounds("refresh.backoff_initial", *d, MAX_BACKOFF, "1s"),
         );
         let max = self.setting(&f.backoff_max, "refresh.backoff_max", values::duration);
         let max = self.rule(
             max,
-            |d| !d.is_zero(),
-            |_| "refresh.backoff_max must be more than 0s; e.g. 5m".to_string(),
+            |d| within(*d, MAX_BACKOFF),
+            |d| out_of_bounds("refresh.backoff_max", *d, MAX_BACKOFF, "5m"),
         );
 
         let at_line = legacy_at.line().or(jitter.line());
@@ -408,8 +418,8 @@ impl Walk<'_> {
         let timeout = self.setting(&f.timeout, "proxy.timeout", values::duration);
         let timeout = self.rule(
             timeout,
-            |d| !d.is_zero(),
-            |_| "proxy.timeout must be more than 0s; e.g. 60s".to_string(),
+            |d| within(*d, MAX_PROXY_TIMEOUT),
+            |d| out_of_bounds("proxy.timeout", *d, MAX_PROXY_TIMEOUT, "60s"),
         );
         let max_body = self.setting(&f.max_body, "proxy.max_body", values::size);
         let max_body = self.rule(
@@ -1548,6 +1558,25 @@ fn placeholder_aes_key() -> SecretString {
     use base64::Engine as _;
     let bytes: [u8; 32] = rand::random();
     SecretString::from(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+}
+
+/// True for a duration more than zero and at most `max`.
+fn within(d: Duration, max: Duration) -> bool {
+    !d.is_zero() && d <= max
+}
+
+/// The problem of a duration `key` outside (0, `max`]: names both bounds,
+/// the value and an `example`.
+fn out_of_bounds(key: &str, d: Duration, max: Duration, example: &str) -> String {
+    if d.is_zero() {
+        format!("{key} must be more than 0s; e.g. {example}")
+    } else {
+        format!(
+            "{key} must be at most {}, not {}; e.g. {example}",
+            show_duration(max),
+            show_duration(d)
+        )
+    }
 }
 
 #[cfg(test)]

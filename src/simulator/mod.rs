@@ -41,7 +41,7 @@ pub use open::{
     AuthorizeRequest, CODE_LIFE, ComponentRegistration, MAX_LIST_COUNT, REFRESH_OVERLAP,
     RefreshTokenFault, TICKET_LIFE,
 };
-pub use state::AppRegistration;
+pub use state::{AppRegistration, AppView};
 pub use stats::{IssuedTokens, ProbeResults, Stats, UNKNOWN_APPID};
 
 use state::{SimState, TokenStatus};

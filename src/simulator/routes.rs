@@ -33,7 +33,11 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/cgi-bin/getcallbackip").route(web::get().to(getcallbackip)))
         .service(web::resource("/cgi-bin/openapi/quota/get").route(web::post().to(api_quota)))
         .configure(super::business::configure)
-        .service(web::resource("/sim/apps").route(web::post().to(register_app)))
+        .service(
+            web::resource("/sim/apps")
+                .route(web::post().to(register_app))
+                .route(web::get().to(list_apps)),
+        )
         .service(web::resource("/sim/components").route(web::post().to(register_component)))
         .service(
             web::resource("/sim/components/{appid}/authorize").route(web::post().to(authorize)),
@@ -446,6 +450,11 @@ async fn register_app(state: State, body: web::Bytes) -> HttpResponse {
         }
         Err(e) => bad_request(e),
     }
+}
+
+/// `GET /sim/apps`: every registered app, its whitelist and counts; never a secret.
+async fn list_apps(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(state.apps())
 }
 
 async fn add_fault(state: State, body: web::Bytes) -> HttpResponse {

@@ -54,6 +54,21 @@ impl std::fmt::Debug for AppRegistration {
     }
 }
 
+/// One registered app as `GET /sim/apps` lists it. Never its secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AppView {
+    /// The AppID.
+    pub appid: String,
+    /// The whitelist in force (`1.2.3.4/32`, `10.0.0.0/8`); empty means any IP.
+    pub ip_whitelist: Vec<String>,
+    /// Legacy token fetches counted against today's quota (China time).
+    pub legacy_calls_today: u32,
+    /// Stable `force_refresh` calls that rotated the token today (China time).
+    pub force_refreshes_today: u32,
+    /// Tokens issued since the simulator started, by endpoint.
+    pub tokens_issued: super::stats::IssuedTokens,
+}
+
 /// The longest secret the simulator accepts.
 const MAX_SECRET_LEN: usize = 4096;
 /// Token records beyond this count trigger pruning of long-dead ones.
@@ -347,6 +362,30 @@ impl SimState {
             }
         }
         Ok(())
+    }
+
+    /// Every registered app, sorted by appid, without its secret.
+    pub(crate) fn apps(&self) -> Vec<AppView> {
+        let day = china_day(self.clock.now_unix_ms().div_euclid(1000));
+        let inner = self.inner.lock();
+        let mut apps: Vec<AppView> = inner
+            .apps
+            .iter()
+            .map(|(appid, app)| AppView {
+                appid: appid.clone(),
+                ip_whitelist: app.whitelist.iter().map(ToString::to_string).collect(),
+                legacy_calls_today: app.legacy_quota.get(day),
+                force_refreshes_today: app.forces.get(day),
+                tokens_issued: inner
+                    .stats
+                    .tokens_issued
+                    .get(appid)
+                    .copied()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        apps.sort_by(|a, b| a.appid.cmp(&b.appid));
+        apps
     }
 
     /// Counts a call of `api` for `appid` and picks the fault that hits it, if

@@ -59,6 +59,13 @@ impl IpRange {
     }
 }
 
+impl std::fmt::Display for IpRange {
+    /// `network/prefix`, as written in a whitelist.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 /// Compares the top `prefix` bits of two `bits`-wide numbers.
 fn prefix_match(a: u128, b: u128, bits: u32, prefix: u8) -> bool {
     let shift = bits - u32::from(prefix);

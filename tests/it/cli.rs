@@ -284,9 +284,20 @@ fn simulator_answers_curl_as_the_contract_says() {
         "-H",
         "content-type: application/json",
         "-d",
-        r#"{"appid":"wx1111111111111111","secret":"demo-secret"}"#,
+        r#"{"appid":"wx1111111111111111","secret":"demo-secret","ip_whitelist":["127.0.0.1","10.0.0.0/8"]}"#,
     ]);
     assert!(!registered.contains("error"), "{registered}");
+
+    // GET /sim/apps lists the app and its whitelist, never its secret.
+    let listed = curl(&[&format!("{base}/sim/apps")]);
+    assert!(!listed.contains("demo-secret"), "a secret listed: {listed}");
+    let apps: Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(apps[0]["appid"], "wx1111111111111111", "{apps}");
+    assert_eq!(
+        apps[0]["ip_whitelist"],
+        serde_json::json!(["127.0.0.1/32", "10.0.0.0/8"]),
+        "{apps}"
+    );
 
     let answer: Value = serde_json::from_str(&curl(&[
         "-X",
@@ -316,22 +327,25 @@ fn simulator_answers_curl_as_the_contract_says() {
         stats["calls"]["wx1111111111111111"]["stable_token"], 1,
         "{stats}"
     );
+    let apps: Value = serde_json::from_str(&curl(&[&format!("{base}/sim/apps")])).expect("JSON");
+    assert_eq!(apps[0]["tokens_issued"]["stable"], 1, "{apps}");
     assert_eq!(sim.terminate(), Some(0));
 }
 
 #[test]
 fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
-    let mut cmd = wxtoken(&[
-        "demo",
-        "--config",
-        repo_file("accounts.yaml").to_str().expect("utf-8 path"),
-    ]);
-    cmd.current_dir(std::env::temp_dir());
+    // Started where there is no accounts.yaml: the built-in example runs.
+    let empty = tempfile::tempdir().expect("a temporary directory");
+    let mut cmd = wxtoken(&["demo"]);
+    cmd.current_dir(empty.path());
     let demo = Running::spawn(cmd);
     let printed = demo.read_until(|l| l.contains("/reconcile"));
     let commands: Vec<&String> = printed
         .iter()
-        .filter(|l| l.trim_start().starts_with("curl ") || l.trim_start().starts_with("TOKEN="))
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("curl ") || l.starts_with("TOKEN=") || l.starts_with("LEGACY=")
+        })
         .collect();
     assert!(commands.len() >= 6, "{printed:#?}");
     for account in [
@@ -344,6 +358,12 @@ fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
             "{account} is not listed"
         );
     }
+    let sim_base = printed
+        .iter()
+        .find(|l| l.contains("WeChat simulator:"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        .expect("the simulator's address is printed")
+        .to_string();
 
     // Run every line in one shell, as a user pasting them would, and capture
     // what each printed.
@@ -365,7 +385,8 @@ fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
     assert_eq!(outputs.len(), commands.len());
     for (command, output) in commands.iter().zip(&outputs) {
         let body = output.split_once('\n').map_or("", |(_, b)| b).trim();
-        if command.trim_start().starts_with("TOKEN=") {
+        let command = command.trim_start();
+        if command.starts_with("TOKEN=") || command.starts_with("LEGACY=") {
             continue;
         }
         assert!(!body.is_empty(), "`{command}` printed nothing");
@@ -379,7 +400,19 @@ fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
     assert!(token["access_token"].is_string(), "{token}");
     assert!(
         text.contains("ip_list"),
-        "the refreshed token is live at the simulator"
+        "the token is live at the simulator"
+    );
+    // Compare-and-refresh shown both ways: an old token gets the current
+    // one back, the current token of the legacy account is refreshed.
+    assert!(text.contains("\"refreshed\":false"), "{text}");
+    assert!(text.contains("\"refreshed\":true"), "{text}");
+    // ...and no line spent one of WeChat's daily stable force_refresh.
+    let stats: Value =
+        serde_json::from_str(&curl(&[&format!("{sim_base}/sim/stats")])).expect("JSON");
+    assert_eq!(
+        stats["force_refreshes"],
+        serde_json::json!({}),
+        "the demo's lines spent a stable force: {stats}"
     );
     // Three accounts, the demo component and its three authorizers.
     assert!(
@@ -392,4 +425,186 @@ fn demo_prints_curl_lines_that_work_as_printed_and_stops_cleanly_on_sigterm() {
         "the reconcile finds the three authorizers: {text}"
     );
     assert_eq!(demo.terminate(), Some(0), "SIGTERM stops the demo cleanly");
+}
+
+#[test]
+fn demo_with_a_missing_config_given_explicitly_exits_2() {
+    let empty = tempfile::tempdir().expect("a temporary directory");
+    let mut cmd = wxtoken(&["demo", "--config", "mine.yaml"]);
+    cmd.current_dir(empty.path());
+    let out = run(cmd);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_no_panic(&out);
+    assert!(out.stderr.contains("mine.yaml"), "{}", out.stderr);
+}
+
+#[test]
+fn the_shipped_accounts_yaml_header_names_every_variable_it_needs() {
+    let yaml = std::fs::read_to_string(repo_file("accounts.yaml")).expect("accounts.yaml");
+    let header: String = yaml
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let used: Vec<&str> = yaml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            l.split_once("${")
+                .and_then(|(_, rest)| rest.split_once('}'))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(used.len(), EXAMPLE_SECRETS.len(), "{used:?}");
+    for name in used {
+        assert!(
+            header.contains(name),
+            "the header's `check` line does not say that {name} must be set:\n{header}"
+        );
+    }
+}
+
+#[test]
+fn completions_are_printed_for_every_shell_and_bash_knows_the_commands() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(wxtoken(&["completions", shell]));
+        assert_eq!(out.code, Some(0), "{shell}: {}", out.stderr);
+        assert!(out.stdout.contains("wxtoken"), "{shell}: {}", out.stdout);
+    }
+    let bash = run(wxtoken(&["completions", "bash"])).stdout;
+    for command in [
+        "serve",
+        "check",
+        "demo",
+        "simulator",
+        "hash-key",
+        "agent",
+        "accounts",
+        "completions",
+    ] {
+        assert!(
+            bash.contains(command),
+            "no {command} in the bash completion"
+        );
+    }
+    assert!(bash.contains("--log-format"), "the global option completes");
+    let out = run(wxtoken(&["completions", "tcsh"]));
+    assert_eq!(out.code, Some(2));
+}
+
+#[test]
+fn the_global_log_format_is_listed_only_in_the_top_level_help() {
+    // An option's entry: a line that starts with it (prose may mention it).
+    let lists = |help: &str| {
+        help.lines()
+            .any(|l| l.trim_start().starts_with("--log-format"))
+    };
+    let top = run(wxtoken(&["--help"]));
+    assert!(lists(&top.stdout), "{}", top.stdout);
+    for command in ["serve", "check", "demo", "simulator", "agent", "accounts"] {
+        let out = run(wxtoken(&[command, "--help"]));
+        assert_eq!(out.code, Some(0), "{command}: {}", out.stderr);
+        assert!(
+            !lists(&out.stdout),
+            "`{command} --help` lists the global option:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn log_format_is_obeyed_before_and_after_the_command() {
+    // A key file others may read makes `accounts` log a warning; the
+    // server address is one nothing listens on.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, "a-key-that-is-long-enough\n").expect("the key file");
+    set_mode(&key_file, 0o644);
+    let server = format!("http://{}", crate::support::free_addr());
+    let key = key_file.to_str().expect("utf-8 path");
+    for args in [
+        [
+            "--log-format",
+            "json",
+            "accounts",
+            "--server",
+            &server,
+            "--key-file",
+            key,
+        ],
+        [
+            "accounts",
+            "--log-format",
+            "json",
+            "--server",
+            &server,
+            "--key-file",
+            key,
+        ],
+    ] {
+        let out = run(wxtoken(&args));
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.stderr);
+        let warning = out
+            .stderr
+            .lines()
+            .find(|l| l.contains("0600"))
+            .unwrap_or_else(|| panic!("{args:?}: no warning in {}", out.stderr));
+        let event: Value = serde_json::from_str(warning)
+            .unwrap_or_else(|_| panic!("{args:?}: not a JSON log line: {warning}"));
+        assert_eq!(event["level"], "WARN", "{event}");
+        assert!(!out.stderr.contains("a-key-that-is-long-enough"));
+    }
+}
+
+#[test]
+fn serve_still_accepts_log_format_after_the_command() {
+    let out = run(wxtoken(&[
+        "serve",
+        "--log-format",
+        "json",
+        "--config",
+        "/nonexistent/accounts.yaml",
+    ]));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("config file not found") && !out.stderr.contains("unexpected argument"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn simulator_help_documents_every_control_route() {
+    let out = run(wxtoken(&["simulator", "--help"]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let routes = std::fs::read_to_string(repo_file("src/simulator/routes.rs")).expect("routes.rs");
+    let mut paths: Vec<&str> = routes
+        .split('"')
+        .filter(|s| s.starts_with("/sim/"))
+        .collect();
+    paths.dedup();
+    assert!(paths.len() >= 8, "{paths:?}");
+    for path in paths {
+        assert!(
+            out.stdout.contains(path),
+            "`simulator --help` does not document {path}"
+        );
+    }
+    for needle in [
+        "ip_whitelist",
+        "DELETE /sim/faults",
+        "advance_secs",
+        "GET    /sim/apps",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "no {needle:?} in\n{}",
+            out.stdout
+        );
+    }
 }

@@ -485,6 +485,54 @@ refresh:
 }
 
 #[test]
+fn durations_have_upper_bounds_each_reported_at_its_line() {
+    let at_the_bounds = "\
+upstream:
+  timeout: 60s
+refresh:
+  backoff_initial: 1h
+  backoff_max: 1h
+proxy:
+  timeout: 1h
+";
+    let c = loaded(&format!("{at_the_bounds}{MINIMAL}"), &[("S", "x")]).config;
+    assert_eq!(c.upstream.timeout, Duration::from_secs(60));
+    assert_eq!(c.proxy.timeout, Duration::from_secs(3600));
+
+    let absurd = "\
+upstream:
+  timeout: 100000h
+refresh:
+  backoff_initial: 61m
+  backoff_max: 100000h
+proxy:
+  timeout: 2h
+";
+    let lines = errors(&format!("{absurd}{MINIMAL}"), &[("S", "x")]);
+    assert_has(
+        &lines,
+        "test.yaml:2: ",
+        "upstream.timeout must be at most 1m, not ",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:4: ",
+        "refresh.backoff_initial must be at most 1h, not 1h 1m",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:5: ",
+        "refresh.backoff_max must be at most 1h, not ",
+    );
+    assert_has(
+        &lines,
+        "test.yaml:7: ",
+        "proxy.timeout must be at most 1h, not 2h",
+    );
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+}
+
+#[test]
 fn defaults_apply_to_everything_but_accounts() {
     let c = loaded(MINIMAL, &[("S", "x")]).config;
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");

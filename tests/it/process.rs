@@ -540,3 +540,188 @@ async fn a_corrupt_store_stops_serve_with_a_clear_error_until_reset_store_moves_
     );
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// A key of a client that may read tokens but not list accounts.
+const READER_KEY: &str = "process-reader-key-0123456789";
+
+impl Setup {
+    /// Adds a client named `name` with `key` (admin or not) to the config file.
+    fn add_client(&self, name: &str, key: &str, admin: bool) {
+        let yaml = std::fs::read_to_string(&self.config).expect("the config");
+        let client = format!(
+            "clients:\n  - name: {name}\n    key: {}\n    appids: [\"*\"]\n    admin: {admin}\n",
+            KeyHash::of_key(key)
+        );
+        std::fs::write(&self.config, yaml.replacen("clients:\n", &client, 1))
+            .expect("write the config");
+    }
+
+    /// A 0600 file holding `key`, for `--key-file`.
+    fn key_file(&self, name: &str, key: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, format!("{key}\n")).expect("the key file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    }
+}
+
+/// `wxtoken accounts ARGS`: exit code, stdout, stderr.
+fn accounts_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["accounts"];
+    all.extend_from_slice(args);
+    let out = wxtoken(&all).output().expect("wxtoken runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn accounts_prints_the_fleet_as_a_table_or_json_and_refuses_clearly() {
+    let setup = Setup::new(&[Mode::Stable, Mode::Legacy]).await;
+    setup.add_client("reader", READER_KEY, false);
+    let _server = setup.serve(&[]);
+    setup.ready().await;
+    let server = setup.url("");
+    let admin = setup.key_file("admin.key", ADMIN_KEY);
+    let admin = admin.to_str().expect("utf-8 path");
+
+    let (code, table, stderr) = accounts_cli(&["--server", &server, "--key-file", admin]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "a header and one line per account:\n{table}"
+    );
+    for column in [
+        "APPID",
+        "NAME",
+        "KIND",
+        "STATE",
+        "EXPIRES IN",
+        "NEXT REFRESH",
+        "LAST ERROR",
+        "CALLS TODAY",
+    ] {
+        assert!(lines[0].contains(column), "no {column} column:\n{table}");
+    }
+    let state_at = lines[0].find("STATE").expect("STATE");
+    for (appid, mode) in &setup.accounts {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(appid.as_str()))
+            .unwrap_or_else(|| panic!("{appid} is not listed:\n{table}"));
+        assert!(line.contains(&mode.to_string()), "{line}");
+        assert_eq!(&line[state_at..state_at + 5], "ready", "aligned:\n{table}");
+    }
+
+    let (code, json, stderr) = accounts_cli(&["--server", &server, "--key-file", admin, "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: Value = serde_json::from_str(&json).expect("--json prints JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    assert!(list[0]["upstream_calls_today"].is_u64(), "{list}");
+
+    // Refusals: one sentence each, exit 1, never the key.
+    let stranger = setup.key_file("stranger.key", "not-a-configured-key-0123");
+    let reader = setup.key_file("reader.key", READER_KEY);
+    let no_server = format!("http://{}", support::free_addr());
+    let cases: [(&[&str], &str); 4] = [
+        (&["--server", &server], "401"),
+        (
+            &[
+                "--server",
+                &server,
+                "--key-file",
+                stranger.to_str().expect("utf-8"),
+            ],
+            "401",
+        ),
+        (
+            &[
+                "--server",
+                &server,
+                "--key-file",
+                reader.to_str().expect("utf-8"),
+            ],
+            "403",
+        ),
+        (
+            &["--server", &no_server, "--key-file", admin],
+            "could not connect",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, stdout, stderr) = accounts_cli(args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
+        for key in [ADMIN_KEY, READER_KEY, "not-a-configured-key-0123"] {
+            assert!(!stderr.contains(key), "a key in {stderr}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn serve_logs_no_actix_start_up_lines_and_names_the_clients_a_reload_changed() {
+    let setup = Setup::new(&[Mode::Stable]).await;
+    let log_path = setup.dir.path().join("serve.log");
+    let _server = setup.serve_logging(&log_path, None);
+    setup.ready().await;
+
+    setup.add_client("billing-service", READER_KEY, false);
+    let reload = setup
+        .http
+        .post(setup.url("/v1/admin/reload"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("the reload answers");
+    assert_eq!(reload.status(), StatusCode::OK);
+    let log = Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(50))
+        .for_value("the reload is logged", || {
+            let log = std::fs::read_to_string(&log_path).ok()?;
+            log.contains("clients reloaded").then_some(log)
+        })
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("clients reloaded"))
+        .expect("the clients line");
+    assert!(line.contains("clients_added=\"billing-service\""), "{line}");
+    assert!(!log.contains(READER_KEY), "a key in the log");
+    assert!(
+        !log.contains(&KeyHash::of_key(READER_KEY).to_string()[7..]),
+        "a key hash in the log"
+    );
+
+    assert!(log.contains("wxtoken serving"), "{log}");
+    let noise: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("starting service")
+                || l.contains("Actix runtime found")
+                || (l.contains("starting") && l.contains("workers"))
+        })
+        .collect();
+    assert!(
+        noise.is_empty(),
+        "actix's start-up lines at the default level: {noise:#?}"
+    );
+
+    // Asked for, they are still there.
+    drop(_server);
+    let verbose_path = setup.dir.path().join("verbose.log");
+    let _verbose = setup.serve_logging(&verbose_path, Some("info,actix_server=debug"));
+    setup.ready().await;
+    Wait::up_to(Duration::from_secs(10))
+        .every(Duration::from_millis(50))
+        .until("actix's start-up lines are logged at debug", || {
+            std::fs::read_to_string(&verbose_path).is_ok_and(|l| l.contains("starting service"))
+        })
+        .await;
+}
