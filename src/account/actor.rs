@@ -187,7 +187,12 @@ impl AccountActor {
     fn read_quotas(&mut self, ctx: &mut Context<Self>, trigger: plan::QuotaTrigger) {
         let now = self.now_ms();
         let apis = plan::quota_apis(&self.endpoint, &endpoint(&self.config));
-        if apis.is_empty() || self.quota_reading || !self.quota_reads.due(now, trigger) {
+        if apis.is_empty()
+            || self.quota_reading
+            || !self
+                .quota_reads
+                .due(now, trigger, self.deps.upstream.has_spare_capacity())
+        {
             return;
         }
         let Some(token) = self.slot.token().filter(|t| t.usable_secs(now).is_some()) else {

@@ -582,11 +582,14 @@ pub struct QuotaReads {
 
 impl QuotaReads {
     /// Whether the quota should be read now for `trigger`: after a refresh
-    /// once [`QUOTA_READ_EVERY_MS`] passed since any reading; on a spent
-    /// quota at once, unless one was read for that under
-    /// [`QUOTA_READ_AFTER_SPENT_MS`] ago.
-    pub fn due(&self, now_ms: i64, trigger: QuotaTrigger) -> bool {
+    /// once [`QUOTA_READ_EVERY_MS`] passed since any reading, and only when
+    /// the upstream limit has a `spare` slot (a reading never delays a token
+    /// fetch: during a cold fill of a large fleet the first readings come at
+    /// the next refresh); on a spent quota at once, unless one was read for
+    /// that under [`QUOTA_READ_AFTER_SPENT_MS`] ago.
+    pub fn due(&self, now_ms: i64, trigger: QuotaTrigger, spare: bool) -> bool {
         let (last, every) = match trigger {
+            QuotaTrigger::Refreshed if !spare => return false,
             QuotaTrigger::Refreshed => (self.last_ms, QUOTA_READ_EVERY_MS),
             QuotaTrigger::Spent => (self.last_spent_ms, QUOTA_READ_AFTER_SPENT_MS),
         };
@@ -1086,19 +1089,22 @@ mod tests {
     fn quotas_are_read_hourly_after_refreshes_and_at_once_on_a_spent_quota() {
         use QuotaTrigger::{Refreshed, Spent};
         let mut reads = QuotaReads::default();
-        assert!(reads.due(0, Refreshed) && reads.due(0, Spent));
+        assert!(reads.due(0, Refreshed, true) && reads.due(0, Spent, true));
+        // No spare upstream slot: a refresh does not read, a spent quota does.
+        assert!(!reads.due(0, Refreshed, false));
+        assert!(reads.due(0, Spent, false));
         reads.read(1_000, Refreshed);
-        assert!(!reads.due(1_000 + QUOTA_READ_EVERY_MS - 1, Refreshed));
-        assert!(reads.due(1_000 + QUOTA_READ_EVERY_MS, Refreshed));
+        assert!(!reads.due(1_000 + QUOTA_READ_EVERY_MS - 1, Refreshed, true));
+        assert!(reads.due(1_000 + QUOTA_READ_EVERY_MS, Refreshed, true));
         // A spent quota reads again even right after a normal reading...
-        assert!(reads.due(2_000, Spent));
+        assert!(reads.due(2_000, Spent, true));
         reads.read(2_000, Spent);
         // ... but not once more within a minute, and it counts as a reading.
-        assert!(!reads.due(2_000 + QUOTA_READ_AFTER_SPENT_MS - 1, Spent));
-        assert!(reads.due(2_000 + QUOTA_READ_AFTER_SPENT_MS, Spent));
-        assert!(!reads.due(2_000 + QUOTA_READ_EVERY_MS - 1, Refreshed));
+        assert!(!reads.due(2_000 + QUOTA_READ_AFTER_SPENT_MS - 1, Spent, true));
+        assert!(reads.due(2_000 + QUOTA_READ_AFTER_SPENT_MS, Spent, true));
+        assert!(!reads.due(2_000 + QUOTA_READ_EVERY_MS - 1, Refreshed, true));
         // A clock that went back reads nothing early.
-        assert!(!reads.due(0, Spent));
+        assert!(!reads.due(0, Spent, true));
     }
 
     #[test]

@@ -767,4 +767,8 @@ impl Source for Leader {
     ) -> BoxFuture<'static, Result<crate::wechat::ApiQuota, UpstreamError>> {
         self.inner.api_quota(token, of)
     }
+
+    fn has_spare_capacity(&self) -> bool {
+        self.inner.has_spare_capacity()
+    }
 }

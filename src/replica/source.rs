@@ -97,6 +97,10 @@ pub trait Source: Send + Sync + 'static {
         kind: TicketKind,
     ) -> BoxFuture<'static, Result<TicketGrant, UpstreamError>>;
 
+    /// Whether an optional call (a quota reading) could start now without
+    /// waiting behind token fetches ([`TokenSource::has_spare_capacity`]).
+    fn has_spare_capacity(&self) -> bool;
+
     /// Reads the daily quota of the token API `of` with the live `token`
     /// (getApiQuota).
     ///
@@ -134,5 +138,9 @@ impl Source for Direct {
         of: ApiName,
     ) -> BoxFuture<'static, Result<ApiQuota, UpstreamError>> {
         self.0.api_quota(token, of)
+    }
+
+    fn has_spare_capacity(&self) -> bool {
+        self.0.has_spare_capacity()
     }
 }

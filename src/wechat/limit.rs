@@ -87,6 +87,12 @@ impl TokenSource for Limited {
         })
     }
 
+    fn has_spare_capacity(&self) -> bool {
+        // Permits go to queued callers first, so none is available while
+        // anyone waits.
+        self.slots.available_permits() > 0
+    }
+
     fn api_quota(
         &self,
         token: AccessToken,
@@ -204,5 +210,23 @@ mod tests {
             .collect();
         assert_eq!(waits, [0, 0, 100, 100].map(Duration::from_millis).to_vec());
         assert_eq!(limited.available_permits(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn there_is_spare_capacity_only_while_no_call_waits_for_a_slot() {
+        let slow = Arc::new(Slow::default());
+        let limited = Limited::new(Arc::new(slow.clone()), 2);
+        assert!(limited.has_spare_capacity());
+        let one = tokio::spawn(limited.fetch(request()));
+        tokio::task::yield_now().await;
+        assert!(limited.has_spare_capacity(), "one of two slots is free");
+        let two = tokio::spawn(limited.fetch(request()));
+        let three = tokio::spawn(limited.fetch(request()));
+        tokio::task::yield_now().await;
+        assert!(!limited.has_spare_capacity(), "both slots busy, one waits");
+        for call in [one, two, three] {
+            assert!(call.await.expect("the call ran").is_ok());
+        }
+        assert!(limited.has_spare_capacity());
     }
 }

@@ -1092,6 +1092,13 @@ pub trait TokenSource: Send + Sync + 'static {
         kind: TicketKind,
     ) -> futures::future::BoxFuture<'static, Result<TicketGrant, UpstreamError>>;
 
+    /// Whether a call could start now without waiting behind others: what
+    /// optional calls (quota readings) ask, so that they never slow a fill
+    /// down. Sources without a limit always have room.
+    fn has_spare_capacity(&self) -> bool {
+        true
+    }
+
     /// Reads the daily quota of the token API `of` with the live `token`
     /// (getApiQuota). Sources that only fetch tokens (test wrappers) answer
     /// that they cannot.

@@ -431,7 +431,7 @@ timeout: 5s
     assert_has(
         &lines,
         "test.yaml:13: ",
-        "unknown key \"colour\" in accounts[0] (known keys: kind, appid, corpid, agentid, name, secret, secret_file, mode, enabled, tickets)",
+        "unknown key \"colour\" in accounts[0] (known keys: kind, appid, corpid, agentid, name, secret, secret_file, mode, fallback_to_stable, enabled, tickets)",
     );
     assert_has(
         &lines,
@@ -1192,7 +1192,7 @@ accounts:
             "test.yaml:5: key \"timeout\" appears twice in upstream (first at line 4); keep one",
             "test.yaml:8: key \"appid\" appears twice in accounts[0] (first at line 7); keep one",
             "test.yaml:9: accounts[0].secret must be a single value, not a mapping",
-            "test.yaml:10: accounts[1] must be a mapping of keys (kind, appid, corpid, agentid, name, secret, secret_file, mode, enabled, tickets), not empty",
+            "test.yaml:10: accounts[1] must be a mapping of keys (kind, appid, corpid, agentid, name, secret, secret_file, mode, fallback_to_stable, enabled, tickets), not empty",
         ]
     );
 }
