@@ -657,12 +657,7 @@ impl SimState {
         let day = china_day(now.div_euclid(1000));
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        let Some(token) = token else {
-            return Err(WxError::new(41001));
-        };
-        let appid = check_token(inner, token, now, |kind| {
-            !matches!(kind, TokenUse::Component)
-        })?;
+        let appid = check_account_token(inner, token, now)?;
         let Some(app) = inner.apps.get(&appid) else {
             return Err(WxError::new(40013));
         };
@@ -690,12 +685,7 @@ impl SimState {
         let ttl = self.limits.ticket_ttl_ms;
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        let Some(token) = token else {
-            return Err(WxError::new(41001));
-        };
-        let appid = check_token(inner, token, now, |kind| {
-            !matches!(kind, TokenUse::Component)
-        })?;
+        let appid = check_account_token(inner, token, now)?;
         let kind = match kind {
             Some("jsapi") => TicketKind::Jsapi,
             Some("wx_card") => TicketKind::WxCard,
@@ -759,6 +749,21 @@ fn authenticate(
 }
 
 /// Classifies a presented token; a non-live one counts as an invalid use.
+/// The app of a live account token (not a component's) that a call
+/// presented: 41001 without one, else as [`check_token`] decides.
+fn check_account_token(
+    inner: &mut Inner,
+    token: Option<&str>,
+    now: i64,
+) -> Result<String, WxError> {
+    let Some(token) = token else {
+        return Err(WxError::new(41001));
+    };
+    check_token(inner, token, now, |kind| {
+        !matches!(kind, TokenUse::Component)
+    })
+}
+
 pub(super) fn check_token(
     inner: &mut Inner,
     token: &str,
