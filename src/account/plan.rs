@@ -607,13 +607,16 @@ impl QuotaReads {
 
 /// The token APIs whose quota an account reads with its token: the one its
 /// `endpoint` calls, and the legacy one too while a legacy account (its
-/// `configured` endpoint) fetches from stable_token. WeCom and the Open
-/// Platform have none that getApiQuota answers for an account's token.
+/// `configured` endpoint) fetches from stable_token. A component reads, with
+/// its own token, its `api_component_token` and the `api_authorizer_token`
+/// its authorizers' refreshes spend (counted against the component, so an
+/// authorizer reads none); WeCom has no getApiQuota.
 pub fn quota_apis(endpoint: &Endpoint, configured: &Endpoint) -> &'static [ApiName] {
     match (configured, endpoint) {
         (Endpoint::Legacy, Endpoint::Stable) => &[ApiName::Token, ApiName::StableToken],
         (_, Endpoint::Legacy) => &[ApiName::Token],
         (_, Endpoint::Stable) => &[ApiName::StableToken],
+        (_, Endpoint::Component) => &[ApiName::ComponentToken, ApiName::AuthorizerToken],
         _ => &[],
     }
 }
@@ -1125,7 +1128,14 @@ mod tests {
             [ApiName::Token, ApiName::StableToken]
         );
         assert!(quota_apis(&wecom, &wecom).is_empty());
-        assert!(quota_apis(&Endpoint::Component, &Endpoint::Component).is_empty());
+        assert_eq!(
+            quota_apis(&Endpoint::Component, &Endpoint::Component),
+            [ApiName::ComponentToken, ApiName::AuthorizerToken]
+        );
+        let authorizer = Endpoint::Authorizer {
+            component: crate::domain::AppId::parse("wx1111111111111111").expect("an appid"),
+        };
+        assert!(quota_apis(&authorizer, &authorizer).is_empty());
     }
 
     #[test]

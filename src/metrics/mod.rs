@@ -189,10 +189,11 @@ pub const TICKET_REFRESHES: Family = Family::counter(
     "JS-SDK ticket fetches by account, type and result (ok, error).",
 );
 /// `wxtoken_upstream_quota_limit{appid,api}` (contract §9): the daily limit
-/// of a token API (`token`, `stable_token`) as getApiQuota reported it.
+/// of a token API (`token`, `stable_token`; a component's
+/// `api_component_token`, `api_authorizer_token`) as getApiQuota reported it.
 pub const QUOTA_LIMIT: Family = Family::gauge(
     "wxtoken_upstream_quota_limit",
-    "Daily call limit of a token API (token, stable_token) as WeChat's getApiQuota reported it.",
+    "Daily call limit of a token API (token, stable_token, api_component_token, api_authorizer_token) as WeChat's getApiQuota reported it.",
 );
 /// `wxtoken_upstream_quota_used{appid,api}` (contract §9): the calls of the
 /// China-time day as getApiQuota last reported them (0 once that day is over).

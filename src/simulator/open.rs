@@ -32,9 +32,11 @@ use super::answers::{WxError, canonical_ip};
 use super::error::{OpenControlError, RegistrationError, RegistrationProblem};
 use super::faults::Api;
 use super::state::{
-    Inner, SimState, TokenUse, check_token, issue_token, prune, random_string, revoke_after_grace,
+    DayCount, Inner, SimState, TokenUse, check_token, issue_token, prune, random_string,
+    revoke_after_grace,
 };
 use super::whitelist::{self, IpRange};
+use crate::clock::china_day;
 use crate::domain::AppId;
 use crate::openplatform::MsgCrypt;
 use crate::openplatform::event::{Event, Sealed, seal};
@@ -220,7 +222,19 @@ struct Component {
     token_current: Option<String>,
     codes: HashMap<String, Code>,
     authorizers: BTreeMap<String, Authorizer>,
+    /// `api_component_token` calls that minted a token, per China-time day.
+    component_tokens_today: DayCount,
+    /// `api_authorizer_token` calls that minted a token, per China-time day.
+    authorizer_tokens_today: DayCount,
 }
+
+/// What getApiQuota reports as the daily limit of `api_component_token`
+/// (WeChat: about 10,000), past which the simulator answers 45009.
+pub const COMPONENT_TOKEN_DAILY_QUOTA: u32 = 10_000;
+
+/// What getApiQuota reports as the daily limit of `api_authorizer_token`
+/// (WeChat publishes none; developers do hit 45009). Reported, not enforced.
+pub const AUTHORIZER_TOKEN_DAILY_QUOTA: u32 = 100_000;
 
 #[derive(Debug)]
 struct Code {
@@ -256,6 +270,27 @@ impl OpenState {
     /// True when `appid` is a registered component.
     pub(super) fn has_component(&self, appid: &str) -> bool {
         self.components.contains_key(appid)
+    }
+
+    /// getApiQuota for component `appid`'s own token: the daily limit and
+    /// the use on `day` of `cgi_path`, when it is one of its token APIs.
+    pub(super) fn quota(
+        &self,
+        appid: &str,
+        cgi_path: Option<&str>,
+        day: i64,
+    ) -> Option<(u32, u32)> {
+        let comp = self.components.get(appid)?;
+        let (limit, used) = match cgi_path? {
+            "/cgi-bin/component/api_component_token" => {
+                (COMPONENT_TOKEN_DAILY_QUOTA, comp.component_tokens_today)
+            }
+            "/cgi-bin/component/api_authorizer_token" => {
+                (AUTHORIZER_TOKEN_DAILY_QUOTA, comp.authorizer_tokens_today)
+            }
+            _ => return None,
+        };
+        Some((limit, used.get(day).min(limit)))
     }
 }
 
@@ -380,6 +415,8 @@ impl SimState {
             token_current: None,
             codes: HashMap::new(),
             authorizers: BTreeMap::new(),
+            component_tokens_today: DayCount::default(),
+            authorizer_tokens_today: DayCount::default(),
         };
         let mut inner = self.inner.lock();
         match inner.open.components.get_mut(&reg.component_appid) {
@@ -719,6 +756,11 @@ fn component_token(
     if now.saturating_sub(*at) >= ms(TICKET_LIFE) {
         return Err(WxError::with_message(61005, "component ticket is expired"));
     }
+    let day = china_day(now.div_euclid(1000));
+    if comp.component_tokens_today.get(day) >= COMPONENT_TOKEN_DAILY_QUOTA {
+        return Err(WxError::new(45009));
+    }
+    comp.component_tokens_today.incr(day);
     let old = comp.token_current.take();
     let value = issue_token(
         &mut inner.tokens,
@@ -870,6 +912,8 @@ fn query_auth(
         }));
     }
     let refresh = a.refresh_current.clone();
+    comp.authorizer_tokens_today
+        .incr(china_day(now.div_euclid(1000)));
     let value = mint_authorizer_token(inner, &component, &authorizer, now, limits);
     Ok(json!({
         "authorization_info": {

@@ -193,17 +193,17 @@ impl TokenRecord {
 
 /// A count that restarts every China-time day.
 #[derive(Debug, Default, Clone, Copy)]
-struct DayCount {
+pub(super) struct DayCount {
     day: i64,
     count: u32,
 }
 
 impl DayCount {
-    fn get(&self, day: i64) -> u32 {
+    pub(super) fn get(&self, day: i64) -> u32 {
         if self.day == day { self.count } else { 0 }
     }
 
-    fn incr(&mut self, day: i64) {
+    pub(super) fn incr(&mut self, day: i64) {
         if self.day != day {
             *self = DayCount { day, count: 0 };
         }
@@ -644,10 +644,11 @@ impl SimState {
         result
     }
 
-    /// getApiQuota (`POST /cgi-bin/openapi/quota/get`) for a live account
-    /// token: the daily limit and today's use of `cgi_path`, which must be
-    /// one of the token endpoints (`/cgi-bin/token`, `/cgi-bin/stable_token`);
-    /// any other path is 76021 (cgi_path not found).
+    /// getApiQuota (`POST /cgi-bin/openapi/quota/get`) for a live token:
+    /// the daily limit and today's use of `cgi_path`, which must be one of
+    /// the token endpoints (an account's `/cgi-bin/token`,
+    /// `/cgi-bin/stable_token`; a component's `api_component_token`,
+    /// `api_authorizer_token`); any other path is 76021 (cgi_path not found).
     pub(crate) fn api_quota(
         &self,
         token: Option<&str>,
@@ -657,7 +658,18 @@ impl SimState {
         let day = china_day(now.div_euclid(1000));
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        let appid = check_account_token(inner, token, now)?;
+        let Some(token) = token else {
+            return Err(WxError::new(41001));
+        };
+        let appid = check_token(inner, token, now, |_| true)?;
+        if inner.open.has_component(&appid) {
+            // A component's own token: its token APIs' quotas.
+            let (daily_limit, used) = inner
+                .open
+                .quota(&appid, cgi_path, day)
+                .ok_or_else(|| WxError::new(76021))?;
+            return Ok(Quota { daily_limit, used });
+        }
         let Some(app) = inner.apps.get(&appid) else {
             return Err(WxError::new(40013));
         };

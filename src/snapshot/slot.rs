@@ -178,9 +178,12 @@ impl QuotaReading {
 }
 
 /// The quota readings of an account: at most one per token API
-/// (`/cgi-bin/token`, `/cgi-bin/stable_token`), in that order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Quotas([Option<QuotaReading>; 2]);
+/// (`/cgi-bin/token`, `/cgi-bin/stable_token`, a component's
+/// `api_component_token` and `api_authorizer_token`), in that order. Shared,
+/// so that an account that has not read any costs one pointer and a copy of
+/// the status never copies them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Quotas(Option<Arc<[Option<QuotaReading>; 4]>>);
 
 impl Quotas {
     /// Keeps `reading` in place of the previous one of its API; readings of
@@ -189,14 +192,18 @@ impl Quotas {
         let at = match reading.api {
             ApiName::Token => 0,
             ApiName::StableToken => 1,
+            ApiName::ComponentToken => 2,
+            ApiName::AuthorizerToken => 3,
             _ => return,
         };
-        self.0[at] = Some(reading);
+        let mut all = self.0.as_deref().copied().unwrap_or_default();
+        all[at] = Some(reading);
+        self.0 = Some(Arc::new(all));
     }
 
-    /// The readings, `token` first.
+    /// The readings, in the order of [`Quotas`].
     pub fn iter(&self) -> impl Iterator<Item = &QuotaReading> {
-        self.0.iter().flatten()
+        self.0.iter().flat_map(|all| all.iter().flatten())
     }
 }
 

@@ -391,3 +391,14 @@ async fn fallback_lasts_until_the_quota_day_ends_and_serves_live_tokens_througho
     );
     engine.stop().await;
 }
+
+#[actix_web::test]
+async fn a_component_reads_its_own_and_its_authorizers_token_quotas_with_its_token() {
+    let app = TestAppBuilder::new().component(false).spawn().await;
+    let component = app.component().appid.to_string();
+    // Its first component token is the one api_component_token call so far;
+    // its authorizers' refreshes (none yet) count against it too.
+    wait_for_quota(&app, &component, "api_component_token", 10_000.0, 1.0).await;
+    wait_for_quota(&app, &component, "api_authorizer_token", 100_000.0, 0.0).await;
+    assert_eq!(app.sim.stats().calls_to(&component, "getapiquota"), 2);
+}
