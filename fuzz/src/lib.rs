@@ -8,8 +8,9 @@
 //!
 //! - [`config`]: `wxtoken::config::load_str` on arbitrary text.
 //! - [`wechat_answer`]: arbitrary bytes as WeChat's answer to the real
-//!   [`WechatClient`] (the answer decoder is private to `wxtoken::wechat`, so
-//!   it is reached through the public client against a loopback server).
+//!   [`WechatClient`] (token, stable token, ticket, getApiQuota, probe; the
+//!   answer decoder is private to `wxtoken::wechat`, so it is reached
+//!   through the public client against a loopback server).
 //! - [`http_request`]: arbitrary requests against the real HTTP API (the
 //!   route table of `wxtoken::api::configure`, the metrics middleware and the
 //!   `AppState` of `Application::build`) on an in-process simulator.
@@ -238,6 +239,14 @@ pub fn wechat_answer(data: &[u8]) {
                 .map(|g| {
                     assert!(!g.ticket.expose().is_empty(), "an empty ticket");
                     assert!(!g.expires_in.is_zero(), "a ticket that lives 0 s");
+                }),
+            _ if selector & 4 != 0 => up
+                .client
+                .api_quota(&token, wxtoken::domain::ApiName::Token)
+                .await
+                .map(|q| {
+                    assert!(q.daily_limit <= 1_000_000_000, "an absurd limit");
+                    assert!(q.used <= 1_000_000_000, "an absurd use");
                 }),
             _ => up.client.probe(&token).await.map(drop),
         }
