@@ -26,11 +26,10 @@ use secrecy::SecretString;
 use wxtoken::clock::Clock;
 use wxtoken::config::{AccountConfig, AccountKind};
 use wxtoken::domain::{AppId, Mode, TicketKind};
-use wxtoken::engine::{Engine, EngineConfig, EngineOptions};
+use wxtoken::engine::{Engine, EngineConfig};
 use wxtoken::metrics::PerAccount;
 use wxtoken::simulator::AppRegistration;
 use wxtoken::snapshot::AccountCounters;
-use wxtoken::store::MemoryStore;
 
 /// Command-line options (cargo passes `--bench`, which is ignored).
 struct Options {
@@ -178,18 +177,8 @@ async fn filled_fleet(n: usize, tickets: &[TicketKind]) -> (Engine, Clock) {
             }
         })
         .collect();
-    let engine = Engine::start(
-        &EngineConfig::new(accounts),
-        EngineOptions {
-            clock: clock.clone(),
-            upstream: Some(Arc::new(sim)),
-            store: Some(Arc::new(MemoryStore::new())),
-            inline_store: true,
-            ..EngineOptions::default()
-        },
-    )
-    .await
-    .expect("the engine starts");
+    let engine =
+        support::engine_in_memory(&clock, &EngineConfig::new(accounts), Arc::new(sim)).await;
     let slots = engine.directory.all();
     loop {
         let now = clock.now_unix_ms();

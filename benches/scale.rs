@@ -706,18 +706,7 @@ impl VirtualFleet {
         let mut config = EngineConfig::new(accounts.clone());
         config.upstream.max_concurrency = MAX_CONCURRENCY;
         let started_ms = clock.now_unix_ms();
-        let engine = engine::Engine::start(
-            &config,
-            EngineOptions {
-                clock: clock.clone(),
-                upstream: Some(Arc::new(timed.clone())),
-                store: Some(Arc::new(MemoryStore::new())),
-                inline_store: true,
-                ..EngineOptions::default()
-            },
-        )
-        .await
-        .expect("the engine starts");
+        let engine = support::engine_in_memory(&clock, &config, Arc::new(timed.clone())).await;
         timed.watch(engine.directory.clone());
         let watch = Watch::new(&engine.directory, &accounts);
         VirtualFleet {

@@ -111,7 +111,7 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<SecretString> {
 /// given and the server refuses the key (the agent cannot know what to follow).
 pub async fn run(options: AgentOptions, stop: CancellationToken) -> anyhow::Result<()> {
     create_private_dir(&options.out)?;
-    let http = client()?;
+    let http = client_for("agent")?;
     let agent = Agent {
         http,
         options,
@@ -181,14 +181,16 @@ fn backoff() -> backon::ExponentialBackoff {
         .build()
 }
 
-/// The agent's HTTP client: no redirects, no proxy from the environment
-/// (the server is named explicitly), connect timeout 5 s.
-fn client() -> anyhow::Result<reqwest::Client> {
+/// The HTTP client of the commands that talk to a wxtoken server (the
+/// agent, `wxtoken accounts`): no redirects, no proxy from the environment
+/// (the server is named explicitly), connect timeout 5 s; `command` names
+/// it in the user agent (`wxtoken-agent/0.1.0`).
+pub(crate) fn client_for(command: &str) -> anyhow::Result<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("wxtoken-agent/", env!("CARGO_PKG_VERSION")))
+        .user_agent(format!("wxtoken-{command}/{}", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| anyhow::anyhow!("could not set up the HTTP client: {e}"))
 }

@@ -45,16 +45,9 @@ const HEADER: [&str; 8] = [
 /// server cannot be reached, refuses the key (401, 403), answers anything
 /// but 200 or an answer that is not a JSON list.
 pub async fn fetch(request: &Request) -> anyhow::Result<String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("wxtoken-accounts/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| anyhow::anyhow!("could not set up the HTTP client: {e}"))?;
+    let http = crate::agent::client_for("accounts")?;
     let url = accounts_url(&request.server)?;
-    let mut get = http.get(url.clone());
+    let mut get = http.get(url.clone()).timeout(TIMEOUT);
     if let Some(key) = &request.key {
         get = get.bearer_auth(key.expose_secret());
     }
@@ -101,9 +94,7 @@ pub async fn fetch(request: &Request) -> anyhow::Result<String> {
         }
         return Ok(text);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = crate::clock::Clock::system().now_unix();
     Ok(table(&rows, now))
 }
 

@@ -13,12 +13,11 @@ use wxtoken::account::Reason;
 use wxtoken::clock::{Clock, next_china_midnight};
 use wxtoken::config::{AccountConfig, AccountKind, RefreshConfig};
 use wxtoken::domain::{AppId, Mode};
-use wxtoken::engine::{Engine, EngineConfig, EngineOptions};
+use wxtoken::engine::EngineConfig;
 use wxtoken::metrics::Metrics;
 use wxtoken::registry::{CrashAccount, Registry, RouteRefresh};
 use wxtoken::simulator::{AppRegistration, FaultSpec, InProcess, SimConfig};
 use wxtoken::snapshot::{Directory, State, TokenRecord};
-use wxtoken::store::MemoryStore;
 use wxtoken::wechat::TokenSource;
 
 use crate::support::wait::Wait;
@@ -80,18 +79,7 @@ impl Fleet {
         upstream: Arc<dyn TokenSource>,
     ) -> Fleet {
         let accounts = config.accounts.clone();
-        let engine = Engine::start(
-            &config,
-            EngineOptions {
-                clock: clock.clone(),
-                upstream: Some(upstream),
-                store: Some(Arc::new(MemoryStore::new())),
-                inline_store: true,
-                ..EngineOptions::default()
-            },
-        )
-        .await
-        .expect("the engine starts");
+        let engine = support::engine_in_memory(&clock, &config, upstream).await;
         assert_eq!(engine.started.added.len(), accounts.len());
         Fleet {
             sim,

@@ -300,9 +300,8 @@ async fn fallback_lasts_until_the_quota_day_ends_and_serves_live_tokens_througho
     use std::time::Duration;
     use wxtoken::clock::Clock;
     use wxtoken::config::{AccountConfig, AccountKind};
-    use wxtoken::engine::{Engine, EngineConfig, EngineOptions};
+    use wxtoken::engine::EngineConfig;
     use wxtoken::simulator::{AppRegistration, InProcess};
-    use wxtoken::store::MemoryStore;
     use wxtoken::wechat::TokenSource;
 
     tokio::time::pause();
@@ -335,18 +334,8 @@ async fn fallback_lasts_until_the_quota_day_ends_and_serves_live_tokens_througho
         fallback_to_stable: true,
     };
     let upstream: Arc<dyn TokenSource> = Arc::new(sim.clone());
-    let engine = Engine::start(
-        &EngineConfig::new(vec![account]),
-        EngineOptions {
-            clock: clock.clone(),
-            upstream: Some(upstream),
-            store: Some(Arc::new(MemoryStore::new())),
-            inline_store: true,
-            ..EngineOptions::default()
-        },
-    )
-    .await
-    .expect("the engine starts");
+    let engine =
+        crate::support::engine_in_memory(&clock, &EngineConfig::new(vec![account]), upstream).await;
     let slot = engine.directory.get(&appid).expect("the account's slot");
 
     let start_day = wxtoken::clock::china_day(clock.now_unix());

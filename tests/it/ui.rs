@@ -261,26 +261,14 @@ async fn the_page_shows_every_account_with_a_refused_ip_first_and_keeps_the_key_
 
     // Search by name, then by appid.
     browser.type_into("search", "legacy").await;
-    browser
-        .until(
-            "the search leaves one row",
-            "document.querySelectorAll('#rows tr').length === 1",
-        )
-        .await;
-    assert_eq!(browser.rows().await[0]["appid"], fleet.news.as_str());
+    assert_eq!(browser.only_row("the search").await, fleet.news.as_str());
     browser
         .eval("document.getElementById('search').value = '', true")
         .await;
     browser
         .type_into("search", &fleet.blocked.as_str()[4..])
         .await;
-    browser
-        .until(
-            "the search leaves one row",
-            "document.querySelectorAll('#rows tr').length === 1",
-        )
-        .await;
-    assert_eq!(browser.rows().await[0]["appid"], fleet.blocked.as_str());
+    assert_eq!(browser.only_row("the search").await, fleet.blocked.as_str());
     assert_eq!(
         browser
             .eval("document.getElementById('shown').textContent")
@@ -290,29 +278,15 @@ async fn the_page_shows_every_account_with_a_refused_ip_first_and_keeps_the_key_
     browser.eval("const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input')), true").await;
 
     // Clicking a count filters by its state; clicking it again shows all.
-    browser
-        .eval(
-            "document.querySelector('#counts button[data-count-state=\"disabled\"]').click(), true",
-        )
-        .await;
-    browser
-        .until(
-            "the filter leaves one row",
-            "document.querySelectorAll('#rows tr').length === 1",
-        )
-        .await;
-    assert_eq!(browser.rows().await[0]["appid"], fleet.paused.as_str());
+    browser.click_count("disabled").await;
+    assert_eq!(browser.only_row("the filter").await, fleet.paused.as_str());
     assert_eq!(
         browser
             .eval("document.getElementById('state-filter').value")
             .await,
         "disabled"
     );
-    browser
-        .eval(
-            "document.querySelector('#counts button[data-count-state=\"disabled\"]').click(), true",
-        )
-        .await;
+    browser.click_count("disabled").await;
     browser
         .until(
             "every row is back",
@@ -676,6 +650,27 @@ impl Chromium {
         self.eval(&format!("document.getElementById('{id}').focus(), true"))
             .await;
         self.call("Input.insertText", json!({"text": text})).await;
+    }
+
+    /// Waits until `what` (a search, a filter) leaves one row shown; its appid.
+    async fn only_row(&mut self, what: &str) -> String {
+        self.until(
+            &format!("{what} leaves one row"),
+            "document.querySelectorAll('#rows tr').length === 1",
+        )
+        .await;
+        self.rows().await[0]["appid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Clicks the count of `state` at the top of the page.
+    async fn click_count(&mut self, state: &str) {
+        self.eval(&format!(
+            "document.querySelector('#counts button[data-count-state=\"{state}\"]').click(), true"
+        ))
+        .await;
     }
 
     /// What each shown row says, read from its cells.

@@ -288,3 +288,25 @@ pub fn fresh_component() -> wxtoken::simulator::ComponentRegistration {
         &encoding_aes_key(),
     )
 }
+
+/// The engine for `config` on `clock`, fetching from `upstream` and keeping
+/// tokens in memory (written inline): how the virtual-time tests and the
+/// benches start one.
+pub async fn engine_in_memory(
+    clock: &Clock,
+    config: &wxtoken::engine::EngineConfig,
+    upstream: std::sync::Arc<dyn wxtoken::wechat::TokenSource>,
+) -> wxtoken::engine::Engine {
+    wxtoken::engine::Engine::start(
+        config,
+        wxtoken::engine::EngineOptions {
+            clock: clock.clone(),
+            upstream: Some(upstream),
+            store: Some(std::sync::Arc::new(wxtoken::store::MemoryStore::new())),
+            inline_store: true,
+            ..wxtoken::engine::EngineOptions::default()
+        },
+    )
+    .await
+    .expect("the engine starts")
+}
